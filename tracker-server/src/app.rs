@@ -1,0 +1,490 @@
+//! The axum application: routes, handlers, authentication and request accounting.
+//!
+//! Handlers validate everything they are given, then talk to the [`Store`]; they hold no SQL.
+//! The caller's identity arrives as a [`PeerIdentity`] request extension, put there by the
+//! connection loop from the TLS session (see `server.rs`), and its address as a
+//! `ConnectInfo<SocketAddr>` extension.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use torrentguard_protocol::api::{
+    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, Page, PageQuery,
+    RegisterResponse,
+};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
+use crate::metrics::Metrics;
+use crate::store::{AnnounceRecord, Store};
+
+/// The TLS client certificate's fingerprint of the connection a request came on, if the client
+/// presented one. Inserted by the connection loop; never taken from anything the client wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity(pub Option<Fingerprint>);
+
+/// Largest `POST /files` body: a manifest at the 1M-chunk limit is about 70 MB of JSON.
+pub const MAX_MANIFEST_BODY: usize = 80 * 1024 * 1024;
+/// Largest `POST /announce` body: the bitfield of 1M chunks is 128 KiB, 171 KiB as base64.
+pub const MAX_ANNOUNCE_BODY: usize = 256 * 1024;
+/// Every other body (none of the other routes reads one).
+pub const MAX_OTHER_BODY: usize = 16 * 1024;
+/// Manifests parsed at once. Each may hold ~80 MB of body plus its parsed form in memory, so a
+/// burst of registrations queues here instead of exhausting memory.
+const CONCURRENT_REGISTRATIONS: usize = 4;
+/// Peers returned by one announce: enough to saturate a download, small enough to answer fast.
+pub const MAX_ANNOUNCE_PEERS: u32 = 200;
+/// Peers listed by `GET /files/{id}/peers`.
+pub const MAX_FILE_PEERS: u32 = 10_000;
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// A request (body upload included) that takes longer is answered 408. Generous: a 70 MB
+/// manifest over a slow link must still get through.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    fingerprint: Fingerprint,
+    peer_ttl: Duration,
+    announce_interval: Duration,
+    /// SHA-256 of the swarm token, so comparing takes the same time whatever the guess.
+    swarm_token_hash: Option<[u8; 32]>,
+    allowlist: HashSet<Fingerprint>,
+}
+
+/// Settings the application needs (the listener's are elsewhere).
+pub struct AppConfig {
+    pub fingerprint: Fingerprint,
+    pub peer_ttl: Duration,
+    pub announce_interval: Duration,
+    pub swarm_token: Option<String>,
+    pub allowlist: Vec<Fingerprint>,
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(HashAlgo::Sha256.digest(data).as_bytes());
+    out
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: AppConfig) -> Self {
+        AppState(Arc::new(Shared {
+            store,
+            metrics: Metrics::default(),
+            fingerprint: config.fingerprint,
+            peer_ttl: config.peer_ttl,
+            announce_interval: config.announce_interval,
+            swarm_token_hash: config.swarm_token.map(|t| sha256(t.as_bytes())),
+            allowlist: config.allowlist.into_iter().collect(),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    /// Unix seconds before which a peer entry counts as gone.
+    fn live_since(&self, now: i64) -> i64 {
+        now.saturating_sub(ttl_secs(self.0.peer_ttl))
+    }
+}
+
+/// The TTL in whole seconds (the store's resolution), at least one.
+pub fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        // A clock before 1970 is a broken host; 0 keeps the arithmetic defined.
+        .unwrap_or(0)
+}
+
+/// Builds the router with every route, the body limits and the middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/files",
+            get(list_files).merge(
+                post(register_file)
+                    .layer::<_, Infallible>(GlobalConcurrencyLimitLayer::new(
+                        CONCURRENT_REGISTRATIONS,
+                    ))
+                    .layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
+            ),
+        )
+        .route("/files/{id}", get(get_file))
+        .route("/files/{id}/peers", get(file_peers))
+        .route(
+            "/announce",
+            post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY)),
+        )
+        .route("/peers", get(list_peers))
+        // Only matched routes: an unknown path is a 404 whether or not a token came with it.
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
+    Router::new()
+        .nest(API_PREFIX, api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_OTHER_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), account))
+        .with_state(state)
+}
+
+/// Outermost middleware: bounds the request's duration and counts it by route and status.
+async fn account(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    state
+        .0
+        .metrics
+        .record_request(route.as_deref(), &method, response.status().as_u16());
+    response
+}
+
+/// With a swarm token configured, every API request must carry `Authorization: Bearer <token>`.
+async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(want) = &state.0.swarm_token_hash {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let Some(given) = given else {
+            return Err(ApiError::Unauthorized(
+                "this swarm requires \"Authorization: Bearer <token>\"".into(),
+            ));
+        };
+        if !constant_time_eq(&sha256(given.as_bytes()), want) {
+            return Err(ApiError::Unauthorized("wrong swarm token".into()));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A caller that presented a client certificate allowed in this swarm. The fingerprint is the
+/// TLS session's, so no peer can act on behalf of another.
+pub struct AuthorizedPeer(pub Fingerprint);
+
+impl FromRequestParts<AppState> for AuthorizedPeer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(fp) = parts.extensions.get::<PeerIdentity>().and_then(|p| p.0) else {
+            return Err(ApiError::Unauthorized(
+                "this endpoint requires a TLS client certificate".into(),
+            ));
+        };
+        if !state.0.allowlist.is_empty() && !state.0.allowlist.contains(&fp) {
+            return Err(ApiError::Forbidden(format!(
+                "{fp} is not on this tracker's allowlist"
+            )));
+        }
+        Ok(AuthorizedPeer(fp))
+    }
+}
+
+/// The connection's remote address.
+struct RemoteAddr(SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| RemoteAddr(c.0))
+            .ok_or_else(|| ApiError::Internal("connection address missing".into()))
+    }
+}
+
+fn parse_file_id(s: &str) -> Result<FileId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::BadRequest("a file id is 64 lowercase hex digits".into()))
+}
+
+fn page_limit(q: &PageQuery) -> Result<u32, ApiError> {
+    match q.limit {
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some(n @ 1..=MAX_PAGE_LIMIT) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit {n} is out of range 1..={MAX_PAGE_LIMIT}"
+        ))),
+    }
+}
+
+fn cursor<T: std::str::FromStr>(q: &PageQuery) -> Result<Option<T>, ApiError> {
+    q.cursor
+        .as_deref()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+        })
+        .transpose()
+}
+
+async fn register_file(
+    State(state): State<AppState>,
+    AuthorizedPeer(peer): AuthorizedPeer,
+    AppBytes(body): AppBytes,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    // Parsing, validating and hashing a manifest of up to 80 MB takes long enough to stall
+    // other requests on this worker, so it runs on the blocking pool.
+    let (manifest, file_id) = tokio::task::spawn_blocking(move || {
+        let manifest: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("manifest JSON: {e}")))?;
+        manifest
+            .validate()
+            .map_err(|e| ApiError::InvalidManifest(e.to_string()))?;
+        let id = manifest.file_id();
+        Ok::<_, ApiError>((manifest, id))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let created = state
+        .0
+        .store
+        .register_file(file_id, &manifest, unix_now())
+        .await?;
+    if created {
+        tracing::info!(%file_id, name = %manifest.name, size = manifest.size, peer = %peer.short(), "file registered");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(RegisterResponse { file_id, created })))
+}
+
+async fn list_files(
+    State(state): State<AppState>,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Page<torrentguard_protocol::api::FileSummary>>, ApiError> {
+    let limit = page_limit(&q)?;
+    let after = cursor::<FileId>(&q)?;
+    let live_since = state.live_since(unix_now());
+    Ok(Json(
+        state.0.store.list_files(after, limit, live_since).await?,
+    ))
+}
+
+async fn get_file(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Json<Manifest>, ApiError> {
+    let id = parse_file_id(&id)?;
+    match state.0.store.manifest(id).await? {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::NotFound(format!("no file {id}"))),
+    }
+}
+
+async fn file_peers(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<Json<FilePeers>, ApiError> {
+    let id = parse_file_id(&id)?;
+    if state.0.store.chunk_count(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no file {id}")));
+    }
+    let live_since = state.live_since(unix_now());
+    let peers = state
+        .0
+        .store
+        .file_peers(id, live_since, None, MAX_FILE_PEERS)
+        .await?;
+    Ok(Json(FilePeers { file_id: id, peers }))
+}
+
+/// The address other peers should dial: the connection's source, or the announced one if that
+/// is allowed. A peer may name another interface of its own, but not send others to loopback
+/// (that would point them at themselves) unless it is itself on loopback, and never to an
+/// unspecified address, which cannot be dialled.
+pub fn advertised_address(source: IpAddr, announced: Option<IpAddr>) -> Result<IpAddr, ApiError> {
+    let source = source.to_canonical();
+    let Some(a) = announced.map(|a| a.to_canonical()) else {
+        return Ok(source);
+    };
+    if a.is_unspecified() || a.is_multicast() || a == IpAddr::from([255, 255, 255, 255]) {
+        return Err(ApiError::BadRequest(format!(
+            "address {a} cannot be dialled by other peers"
+        )));
+    }
+    if a.is_loopback() && !source.is_loopback() {
+        return Err(ApiError::BadRequest(format!(
+            "loopback address {a} is only accepted from a loopback connection"
+        )));
+    }
+    Ok(a)
+}
+
+async fn announce(
+    State(state): State<AppState>,
+    AuthorizedPeer(peer): AuthorizedPeer,
+    RemoteAddr(remote): RemoteAddr,
+    AppJson(req): AppJson<AnnounceRequest>,
+) -> Result<Json<AnnounceResponse>, ApiError> {
+    if req.port == 0 {
+        return Err(ApiError::BadRequest("port must be 1..=65535".into()));
+    }
+    let address = advertised_address(remote.ip(), req.address)?;
+    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
+        return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
+    };
+    let bitfield = Bitfield::from_base64(&req.bitfield, chunks)
+        .map_err(|e| ApiError::BadRequest(format!("bitfield: {e}")))?;
+    let now = unix_now();
+    let record = AnnounceRecord {
+        fingerprint: peer,
+        file_id: req.file_id,
+        address,
+        port: req.port,
+        event: req.event,
+        have: bitfield.count(),
+        complete: bitfield.is_complete(),
+        bitfield: bitfield.as_bytes().to_vec(),
+        now,
+    };
+    state.0.store.announce(&record).await?;
+    state.0.metrics.record_announce();
+    tracing::debug!(peer = %peer.short(), file = %req.file_id.short(), event = req.event.as_str(), have = record.have, %address, "announce");
+    let peers = state
+        .0
+        .store
+        .file_peers(
+            req.file_id,
+            state.live_since(now),
+            Some(peer),
+            MAX_ANNOUNCE_PEERS,
+        )
+        .await?;
+    Ok(Json(AnnounceResponse {
+        interval_secs: state.0.announce_interval.as_secs().max(1),
+        peers,
+    }))
+}
+
+async fn list_peers(
+    State(state): State<AppState>,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Page<torrentguard_protocol::api::PeerSummary>>, ApiError> {
+    let limit = page_limit(&q)?;
+    let after = cursor::<Fingerprint>(&q)?;
+    let live_since = state.live_since(unix_now());
+    Ok(Json(
+        state.0.store.list_peers(after, limit, live_since).await?,
+    ))
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.0.store.ping().await.map_err(ApiError::Unavailable)?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        fingerprint: state.0.fingerprint,
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = state.0.store.counts(state.live_since(unix_now())).await?;
+    let body = state.0.metrics.render(counts);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_rules() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(advertised_address(remote, None).unwrap(), remote);
+        assert_eq!(advertised_address(remote, Some(other)).unwrap(), other);
+        assert!(advertised_address(remote, Some(lo)).is_err());
+        assert_eq!(advertised_address(lo, Some(lo)).unwrap(), lo);
+        assert!(advertised_address(lo, Some("0.0.0.0".parse().unwrap())).is_err());
+        assert!(advertised_address(lo, Some("::".parse().unwrap())).is_err());
+        assert!(advertised_address(lo, Some("224.0.0.1".parse().unwrap())).is_err());
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(advertised_address(mapped, None).unwrap(), remote);
+        let mapped_lo: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(advertised_address(mapped_lo, Some(lo)).unwrap(), lo);
+    }
+
+    #[test]
+    fn page_limits() {
+        let q = |limit| PageQuery {
+            cursor: None,
+            limit,
+        };
+        assert_eq!(page_limit(&q(None)).unwrap(), DEFAULT_PAGE_LIMIT);
+        assert_eq!(page_limit(&q(Some(1000))).unwrap(), 1000);
+        assert!(page_limit(&q(Some(0))).is_err());
+        assert!(page_limit(&q(Some(1001))).is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        let a = sha256(b"secret");
+        assert!(constant_time_eq(&a, &sha256(b"secret")));
+        assert!(!constant_time_eq(&a, &sha256(b"secreT")));
+    }
+}

@@ -1,0 +1,355 @@
+//! The TorrentGuard tracker: an HTTPS/JSON service (axum over rustls) that stores manifests and
+//! peer lists in SQLite.
+//!
+//! [`start`] binds, opens the database, and serves in the background until
+//! [`RunningTracker::shutdown`]. The `torrentguard-tracker` binary and the peer agent's
+//! embedded tracker (`torrentguard tracker`) both run it, configured by [`TrackerArgs`].
+
+pub mod app;
+pub mod error;
+pub mod healthcheck;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use torrentguard_protocol::Fingerprint;
+
+pub use app::PeerIdentity;
+pub use identity::{Identity, IdentityError};
+pub use store::{SqliteStore, Store, StoreError};
+
+use crate::app::{AppConfig, AppState};
+use crate::server::Server;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "tracker.db";
+/// Common name of a generated tracker certificate (identity is the fingerprint, not the name).
+pub const CERT_COMMON_NAME: &str = "torrentguard-tracker";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_PEER_TTL: Duration = Duration::from_secs(120);
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("tracker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Everything [`start`] needs.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    pub listen: SocketAddr,
+    /// Holds the SQLite database and, unless `cert`/`key` are given, the identity.
+    pub data_dir: PathBuf,
+    /// Operator-provided PEM certificate and key, used instead of the generated identity.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Peers that have not announced for this long are dropped.
+    pub peer_ttl: Duration,
+    /// How often peers are told to re-announce.
+    pub announce_interval: Duration,
+    /// If set, every `/api/v1` request must carry `Authorization: Bearer <token>`.
+    pub swarm_token: Option<String>,
+    /// If not empty, only these client certificates may register files and announce.
+    pub allowlist: Vec<Fingerprint>,
+}
+
+impl TrackerConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        TrackerConfig {
+            listen,
+            data_dir,
+            cert: None,
+            key: None,
+            peer_ttl: DEFAULT_PEER_TTL,
+            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
+            swarm_token: None,
+            allowlist: Vec::new(),
+        }
+    }
+}
+
+/// The data directory used when none is given: the platform's data directory
+/// (`~/.local/share/torrentguard/tracker` on Linux), or `./tracker-data` without a home.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "torrentguard")
+        .map(|d| d.data_dir().join("tracker"))
+        .unwrap_or_else(|| PathBuf::from("tracker-data"))
+}
+
+/// The tracker's command-line flags, each also readable from the environment. Shared by the
+/// `torrentguard-tracker` binary and `torrentguard tracker` (flattened there).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrackerArgs {
+    /// Address and port to listen on, IPv4 or IPv6 (`[::]:8443` listens on both families).
+    /// Port 0 picks a free port; the start-up line shows which.
+    #[arg(long, env = "TORRENTGUARD_TRACKER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the generated identity (cert.pem, key.pem with
+    /// mode 0600). Created if missing. [default: the platform data directory, e.g.
+    /// ~/.local/share/torrentguard/tracker]
+    #[arg(long, env = "TORRENTGUARD_TRACKER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// PEM certificate to serve instead of the generated identity (needs --key). Clients pin
+    /// its SHA-256 fingerprint, printed at start-up.
+    #[arg(
+        long,
+        env = "TORRENTGUARD_TRACKER_CERT",
+        value_name = "PEM",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        env = "TORRENTGUARD_TRACKER_KEY",
+        value_name = "PEM",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Seconds after its last announce before a peer is dropped from the swarm.
+    #[arg(long, env = "TORRENTGUARD_TRACKER_PEER_TTL", value_name = "SECS", default_value_t = DEFAULT_PEER_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_ttl: u64,
+
+    /// Seconds between announces that peers are asked to keep; keep it well under --peer-ttl.
+    #[arg(long, env = "TORRENTGUARD_TRACKER_ANNOUNCE_INTERVAL", value_name = "SECS", default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub announce_interval: u64,
+
+    /// Shared secret of a private swarm: every /api/v1 request must then send
+    /// `Authorization: Bearer <token>` (/healthz and /metrics stay open). Prefer the
+    /// environment variable: flags are visible in the process list.
+    #[arg(
+        long,
+        env = "TORRENTGUARD_SWARM_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub swarm_token: Option<String>,
+
+    /// Client certificate fingerprint (sha256:<64 hex>) allowed to register files and
+    /// announce. Repeat the flag, or comma-separate in the environment variable. Without any,
+    /// every client certificate may.
+    #[arg(
+        long = "allow-fingerprint",
+        env = "TORRENTGUARD_TRACKER_ALLOW_FINGERPRINTS",
+        value_name = "FINGERPRINT",
+        value_delimiter = ','
+    )]
+    pub allow_fingerprints: Vec<Fingerprint>,
+}
+
+impl TrackerArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    pub fn into_config(self) -> TrackerConfig {
+        TrackerConfig {
+            listen: self.listen,
+            data_dir: self.data_dir(),
+            cert: self.cert,
+            key: self.key,
+            peer_ttl: Duration::from_secs(self.peer_ttl),
+            announce_interval: Duration::from_secs(self.announce_interval),
+            // An empty token (e.g. `TORRENTGUARD_SWARM_TOKEN=` in a compose file) means none.
+            swarm_token: self.swarm_token.filter(|t| !t.is_empty()),
+            allowlist: self.allow_fingerprints,
+        }
+    }
+}
+
+/// A tracker serving in the background.
+#[derive(Debug)]
+pub struct RunningTracker {
+    /// The bound address (with the real port when the configured one was 0).
+    pub local_addr: SocketAddr,
+    /// The fingerprint of the certificate it serves: what clients pin.
+    pub fingerprint: Fingerprint,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), TrackerError>>,
+}
+
+impl RunningTracker {
+    /// Stops accepting connections, lets in-flight requests finish, closes the database.
+    pub async fn shutdown(self) -> Result<(), TrackerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the tracker stops (after [`Self::shutdown_token`] is cancelled).
+    pub async fn wait(self) -> Result<(), TrackerError> {
+        self.task.await?
+    }
+
+    /// Cancelling it starts a graceful shutdown, as [`Self::shutdown`] does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// `https://addr:port`, with a loopback address in place of an unspecified one, so it can
+    /// be dialled from this host.
+    pub fn url(&self) -> String {
+        format!("https://{}", dialable(self.local_addr))
+    }
+}
+
+/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by the loopback of its family.
+pub fn dialable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn load_identity(config: &TrackerConfig) -> Result<Identity, TrackerError> {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Ok(Identity::from_pem_files(cert, key)?),
+        (None, None) => {
+            let (identity, created) = Identity::load_or_create(&config.data_dir, CERT_COMMON_NAME)?;
+            if created {
+                tracing::info!(dir = %config.data_dir.display(), fingerprint = %identity.fingerprint, "generated a new tracker identity");
+            }
+            Ok(identity)
+        }
+        _ => Err(TrackerError::Config(
+            "a certificate and its key go together: give both --cert and --key, or neither".into(),
+        )),
+    }
+}
+
+/// Loads or creates the identity, opens and migrates the database, binds, and starts serving.
+/// Returns once the listener is bound, so the tracker is ready when this returns.
+pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError> {
+    if config.announce_interval >= config.peer_ttl {
+        tracing::warn!(
+            announce_interval_secs = config.announce_interval.as_secs(),
+            peer_ttl_secs = config.peer_ttl.as_secs(),
+            "the announce interval is not shorter than the peer TTL: peers will drop out between announces"
+        );
+    }
+    let data_dir = config.data_dir.clone();
+    let identity = {
+        let config = config.clone();
+        // File I/O and key generation: keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            identity::create_private_dir(&config.data_dir)?;
+            load_identity(&config)
+        })
+        .await??
+    };
+    let tls = tls::server_config(&identity)?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| TrackerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr()?;
+
+    let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
+    let token_set = config.swarm_token.is_some();
+    let open_swarm = !token_set && config.allowlist.is_empty();
+    let state = AppState::new(
+        store.clone(),
+        AppConfig {
+            fingerprint: identity.fingerprint,
+            peer_ttl: config.peer_ttl,
+            announce_interval: config.announce_interval,
+            swarm_token: config.swarm_token,
+            allowlist: config.allowlist.clone(),
+        },
+    );
+    let server = Server {
+        listener,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        router: app::router(state),
+    };
+
+    if open_swarm {
+        tracing::warn!(
+            "open swarm: no swarm token and no fingerprint allowlist, so any client with a certificate can register files and announce"
+        );
+    } else {
+        tracing::info!(
+            token = token_set,
+            allowlisted = config.allowlist.len(),
+            "private swarm"
+        );
+    }
+    tracing::info!(address = %local_addr, fingerprint = %identity.fingerprint, data_dir = %data_dir.display(), "tracker listening");
+
+    let shutdown = CancellationToken::new();
+    let task = {
+        let shutdown = shutdown.clone();
+        let ttl = config.peer_ttl;
+        tokio::spawn(async move {
+            let expiry = tokio::spawn(expire_peers(store.clone(), ttl, shutdown.clone()));
+            server.run(shutdown.clone()).await;
+            // The server stops only when shutdown was cancelled, which stops expiry too.
+            shutdown.cancel();
+            let expiry_result = expiry.await;
+            store.close().await;
+            tracing::info!("tracker stopped; database closed");
+            expiry_result.map_err(TrackerError::from)
+        })
+    };
+    Ok(RunningTracker {
+        local_addr,
+        fingerprint: identity.fingerprint,
+        shutdown,
+        task,
+    })
+}
+
+/// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
+/// handlers already ignore stale rows, so this only keeps the tables small.
+async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: CancellationToken) {
+    let period = (ttl / 4).max(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = app::unix_now().saturating_sub(app::ttl_secs(ttl));
+        match store.expunge(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "expired silent peers"),
+            Err(e) => tracing::warn!(error = %e, "expiring peers failed"),
+        }
+    }
+}

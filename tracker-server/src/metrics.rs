@@ -1,0 +1,133 @@
+//! Counters for `/metrics`, rendered in the Prometheus text format.
+//!
+//! Hand-rolled rather than a metrics crate: four series, and label values that come only from
+//! bounded sets (matched route templates, a fixed list of methods, status codes), so a client
+//! cannot grow the map by sending odd paths or methods.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::Method;
+
+use crate::store::Counts;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (route, method, status) → count.
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    announces: AtomicU64,
+}
+
+/// A method label from a fixed set, so custom methods cannot add series.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// `route` is the matched route template, or `None` for a request no route matched.
+    pub fn record_request(&self, route: Option<&str>, method: &Method, status: u16) {
+        let key = (
+            route.unwrap_or("unmatched").to_string(),
+            method_label(method),
+            status,
+        );
+        // A poisoned lock only means another request panicked mid-increment; the counts are
+        // still usable, so keep counting.
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(key).or_insert(0) += 1;
+    }
+
+    pub fn record_announce(&self) {
+        self.announces.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, counts: Counts) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_http_requests_total HTTP requests by matched route, method and status."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE torrentguard_tracker_http_requests_total counter"
+        );
+        {
+            let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            for ((route, method, status), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "torrentguard_tracker_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                    escape_label(route)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_live_peers Peers that announced within the TTL."
+        );
+        let _ = writeln!(out, "# TYPE torrentguard_tracker_live_peers gauge");
+        let _ = writeln!(out, "torrentguard_tracker_live_peers {}", counts.live_peers);
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_files Registered manifests."
+        );
+        let _ = writeln!(out, "# TYPE torrentguard_tracker_files gauge");
+        let _ = writeln!(out, "torrentguard_tracker_files {}", counts.files);
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_announces_total Announces accepted since start."
+        );
+        let _ = writeln!(out, "# TYPE torrentguard_tracker_announces_total counter");
+        let _ = writeln!(
+            out,
+            "torrentguard_tracker_announces_total {}",
+            self.announces.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series() {
+        let m = Metrics::default();
+        m.record_request(Some("/api/v1/files"), &Method::GET, 200);
+        m.record_request(Some("/api/v1/files"), &Method::GET, 200);
+        m.record_request(None, &Method::from_bytes(b"BREW").unwrap(), 404);
+        m.record_announce();
+        let text = m.render(Counts {
+            files: 3,
+            live_peers: 2,
+        });
+        assert!(text.contains(
+            "torrentguard_tracker_http_requests_total{route=\"/api/v1/files\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "torrentguard_tracker_http_requests_total{route=\"unmatched\",method=\"other\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("torrentguard_tracker_live_peers 2\n"));
+        assert!(text.contains("torrentguard_tracker_files 3\n"));
+        assert!(text.contains("torrentguard_tracker_announces_total 1\n"));
+    }
+}

@@ -1,0 +1,723 @@
+//! Persistence: the [`Store`] trait the handlers talk to, and its SQLite implementation.
+//!
+//! Rows become `protocol` types here, at the store's edge; handlers never see SQL. Everything
+//! handed to a store has been validated already (the manifest checked, the bitfield decoded
+//! against the file's chunk count), so the store only has to keep it.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
+use torrentguard_protocol::{Digest, FileId, Fingerprint, HashAlgo, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that does not decode into a protocol type: the database was edited by hand or
+    /// by a different program.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
+}
+
+/// One validated announce, ready to record.
+#[derive(Debug, Clone)]
+pub struct AnnounceRecord {
+    pub fingerprint: Fingerprint,
+    pub file_id: FileId,
+    pub address: IpAddr,
+    pub port: u16,
+    pub event: AnnounceEvent,
+    /// The wire bitfield, already checked against the file's chunk count.
+    pub bitfield: Vec<u8>,
+    pub have: u32,
+    pub complete: bool,
+    pub now: i64,
+}
+
+/// Sizes for the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub files: u64,
+    pub live_peers: u64,
+}
+
+/// What the tracker needs from its database. Object safe (boxed futures) so the handlers hold an
+/// `Arc<dyn Store>` and a PostgreSQL implementation can join without touching them.
+///
+/// `live_since` arguments are Unix seconds: peer entries last seen before it are treated as gone
+/// even before the background expiry removes them, so the TTL is exact.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a validated manifest under its id. `Ok(true)` if it was new, `Ok(false)` if the id
+    /// was known (the stored manifest is then left as it was: same id, same content).
+    fn register_file<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    fn manifest(&self, id: FileId) -> BoxFuture<'_, Result<Option<Manifest>, StoreError>>;
+
+    /// The chunk count of a known file, `None` for an unknown id.
+    fn chunk_count(&self, id: FileId) -> BoxFuture<'_, Result<Option<u32>, StoreError>>;
+
+    /// Files ordered by id, starting after `after`.
+    fn list_files(
+        &self,
+        after: Option<FileId>,
+        limit: u32,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Page<FileSummary>, StoreError>>;
+
+    /// Records an announce: upserts the peer and its entry for the file, or removes that entry
+    /// (and the peer, if it has no file left) on `stopped`. The file must exist.
+    fn announce<'a>(&'a self, record: &'a AnnounceRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Live peers of a file ordered by fingerprint, without `exclude`, at most `limit`.
+    fn file_peers(
+        &self,
+        id: FileId,
+        live_since: i64,
+        exclude: Option<Fingerprint>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<PeerInfo>, StoreError>>;
+
+    /// Live peers ordered by fingerprint, starting after `after`, with their live files.
+    fn list_peers(
+        &self,
+        after: Option<Fingerprint>,
+        limit: u32,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Page<PeerSummary>, StoreError>>;
+
+    /// Deletes peer entries last seen before `cutoff`, then peers left without any file.
+    /// Returns the number of peer-file entries removed.
+    fn expunge(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    fn counts(&self, live_since: i64) -> BoxFuture<'_, Result<Counts, StoreError>>;
+
+    /// A cheap round trip, for the health check.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Closes the store; pending work finishes first. Further calls fail.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The SQLite store: one database file in WAL mode behind a connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and applies the migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            // WAL lets the GET handlers read while an announce writes.
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across application crashes in WAL mode; a power cut may lose
+            // the last announces, which peers repeat anyway within their interval.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool (tests use `#[sqlx::test]`'s) and applies the migrations.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[derive(FromRow)]
+struct ManifestRow {
+    name: String,
+    size: i64,
+    chunk_size: i64,
+    hash_algo: String,
+    chunks: Vec<u8>,
+    file_hash: Vec<u8>,
+}
+
+impl ManifestRow {
+    fn into_manifest(self) -> Result<Manifest, StoreError> {
+        let bad = |d: &dyn std::fmt::Display| corrupt("files", d.to_string());
+        let hash = HashAlgo::from_str(&self.hash_algo).map_err(|e| bad(&e))?;
+        let len = hash.digest_len();
+        if !self.chunks.len().is_multiple_of(len) {
+            return Err(bad(&"chunk digests are not a whole number of digests"));
+        }
+        let chunks = self
+            .chunks
+            .chunks_exact(len)
+            .map(Digest::from_slice)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        Ok(Manifest {
+            name: self.name,
+            size: u64::try_from(self.size).map_err(|e| bad(&e))?,
+            chunk_size: u32::try_from(self.chunk_size).map_err(|e| bad(&e))?,
+            hash,
+            chunks,
+            file_hash: Digest::from_slice(&self.file_hash).map_err(|e| bad(&e))?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct FileSummaryRow {
+    file_id: String,
+    name: String,
+    size: i64,
+    chunk_size: i64,
+    chunk_count: i64,
+    registered_at: i64,
+    seeders: i64,
+    leechers: i64,
+}
+
+impl TryFrom<FileSummaryRow> for FileSummary {
+    type Error = StoreError;
+    fn try_from(r: FileSummaryRow) -> Result<Self, StoreError> {
+        let bad = |d: String| corrupt("files", d);
+        Ok(FileSummary {
+            file_id: r.file_id.parse().map_err(|_| bad(r.file_id.clone()))?,
+            name: r.name,
+            size: u64::try_from(r.size).map_err(|e| bad(e.to_string()))?,
+            chunk_size: u32::try_from(r.chunk_size).map_err(|e| bad(e.to_string()))?,
+            chunk_count: u32::try_from(r.chunk_count).map_err(|e| bad(e.to_string()))?,
+            seeders: u32::try_from(r.seeders).map_err(|e| bad(e.to_string()))?,
+            leechers: u32::try_from(r.leechers).map_err(|e| bad(e.to_string()))?,
+            registered_at: r.registered_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct PeerInfoRow {
+    fingerprint: String,
+    address: String,
+    port: i64,
+    have: i64,
+    complete: bool,
+    last_seen: i64,
+}
+
+impl TryFrom<PeerInfoRow> for PeerInfo {
+    type Error = StoreError;
+    fn try_from(r: PeerInfoRow) -> Result<Self, StoreError> {
+        let bad = |d: String| corrupt("peers", d);
+        Ok(PeerInfo {
+            fingerprint: r
+                .fingerprint
+                .parse()
+                .map_err(|_| bad(r.fingerprint.clone()))?,
+            address: r.address.parse().map_err(|_| bad(r.address.clone()))?,
+            port: u16::try_from(r.port).map_err(|e| bad(e.to_string()))?,
+            have: u32::try_from(r.have).map_err(|e| bad(e.to_string()))?,
+            complete: r.complete,
+            last_seen: r.last_seen,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct PeerSummaryRow {
+    fingerprint: String,
+    address: String,
+    port: i64,
+    last_seen: i64,
+    /// Comma-separated file ids (hex never contains a comma).
+    files: String,
+}
+
+impl TryFrom<PeerSummaryRow> for PeerSummary {
+    type Error = StoreError;
+    fn try_from(r: PeerSummaryRow) -> Result<Self, StoreError> {
+        let bad = |d: String| corrupt("peers", d);
+        let files = r
+            .files
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|_| bad(s.to_string())))
+            .collect::<Result<Vec<FileId>, _>>()?;
+        Ok(PeerSummary {
+            fingerprint: r
+                .fingerprint
+                .parse()
+                .map_err(|_| bad(r.fingerprint.clone()))?,
+            address: r.address.parse().map_err(|_| bad(r.address.clone()))?,
+            port: u16::try_from(r.port).map_err(|e| bad(e.to_string()))?,
+            files,
+            last_seen: r.last_seen,
+        })
+    }
+}
+
+/// Turns `limit + 1` rows into a page: the extra row only says that another page exists.
+fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+impl Store for SqliteStore {
+    fn register_file<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut chunks = Vec::with_capacity(manifest.chunks.len() * manifest.hash.digest_len());
+            for c in &manifest.chunks {
+                chunks.extend_from_slice(c.as_bytes());
+            }
+            // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
+            let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
+            let done = sqlx::query(
+                "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
+                                    chunks, file_hash, registered_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (file_id) DO NOTHING",
+            )
+            .bind(id.to_string())
+            .bind(&manifest.name)
+            .bind(size)
+            .bind(i64::from(manifest.chunk_size))
+            .bind(manifest.hash.as_str())
+            .bind(i64::from(manifest.chunk_count()))
+            .bind(chunks)
+            .bind(manifest.file_hash.as_bytes())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn manifest(&self, id: FileId) -> BoxFuture<'_, Result<Option<Manifest>, StoreError>> {
+        Box::pin(async move {
+            let row: Option<ManifestRow> = sqlx::query_as(
+                "SELECT name, size, chunk_size, hash_algo, chunks, file_hash
+                 FROM files WHERE file_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(ManifestRow::into_manifest).transpose()
+        })
+    }
+
+    fn chunk_count(&self, id: FileId) -> BoxFuture<'_, Result<Option<u32>, StoreError>> {
+        Box::pin(async move {
+            let count: Option<i64> =
+                sqlx::query_scalar("SELECT chunk_count FROM files WHERE file_id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            count
+                .map(|c| u32::try_from(c).map_err(|e| corrupt("files", e)))
+                .transpose()
+        })
+    }
+
+    fn list_files(
+        &self,
+        after: Option<FileId>,
+        limit: u32,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Page<FileSummary>, StoreError>> {
+        Box::pin(async move {
+            // Every id is 64 hex digits, so "" sorts before all of them.
+            let after = after.map(|a| a.to_string()).unwrap_or_default();
+            let rows: Vec<FileSummaryRow> = sqlx::query_as(
+                "SELECT f.file_id, f.name, f.size, f.chunk_size, f.chunk_count, f.registered_at,
+                        (SELECT COUNT(*) FROM peer_files pf
+                          WHERE pf.file_id = f.file_id AND pf.last_seen >= $1
+                            AND pf.complete = 1) AS seeders,
+                        (SELECT COUNT(*) FROM peer_files pf
+                          WHERE pf.file_id = f.file_id AND pf.last_seen >= $1
+                            AND pf.complete = 0) AS leechers
+                 FROM files f
+                 WHERE f.file_id > $2
+                 ORDER BY f.file_id
+                 LIMIT $3",
+            )
+            .bind(live_since)
+            .bind(after)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+            let items = rows
+                .into_iter()
+                .map(FileSummary::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(items, limit, |f| f.file_id.to_string()))
+        })
+    }
+
+    fn announce<'a>(&'a self, r: &'a AnnounceRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let fingerprint = r.fingerprint.to_string();
+            let file_id = r.file_id.to_string();
+            let mut tx = self.pool.begin().await?;
+            if r.event == AnnounceEvent::Stopped {
+                sqlx::query("DELETE FROM peer_files WHERE fingerprint = $1 AND file_id = $2")
+                    .bind(&fingerprint)
+                    .bind(&file_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "DELETE FROM peers WHERE fingerprint = $1
+                       AND NOT EXISTS (SELECT 1 FROM peer_files WHERE fingerprint = $1)",
+                )
+                .bind(&fingerprint)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                // The first statement writes, so SQLite takes the write lock at once (waiting
+                // under busy_timeout) instead of failing a read-to-write upgrade later.
+                sqlx::query(
+                    "INSERT INTO peers (fingerprint, address, port, last_seen)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (fingerprint) DO UPDATE
+                        SET address = excluded.address, port = excluded.port,
+                            last_seen = excluded.last_seen",
+                )
+                .bind(&fingerprint)
+                .bind(r.address.to_string())
+                .bind(i64::from(r.port))
+                .bind(r.now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO peer_files (fingerprint, file_id, bitfield, have, complete,
+                                             last_seen)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (fingerprint, file_id) DO UPDATE
+                        SET bitfield = excluded.bitfield, have = excluded.have,
+                            complete = excluded.complete, last_seen = excluded.last_seen",
+                )
+                .bind(&fingerprint)
+                .bind(&file_id)
+                .bind(&r.bitfield)
+                .bind(i64::from(r.have))
+                .bind(r.complete)
+                .bind(r.now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn file_peers(
+        &self,
+        id: FileId,
+        live_since: i64,
+        exclude: Option<Fingerprint>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<PeerInfo>, StoreError>> {
+        Box::pin(async move {
+            // Fingerprints all start with "sha256:", so "" excludes nobody.
+            let exclude = exclude.map(|f| f.to_string()).unwrap_or_default();
+            let rows: Vec<PeerInfoRow> = sqlx::query_as(
+                "SELECT p.fingerprint, p.address, p.port, pf.have, pf.complete, pf.last_seen
+                 FROM peer_files pf JOIN peers p ON p.fingerprint = pf.fingerprint
+                 WHERE pf.file_id = $1 AND pf.last_seen >= $2 AND pf.fingerprint <> $3
+                 ORDER BY p.fingerprint
+                 LIMIT $4",
+            )
+            .bind(id.to_string())
+            .bind(live_since)
+            .bind(exclude)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(PeerInfo::try_from).collect()
+        })
+    }
+
+    fn list_peers(
+        &self,
+        after: Option<Fingerprint>,
+        limit: u32,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Page<PeerSummary>, StoreError>> {
+        Box::pin(async move {
+            let after = after.map(|a| a.to_string()).unwrap_or_default();
+            let rows: Vec<PeerSummaryRow> = sqlx::query_as(
+                "SELECT p.fingerprint, p.address, p.port, p.last_seen,
+                        group_concat(pf.file_id, ',') AS files
+                 FROM peers p JOIN peer_files pf ON pf.fingerprint = p.fingerprint
+                 WHERE pf.last_seen >= $1 AND p.fingerprint > $2
+                 GROUP BY p.fingerprint
+                 ORDER BY p.fingerprint
+                 LIMIT $3",
+            )
+            .bind(live_since)
+            .bind(after)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+            let items = rows
+                .into_iter()
+                .map(PeerSummary::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(items, limit, |p| p.fingerprint.to_string()))
+        })
+    }
+
+    fn expunge(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let gone = sqlx::query("DELETE FROM peer_files WHERE last_seen < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(
+                "DELETE FROM peers WHERE NOT EXISTS
+                    (SELECT 1 FROM peer_files pf WHERE pf.fingerprint = peers.fingerprint)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(gone)
+        })
+    }
+
+    fn counts(&self, live_since: i64) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        Box::pin(async move {
+            let (files, live_peers): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM files),
+                        (SELECT COUNT(DISTINCT fingerprint) FROM peer_files
+                          WHERE last_seen >= $1)",
+            )
+            .bind(live_since)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(Counts {
+                files: u64::try_from(files).unwrap_or(0),
+                live_peers: u64::try_from(live_peers).unwrap_or(0),
+            })
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torrentguard_protocol::Bitfield;
+
+    fn manifest(name: &str, data: &[u8]) -> Manifest {
+        let chunk_size = 16 * 1024;
+        Manifest {
+            name: name.into(),
+            size: data.len() as u64,
+            chunk_size,
+            hash: HashAlgo::Sha256,
+            chunks: data
+                .chunks(chunk_size as usize)
+                .map(|c| HashAlgo::Sha256.digest(c))
+                .collect(),
+            file_hash: HashAlgo::Sha256.digest(data),
+        }
+    }
+
+    fn fp(n: u8) -> Fingerprint {
+        Fingerprint::from_bytes([n; 32])
+    }
+
+    fn record(n: u8, file: &Manifest, event: AnnounceEvent, held: u32, now: i64) -> AnnounceRecord {
+        let mut b = Bitfield::new(file.chunk_count());
+        for i in 0..held {
+            b.set(i);
+        }
+        AnnounceRecord {
+            fingerprint: fp(n),
+            file_id: file.file_id(),
+            address: IpAddr::from([10, 0, 0, n]),
+            port: 7000 + u16::from(n),
+            event,
+            have: b.count(),
+            complete: b.is_complete(),
+            bitfield: b.as_bytes().to_vec(),
+            now,
+        }
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn manifests_round_trip_and_register_is_idempotent(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = manifest("a.bin", &vec![3u8; 40_000]);
+        let id = m.file_id();
+        assert!(store.register_file(id, &m, 100).await.unwrap());
+        assert!(!store.register_file(id, &m, 200).await.unwrap());
+        assert_eq!(store.manifest(id).await.unwrap(), Some(m.clone()));
+        assert_eq!(store.chunk_count(id).await.unwrap(), Some(3));
+        let unknown = manifest("b.bin", b"x").file_id();
+        assert_eq!(store.manifest(unknown).await.unwrap(), None);
+        assert_eq!(store.chunk_count(unknown).await.unwrap(), None);
+
+        let mut sha1 = manifest("c", b"");
+        sha1.hash = HashAlgo::Sha1;
+        sha1.file_hash = HashAlgo::Sha1.digest(b"");
+        assert!(store.register_file(sha1.file_id(), &sha1, 1).await.unwrap());
+        assert_eq!(store.manifest(sha1.file_id()).await.unwrap(), Some(sha1));
+        store.ping().await.unwrap();
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn file_pages_follow_the_cursor(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5u8 {
+            let m = manifest(&format!("f{i}"), &[i]);
+            store.register_file(m.file_id(), &m, 10).await.unwrap();
+            ids.push(m.file_id());
+        }
+        ids.sort();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_files(after, 2, 0).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|f| f.file_id));
+            match page.next {
+                Some(c) => after = Some(c.parse().unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids);
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn announces_peers_counts_and_expiry(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = manifest("data", &vec![1u8; 50_000]); // 4 chunks
+        let id = m.file_id();
+        store.register_file(id, &m, 0).await.unwrap();
+
+        store
+            .announce(&record(1, &m, AnnounceEvent::Completed, 4, 100))
+            .await
+            .unwrap();
+        store
+            .announce(&record(2, &m, AnnounceEvent::Started, 1, 105))
+            .await
+            .unwrap();
+
+        let all = store.file_peers(id, 0, None, 100).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].fingerprint, fp(1));
+        assert!(all[0].complete && all[0].have == 4);
+        assert_eq!(all[1].address, IpAddr::from([10, 0, 0, 2]));
+        assert_eq!(
+            (all[1].port, all[1].have, all[1].complete),
+            (7002, 1, false)
+        );
+        let others = store.file_peers(id, 0, Some(fp(1)), 100).await.unwrap();
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].fingerprint, fp(2));
+        assert_eq!(store.file_peers(id, 0, None, 1).await.unwrap().len(), 1);
+
+        let files = store.list_files(None, 10, 0).await.unwrap();
+        assert_eq!((files.items[0].seeders, files.items[0].leechers), (1, 1));
+        // Peer 1 (last seen 100) is not live since 101, even before expiry runs.
+        let files = store.list_files(None, 10, 101).await.unwrap();
+        assert_eq!((files.items[0].seeders, files.items[0].leechers), (0, 1));
+        assert_eq!(
+            store.counts(0).await.unwrap(),
+            Counts {
+                files: 1,
+                live_peers: 2
+            }
+        );
+
+        let peers = store.list_peers(None, 1, 0).await.unwrap();
+        assert_eq!(peers.items.len(), 1);
+        assert_eq!(peers.items[0].files, vec![id]);
+        let rest = store
+            .list_peers(Some(peers.next.unwrap().parse().unwrap()), 1, 0)
+            .await
+            .unwrap();
+        assert_eq!(rest.items[0].fingerprint, fp(2));
+        assert!(rest.next.is_none());
+
+        assert_eq!(store.expunge(101).await.unwrap(), 1);
+        assert_eq!(store.counts(0).await.unwrap().live_peers, 1);
+        assert_eq!(store.list_peers(None, 10, 0).await.unwrap().items.len(), 1);
+
+        store
+            .announce(&record(2, &m, AnnounceEvent::Stopped, 0, 106))
+            .await
+            .unwrap();
+        assert!(store.file_peers(id, 0, None, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .list_peers(None, 10, 0)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert_eq!(store.expunge(1000).await.unwrap(), 0);
+        store.close().await;
+        assert!(store.ping().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn file_database_is_created_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let m = manifest("x", b"hello");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.register_file(m.file_id(), &m, 1).await.unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.manifest(m.file_id()).await.unwrap(), Some(m));
+        store.close().await;
+    }
+}

@@ -1,0 +1,92 @@
+//! The tracker's rustls configuration: its own certificate, and optional client certificates
+//! that are accepted whoever issued them, because a peer is identified by its certificate's
+//! fingerprint, not by a CA.
+
+use std::sync::Arc;
+
+use rustls::DistinguishedName;
+use rustls::SignatureScheme;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, ServerConfig};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::identity::Identity;
+
+/// Accepts any client certificate whose holder proves, by the handshake signature, that it has
+/// the private key. Who that is (the fingerprint) is decided by the application, which then
+/// applies the allowlist. Client authentication is offered but optional, so curl and browsers
+/// can read the public endpoints.
+#[derive(Debug)]
+pub struct AnyProvenClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AnyProvenClientCert {
+    pub fn new(provider: &CryptoProvider) -> Self {
+        AnyProvenClientCert {
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ClientCertVerifier for AnyProvenClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No CA: hinting none lets the client send whichever certificate it has.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Self-signed identities have no chain to check and are long-lived by design; the
+        // proof of key possession is the handshake signature below.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// TLS 1.3 and 1.2 (1.2 for older HTTP clients; peers use 1.3), ALPN h2 and http/1.1.
+pub fn server_config(identity: &Identity) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(AnyProvenClientCert::new(&provider));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
