@@ -1,0 +1,314 @@
+//! `tls-ceiling`: the ceiling for one verified TorrentGuard transfer on this machine.
+//!
+//! Two processes on loopback, a bare rustls TLS 1.3 stream (aws-lc-rs provider, its default key
+//! exchange order, so X25519MLKEM768 first) that moves a file as 256 KiB chunks, each behind the
+//! same 9-byte header as the wire protocol's `Chunk` frame. The receiver reads each chunk into one
+//! reused buffer, SHA-256-hashes it with the protocol crate's hasher and writes it with a
+//! positional write: the least work any secure, verified transfer has to do. `--no-hash` and
+//! `--no-write` take those steps away to show the bare stream.
+//!
+//! ```text
+//! tls-ceiling send --listen 127.0.0.1:0 --file F      # prints "listening ADDR fingerprint FP"
+//! tls-ceiling recv --connect ADDR --fingerprint FP --out F [--no-hash] [--no-write]
+//! ```
+//!
+//! Each side runs on a single-threaded tokio runtime: one core per process, as in the real
+//! one-to-one transfer where both ends share this machine's cores.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use clap::{Parser, Subcommand};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use torrentguard_protocol::wire::{CHUNK_HEADER_LEN, chunk_header, ty};
+use torrentguard_protocol::{Fingerprint, HashAlgo};
+use torrentguard_tracker::identity::Identity;
+
+#[derive(Parser)]
+#[command(about = "Bare rustls TLS 1.3 loopback stream: the ceiling for one verified transfer")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Accept one connection and send FILE as Chunk frames, then close.
+    Send {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        file: PathBuf,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = 262_144)]
+        chunk_size: u32,
+    },
+    /// Connect, receive every chunk, hash and write it, print JSON figures.
+    Recv {
+        #[arg(long)]
+        connect: SocketAddr,
+        /// The sender's certificate fingerprint (`sha256:HEX`), pinned like a peer's.
+        #[arg(long)]
+        fingerprint: Fingerprint,
+        /// Output file (written with positional writes, fsynced at the end).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not hash the chunks.
+        #[arg(long)]
+        no_hash: bool,
+        /// Do not write the chunks.
+        #[arg(long)]
+        no_write: bool,
+        /// Largest chunk accepted.
+        #[arg(long, default_value_t = 262_144)]
+        chunk_size: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.cmd {
+        Cmd::Send {
+            listen,
+            file,
+            chunk_size,
+        } => rt.block_on(send(listen, file, chunk_size)),
+        Cmd::Recv {
+            connect,
+            fingerprint,
+            out,
+            no_hash,
+            no_write,
+            chunk_size,
+        } => {
+            let out = if no_write {
+                None
+            } else {
+                Some(out.context("--out is required unless --no-write")?)
+            };
+            rt.block_on(recv(connect, fingerprint, out, !no_hash, chunk_size))
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+async fn send(listen: SocketAddr, path: PathBuf, chunk_size: u32) -> anyhow::Result<()> {
+    let id = Identity::generate("tls-ceiling").context("generating the certificate")?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+
+    let listener = TcpListener::bind(listen).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "listening {} fingerprint {}",
+        listener.local_addr()?,
+        id.fingerprint
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+
+    let (tcp, _) = listener.accept().await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = acceptor.accept(tcp).await?;
+
+    // One buffer, header in front of the data so each chunk goes to rustls in one write and
+    // fills whole TLS records.
+    let cs = chunk_size as usize;
+    let mut buf = vec![0u8; CHUNK_HEADER_LEN + cs];
+    let mut offset = 0u64;
+    let mut index = 0u32;
+    while offset < size {
+        let len = ((size - offset) as usize).min(cs);
+        file.read_exact_at(&mut buf[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len], offset)?;
+        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(index, len as u32));
+        tls.write_all(&buf[..CHUNK_HEADER_LEN + len]).await?;
+        offset += len as u64;
+        index += 1;
+    }
+    tls.shutdown().await?;
+    Ok(())
+}
+
+async fn recv(
+    addr: SocketAddr,
+    pinned: Fingerprint,
+    out: Option<PathBuf>,
+    hash: bool,
+    chunk_size: u32,
+) -> anyhow::Result<()> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer {
+        pinned,
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let out = match out {
+        Some(p) => Some(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)
+                .with_context(|| format!("creating {}", p.display()))?,
+        ),
+        None => None,
+    };
+
+    let start = Instant::now();
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector
+        .connect(ServerName::try_from("tls-ceiling")?, tcp)
+        .await?;
+    let (_, conn) = tls.get_ref();
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let group = conn
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+        .unwrap_or_default();
+    let handshake_secs = start.elapsed().as_secs_f64();
+
+    let cs = chunk_size as usize;
+    let mut buf = vec![0u8; cs];
+    let mut header = [0u8; CHUNK_HEADER_LEN];
+    let mut bytes = 0u64;
+    let mut chunks = 0u64;
+    // Folded digest bytes, so the hashing cannot be optimised away and shows in the output.
+    let mut check = 0u8;
+    loop {
+        match tls.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let frame_len = u32::from_be_bytes(header[..4].try_into()?) as usize;
+        ensure!(
+            header[4] == ty::CHUNK,
+            "not a Chunk frame: type {}",
+            header[4]
+        );
+        ensure!(
+            (5..=cs + 5).contains(&frame_len),
+            "chunk frame of {frame_len} bytes"
+        );
+        let index = u32::from_be_bytes(header[5..9].try_into()?);
+        let len = frame_len - 5;
+        let data = &mut buf[..len];
+        tls.read_exact(data).await?;
+        if hash {
+            check ^= HashAlgo::Sha256.digest(data).as_bytes()[0];
+        }
+        if let Some(f) = &out {
+            f.write_all_at(data, index as u64 * cs as u64)?;
+        }
+        bytes += len as u64;
+        chunks += 1;
+    }
+    if let Some(f) = &out {
+        f.sync_all()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if bytes == 0 {
+        bail!("received nothing");
+    }
+    let result = serde_json::json!({
+        "bytes": bytes,
+        "chunks": chunks,
+        "secs": secs,
+        "mb_per_s": bytes as f64 / 1e6 / secs,
+        "handshake_secs": handshake_secs,
+        "hash": hash,
+        "write": out.is_some(),
+        "suite": suite,
+        "kx_group": group,
+        "check": check,
+    });
+    println!("{result}");
+    Ok(())
+}
+
+/// Accepts exactly the certificate whose SHA-256 is `pinned`; signatures are still verified.
+#[derive(Debug)]
+struct PinnedServer {
+    pinned: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of_der(end_entity) == self.pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "server certificate does not match the pinned fingerprint".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
