@@ -1,0 +1,287 @@
+//! Test harness: a real tracker on an ephemeral loopback port, and reqwest clients that pin its
+//! fingerprint over TLS, with or without a client certificate.
+//!
+//! The pinned verifier lives here rather than being borrowed from the crate, so the tests check
+//! the server with code that is not the server's.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::de::DeserializeOwned;
+use torrentguard_protocol::api::ErrorBody;
+use torrentguard_protocol::{Fingerprint, HashAlgo, Manifest};
+use torrentguard_tracker::{Identity, RunningTracker, TrackerConfig};
+
+/// Bound on every test's whole body; single requests have their own, shorter one.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn within<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .context("test timed out")?
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`. For waiting on a state
+/// the server reaches in its own time (expiry), never a fixed sleep.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("{what}: not reached within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug)]
+pub struct PinnedServer {
+    pin: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of_der(end_entity) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A rustls client configuration pinning `pin`, presenting `cert` and `key` if given.
+pub fn tls_config(
+    pin: Fingerprint,
+    client_cert: Option<(
+        CertificateDer<'static>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> rustls::ClientConfig {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(PinnedServer {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![cert], key)
+            .expect("a generated key matches its certificate's algorithm"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// Always offers one certificate and key, matching or not: lets a test present a certificate
+/// it does not hold the key of, which `with_client_auth_cert` would refuse to build.
+#[derive(Debug)]
+struct AlwaysThis(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for AlwaysThis {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client configuration presenting `cert` while signing with `key` (of another identity).
+pub fn forged_tls_config(
+    pin: Fingerprint,
+    cert: CertificateDer<'static>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> rustls::ClientConfig {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .expect("a generated key loads");
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing_key));
+    let verifier = Arc::new(PinnedServer {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(AlwaysThis(certified)))
+}
+
+/// A reqwest client pinning `pin`, with `identity` as its client certificate if given.
+pub fn client(pin: Fingerprint, identity: Option<&Identity>) -> reqwest::Client {
+    client_with(tls_config(
+        pin,
+        identity.map(|i| (i.cert.clone(), i.key.clone_key())),
+    ))
+}
+
+pub fn client_with(config: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .expect("client configuration is valid")
+}
+
+/// A tracker on 127.0.0.1:0 with its data in `dir`, configured further by `tweak`.
+pub async fn start_in(
+    dir: &Path,
+    tweak: impl FnOnce(&mut TrackerConfig),
+) -> Result<RunningTracker> {
+    let mut config = TrackerConfig::new("127.0.0.1:0".parse()?, dir.to_path_buf());
+    tweak(&mut config);
+    Ok(torrentguard_tracker::start(config).await?)
+}
+
+/// A running tracker, its data directory, and clients for it.
+pub struct Harness {
+    pub tracker: RunningTracker,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    /// No client certificate: what curl or a browser would be.
+    pub anonymous: reqwest::Client,
+    pub alice: Identity,
+    pub bob: Identity,
+}
+
+impl Harness {
+    pub async fn start(tweak: impl FnOnce(&mut TrackerConfig)) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let tracker = start_in(dir.path(), tweak).await?;
+        Ok(Self::around(tracker, dir))
+    }
+
+    pub fn around(tracker: RunningTracker, dir: tempfile::TempDir) -> Self {
+        Harness {
+            base: tracker.url(),
+            anonymous: client(tracker.fingerprint, None),
+            alice: Identity::generate("alice").expect("key generation works"),
+            bob: Identity::generate("bob").expect("key generation works"),
+            tracker,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    pub fn as_peer(&self, identity: &Identity) -> reqwest::Client {
+        client(self.tracker.fingerprint, Some(identity))
+    }
+}
+
+/// Reads a JSON body after checking the status.
+pub async fn expect_json<T: DeserializeOwned>(resp: reqwest::Response, status: u16) -> Result<T> {
+    let got = resp.status().as_u16();
+    let text = resp.text().await?;
+    if got != status {
+        bail!("expected status {status}, got {got}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("decoding {text}"))
+}
+
+/// Checks that `resp` is an error with `status` and the JSON body `{"error":{"code":code,..}}`.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Result<String> {
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: ErrorBody = expect_json(resp, status).await?;
+    if body.error.code != code {
+        bail!(
+            "expected error code {code}, got {}: {}",
+            body.error.code,
+            body.error.message
+        );
+    }
+    if !ctype.starts_with("application/json") {
+        bail!("error content type is {ctype:?}");
+    }
+    Ok(body.error.message)
+}
+
+/// A valid manifest of `data` in 16 KiB chunks, built without the streaming hasher.
+pub fn manifest_for(name: &str, data: &[u8]) -> Manifest {
+    let chunk_size = 16 * 1024;
+    Manifest {
+        name: name.into(),
+        size: data.len() as u64,
+        chunk_size,
+        hash: HashAlgo::Sha256,
+        chunks: data
+            .chunks(chunk_size as usize)
+            .map(|c| HashAlgo::Sha256.digest(c))
+            .collect(),
+        file_hash: HashAlgo::Sha256.digest(data),
+    }
+}
