@@ -1,0 +1,268 @@
+//! An agent: identity, tracker client and seeding listener, and the operations the CLI drives.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use torrentguard_protocol::api::AnnounceEvent;
+use torrentguard_protocol::hashing::{HashError, manifest_from_reader};
+use torrentguard_protocol::{FileId, Fingerprint, HashAlgo, Manifest, sanitize_name};
+use torrentguard_tracker::identity::{Identity, IdentityError};
+
+use crate::download::{DownloadError, DownloadOptions, DownloadReport, announce, download};
+use crate::events::{Event, EventSink};
+use crate::seeder::{Seeder, SharedFile};
+use crate::tracker_client::{TrackerClient, TrackerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Share { path: PathBuf, message: String },
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+}
+
+/// How to reach the tracker.
+#[derive(Debug, Clone)]
+pub struct TrackerTarget {
+    pub url: String,
+    pub fingerprint: Option<Fingerprint>,
+    pub token: Option<String>,
+}
+
+/// Loads (or creates) the agent's identity in `data_dir`.
+pub fn load_identity(data_dir: &Path) -> Result<(Identity, bool), IdentityError> {
+    Identity::load_or_create(data_dir, "torrentguard-peer")
+}
+
+pub struct Agent {
+    pub identity: Arc<Identity>,
+    pub tracker: TrackerClient,
+    pub seeder: Arc<Seeder>,
+    pub data_dir: PathBuf,
+    pub cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Agent {
+    /// Connects to the tracker as `identity` and opens the seeding listener on `listen`.
+    pub async fn start(
+        identity: Arc<Identity>,
+        data_dir: PathBuf,
+        tracker: &TrackerTarget,
+        listen: SocketAddr,
+    ) -> Result<Agent, AgentError> {
+        let client = TrackerClient::connect(
+            &tracker.url,
+            tracker.fingerprint,
+            &identity,
+            &data_dir,
+            tracker.token.clone(),
+        )
+        .await?;
+        let cancel = CancellationToken::new();
+        let seeder = Seeder::start(listen, &identity, client.clone(), cancel.child_token())
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: listen,
+                source,
+            })?;
+        Ok(Agent {
+            identity,
+            tracker: client,
+            seeder,
+            data_dir,
+            cancel,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.seeder.local_addr()
+    }
+
+    /// Hashes `path`, registers its manifest, serves it and announces it until shutdown.
+    pub async fn share(
+        &self,
+        path: &Path,
+        chunk_size: u32,
+        algo: HashAlgo,
+        events: &EventSink,
+    ) -> Result<Arc<SharedFile>, AgentError> {
+        let manifest = hash_file(path, chunk_size, algo, events).await?;
+        let resp = self.tracker.register(&manifest).await?;
+        let file = std::fs::File::open(path).map_err(|source| AgentError::File {
+            path: path.into(),
+            source,
+        })?;
+        let shared = SharedFile::complete(Arc::new(manifest), path.to_path_buf(), file).map_err(
+            |source| AgentError::File {
+                path: path.into(),
+                source,
+            },
+        )?;
+        // The file must not have changed between hashing and now.
+        if let Err(reason) = shared.check_unchanged() {
+            return Err(AgentError::Share {
+                path: path.into(),
+                message: format!("changed while it was being hashed: {reason}"),
+            });
+        }
+        tracing::info!(file_id = %resp.file_id, created = resp.created, "manifest registered");
+        self.seeder.add(shared.clone());
+        announce(&self.tracker, &self.seeder, &shared, AnnounceEvent::Started).await?;
+        events.emit(Event::Seeding {
+            file_id: shared.file_id,
+            name: shared.manifest.name.clone(),
+            size: shared.manifest.size,
+            listen: self.listen_addr(),
+        });
+        self.keep_announcing(shared.clone(), events.clone());
+        Ok(shared)
+    }
+
+    /// Downloads `id` (resuming if a `.part` exists).
+    pub async fn download(
+        &self,
+        id: FileId,
+        opts: DownloadOptions,
+    ) -> Result<DownloadReport, AgentError> {
+        Ok(download(
+            self.identity.clone(),
+            &self.tracker,
+            &self.seeder,
+            id,
+            opts,
+            self.cancel.child_token(),
+        )
+        .await?)
+    }
+
+    /// Keeps `file` announced on the tracker's interval until shutdown, then announces
+    /// `stopped`. Withdraws it if it changes on disk.
+    pub fn keep_announcing(&self, file: Arc<SharedFile>, events: EventSink) {
+        let (tracker, seeder, cancel) = (
+            self.tracker.clone(),
+            self.seeder.clone(),
+            self.cancel.clone(),
+        );
+        self.tasks.spawn(async move {
+            let mut interval = Duration::from_secs(30);
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                if let Err(reason) = file.check_unchanged() {
+                    seeder.remove(&file.file_id);
+                    events.emit(Event::Withdrawn { file_id: file.file_id, reason });
+                    break;
+                }
+                match announce(&tracker, &seeder, &file, AnnounceEvent::Progress).await {
+                    Ok(resp) => {
+                        interval = Duration::from_secs(resp.interval_secs.clamp(1, 3600));
+                        backoff = Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(file_id = %file.file_id, error = %e, "re-announce failed; retrying");
+                        interval = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+            let stop = announce(&tracker, &seeder, &file, AnnounceEvent::Stopped);
+            if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
+                tracing::warn!(file_id = %file.file_id, "could not announce stopped in time");
+            }
+        });
+    }
+
+    /// Stops everything: announces `stopped` for every file, closes the listener.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.seeder.shutdown().await;
+    }
+}
+
+/// Hashes a file into a manifest (on a blocking thread), emitting `Hashing` events.
+pub async fn hash_file(
+    path: &Path,
+    chunk_size: u32,
+    algo: HashAlgo,
+    events: &EventSink,
+) -> Result<Manifest, AgentError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| AgentError::Share {
+            path: path.into(),
+            message: "has no usable file name".into(),
+        })?
+        .to_string();
+    sanitize_name(&name).map_err(|e| AgentError::Share {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let file = std::fs::File::open(path).map_err(|source| AgentError::File {
+        path: path.into(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| AgentError::File {
+        path: path.into(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(AgentError::Share {
+            path: path.into(),
+            message: "is not a regular file".into(),
+        });
+    }
+    let total = meta.len();
+    let events = events.clone();
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut last = Instant::now();
+        let n2 = name.clone();
+        manifest_from_reader(&name, file, chunk_size, algo, |done| {
+            if last.elapsed() >= Duration::from_millis(200) || done == total {
+                last = Instant::now();
+                events.emit(Event::Hashing {
+                    name: n2.clone(),
+                    bytes_done: done,
+                    bytes_total: total,
+                });
+            }
+        })
+        .map_err(|e| match e {
+            HashError::Io(source) => AgentError::File { path: p, source },
+            HashError::Manifest(m) => AgentError::Share {
+                path: p,
+                message: m.to_string(),
+            },
+        })
+    })
+    .await
+    .expect("hashing does not panic")
+}

@@ -1,0 +1,948 @@
+//! The download engine: verified, resumable, multi-peer.
+//!
+//! Peers come from the tracker; each runs in its own task (connect, pinned TLS, `Hello`s,
+//! bitfields, then a window of pipelined requests). Chunks are hashed on the blocking pool and
+//! written with positional writes only when their digest matches; the [`Picker`] is the one
+//! owner of which chunk is where. A separate thread hashes the file in order as contiguous
+//! chunks land, so the whole-file check at the end costs almost nothing extra.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest, PeerInfo};
+use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
+use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest};
+use torrentguard_tracker::identity::Identity;
+
+use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
+use crate::events::{Event, EventSink};
+use crate::picker::Picker;
+use crate::seeder::{Seeder, SharedFile};
+use crate::store::{ChunkStore, StoreError};
+use crate::tls::{peer_client_config, peer_server_name};
+use crate::tracker_client::{TrackerClient, TrackerError};
+
+/// Penalty points at which a peer is dropped for the rest of the download.
+pub const BAN_THRESHOLD: u32 = 10;
+const BAD_CHUNK_PENALTY: u32 = 5;
+const STALL_PENALTY: u32 = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Chunks being hashed/written per connection while the next ones are read.
+const VERIFY_DEPTH: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub out_dir: PathBuf,
+    pub force: bool,
+    /// Most peers connected at once.
+    pub max_peers: usize,
+    /// A peer with requests out that sends nothing for this long is stalled.
+    pub stall_timeout: Duration,
+    /// Longest wait between re-announces while looking for peers.
+    pub max_retry_interval: Duration,
+    pub events: EventSink,
+}
+
+impl DownloadOptions {
+    pub fn new(out_dir: PathBuf) -> Self {
+        DownloadOptions {
+            out_dir,
+            force: false,
+            max_peers: 32,
+            stall_timeout: Duration::from_secs(20),
+            max_retry_interval: Duration::from_secs(30),
+            events: EventSink::none(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "every chunk matched but the whole file does not hash to the manifest's file_hash: the manifest is inconsistent"
+    )]
+    FileHashMismatch,
+    #[error(
+        "writing {path}: {source}; the partial download and its state are kept, run the same command again to resume"
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "interrupted; the partial download and its state are kept, run the same command again to resume"
+    )]
+    Interrupted,
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone)]
+pub struct DownloadReport {
+    pub file_id: FileId,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub secs: f64,
+    pub chunks_fetched: u32,
+    pub chunks_reused: u32,
+    pub shared: Arc<SharedFile>,
+}
+
+/// State every peer task of one download shares.
+struct Shared {
+    file_id: FileId,
+    manifest: Arc<Manifest>,
+    file: Arc<File>,
+    part_path: PathBuf,
+    shared_file: Arc<SharedFile>,
+    picker: Mutex<Picker>,
+    completions: broadcast::Sender<u32>,
+    hasher: std::sync::mpsc::Sender<u32>,
+    bytes_done: AtomicU64,
+    chunks_fetched: AtomicU32,
+    retries: AtomicU32,
+    dirty: AtomicBool,
+    done: Notify,
+    fatal: Mutex<Option<std::io::Error>>,
+    pool: BufferPool,
+    events: EventSink,
+    identity: Arc<Identity>,
+    stall_timeout: Duration,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
+        // A panic while holding the lock cannot leave the picker half-updated: every method
+        // finishes its state change before returning.
+        self.picker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+enum PeerEnd {
+    /// The download is complete or stopping.
+    Finished,
+    Failed(String),
+    Banned(String),
+    /// A local write failed: the whole download must stop.
+    Fatal,
+}
+
+/// Downloads `file_id` into `opts.out_dir`, serving verified chunks to others meanwhile.
+pub async fn download(
+    identity: Arc<Identity>,
+    tracker: &TrackerClient,
+    seeder: &Arc<Seeder>,
+    file_id: FileId,
+    opts: DownloadOptions,
+    cancel: CancellationToken,
+) -> Result<DownloadReport, DownloadError> {
+    let started = Instant::now();
+    let manifest = Arc::new(tracker.manifest(&file_id).await?);
+    let (out_dir, m, force) = (opts.out_dir.clone(), manifest.clone(), opts.force);
+    let opened = tokio::task::spawn_blocking(move || ChunkStore::open(&out_dir, m, force))
+        .await
+        .expect("store open does not panic")?;
+    let store = Arc::new(opened.store);
+    let have = opened.have;
+    let reused = have.count();
+    if opened.discarded > 0 {
+        tracing::warn!(
+            discarded = opened.discarded,
+            "chunks claimed by the state file failed verification and will be fetched again"
+        );
+    }
+    opts.events.emit(Event::Started {
+        file_id,
+        name: manifest.name.clone(),
+        size: manifest.size,
+        chunks_total: manifest.chunk_count(),
+        chunks_have: reused,
+        discarded: opened.discarded,
+    });
+
+    let shared_file = SharedFile::partial(
+        manifest.clone(),
+        store.paths.part.clone(),
+        store.file(),
+        have.clone(),
+    );
+    seeder.add(shared_file.clone());
+    let hasher = OrderedHasher::start(store.file(), manifest.clone());
+    for i in have.iter_set() {
+        let _ = hasher.tx.send(i);
+    }
+    let bytes_have: u64 = have.iter_set().map(|i| manifest.chunk_len(i) as u64).sum();
+    let sh = Arc::new(Shared {
+        file_id,
+        manifest: manifest.clone(),
+        file: store.file(),
+        part_path: store.paths.part.clone(),
+        shared_file: shared_file.clone(),
+        picker: Mutex::new(Picker::new(&have)),
+        completions: broadcast::channel(4096).0,
+        hasher: hasher.tx.clone(),
+        bytes_done: AtomicU64::new(bytes_have),
+        chunks_fetched: AtomicU32::new(0),
+        retries: AtomicU32::new(0),
+        dirty: AtomicBool::new(false),
+        done: Notify::new(),
+        fatal: Mutex::new(None),
+        pool: BufferPool::new(manifest.chunk_size as usize),
+        events: opts.events.clone(),
+        identity: identity.clone(),
+        stall_timeout: opts.stall_timeout,
+        cancel: cancel.child_token(),
+    });
+
+    let result = run_swarm(&sh, tracker, seeder, &opts, &store).await;
+    sh.cancel.cancel();
+    let have_now = sh.picker().have_bitfield();
+    let save = |have: &Bitfield| {
+        if let Err(e) = store.save_state(have) {
+            tracing::warn!(error = %e, "could not save download state");
+        }
+    };
+    if let Err(e) = result {
+        save(&have_now);
+        announce(tracker, seeder, &sh.shared_file, AnnounceEvent::Stopped)
+            .await
+            .ok();
+        seeder.remove(&file_id);
+        return Err(e);
+    }
+
+    // Every chunk verified: check the whole file, make it durable, move it into place.
+    let digest = hasher.finish().await;
+    match digest {
+        Ok(d) if d == manifest.file_hash => {}
+        Ok(_) => {
+            save(&have_now);
+            seeder.remove(&file_id);
+            return Err(DownloadError::FileHashMismatch);
+        }
+        Err(source) => {
+            save(&have_now);
+            seeder.remove(&file_id);
+            return Err(DownloadError::Write {
+                path: store.paths.part.clone(),
+                source,
+            });
+        }
+    }
+    let finish = {
+        let paths = store.paths.clone();
+        let file = store.file();
+        tokio::task::spawn_blocking(move || finish_store(&paths, &file, force))
+            .await
+            .expect("finish does not panic")
+    };
+    if let Err(e) = finish {
+        save(&have_now);
+        seeder.remove(&file_id);
+        return Err(e.into());
+    }
+    shared_file.promote(store.paths.dest.clone());
+    if let Err(e) = announce(tracker, seeder, &shared_file, AnnounceEvent::Completed).await {
+        tracing::warn!(error = %e, "could not announce completion");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let fetched = sh.chunks_fetched.load(Ordering::Relaxed);
+    opts.events.emit(Event::Completed {
+        file_id,
+        path: store.paths.dest.clone(),
+        bytes: manifest.size,
+        secs,
+        chunks_fetched: fetched,
+        chunks_reused: reused,
+    });
+    Ok(DownloadReport {
+        file_id,
+        path: store.paths.dest.clone(),
+        bytes: manifest.size,
+        secs,
+        chunks_fetched: fetched,
+        chunks_reused: reused,
+        shared: shared_file,
+    })
+}
+
+fn finish_store(
+    paths: &crate::store::DownloadPaths,
+    file: &File,
+    force: bool,
+) -> Result<(), StoreError> {
+    let io = |p: &PathBuf| {
+        let p = p.clone();
+        move |source| StoreError::Io { path: p, source }
+    };
+    file.sync_all().map_err(io(&paths.part))?;
+    if !force && std::fs::symlink_metadata(&paths.dest).is_ok() {
+        return Err(StoreError::Exists(paths.dest.clone()));
+    }
+    std::fs::rename(&paths.part, &paths.dest).map_err(io(&paths.dest))?;
+    if let Some(dir) = paths.dest.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    match std::fs::remove_file(&paths.state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&paths.state)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Announces `event` for `file` with its current bitfield, and notes the swarm it hears of.
+pub async fn announce(
+    tracker: &TrackerClient,
+    seeder: &Seeder,
+    file: &SharedFile,
+    event: AnnounceEvent,
+) -> Result<torrentguard_protocol::api::AnnounceResponse, TrackerError> {
+    let req = AnnounceRequest {
+        file_id: file.file_id,
+        port: seeder.local_addr().port(),
+        event,
+        bitfield: file.have().to_base64(),
+        address: None,
+    };
+    let resp = tracker.announce(&req).await?;
+    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
+    Ok(resp)
+}
+
+/// Per-peer bookkeeping across reconnects.
+#[derive(Default)]
+struct PeerRecord {
+    penalty: u32,
+    failures: u32,
+    retry_at: Option<Instant>,
+    banned: bool,
+}
+
+async fn run_swarm(
+    sh: &Arc<Shared>,
+    tracker: &TrackerClient,
+    seeder: &Arc<Seeder>,
+    opts: &DownloadOptions,
+    store: &Arc<ChunkStore>,
+) -> Result<(), DownloadError> {
+    let own = sh.identity.fingerprint;
+    let mut records: HashMap<Fingerprint, PeerRecord> = HashMap::new();
+    let mut connected: HashSet<Fingerprint> = HashSet::new();
+    let mut tasks: JoinSet<(Fingerprint, PeerEnd, u32)> = JoinSet::new();
+    let mut known: Vec<PeerInfo> = Vec::new();
+    let mut progress = tokio::time::interval(Duration::from_millis(250));
+    let mut persist = tokio::time::interval(Duration::from_secs(1));
+    let mut speed = SpeedMeter::new(sh.bytes_done.load(Ordering::Relaxed));
+    let mut announce_interval = Duration::from_secs(30);
+    let mut next_announce = Instant::now();
+    let mut first = true;
+    let mut waiting_backoff = Duration::from_secs(1);
+    let mut bans = 0u32;
+    let mut announced = false;
+
+    loop {
+        if sh.picker().is_done() {
+            break;
+        }
+        if let Some(e) = sh.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(DownloadError::Write {
+                path: sh.part_path.clone(),
+                source: e,
+            });
+        }
+        if Instant::now() >= next_announce {
+            let event = if first {
+                AnnounceEvent::Started
+            } else {
+                AnnounceEvent::Progress
+            };
+            match announce(tracker, seeder, &sh.shared_file, event).await {
+                Ok(resp) => {
+                    first = false;
+                    known = resp.peers;
+                    announce_interval = Duration::from_secs(resp.interval_secs.clamp(1, 3600));
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "announce failed; will retry");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // Re-announce on the tracker's interval, sooner while short of peers.
+            next_announce = Instant::now()
+                + if connected.is_empty() {
+                    waiting_backoff.min(announce_interval)
+                } else {
+                    announce_interval
+                };
+            if connected.is_empty() {
+                waiting_backoff = (waiting_backoff * 2).min(opts.max_retry_interval);
+            } else {
+                waiting_backoff = Duration::from_secs(1);
+            }
+            announced = true;
+        }
+        // Connect to every usable peer we are not connected to.
+        let now = Instant::now();
+        for p in &known {
+            if connected.len() >= opts.max_peers {
+                break;
+            }
+            let rec = records.entry(p.fingerprint).or_default();
+            if p.fingerprint == own
+                || connected.contains(&p.fingerprint)
+                || rec.banned
+                || rec.retry_at.is_some_and(|t| t > now)
+                || p.have == 0
+            {
+                continue;
+            }
+            connected.insert(p.fingerprint);
+            let (sh2, peer, prior) = (sh.clone(), p.clone(), rec.penalty);
+            tasks.spawn(async move {
+                let fp = peer.fingerprint;
+                let (end, penalty) = run_peer(sh2, peer, prior).await;
+                (fp, end, penalty)
+            });
+        }
+        if connected.is_empty() && std::mem::take(&mut announced) {
+            let wait = next_announce.saturating_duration_since(Instant::now());
+            let reason = if known.is_empty() {
+                "no peer has this file right now".to_string()
+            } else {
+                format!("{} known peer(s), none usable right now", known.len())
+            };
+            sh.events.emit(Event::Waiting {
+                file_id: sh.file_id,
+                reason,
+                retry_in_secs: wait.as_secs().max(1),
+            });
+        }
+
+        let next_retry = records
+            .values()
+            .filter_map(|r| r.retry_at)
+            .filter(|t| *t > Instant::now())
+            .min();
+        let wake = next_retry.map_or(next_announce, |t| t.min(next_announce));
+        tokio::select! {
+            _ = sh.done.notified() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = progress.tick() => {
+                let done = sh.bytes_done.load(Ordering::Relaxed);
+                let rate = speed.update(done);
+                let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
+                let left = sh.manifest.size.saturating_sub(done);
+                sh.events.emit(Event::Progress {
+                    file_id: sh.file_id,
+                    bytes_done: done,
+                    bytes_total: sh.manifest.size,
+                    chunks_done,
+                    chunks_total: sh.manifest.chunk_count(),
+                    speed_bps: rate,
+                    eta_secs: (rate > 0).then(|| left / rate),
+                    peers: connected.len() as u32,
+                    retries: sh.retries.load(Ordering::Relaxed),
+                    bans,
+                });
+            }
+            _ = persist.tick() => {
+                if sh.dirty.swap(false, Ordering::Relaxed) {
+                    let have = sh.picker().have_bitfield();
+                    // fsync + rename: off the reactor.
+                    let store = store.clone();
+                    let r = tokio::task::spawn_blocking(move || store.save_state(&have)).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(error = %e, "could not save download state");
+                    }
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((fp, end, penalty)) = joined else { continue };
+                connected.remove(&fp);
+                let rec = records.entry(fp).or_default();
+                rec.penalty = penalty;
+                match end {
+                    PeerEnd::Finished => {}
+                    PeerEnd::Fatal => {}
+                    PeerEnd::Banned(reason) => {
+                        rec.banned = true;
+                        bans += 1;
+                        tracing::warn!(peer = %fp, %reason, "peer banned for the rest of this download");
+                        sh.events.emit(Event::PeerBanned { file_id: sh.file_id, fingerprint: fp, reason });
+                    }
+                    PeerEnd::Failed(reason) => {
+                        rec.failures += 1;
+                        let backoff = Duration::from_millis(500) * 2u32.saturating_pow(rec.failures.min(6));
+                        rec.retry_at = Some(Instant::now() + backoff.min(opts.max_retry_interval));
+                        tracing::info!(peer = %fp, %reason, retry_in = ?backoff, "peer connection ended");
+                        sh.events.emit(Event::PeerDropped { file_id: sh.file_id, fingerprint: fp, reason, rate_bps: 0 });
+                        if connected.is_empty() {
+                            // Maybe the tracker knows new peers by now.
+                            next_announce = next_announce.min(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            _ = sh.cancel.cancelled() => {
+                tasks.shutdown().await;
+                return Err(DownloadError::Interrupted);
+            }
+        }
+    }
+    sh.cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Bytes-per-second over a sliding few seconds.
+struct SpeedMeter {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl SpeedMeter {
+    fn new(start: u64) -> Self {
+        let mut samples = std::collections::VecDeque::new();
+        samples.push_back((Instant::now(), start));
+        SpeedMeter { samples }
+    }
+
+    fn update(&mut self, bytes: u64) -> u64 {
+        let now = Instant::now();
+        self.samples.push_back((now, bytes));
+        while self.samples.len() > 2
+            && now.duration_since(self.samples[0].0) > Duration::from_secs(3)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, b0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt <= 0.0 {
+            0
+        } else {
+            ((bytes - b0) as f64 / dt) as u64
+        }
+    }
+}
+
+/// Releases a peer's outstanding requests and availability however its task ends.
+struct PeerGuard<'a> {
+    sh: &'a Shared,
+    inflight: Vec<(u32, Instant)>,
+    has: Bitfield,
+    counted: bool,
+}
+
+impl Drop for PeerGuard<'_> {
+    fn drop(&mut self) {
+        let mut p = self.sh.picker();
+        for (i, _) in self.inflight.drain(..) {
+            p.release(i);
+        }
+        if self.counted {
+            p.remove_availability(&self.has);
+        }
+    }
+}
+
+/// Runs one peer connection until the download ends or the peer fails. Returns how it ended
+/// and its penalty total.
+async fn run_peer(sh: Arc<Shared>, peer: PeerInfo, prior_penalty: u32) -> (PeerEnd, u32) {
+    let mut penalty = prior_penalty;
+    let end = peer_session(&sh, &peer, &mut penalty).await;
+    let end = match end {
+        Ok(e) => e,
+        Err(e) => PeerEnd::Failed(e.to_string()),
+    };
+    let end = match end {
+        PeerEnd::Failed(r) if penalty >= BAN_THRESHOLD => PeerEnd::Banned(r),
+        other => other,
+    };
+    (end, penalty)
+}
+
+async fn peer_session(
+    sh: &Arc<Shared>,
+    peer: &PeerInfo,
+    penalty: &mut u32,
+) -> anyhow::Result<PeerEnd> {
+    let addr = SocketAddr::new(peer.address, peer.port);
+    let m = &sh.manifest;
+    let n = m.chunk_count();
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
+    let _ = tcp.set_nodelay(true);
+    let config = peer_client_config(&sh.identity, peer.fingerprint)?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(Arc::new(config)).connect(peer_server_name(), tcp),
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("TLS handshake with {addr} failed: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let cipher = session
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let group = session
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+        .unwrap_or_default();
+    tracing::debug!(peer = %addr, fingerprint = %peer.fingerprint, %cipher, %group, "connected to peer");
+    sh.events.emit(Event::PeerConnected {
+        file_id: sh.file_id,
+        fingerprint: peer.fingerprint,
+        address: addr,
+        cipher,
+        group,
+    });
+
+    let (rd, mut wr) = tokio::io::split(tls);
+    let mut scratch = BytesMut::with_capacity(256);
+    let own_have = sh.shared_file.have();
+    write_frame(
+        &mut wr,
+        &Frame::Hello {
+            version: PROTOCOL_VERSION,
+            file_id: sh.file_id,
+            chunk_count: n,
+        },
+        &mut scratch,
+    )
+    .await?;
+    write_frame(
+        &mut wr,
+        &Frame::Bitfield(own_have.as_bytes().to_vec().into()),
+        &mut scratch,
+    )
+    .await?;
+    wr.flush().await?;
+
+    // The reader runs in its own task (select! must never cut a read short); the small channel
+    // bounds how many chunk buffers can be queued.
+    let (tx, mut rx) = mpsc::channel::<Result<Incoming, WireError>>(2);
+    let pool = sh.pool.clone();
+    let bound = frame_bound(m.chunk_size, n);
+    let reader_task = tokio::spawn(async move {
+        let mut reader = FrameReader::new(rd);
+        let mut hello_seen = false;
+        loop {
+            let r = reader.next(&pool).await;
+            let stop = !matches!(r, Ok(Some(_)));
+            if let Ok(Some(Incoming::Control(Frame::Hello { .. }))) = &r
+                && !hello_seen
+            {
+                hello_seen = true;
+                reader.set_max_frame(bound);
+            }
+            let msg = match r {
+                Ok(Some(x)) => Ok(x),
+                Ok(None) => Err(WireError::Truncated),
+                Err(e) => Err(e),
+            };
+            if tx.send(msg).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _abort = Abort(reader_task.abort_handle());
+
+    let expect = |msg: Option<Result<Incoming, WireError>>| -> anyhow::Result<Frame> {
+        match msg {
+            Some(Ok(Incoming::Control(f))) => Ok(f),
+            Some(Ok(Incoming::Chunk { .. })) => anyhow::bail!("chunk before handshake"),
+            Some(Err(e)) => Err(e.into()),
+            None => anyhow::bail!("connection closed during handshake"),
+        }
+    };
+    match expect(tokio::time::timeout(CONNECT_TIMEOUT, rx.recv()).await?)? {
+        Frame::Hello {
+            version,
+            file_id,
+            chunk_count,
+        } if version == PROTOCOL_VERSION && file_id == sh.file_id && chunk_count == n => {}
+        Frame::Bye { text, .. } => anyhow::bail!("peer refused: {text}"),
+        other => anyhow::bail!("bad Hello from peer: {other:?}"),
+    }
+    let has = match expect(tokio::time::timeout(CONNECT_TIMEOUT, rx.recv()).await?)? {
+        Frame::Bitfield(b) => Bitfield::from_bytes(&b, n)?,
+        Frame::Bye { text, .. } => anyhow::bail!("peer refused: {text}"),
+        other => anyhow::bail!("expected Bitfield, got {}", other.name()),
+    };
+    sh.picker().add_availability(&has);
+    let mut g = PeerGuard {
+        sh,
+        inflight: Vec::new(),
+        has,
+        counted: true,
+    };
+    let mut cancelled: Vec<u32> = Vec::new();
+    let mut verifying = FuturesOrdered::new();
+    let mut completions = sh.completions.subscribe();
+    let mut rate = SpeedMeter::new(0);
+    let mut received = 0u64;
+    let mut last_data = Instant::now();
+
+    loop {
+        // Keep the pipe full: enough requests out to cover ~100 ms at this peer's rate.
+        let bps = rate.update(received);
+        let depth = ((bps / 10) / m.chunk_size.max(1) as u64 + 2).clamp(2, 24) as usize;
+        let mut wrote = false;
+        while g.inflight.len() < depth {
+            let ids: Vec<u32> = g.inflight.iter().map(|(i, _)| *i).collect();
+            let pick = sh.picker().pick(&g.has, &ids);
+            let Some(i) = pick else { break };
+            g.inflight.push((i, Instant::now()));
+            write_frame(&mut wr, &Frame::Request(i), &mut scratch).await?;
+            wrote = true;
+        }
+        if wrote {
+            wr.flush().await?;
+        }
+        if g.inflight.is_empty() && verifying.is_empty() && sh.picker().is_done() {
+            let bye = Frame::Bye {
+                reason: 0,
+                text: "download complete".into(),
+            };
+            write_frame(&mut wr, &bye, &mut scratch).await.ok();
+            wr.shutdown().await.ok();
+            return Ok(PeerEnd::Finished);
+        }
+        let stall_at = last_data + sh.stall_timeout;
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Ok(Incoming::Chunk { index, data })) => {
+                    last_data = Instant::now();
+                    if let Some(pos) = g.inflight.iter().position(|(i, _)| *i == index) {
+                        g.inflight.swap_remove(pos);
+                        received += data.len() as u64;
+                        if verifying.len() >= VERIFY_DEPTH
+                            && let Some(r) = verifying.next().await
+                            && let Some(end) = settle(sh, r, penalty, peer.fingerprint)
+                        {
+                            return Ok(end);
+                        }
+                        verifying.push_back(verify_and_write(sh, index, data));
+                    } else if let Some(pos) = cancelled.iter().position(|i| *i == index) {
+                        cancelled.swap_remove(pos);
+                        sh.pool.give(data);
+                    } else {
+                        *penalty += 1;
+                        anyhow::bail!("peer sent chunk {index}, which was not requested");
+                    }
+                }
+                Some(Ok(Incoming::Control(f))) => match f {
+                    Frame::Have(i) if i < n => {
+                        if !g.has.get(i) {
+                            g.has.set(i);
+                            sh.picker().add_have(i);
+                        }
+                    }
+                    Frame::Reject { index, reason } => {
+                        if let Some(pos) = g.inflight.iter().position(|(i, _)| *i == index) {
+                            g.inflight.swap_remove(pos);
+                            sh.picker().release(index);
+                            sh.retries.fetch_add(1, Ordering::Relaxed);
+                            if reason == RejectReason::NotHeld {
+                                g.has.clear(index);
+                            }
+                        }
+                        cancelled.retain(|i| *i != index);
+                    }
+                    Frame::Bye { text, .. } => return Ok(PeerEnd::Failed(format!("peer closed: {text}"))),
+                    other => {
+                        *penalty += 1;
+                        anyhow::bail!("unexpected {} frame", other.name());
+                    }
+                },
+                Some(Err(e)) => anyhow::bail!("{e}"),
+                None => anyhow::bail!("connection closed"),
+            },
+            Some(r) = verifying.next(), if !verifying.is_empty() => {
+                if let Some(end) = settle(sh, r, penalty, peer.fingerprint) {
+                    return Ok(end);
+                }
+            }
+            c = completions.recv() => {
+                if let Ok(i) = c
+                    && let Some(pos) = g.inflight.iter().position(|(x, _)| *x == i)
+                {
+                    // Another peer delivered it first (end game): cancel ours.
+                    g.inflight.swap_remove(pos);
+                    cancelled.push(i);
+                    write_frame(&mut wr, &Frame::Cancel(i), &mut scratch).await?;
+                    wr.flush().await?;
+                }
+            }
+            _ = tokio::time::sleep_until(stall_at.into()), if !g.inflight.is_empty() => {
+                *penalty += STALL_PENALTY;
+                for (i, _) in &g.inflight {
+                    sh.events.emit(Event::ChunkRetry { file_id: sh.file_id, index: *i, fingerprint: peer.fingerprint, reason: "peer stalled".into() });
+                }
+                sh.retries.fetch_add(g.inflight.len() as u32, Ordering::Relaxed);
+                return Ok(PeerEnd::Failed(format!("stalled: no data for {:?}", sh.stall_timeout)));
+            }
+            _ = sh.cancel.cancelled() => {
+                write_frame(&mut wr, &Frame::Bye { reason: 0, text: "done".into() }, &mut scratch).await.ok();
+                wr.shutdown().await.ok();
+                return Ok(PeerEnd::Finished);
+            }
+        }
+    }
+}
+
+type Verified = (u32, Result<bool, std::io::Error>);
+
+/// Hashes chunk `index` on the blocking pool and writes it if it matches.
+fn verify_and_write(
+    sh: &Arc<Shared>,
+    index: u32,
+    data: Vec<u8>,
+) -> tokio::task::JoinHandle<Verified> {
+    let sh = sh.clone();
+    tokio::task::spawn_blocking(move || {
+        let m = &sh.manifest;
+        let ok = m.chunk_matches(index, &data);
+        let r = if ok {
+            sh.file
+                .write_all_at(&data, m.chunk_offset(index))
+                .map(|_| true)
+        } else {
+            Ok(false)
+        };
+        sh.pool.give(data);
+        (index, r)
+    })
+}
+
+/// Applies a verification result. Returns how the peer ends, if it must.
+fn settle(
+    sh: &Shared,
+    r: Result<Verified, tokio::task::JoinError>,
+    penalty: &mut u32,
+    fp: Fingerprint,
+) -> Option<PeerEnd> {
+    let (index, r) = match r {
+        Ok(x) => x,
+        Err(e) => return Some(PeerEnd::Failed(format!("verification task failed: {e}"))),
+    };
+    match r {
+        Ok(true) => {
+            let new = sh.picker().complete(index);
+            if new {
+                sh.shared_file.add_chunk(index);
+                let _ = sh.completions.send(index);
+                let _ = sh.hasher.send(index);
+                sh.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                sh.bytes_done
+                    .fetch_add(sh.manifest.chunk_len(index) as u64, Ordering::Relaxed);
+                sh.dirty.store(true, Ordering::Relaxed);
+                if sh.picker().is_done() {
+                    sh.done.notify_one();
+                }
+            }
+            None
+        }
+        Ok(false) => {
+            sh.picker().release(index);
+            sh.retries.fetch_add(1, Ordering::Relaxed);
+            *penalty += BAD_CHUNK_PENALTY;
+            tracing::warn!(peer = %fp, index, "chunk failed verification; discarded, will be fetched again");
+            sh.events.emit(Event::ChunkRetry {
+                file_id: sh.file_id,
+                index,
+                fingerprint: fp,
+                reason: "digest mismatch".into(),
+            });
+            (*penalty >= BAN_THRESHOLD).then(|| {
+                PeerEnd::Banned(format!(
+                    "sent chunks that fail verification (chunk {index})"
+                ))
+            })
+        }
+        Err(e) => {
+            sh.picker().release(index);
+            tracing::error!(error = %e, index, "writing a verified chunk failed");
+            *sh.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            sh.done.notify_one();
+            Some(PeerEnd::Fatal)
+        }
+    }
+}
+
+/// Hashes the file in order as contiguous chunks become available, on its own thread.
+struct OrderedHasher {
+    tx: std::sync::mpsc::Sender<u32>,
+    handle: std::thread::JoinHandle<std::io::Result<Digest>>,
+}
+
+impl OrderedHasher {
+    fn start(file: Arc<File>, m: Arc<Manifest>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let handle = std::thread::Builder::new()
+            .name("file-hasher".into())
+            .spawn(move || {
+                let n = m.chunk_count();
+                let mut ready = Bitfield::new(n);
+                let mut next = 0u32;
+                let mut hasher = m.hash.hasher();
+                let mut buf = vec![0u8; m.chunk_size as usize];
+                while next < n {
+                    let Ok(i) = rx.recv() else {
+                        return Err(std::io::Error::other(
+                            "download ended before every chunk arrived",
+                        ));
+                    };
+                    if i < n {
+                        ready.set(i);
+                    }
+                    while next < n && ready.get(next) {
+                        let len = m.chunk_len(next) as usize;
+                        file.read_exact_at(&mut buf[..len], m.chunk_offset(next))?;
+                        hasher.update(&buf[..len]);
+                        next += 1;
+                    }
+                }
+                Ok(hasher.finish())
+            })
+            .expect("spawning the file hasher thread");
+        OrderedHasher { tx, handle }
+    }
+
+    async fn finish(self) -> std::io::Result<Digest> {
+        drop(self.tx);
+        tokio::task::spawn_blocking(move || {
+            self.handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("file hasher panicked")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}

@@ -1,0 +1,611 @@
+//! Serving chunks to other peers over mutual TLS.
+//!
+//! One listener serves every file this agent holds, complete (shared) or partial (being
+//! downloaded). A connecting peer must present a certificate whose fingerprint the tracker lists
+//! in the swarm of the file its `Hello` names; chunks are read with positional reads straight
+//! from the file into a pooled buffer and written as one TLS write.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use torrentguard_protocol::wire::{
+    self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header, frame_bound,
+};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
+use torrentguard_tracker::identity::Identity;
+
+use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
+use crate::tls::{peer_fingerprint, peer_server_config};
+use crate::tracker_client::TrackerClient;
+
+/// Most inbound peer connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Most chunk reads+writes in progress at once across all connections (bounds memory).
+pub const MAX_UPLOADS: usize = 32;
+/// Requests a peer may queue on one connection before getting `Reject(busy)`.
+pub const MAX_QUEUED_REQUESTS: usize = 128;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A file this agent serves, complete or partial.
+pub struct SharedFile {
+    pub file_id: FileId,
+    pub manifest: Arc<Manifest>,
+    file: Arc<File>,
+    path: Mutex<PathBuf>,
+    have: RwLock<Bitfield>,
+    /// Size and modification time when shared; a complete file that no longer matches is
+    /// withdrawn rather than served.
+    on_disk: Mutex<Option<(u64, SystemTime)>>,
+    haves: broadcast::Sender<u32>,
+    withdrawn: AtomicBool,
+    swarm: Mutex<SwarmCache>,
+    pub uploaded: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFile")
+            .field("file_id", &self.file_id)
+            .field("path", &self.path())
+            .field("withdrawn", &self.is_withdrawn())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct SwarmCache {
+    members: HashSet<Fingerprint>,
+    refreshed: Option<Instant>,
+}
+
+impl SharedFile {
+    /// A complete file on disk (already verified against `manifest` by hashing it).
+    pub fn complete(
+        manifest: Arc<Manifest>,
+        path: PathBuf,
+        file: File,
+    ) -> std::io::Result<Arc<Self>> {
+        let meta = file.metadata()?;
+        let on_disk = Some((meta.len(), meta.modified()?));
+        let have = Bitfield::full(manifest.chunk_count());
+        Ok(Self::build(manifest, path, Arc::new(file), have, on_disk))
+    }
+
+    /// A partial download: serves the chunks in `have` as they are verified.
+    pub fn partial(
+        manifest: Arc<Manifest>,
+        path: PathBuf,
+        file: Arc<File>,
+        have: Bitfield,
+    ) -> Arc<Self> {
+        Self::build(manifest, path, file, have, None)
+    }
+
+    fn build(
+        manifest: Arc<Manifest>,
+        path: PathBuf,
+        file: Arc<File>,
+        have: Bitfield,
+        on_disk: Option<(u64, SystemTime)>,
+    ) -> Arc<Self> {
+        Arc::new(SharedFile {
+            file_id: manifest.file_id(),
+            manifest,
+            file,
+            path: Mutex::new(path),
+            have: RwLock::new(have),
+            on_disk: Mutex::new(on_disk),
+            haves: broadcast::channel(1024).0,
+            withdrawn: AtomicBool::new(false),
+            swarm: Mutex::new(SwarmCache::default()),
+            uploaded: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The download finished and was renamed into place: serve it as a complete file now.
+    pub fn promote(&self, path: PathBuf) {
+        let meta = std::fs::metadata(&path).ok();
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+        *self.on_disk.lock().unwrap_or_else(|e| e.into_inner()) =
+            meta.and_then(|m| Some((m.len(), m.modified().ok()?)));
+    }
+
+    pub fn have(&self) -> Bitfield {
+        self.have.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn holds(&self, i: u32) -> bool {
+        self.have.read().unwrap_or_else(|e| e.into_inner()).get(i)
+    }
+
+    /// Marks chunk `i` verified and on disk, and tells connected peers.
+    pub fn add_chunk(&self, i: u32) {
+        self.have.write().unwrap_or_else(|e| e.into_inner()).set(i);
+        let _ = self.haves.send(i);
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Relaxed)
+    }
+
+    /// Checks that a complete file still has the size and modification time it was shared
+    /// with; withdraws it (and says why) if not.
+    pub fn check_unchanged(&self) -> Result<(), String> {
+        if self.is_withdrawn() {
+            return Err("withdrawn".into());
+        }
+        let Some((len, mtime)) = *self.on_disk.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return Ok(());
+        };
+        let path = self.path();
+        let now = std::fs::metadata(&path).map(|m| (m.len(), m.modified().ok()));
+        let reason = match now {
+            Ok((l, Some(t))) if l == len && t == mtime => return Ok(()),
+            Ok((l, _)) if l != len => {
+                format!("{} changed size ({len} → {l} bytes)", path.display())
+            }
+            Ok(_) => format!("{} was modified after it was shared", path.display()),
+            Err(e) => format!("{}: {e}", path.display()),
+        };
+        if !self.withdrawn.swap(true, Ordering::Relaxed) {
+            tracing::warn!(file_id = %self.file_id, %reason, "withdrawing shared file: it no longer matches its manifest");
+        }
+        Err(reason)
+    }
+
+    /// Adds fingerprints the tracker listed in this file's swarm.
+    pub fn note_swarm(&self, members: impl IntoIterator<Item = Fingerprint>) {
+        self.swarm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .extend(members);
+    }
+
+    async fn admits(&self, fp: &Fingerprint, tracker: &TrackerClient) -> bool {
+        let refresh = {
+            let s = self.swarm.lock().unwrap_or_else(|e| e.into_inner());
+            if s.members.contains(fp) {
+                return true;
+            }
+            s.refreshed
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(500))
+        };
+        if !refresh {
+            return false;
+        }
+        match tracker.file_peers(&self.file_id).await {
+            Ok(list) => {
+                let mut s = self.swarm.lock().unwrap_or_else(|e| e.into_inner());
+                s.refreshed = Some(Instant::now());
+                s.members = list.peers.iter().map(|p| p.fingerprint).collect();
+                s.members.contains(fp)
+            }
+            Err(e) => {
+                tracing::warn!(file_id = %self.file_id, error = %e, "cannot ask the tracker who is in the swarm; refusing the peer");
+                false
+            }
+        }
+    }
+}
+
+/// The seeding side of an agent: a TLS listener and the files it serves.
+pub struct Seeder {
+    files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
+    tracker: TrackerClient,
+    local_addr: SocketAddr,
+    upload_slots: Arc<Semaphore>,
+    pool: BufferPool,
+    /// Stops accepting; connections end with it.
+    pub cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Test hook: serve corrupted data (to exercise the downloader's defences).
+    corrupt: AtomicBool,
+    /// Upload limit in bytes per second across all connections (0: none).
+    upload_limit: AtomicU64,
+    /// When the paced upload may send next.
+    pace: tokio::sync::Mutex<Instant>,
+}
+
+impl Seeder {
+    /// Binds `listen` and starts accepting.
+    pub async fn start(
+        listen: SocketAddr,
+        identity: &Identity,
+        tracker: TrackerClient,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Seeder>> {
+        let config = peer_server_config(identity).map_err(std::io::Error::other)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = bind_dual_stack(listen)?;
+        let local_addr = listener.local_addr()?;
+        let seeder = Arc::new(Seeder {
+            files: RwLock::new(HashMap::new()),
+            tracker,
+            local_addr,
+            upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            pool: BufferPool::new(CHUNK_HEADER_LEN + wire::PRE_HELLO_MAX_FRAME as usize * 4),
+            cancel,
+            tasks: TaskTracker::new(),
+            corrupt: AtomicBool::new(false),
+            upload_limit: AtomicU64::new(0),
+            pace: tokio::sync::Mutex::new(Instant::now()),
+        });
+        tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
+        let s = seeder.clone();
+        seeder
+            .tasks
+            .spawn(async move { s.accept_loop(listener, acceptor).await });
+        Ok(seeder)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn tracker(&self) -> &TrackerClient {
+        &self.tracker
+    }
+
+    pub fn add(&self, f: Arc<SharedFile>) {
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(f.file_id, f);
+    }
+
+    pub fn remove(&self, id: &FileId) {
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Limits the total upload rate (bytes per second; 0 lifts the limit).
+    pub fn set_upload_limit(&self, bytes_per_sec: u64) {
+        self.upload_limit.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Waits until `len` more bytes fit under the upload limit.
+    async fn pace(&self, len: usize) {
+        let limit = self.upload_limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let at = {
+            let mut next = self.pace.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(len as f64 / limit as f64);
+            start
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+
+    #[doc(hidden)]
+    pub fn set_corrupt_for_tests(&self, on: bool) {
+        self.corrupt.store(on, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and waits for connections to end.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            // Take the permit before accepting, so a flood waits in the kernel's backlog.
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.cancel.cancelled() => return,
+            };
+            let (tcp, addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => { backoff = Duration::from_millis(10); x }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                _ = self.cancel.cancelled() => return,
+            };
+            let s = self.clone();
+            let acceptor = acceptor.clone();
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                if let Err(e) = s.serve(tcp, addr, acceptor).await {
+                    tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                }
+            });
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> anyhow::Result<()> {
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
+        let (_, session) = tls.get_ref();
+        let Some(fp) = peer_fingerprint(session.peer_certificates()) else {
+            anyhow::bail!("no client certificate");
+        };
+        tracing::debug!(peer = %addr, fingerprint = %fp,
+            suite = ?session.negotiated_cipher_suite().map(|s| s.suite()),
+            group = ?session.negotiated_key_exchange_group().map(|g| g.name()),
+            "peer handshake done");
+        let (rd, mut wr) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(rd);
+        let mut scratch = BytesMut::with_capacity(256);
+
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(&self.pool)).await??;
+        let Some(Incoming::Control(Frame::Hello {
+            version,
+            file_id,
+            chunk_count,
+        })) = hello
+        else {
+            anyhow::bail!("first frame was not a Hello");
+        };
+        let bye = |text: &str| Frame::Bye {
+            reason: 1,
+            text: text.to_string(),
+        };
+        if version != PROTOCOL_VERSION {
+            write_frame(&mut wr, &bye("unsupported protocol version"), &mut scratch).await?;
+            anyhow::bail!("peer speaks protocol version {version}");
+        }
+        let Some(file) = self.get(&file_id) else {
+            write_frame(&mut wr, &bye("file not served here"), &mut scratch).await?;
+            wr.shutdown().await.ok();
+            anyhow::bail!("peer asked for unknown file {file_id}");
+        };
+        if chunk_count != file.manifest.chunk_count() {
+            write_frame(&mut wr, &bye("chunk count mismatch"), &mut scratch).await?;
+            anyhow::bail!("chunk count mismatch");
+        }
+        if !file.admits(&fp, &self.tracker).await {
+            tracing::warn!(peer = %addr, fingerprint = %fp, file_id = %file_id, "refusing peer: the tracker does not list it in this swarm");
+            write_frame(&mut wr, &bye("not in the swarm"), &mut scratch).await?;
+            wr.shutdown().await.ok();
+            anyhow::bail!("peer not in swarm");
+        }
+        if let Err(reason) = file.check_unchanged() {
+            write_frame(&mut wr, &bye("file withdrawn"), &mut scratch).await?;
+            anyhow::bail!("file withdrawn: {reason}");
+        }
+        let m = file.manifest.clone();
+        let mut haves = file.haves.subscribe();
+        write_frame(
+            &mut wr,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                file_id,
+                chunk_count,
+            },
+            &mut scratch,
+        )
+        .await?;
+        write_frame(
+            &mut wr,
+            &Frame::Bitfield(file.have().as_bytes().to_vec().into()),
+            &mut scratch,
+        )
+        .await?;
+        wr.flush().await?;
+        reader.set_max_frame(frame_bound(m.chunk_size, m.chunk_count()));
+
+        // Reads run in their own task: a read cut short by select! would lose stream bytes.
+        let (frames_tx, mut frames) = mpsc::channel::<Frame>(MAX_QUEUED_REQUESTS);
+        let pool = self.pool.clone();
+        let read_task = tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(IDLE_TIMEOUT, reader.next(&pool)).await {
+                    Ok(Ok(Some(Incoming::Control(f)))) => {
+                        if frames_tx.send(f).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(Ok(Some(Incoming::Chunk { .. }))) => {
+                        anyhow::bail!("peer sent a chunk to a seeder")
+                    }
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => anyhow::bail!("idle for {IDLE_TIMEOUT:?}"),
+                }
+            }
+        });
+        let _abort = AbortOnDrop(read_task.abort_handle());
+
+        let mut queue: VecDeque<u32> = VecDeque::new();
+        let n = m.chunk_count();
+        loop {
+            // Take every frame already received before serving, so Cancels win races.
+            loop {
+                let f = if queue.is_empty() {
+                    tokio::select! {
+                        f = frames.recv() => f,
+                        h = haves.recv() => {
+                            if let Ok(i) = h {
+                                write_frame(&mut wr, &Frame::Have(i), &mut scratch).await?;
+                                wr.flush().await?;
+                            }
+                            continue;
+                        }
+                        _ = self.cancel.cancelled() => {
+                            write_frame(&mut wr, &Frame::Bye { reason: 0, text: "seeder shutting down".into() }, &mut scratch).await.ok();
+                            wr.shutdown().await.ok();
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    match frames.try_recv() {
+                        Ok(f) => Some(f),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                // The reader ended (EOF, error or idle timeout): so does the connection.
+                let Some(f) = f else {
+                    return Ok(());
+                };
+                match f {
+                    Frame::Request(i) if i >= n => {
+                        write_frame(
+                            &mut wr,
+                            &Frame::Bye {
+                                reason: 3,
+                                text: "chunk index out of range".into(),
+                            },
+                            &mut scratch,
+                        )
+                        .await
+                        .ok();
+                        anyhow::bail!("request for chunk {i} of {n}");
+                    }
+                    Frame::Request(i) => {
+                        let reason = if !file.holds(i) {
+                            Some(RejectReason::NotHeld)
+                        } else if queue.len() >= MAX_QUEUED_REQUESTS {
+                            Some(RejectReason::Busy)
+                        } else {
+                            None
+                        };
+                        match reason {
+                            Some(reason) => {
+                                write_frame(
+                                    &mut wr,
+                                    &Frame::Reject { index: i, reason },
+                                    &mut scratch,
+                                )
+                                .await?;
+                                wr.flush().await?;
+                            }
+                            None => queue.push_back(i),
+                        }
+                    }
+                    Frame::Cancel(i) => queue.retain(|q| *q != i),
+                    Frame::Have(i) if i < n => {}
+                    Frame::Bitfield(b) if Bitfield::from_bytes(&b, n).is_ok() => {}
+                    Frame::Bye { text, .. } => {
+                        tracing::debug!(peer = %addr, %text, "peer said bye");
+                        return Ok(());
+                    }
+                    other => anyhow::bail!("unexpected {} frame from a downloader", other.name()),
+                }
+            }
+            if let Some(i) = queue.pop_front() {
+                if file.is_withdrawn() {
+                    write_frame(
+                        &mut wr,
+                        &Frame::Bye {
+                            reason: 1,
+                            text: "file withdrawn".into(),
+                        },
+                        &mut scratch,
+                    )
+                    .await
+                    .ok();
+                    anyhow::bail!("file withdrawn");
+                }
+                self.send_chunk(&file, i, &mut wr).await?;
+            }
+        }
+    }
+
+    async fn send_chunk<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        file: &SharedFile,
+        i: u32,
+        wr: &mut W,
+    ) -> anyhow::Result<()> {
+        let m = &file.manifest;
+        let len = m.chunk_len(i) as usize;
+        self.pace(len).await;
+        let _slot = self
+            .upload_slots
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let offset = m.chunk_offset(i);
+        let mut buf = self.pool.take();
+        buf.resize(CHUNK_HEADER_LEN + len, 0);
+        let f = file.file.clone();
+        let corrupt = self.corrupt.load(Ordering::Relaxed);
+        // Positional read off the reactor: a cold page cache means real disk latency.
+        let mut buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            f.read_exact_at(&mut buf[CHUNK_HEADER_LEN..], offset)?;
+            if corrupt {
+                buf[CHUNK_HEADER_LEN] ^= 0xff;
+            }
+            Ok(buf)
+        })
+        .await??;
+        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(i, len as u32));
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await??;
+        file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
+        self.pool.give(buf);
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds `addr`; for the IPv6 wildcard, accepts IPv4 too (dual stack), falling back to the IPv4
+/// wildcard on hosts without IPv6.
+pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let std_listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            tracing::debug!(error = %e, "IPv6 wildcard unavailable; listening on IPv4 only");
+            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))?
+        }
+        Err(e) => return Err(e),
+    };
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}

@@ -1,0 +1,424 @@
+//! HTTPS client for the tracker: presents the agent's certificate, pins the tracker's.
+//!
+//! The tracker's fingerprint is given by the user or trusted on first use and recorded in the
+//! data directory's `known_trackers` file, as ssh does with `known_hosts`; a tracker that later
+//! presents another certificate is refused with a message naming the file to edit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use torrentguard_protocol::Fingerprint;
+use torrentguard_protocol::api::{
+    API_PREFIX, AnnounceRequest, AnnounceResponse, ErrorBody, FilePeers, FileSummary, Health, Page,
+    PeerSummary, RegisterResponse,
+};
+use torrentguard_protocol::{FileId, Manifest, ManifestError};
+use torrentguard_tracker::identity::{Identity, write_atomically};
+
+use crate::tls::{Pin, tracker_client_config};
+
+pub const KNOWN_TRACKERS_FILE: &str = "known_trackers";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("tracker URL {0:?} is not a valid https:// URL")]
+    BadUrl(String),
+    #[error("cannot reach the tracker at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "the tracker at {url} presents fingerprint {presented}, but {known} was recorded for it in {file}; \
+         if the tracker's identity really changed, edit or remove that line (or pass --tracker-fingerprint)"
+    )]
+    FingerprintChanged {
+        url: String,
+        presented: Fingerprint,
+        known: Fingerprint,
+        file: PathBuf,
+    },
+    #[error("the tracker at {url} does not present the pinned fingerprint {pinned}")]
+    PinMismatch { url: String, pinned: Fingerprint },
+    #[error("tracker answered {status}: {code}: {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("tracker sent an unreadable answer: {0}")]
+    BadAnswer(String),
+    #[error("the tracker's manifest for {id} is not valid: {source}")]
+    BadManifest {
+        id: FileId,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl TrackerError {
+    /// Whether retrying later may help (network trouble, 5xx), as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TrackerError::Unreachable { .. } => true,
+            TrackerError::Api { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+/// A connected, pinned tracker client.
+#[derive(Clone)]
+pub struct TrackerClient {
+    http: reqwest::Client,
+    base: Url,
+    fingerprint: Fingerprint,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for TrackerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrackerClient({} {})", self.base, self.fingerprint)
+    }
+}
+
+fn build_http(identity: &Identity, pin: Pin) -> Result<reqwest::Client, TrackerError> {
+    let tls = tracker_client_config(identity, pin)?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .map_err(|e| TrackerError::BadAnswer(format!("building HTTP client: {e}")))
+}
+
+impl TrackerClient {
+    /// Connects to the tracker at `url` as `identity`. With `pinned`, only that fingerprint is
+    /// accepted; without, the `known_trackers` file in `data_dir` decides (trust on first use).
+    pub async fn connect(
+        url: &str,
+        pinned: Option<Fingerprint>,
+        identity: &Identity,
+        data_dir: &Path,
+        token: Option<String>,
+    ) -> Result<Self, TrackerError> {
+        let base = parse_url(url)?;
+        let key = host_key(&base);
+        let known_path = data_dir.join(KNOWN_TRACKERS_FILE);
+        let known = read_known(&known_path)?
+            .into_iter()
+            .find(|(h, _)| *h == key)
+            .map(|(_, fp)| fp);
+
+        let fingerprint = match (pinned, known) {
+            (Some(fp), _) => fp,
+            (None, Some(fp)) => fp,
+            (None, None) => {
+                // Trust on first use: learn what the tracker presents, then record it.
+                let seen = Arc::new(Mutex::new(None));
+                let probe = build_http(identity, Pin::Record(seen.clone()))?;
+                probe
+                    .get(base.join("healthz").expect("static path joins"))
+                    .send()
+                    .await
+                    .map_err(|source| TrackerError::Unreachable {
+                        url: base.to_string(),
+                        source,
+                    })?;
+                let fp = seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ok_or_else(|| TrackerError::BadAnswer("no certificate presented".into()))?;
+                append_known(&known_path, &key, fp)?;
+                tracing::warn!(tracker = %base, fingerprint = %fp, file = %known_path.display(),
+                    "trusting the tracker's fingerprint on first use; check it out of band");
+                fp
+            }
+        };
+        if let (Some(pinned), Some(known)) = (pinned, known)
+            && pinned != known
+        {
+            tracing::info!(tracker = %base, %pinned, %known, "using the fingerprint given on the command line, not the recorded one");
+        }
+        let http = build_http(identity, Pin::Exact(fingerprint))?;
+        let client = TrackerClient {
+            http,
+            base,
+            fingerprint,
+            token,
+        };
+        // Prove the pin now, so a wrong tracker fails with a clear message up front.
+        if let Err(e) = client.health().await {
+            if let TrackerError::Unreachable { source, .. } = &e
+                && is_cert_error(source)
+            {
+                return Err(match (pinned, known) {
+                    (None, Some(known)) => {
+                        let seen = Arc::new(Mutex::new(None));
+                        let probe = build_http(identity, Pin::Record(seen.clone()))?;
+                        let _ = probe.get(client.url("healthz")).send().await;
+                        let presented = seen
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .unwrap_or(known);
+                        TrackerError::FingerprintChanged {
+                            url: client.base.to_string(),
+                            presented,
+                            known,
+                            file: known_path,
+                        }
+                    }
+                    _ => TrackerError::PinMismatch {
+                        url: client.base.to_string(),
+                        pinned: fingerprint,
+                    },
+                });
+            }
+            return Err(e);
+        }
+        Ok(client)
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("relative API paths join onto an https base")
+    }
+
+    fn api(&self, path: &str) -> Url {
+        self.url(&format!("{}/{}", API_PREFIX.trim_start_matches('/'), path))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, TrackerError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| TrackerError::Unreachable {
+                url: self.base.to_string(),
+                source,
+            })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| TrackerError::Unreachable {
+                url: self.base.to_string(),
+                source,
+            })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => TrackerError::Api {
+                    status,
+                    code: e.error.code,
+                    message: e.error.message,
+                },
+                Err(_) => TrackerError::Api {
+                    status,
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| TrackerError::BadAnswer(e.to_string()))
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, TrackerError> {
+        self.send(self.http.post(self.api(path)).json(body)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, TrackerError> {
+        self.send(self.http.get(self.api(path))).await
+    }
+
+    pub async fn health(&self) -> Result<Health, TrackerError> {
+        self.send(self.http.get(self.url("healthz"))).await
+    }
+
+    pub async fn register(&self, manifest: &Manifest) -> Result<RegisterResponse, TrackerError> {
+        self.post("files", manifest).await
+    }
+
+    /// Fetches a manifest and checks that it hashes to `id`.
+    pub async fn manifest(&self, id: &FileId) -> Result<Manifest, TrackerError> {
+        let m: Manifest = self.get(&format!("files/{id}")).await?;
+        m.verify(id)
+            .map_err(|source| TrackerError::BadManifest { id: *id, source })?;
+        Ok(m)
+    }
+
+    pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
+        self.post("announce", req).await
+    }
+
+    pub async fn file_peers(&self, id: &FileId) -> Result<FilePeers, TrackerError> {
+        self.get(&format!("files/{id}/peers")).await
+    }
+
+    pub async fn files(&self, cursor: Option<&str>) -> Result<Page<FileSummary>, TrackerError> {
+        match cursor {
+            Some(c) => {
+                let mut u = self.api("files");
+                u.query_pairs_mut().append_pair("cursor", c);
+                self.send(self.http.get(u)).await
+            }
+            None => self.get("files").await,
+        }
+    }
+
+    pub async fn all_files(&self) -> Result<Vec<FileSummary>, TrackerError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.files(cursor.as_deref()).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerSummary>, TrackerError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut u = self.api("peers");
+            if let Some(c) = &cursor {
+                u.query_pairs_mut().append_pair("cursor", c);
+            }
+            let page: Page<PeerSummary> = self.send(self.http.get(u)).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+fn is_cert_error(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return matches!(r, rustls::Error::InvalidCertificate(_));
+        }
+        if s.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn parse_url(url: &str) -> Result<Url, TrackerError> {
+    let mut u = Url::parse(url).map_err(|_| TrackerError::BadUrl(url.into()))?;
+    if u.scheme() != "https" || u.host().is_none() {
+        return Err(TrackerError::BadUrl(url.into()));
+    }
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    Ok(u)
+}
+
+/// `host:port` as recorded in `known_trackers`.
+fn host_key(u: &Url) -> String {
+    format!(
+        "{}:{}",
+        u.host_str().unwrap_or_default(),
+        u.port_or_known_default().unwrap_or(443)
+    )
+}
+
+fn read_known(path: &Path) -> Result<Vec<(String, Fingerprint)>, TrackerError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TrackerError::Io {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let host = parts.next()?;
+            let fp = parts.next()?.parse().ok()?;
+            Some((host.to_string(), fp))
+        })
+        .collect())
+}
+
+fn append_known(path: &Path, key: &str, fp: Fingerprint) -> Result<(), TrackerError> {
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    if text.is_empty() {
+        text.push_str("# TorrentGuard trackers trusted on first use: host:port fingerprint\n");
+    }
+    text.push_str(&format!("{key} {fp}\n"));
+    write_atomically(path, text.as_bytes(), 0o600).map_err(|e| TrackerError::Io {
+        path: path.into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_known_file() {
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("not a url").is_err());
+        let u = parse_url("https://127.0.0.1:8443").unwrap();
+        assert_eq!(u.as_str(), "https://127.0.0.1:8443/");
+        assert_eq!(host_key(&u), "127.0.0.1:8443");
+        assert_eq!(
+            host_key(&parse_url("https://example.org/t").unwrap()),
+            "example.org:443"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(KNOWN_TRACKERS_FILE);
+        assert!(read_known(&p).unwrap().is_empty());
+        let fp = Fingerprint::of_der(b"x");
+        append_known(&p, "h:1", fp).unwrap();
+        assert_eq!(read_known(&p).unwrap(), vec![("h:1".to_string(), fp)]);
+    }
+}
