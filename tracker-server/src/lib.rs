@@ -188,7 +188,9 @@ impl TrackerArgs {
     }
 }
 
-/// A tracker serving in the background.
+/// A tracker serving in the background. Dropping it does not stop the tracker (the task is
+/// detached, as with any tokio task): call [`Self::shutdown`], or cancel
+/// [`Self::shutdown_token`] and [`Self::wait`].
 #[derive(Debug)]
 pub struct RunningTracker {
     /// The bound address (with the real port when the configured one was 0).
