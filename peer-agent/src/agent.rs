@@ -190,19 +190,30 @@ impl Agent {
                     }
                 }
             }
-            let stop = announce(&tracker, &seeder, &file, AnnounceEvent::Stopped);
-            if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
-                tracing::warn!(file_id = %file.file_id, "could not announce stopped in time");
-            }
+            // `stopped` is announced by `shutdown`, for every file alike.
         });
     }
 
-    /// Stops everything: announces `stopped` for every file, closes the listener.
+    /// Stops everything: closes the listener and announces `stopped` for every file served
+    /// (shared, downloaded or partial), so the tracker stops listing us at once.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         self.seeder.shutdown().await;
+        let stops = self.seeder.files().into_iter().map(|f| async move {
+            let stop = announce(&self.tracker, &self.seeder, &f, AnnounceEvent::Stopped);
+            match tokio::time::timeout(Duration::from_secs(5), stop).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(file_id = %f.file_id, error = %e, "could not announce stopped")
+                }
+                Err(_) => {
+                    tracing::warn!(file_id = %f.file_id, "could not announce stopped in time")
+                }
+            }
+        });
+        futures::future::join_all(stops).await;
     }
 }
 

@@ -280,6 +280,16 @@ impl Seeder {
             .remove(id);
     }
 
+    /// Every file served.
+    pub fn files(&self) -> Vec<Arc<SharedFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
         self.files
             .read()
