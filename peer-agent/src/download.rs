@@ -123,6 +123,8 @@ struct Shared {
     dirty: AtomicBool,
     done: Notify,
     fatal: Mutex<Option<std::io::Error>>,
+    /// Latest download rate of each connected peer, bytes per second.
+    peer_rates: Mutex<HashMap<Fingerprint, u64>>,
     pool: BufferPool,
     events: EventSink,
     identity: Arc<Identity>,
@@ -208,6 +210,7 @@ pub async fn download(
         dirty: AtomicBool::new(false),
         done: Notify::new(),
         fatal: Mutex::new(None),
+        peer_rates: Mutex::new(HashMap::new()),
         pool: BufferPool::new(manifest.chunk_size as usize),
         events: opts.events.clone(),
         identity: identity.clone(),
@@ -364,6 +367,7 @@ async fn run_swarm(
 
     loop {
         if sh.picker().is_done() {
+            emit_progress(sh, &mut speed, connected.len(), bans);
             break;
         }
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -449,24 +453,7 @@ async fn run_swarm(
         tokio::select! {
             _ = sh.done.notified() => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = progress.tick() => {
-                let done = sh.bytes_done.load(Ordering::Relaxed);
-                let rate = speed.update(done);
-                let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
-                let left = sh.manifest.size.saturating_sub(done);
-                sh.events.emit(Event::Progress {
-                    file_id: sh.file_id,
-                    bytes_done: done,
-                    bytes_total: sh.manifest.size,
-                    chunks_done,
-                    chunks_total: sh.manifest.chunk_count(),
-                    speed_bps: rate,
-                    eta_secs: (rate > 0).then(|| left / rate),
-                    peers: connected.len() as u32,
-                    retries: sh.retries.load(Ordering::Relaxed),
-                    bans,
-                });
-            }
+            _ = progress.tick() => emit_progress(sh, &mut speed, connected.len(), bans),
             _ = persist.tick() => {
                 if sh.dirty.swap(false, Ordering::Relaxed) {
                     let have = sh.picker().have_bitfield();
@@ -481,6 +468,7 @@ async fn run_swarm(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok((fp, end, penalty)) = joined else { continue };
                 connected.remove(&fp);
+                let last_rate = sh.peer_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(&fp).unwrap_or(0);
                 let rec = records.entry(fp).or_default();
                 rec.penalty = penalty;
                 match end {
@@ -497,7 +485,7 @@ async fn run_swarm(
                         let backoff = Duration::from_millis(500) * 2u32.saturating_pow(rec.failures.min(6));
                         rec.retry_at = Some(Instant::now() + backoff.min(opts.max_retry_interval));
                         tracing::info!(peer = %fp, %reason, retry_in = ?backoff, "peer connection ended");
-                        sh.events.emit(Event::PeerDropped { file_id: sh.file_id, fingerprint: fp, reason, rate_bps: 0 });
+                        sh.events.emit(Event::PeerDropped { file_id: sh.file_id, fingerprint: fp, reason, rate_bps: last_rate, });
                         if connected.is_empty() {
                             // Maybe the tracker knows new peers by now.
                             next_announce = next_announce.min(Instant::now() + Duration::from_secs(1));
@@ -514,6 +502,36 @@ async fn run_swarm(
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+fn emit_progress(sh: &Shared, speed: &mut SpeedMeter, peers: usize, bans: u32) {
+    let done = sh.bytes_done.load(Ordering::Relaxed);
+    let rate = speed.update(done);
+    let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
+    let left = sh.manifest.size.saturating_sub(done);
+    let peer_rates = sh
+        .peer_rates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(fp, bps)| crate::events::PeerRate {
+            fingerprint: *fp,
+            bps: *bps,
+        })
+        .collect();
+    sh.events.emit(Event::Progress {
+        file_id: sh.file_id,
+        bytes_done: done,
+        bytes_total: sh.manifest.size,
+        chunks_done,
+        chunks_total: sh.manifest.chunk_count(),
+        speed_bps: rate,
+        eta_secs: (rate > 0).then(|| left / rate),
+        peers: peers as u32,
+        peer_rates,
+        retries: sh.retries.load(Ordering::Relaxed),
+        bans,
+    });
 }
 
 /// Bytes-per-second over a sliding few seconds.
@@ -712,6 +730,10 @@ async fn peer_session(
     loop {
         // Keep the pipe full: enough requests out to cover ~100 ms at this peer's rate.
         let bps = rate.update(received);
+        sh.peer_rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.fingerprint, bps);
         let depth = ((bps / 10) / m.chunk_size.max(1) as u64 + 2).clamp(2, 24) as usize;
         let mut wrote = false;
         while g.inflight.len() < depth {

@@ -45,6 +45,8 @@ pub enum Event {
         speed_bps: u64,
         eta_secs: Option<u64>,
         peers: u32,
+        /// Current download rate from each connected peer.
+        peer_rates: Vec<PeerRate>,
         retries: u32,
         bans: u32,
     },
@@ -87,6 +89,12 @@ pub enum Event {
         chunks_fetched: u32,
         chunks_reused: u32,
     },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRate {
+    pub fingerprint: Fingerprint,
+    pub bps: u64,
 }
 
 /// Where events go. Dropped silently if nobody listens.

@@ -185,6 +185,7 @@ impl Renderer {
                 peers,
                 retries,
                 bans,
+                ..
             } => {
                 let key = file_id.to_string();
                 let name = self

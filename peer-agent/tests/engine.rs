@@ -148,19 +148,24 @@ async fn three_seeders_and_negotiated_tls() {
     let r = within(leecher.download(id.unwrap(), o)).await.unwrap();
     same(&src, &r.path);
     let mut peers = std::collections::HashSet::new();
+    let mut rated = 0;
     while let Ok(e) = rx.try_recv() {
-        if let Event::PeerConnected {
-            fingerprint,
-            cipher,
-            group,
-            ..
-        } = e
-        {
-            assert_eq!(group, "X25519MLKEM768");
-            assert!(cipher.contains("TLS13_AES"), "{cipher}");
-            peers.insert(fingerprint);
+        match e {
+            Event::PeerConnected {
+                fingerprint,
+                cipher,
+                group,
+                ..
+            } => {
+                assert_eq!(group, "X25519MLKEM768");
+                assert!(cipher.contains("TLS13_AES"), "{cipher}");
+                peers.insert(fingerprint);
+            }
+            Event::Progress { peer_rates, .. } => rated = rated.max(peer_rates.len()),
+            _ => {}
         }
     }
+    assert!(rated >= 1, "progress reports per-peer rates");
     assert_eq!(peers.len(), 3, "downloaded from every seeder");
     assert_eq!(r.chunks_fetched, 301);
 }
