@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Merges the JSON outputs of one bench/run into results/latest.json and results/latest.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        x = f"{x:.3f}" if abs(x) < 1 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+    return f"{x}{unit}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--machine", type=Path, required=True)
+    ap.add_argument("--versions", type=Path, required=True)
+    ap.add_argument("--hash", type=Path)
+    ap.add_argument("--tls", type=Path)
+    ap.add_argument("--disk", type=Path)
+    ap.add_argument("--scenarios", type=Path)
+    ap.add_argument("--notes", type=Path)
+    ap.add_argument("--out-json", type=Path, required=True)
+    ap.add_argument("--out-md", type=Path, required=True)
+    a = ap.parse_args()
+
+    machine = load(a.machine) or {}
+    versions = load(a.versions) or {}
+    h = load(a.hash) if a.hash else None
+    tls = load(a.tls) if a.tls else None
+    disk = load(a.disk) if a.disk else None
+    sc = load(a.scenarios) if a.scenarios else None
+    notes = [line for line in (a.notes.read_text().splitlines() if a.notes and a.notes.exists() else []) if line]
+    sc = sc or {"skipped": {}}
+    versions.update((sc.get("versions") or {}))
+
+    size = (sc.get("bytes") or (tls or {}).get("bytes") or (h or {}).get("bytes") or 0)
+    ceiling = tls["modes"]["hash_write"]["mb_per_s"] if tls else None
+    bare = tls["modes"]["bare"]["mb_per_s"] if tls else None
+    ours = (sc.get("tg_1to1") or {}).get("mb_per_s_per_downloader")
+
+    ratios = {
+        "hash_ours_over_openssl": (h or {}).get("ours_over_openssl"),
+        "ours_over_tls_ceiling": ratio(ours, ceiling),
+        "ours_over_bare_tls": ratio(ours, bare),
+    }
+    for peer in ("aria2", "rqbit", "scp"):
+        ratios[f"ours_over_{peer}"] = ratio(ours, (sc.get(peer) or {}).get("mb_per_s"))
+    if sc.get("swarm"):
+        ratios["swarm_over_fluid_bound"] = sc["swarm"]["ratio_to_bound"]
+
+    agents_rss = []
+    for k, v in sc.items():
+        if k.startswith("tg_") and isinstance(v, dict):
+            agents_rss += [v.get("downloader_rss_mib_max"), v.get("seeder_rss_mib")]
+    if sc.get("swarm"):
+        agents_rss += [sc["swarm"].get("downloader_rss_mib_max"), sc["swarm"].get("seeder_rss_mib")]
+    agents_rss = [x for x in agents_rss if x is not None]
+    targets = {
+        "hash >= 0.90 x openssl": ratios["hash_ours_over_openssl"] and ratios["hash_ours_over_openssl"] >= 0.9,
+        "one-to-one >= 0.80 x verified-TLS ceiling": ratios["ours_over_tls_ceiling"] and ratios["ours_over_tls_ceiling"] >= 0.8,
+        ">= 5 x aria2": ratios["ours_over_aria2"] and ratios["ours_over_aria2"] >= 5,
+        "> rqbit": ratios["ours_over_rqbit"] and ratios["ours_over_rqbit"] > 1,
+        "agent peak RSS < 64 MiB": (max(agents_rss) < 64) if agents_rss else None,
+        "swarm <= 1.2 x fluid bound": (ratios.get("swarm_over_fluid_bound") or 99) <= 1.2 if sc.get("swarm") else None,
+    }
+    targets = {k: (None if v is None else bool(v)) for k, v in targets.items()}
+
+    result = {"machine": machine, "versions": versions, "bytes": size, "hash": h, "tls_ceiling": tls,
+              "disk_write": disk, "scenarios": sc, "ratios": ratios, "targets": targets, "notes": notes}
+    a.out_json.write_text(json.dumps(result, indent=2) + "\n")
+
+    mib = size / 1048576 if size else 0
+    md = []
+    md.append(f"# TorrentGuard benchmark: {mib:.0f} MiB file, median of {sc.get('reps') or (tls or {}).get('reps')}")
+    md.append("")
+    md.append(f"- Date: {machine.get('date')}")
+    md.append(f"- Machine: {machine.get('cpu')}, {machine.get('cores')} cores "
+              f"(SHA-NI {'yes' if machine.get('sha_ni') else 'no'}, AES-NI {'yes' if machine.get('aes_ni') else 'no'}), "
+              f"{machine.get('mem_mib', 0) // 1024} GiB RAM, kernel {machine.get('kernel')}, "
+              f"load average at start {round(machine.get('load_avg_1m') or 0, 2)} "
+              "(other work on the machine skews every figure)")
+    md.append("- Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items() if v and k != "work_fs"))
+    md.append(f"- Files in: {versions.get('work_fs', '?')}; MB/s = 10^6 bytes per second of wall time; "
+              "RSS = peak resident set (wait4 rusage, as /usr/bin/time -v)")
+    md.append("")
+    md.append("## Limits of the machine")
+    md.append("")
+    md.append("| measure | MB/s | secs | peak RSS (MiB) |")
+    md.append("|---|---:|---:|---:|")
+    if h:
+        md.append(f"| SHA-256 `openssl dgst -sha256` (1 core) | {fmt(h['openssl']['mb_per_s'])} | {fmt(h['openssl']['secs'])} | |")
+        md.append(f"| SHA-256 TorrentGuard `hash_stream` (chunk + file digests) | {fmt(h['tg_hash']['mb_per_s'])} | {fmt(h['tg_hash']['secs'])} | |")
+        md.append(f"| SHA-256 coreutils `sha256sum` (reference) | {fmt(h['sha256sum']['mb_per_s'])} | {fmt(h['sha256sum']['secs'])} | |")
+    if tls:
+        m = tls["modes"]
+        for key, label in (("bare", "rustls TLS 1.3 loopback, bare stream"),
+                           ("hash", "… + SHA-256 of each chunk"),
+                           ("hash_write", "… + SHA-256 + pwrite (**verified-transfer ceiling**)")):
+            md.append(f"| {label} | {fmt(m[key]['mb_per_s'])} | {fmt(m[key]['secs'])} | "
+                      f"send {m[key]['sender_rss_mib']} / recv {m[key]['receiver_rss_mib']} |")
+    for d in (disk or []):
+        md.append(f"| `dd` write + fsync to {d['path_fs']} ({d['path']}) | {fmt(d['mb_per_s'])} | {fmt(d['secs'])} | |")
+    if tls:
+        md.append("")
+        md.append(f"TLS: {tls.get('suite')}, key exchange {tls.get('kx_group')}, 256 KiB chunks with 9-byte Chunk headers.")
+    md.append("")
+    md.append("## Transfers over loopback (one seeder)")
+    md.append("")
+    md.append("| tool | downloaders | wall secs | MB/s per downloader | aggregate MB/s | downloader RSS (MiB) | seeder RSS (MiB) |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|")
+    for k in sorted((k for k in sc if k.startswith("tg_1to")), key=lambda k: int(k[6:])):
+        v = sc[k]
+        md.append(f"| TorrentGuard (mutual TLS 1.3, SHA-256 verified) | {v['downloaders']} | {fmt(v['secs'])} | "
+                  f"{fmt(v['mb_per_s_per_downloader'])} | {fmt(v['mb_per_s_aggregate'])} | "
+                  f"{fmt(v['downloader_rss_mib_max'])} | {fmt(v['seeder_rss_mib'])} |")
+    for k, label in (("aria2", "aria2c → aria2c (BitTorrent, plaintext)"),
+                     ("rqbit", "rqbit → rqbit (BitTorrent, plaintext)"),
+                     ("scp", "scp → local sshd (SSH)")):
+        v = sc.get(k)
+        if v:
+            md.append(f"| {label} | 1 | {fmt(v['secs'])} | {fmt(v['mb_per_s'])} | {fmt(v['mb_per_s'])} | "
+                      f"{fmt(v.get('downloader_rss_mib_max'))} | {fmt(v.get('seeder_rss_mib'))} |")
+    if sc.get("swarm"):
+        s = sc["swarm"]
+        md.append("")
+        md.append("## Swarm, seeder upload the bottleneck (tc-shaped network namespaces)")
+        md.append("")
+        md.append(f"N = {s['downloaders']} downloaders (each seeding what it has), seeder upload u_s = "
+                  f"{s['upload_seeder_mbit']:g} Mbit/s, peer upload u = {s['upload_peer_mbit']:g} Mbit/s, "
+                  f"peer download d = {s['download_peer_mbit']:g} Mbit/s. Fluid lower bound "
+                  f"T = max(F/u_s, F/d, N·F/(u_s + N·u)) = {s['fluid_bound_secs']} s; measured (last downloader done) "
+                  f"{s['secs']} s: **{s['ratio_to_bound']}× the bound** (target ≤ 1.2). Peak RSS seeder "
+                  f"{fmt(s['seeder_rss_mib'])} MiB, downloaders ≤ {fmt(s['downloader_rss_mib_max'])} MiB.")
+    md.append("")
+    md.append("## Ratios and targets")
+    md.append("")
+    md.append("| ratio | value |")
+    md.append("|---|---:|")
+    for k, v in ratios.items():
+        md.append(f"| {k.replace('_', ' ')} | {fmt(v)} |")
+    md.append("")
+    md.append("| target | met |")
+    md.append("|---|---|")
+    for k, v in targets.items():
+        md.append(f"| {k} | {'–' if v is None else ('yes' if v else '**no**')} |")
+    skipped = sc.get("skipped") or {}
+    if skipped or notes:
+        md.append("")
+        md.append("## Notes")
+        md.append("")
+        for k, v in skipped.items():
+            md.append(f"- {k}: skipped — {v}")
+        for n in notes:
+            md.append(f"- {n}")
+    a.out_md.write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
