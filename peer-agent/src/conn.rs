@@ -36,7 +36,7 @@ impl BufferPool {
         if buf.capacity() >= self.capacity {
             let mut v = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             // Bound what an idle pool keeps.
-            if v.len() < 16 {
+            if v.len() < 32 {
                 v.push(buf);
             }
         }
