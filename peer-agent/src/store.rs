@@ -29,6 +29,42 @@ pub enum StoreError {
     Name(#[from] torrentguard_protocol::NameError),
     #[error("output directory {0} is not a directory")]
     NotADir(PathBuf),
+    #[error(
+        "not enough space for {path} ({needed} bytes): {source}; free some space and run the same command again"
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Allocates the blocks of `file` up to `size`. File systems without `fallocate` keep the
+/// sparse file (writes may then still hit a full disk, which the engine reports and survives).
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(());
+    }
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _size: u64) -> io::Result<()> {
+    Ok(())
 }
 
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -115,6 +151,13 @@ impl ChunkStore {
         if len != manifest.size {
             file.set_len(manifest.size).map_err(io_at(&paths.part))?;
         }
+        // Reserve the blocks now, so a full disk is reported before anything is fetched rather
+        // than half-way through.
+        reserve(&file, manifest.size).map_err(|source| StoreError::NoSpace {
+            path: paths.part.clone(),
+            needed: manifest.size,
+            source,
+        })?;
         let file_id = manifest.file_id();
         let claimed = read_state(&paths.state, &file_id, &manifest);
         let store = ChunkStore {
@@ -306,6 +349,31 @@ mod tests {
         o.store.finish(true).unwrap();
         assert_eq!(fs::read(dir.path().join("f.bin")).unwrap(), b"hello");
         assert!(!dir.path().join("f.bin.part").exists());
+    }
+
+    /// A full disk is reported up front, with a message that says what to do. Needs root to
+    /// mount a tiny tmpfs; elsewhere it says so and checks nothing.
+    #[test]
+    fn full_disk_is_reported_before_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot mount a tmpfs here (not root?)");
+            return;
+        }
+        let data = vec![3u8; 1 << 20];
+        let r = ChunkStore::open(&mnt, manifest(&data), false);
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        let err = r.err().expect("a 1 MiB file cannot fit in 256 KiB");
+        assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
+        assert!(err.to_string().contains("free some space"), "{err}");
     }
 
     #[test]
