@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, ensure};
@@ -218,7 +219,8 @@ fn downloader_killed_and_restarted_resumes() -> Result<()> {
     let d_dir = root.join("d");
 
     let mut first = get("downloader-1", &d_dir, &id, &out, &tracker, &[])?;
-    let progress = first.wait_event("progress", |e| num(e, "chunks_done") >= 80)?;
+    // Past the first state save (once a second at ~64 chunks/s here), well before the end.
+    let progress = first.wait_event("progress", |e| num(e, "chunks_done") >= 120)?;
     ensure!(
         num(&progress, "bytes_done") < data.len() as u64,
         "{progress}"
@@ -690,5 +692,44 @@ fn seeder_reannounces_on_the_trackers_interval() -> Result<()> {
         },
     )?;
     ensure!(seeder.alive());
+    Ok(())
+}
+
+/// Agents started at the same time on a fresh data directory end up with one usable identity:
+/// each prints the same fingerprint, and cert.pem and key.pem are a pair. (Not one of issue 5's
+/// eight; found when `id` raced `get` in the tracker-restart test.)
+#[test]
+#[ignore = "bug: concurrent first starts on one data dir race in identity creation (shared \
+            key.tmp/cert.tmp names, no lock): `key.pem: No such file or directory`, or a cert.pem \
+            and key.pem that do not match, after which every TLS use fails with KeyMismatch"]
+fn concurrent_first_start_creates_one_identity() -> Result<()> {
+    let dir = tmp()?;
+    for round in 0..10 {
+        let data_dir = dir.path().join(format!("id{round}"));
+        let mut procs = (0..3)
+            .map(|i| {
+                let mut c = Command::new(agent_bin());
+                c.arg("--data-dir").arg(&data_dir).arg("id");
+                Proc::spawn(&format!("id-{round}-{i}"), c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut printed = BTreeSet::new();
+        for p in &mut procs {
+            let line = p.wait_line(WAIT, |l| l.starts_with("sha256:"))?;
+            p.expect_exit(0)?;
+            printed.insert(line.trim().to_string());
+        }
+        ensure!(
+            printed.len() == 1,
+            "round {round}: several identities {printed:?}"
+        );
+        // Building a client configuration checks that the key belongs to the certificate.
+        Api::new(
+            "https://127.0.0.1:1",
+            printed.first().expect("one"),
+            &data_dir,
+        )
+        .with_context(|| format!("round {round}: cert.pem and key.pem are not a pair"))?;
+    }
     Ok(())
 }

@@ -301,17 +301,35 @@ impl Tracker {
 
     /// Starts a tracker on 127.0.0.1:`port` with the given announce interval and peer TTL.
     pub fn start_with(data_dir: &Path, port: u16, interval: u32, ttl: u32) -> Result<Tracker> {
-        let mut cmd = Command::new(tracker_bin());
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--announce-interval")
-            .arg(interval.to_string())
-            .arg("--peer-ttl")
-            .arg(ttl.to_string());
-        let mut proc = Proc::spawn("tracker", cmd)?;
-        let line = proc.wait_line(WAIT, |l| l.contains(" listening on "))?;
+        let command = || {
+            let mut cmd = Command::new(tracker_bin());
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--announce-interval")
+                .arg(interval.to_string())
+                .arg("--peer-ttl")
+                .arg(ttl.to_string());
+            cmd
+        };
+        // Rebinding the fixed port of a killed tracker could meet its lingering sockets: then
+        // retry while the address is in use, under the usual bound.
+        eventually(WAIT, "tracker ready", || {
+            let mut proc = Proc::spawn("tracker", command())?;
+            match proc.wait_line(WAIT, |l| l.contains(" listening on ")) {
+                Ok(line) => Tracker::from_ready(proc, &line, data_dir)
+                    .map(Some)
+                    .map_err(|e| e.context(FINAL)),
+                Err(_) if port != 0 && proc.stderr().contains("in use") => Ok(None),
+                // Anything else is final: fail at once rather than poll.
+                Err(e) => Err(e.context(FINAL)),
+            }
+        })
+        .map_err(|e| e.context("starting the tracker"))
+    }
+
+    fn from_ready(proc: Proc, line: &str, data_dir: &Path) -> Result<Tracker> {
         // torrentguard-tracker listening on https://127.0.0.1:PORT fingerprint sha256:HEX
         let words: Vec<&str> = line.split_whitespace().collect();
         let url = words
@@ -445,6 +463,9 @@ pub fn assert_same(path: &Path, expected: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Context that makes [`eventually`] give up at once instead of retrying.
+pub const FINAL: &str = "not retried";
+
 /// Polls `check` until it yields `Some`, failing after `timeout`. For states another process
 /// reaches in its own time (a re-announce), never a fixed sleep.
 pub fn eventually<T>(
@@ -458,6 +479,7 @@ pub fn eventually<T>(
         match check() {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
+            Err(e) if e.chain().any(|c| c.to_string() == FINAL) => return Err(e),
             Err(e) => last_err = Some(e),
         }
         if Instant::now() > deadline {
