@@ -5,11 +5,12 @@
 //! same 9-byte header as the wire protocol's `Chunk` frame. The receiver reads each chunk into one
 //! reused buffer, SHA-256-hashes it with the protocol crate's hasher and writes it with a
 //! positional write: the least work any secure, verified transfer has to do. `--no-hash` and
-//! `--no-write` take those steps away to show the bare stream.
+//! `--no-write` take those steps away to show the bare stream; `--pipeline` moves hashing and
+//! writing to a second thread so they overlap with decryption.
 //!
 //! ```text
 //! tls-ceiling send --listen 127.0.0.1:0 --file F      # prints "listening ADDR fingerprint FP"
-//! tls-ceiling recv --connect ADDR --fingerprint FP --out F [--no-hash] [--no-write]
+//! tls-ceiling recv --connect ADDR --fingerprint FP --out F [--no-hash] [--no-write] [--pipeline]
 //! ```
 //!
 //! Each side runs on a single-threaded tokio runtime: one core per process, as in the real
@@ -20,7 +21,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
@@ -73,6 +74,10 @@ enum Cmd {
         /// Largest chunk accepted.
         #[arg(long, default_value_t = 262_144)]
         chunk_size: u32,
+        /// Hash and write on a second thread, fed from a pool of 4 chunk buffers, while this one
+        /// decrypts the next chunks (as an agent that hashes off its reactor can).
+        #[arg(long)]
+        pipeline: bool,
     },
 }
 
@@ -94,13 +99,19 @@ fn main() -> anyhow::Result<()> {
             no_hash,
             no_write,
             chunk_size,
+            pipeline,
         } => {
             let out = if no_write {
                 None
             } else {
                 Some(out.context("--out is required unless --no-write")?)
             };
-            rt.block_on(recv(connect, fingerprint, out, !no_hash, chunk_size))
+            let work = Work {
+                hash: !no_hash,
+                out,
+                chunk_size: chunk_size as usize,
+            };
+            rt.block_on(recv(connect, fingerprint, work, pipeline))
         }
     }
 }
@@ -152,12 +163,40 @@ async fn send(listen: SocketAddr, path: PathBuf, chunk_size: u32) -> anyhow::Res
     Ok(())
 }
 
+/// What the receiver does with each chunk.
+struct Work {
+    hash: bool,
+    out: Option<PathBuf>,
+    chunk_size: usize,
+}
+
+/// Hashes and writes chunks; `check` folds digest bytes so the hashing shows in the output.
+struct Sink {
+    hash: bool,
+    out: Option<File>,
+    chunk_size: u64,
+    check: u8,
+}
+
+impl Sink {
+    fn take(&mut self, index: u32, data: &[u8]) -> std::io::Result<()> {
+        if self.hash {
+            self.check ^= HashAlgo::Sha256.digest(data).as_bytes()[0];
+        }
+        if let Some(f) = &self.out {
+            f.write_all_at(data, index as u64 * self.chunk_size)?;
+        }
+        Ok(())
+    }
+}
+
+const PIPELINE_BUFFERS: usize = 4;
+
 async fn recv(
     addr: SocketAddr,
     pinned: Fingerprint,
-    out: Option<PathBuf>,
-    hash: bool,
-    chunk_size: u32,
+    work: Work,
+    pipeline: bool,
 ) -> anyhow::Result<()> {
     let provider = provider();
     let verifier = Arc::new(PinnedServer {
@@ -170,16 +209,24 @@ async fn recv(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let out = match out {
+    let out = match &work.out {
         Some(p) => Some(
             OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(&p)
+                .open(p)
                 .with_context(|| format!("creating {}", p.display()))?,
         ),
         None => None,
+    };
+    let write = out.is_some();
+    let cs = work.chunk_size;
+    let mut sink = Sink {
+        hash: work.hash,
+        out,
+        chunk_size: cs as u64,
+        check: 0,
     };
 
     let start = Instant::now();
@@ -199,13 +246,35 @@ async fn recv(
         .unwrap_or_default();
     let handshake_secs = start.elapsed().as_secs_f64();
 
-    let cs = chunk_size as usize;
+    // Pipelined: full buffers go to a worker thread, empty ones come back.
+    let (to_worker, from_reader) = mpsc::sync_channel::<(Vec<u8>, usize, u32)>(PIPELINE_BUFFERS);
+    let (give_back, returned) = mpsc::channel::<Vec<u8>>();
+    let worker = if pipeline {
+        let mut worker_sink = std::mem::replace(
+            &mut sink,
+            Sink {
+                hash: false,
+                out: None,
+                chunk_size: 0,
+                check: 0,
+            },
+        );
+        Some(std::thread::spawn(move || -> std::io::Result<Sink> {
+            for (buf, len, index) in from_reader {
+                worker_sink.take(index, &buf[..len])?;
+                let _ = give_back.send(buf);
+            }
+            Ok(worker_sink)
+        }))
+    } else {
+        drop(from_reader);
+        None
+    };
+    let mut allocated = 1usize;
     let mut buf = vec![0u8; cs];
     let mut header = [0u8; CHUNK_HEADER_LEN];
     let mut bytes = 0u64;
     let mut chunks = 0u64;
-    // Folded digest bytes, so the hashing cannot be optimised away and shows in the output.
-    let mut check = 0u8;
     loop {
         match tls.read_exact(&mut header).await {
             Ok(_) => {}
@@ -224,18 +293,31 @@ async fn recv(
         );
         let index = u32::from_be_bytes(header[5..9].try_into()?);
         let len = frame_len - 5;
-        let data = &mut buf[..len];
-        tls.read_exact(data).await?;
-        if hash {
-            check ^= HashAlgo::Sha256.digest(data).as_bytes()[0];
-        }
-        if let Some(f) = &out {
-            f.write_all_at(data, index as u64 * cs as u64)?;
+        tls.read_exact(&mut buf[..len]).await?;
+        if worker.is_some() {
+            // Blocking hand-over on this single-threaded runtime is the back-pressure: while
+            // the worker is behind, the socket is not read.
+            let next = if allocated < PIPELINE_BUFFERS {
+                allocated += 1;
+                vec![0u8; cs]
+            } else {
+                returned.recv().context("worker stopped")?
+            };
+            let full = std::mem::replace(&mut buf, next);
+            to_worker
+                .send((full, len, index))
+                .context("worker stopped")?;
+        } else {
+            sink.take(index, &buf[..len])?;
         }
         bytes += len as u64;
         chunks += 1;
     }
-    if let Some(f) = &out {
+    drop(to_worker);
+    if let Some(w) = worker {
+        sink = w.join().expect("worker panicked")?;
+    }
+    if let Some(f) = &sink.out {
         f.sync_all()?;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -248,11 +330,12 @@ async fn recv(
         "secs": secs,
         "mb_per_s": bytes as f64 / 1e6 / secs,
         "handshake_secs": handshake_secs,
-        "hash": hash,
-        "write": out.is_some(),
+        "hash": sink.hash,
+        "write": write,
+        "pipeline": pipeline,
         "suite": suite,
         "kx_group": group,
-        "check": check,
+        "check": sink.check,
     });
     println!("{result}");
     Ok(())
