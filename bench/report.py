@@ -144,11 +144,13 @@ def main():
     if sc.get("swarm"):
         s = sc["swarm"]
         md.append("")
-        md.append("## Swarm, seeder upload the bottleneck (tc-shaped network namespaces)")
+        md.append("## Swarm, seeder upload the bottleneck")
         md.append("")
-        md.append(f"N = {s['downloaders']} downloaders (each seeding what it has), seeder upload u_s = "
+        d = f"{s['download_peer_mbit']:g} Mbit/s" if s["download_peer_mbit"] else "unlimited"
+        md.append(f"Shaping: {s['shaping']}. "
+                  f"N = {s['downloaders']} downloaders (each seeding what it has), seeder upload u_s = "
                   f"{s['upload_seeder_mbit']:g} Mbit/s, peer upload u = {s['upload_peer_mbit']:g} Mbit/s, "
-                  f"peer download d = {s['download_peer_mbit']:g} Mbit/s. Fluid lower bound "
+                  f"peer download d = {d}. Fluid lower bound "
                   f"T = max(F/u_s, F/d, N·F/(u_s + N·u)) = {s['fluid_bound_secs']} s; measured (last downloader done) "
                   f"{s['secs']} s: **{s['ratio_to_bound']}× the bound** (target ≤ 1.2). Peak RSS seeder "
                   f"{fmt(s['seeder_rss_mib'])} MiB, downloaders ≤ {fmt(s['downloader_rss_mib_max'])} MiB.")

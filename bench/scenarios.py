@@ -572,21 +572,45 @@ def netns_usable():
     return True, ""
 
 
-def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: float, down: float):
-    """N downloaders (each seeding what it has) from one seeder whose upload is the bottleneck."""
+class Loopback:
+    """Stand-in for Netns when namespaces are unusable: every host on 127.0.0.1, unshaped."""
+
+    def __init__(self, hosts):
+        self.addr = {name: (None, "127.0.0.1") for name, _, _ in hosts}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: float, down: float,
+          use_netns=True):
+    """N downloaders (each seeding what it has) from one seeder whose upload is the bottleneck.
+    Shaped with tc in namespaces; without them, with the agent's own --upload-limit on loopback
+    (no download limit then, so d drops out of the bound)."""
     size = file.stat().st_size
     bits = size * 8 / 1e6  # file size in Mbit
-    bound = max(bits / up_s, bits / down, n * bits / (up_s + n * up))
+    if not use_netns:
+        down = None
+    bound = max(bits / up_s, bits / down if down else 0, n * bits / (up_s + n * up))
     hosts = [("tracker", None, None), ("seed", up_s, None)] + [(f"d{i}", up, down) for i in range(n)]
     base = Path(tempfile.mkdtemp(prefix="swarm.", dir=work))
     runs = []
     tracker = seeder = None
-    with Netns(f"tgb{os.getpid() % 10000}", hosts) as net:
+
+    def limit(mbit):
+        return [] if use_netns else ["--upload-limit", str(int(mbit * 1e6 / 8))]
+
+    net_ctx = Netns(f"tgb{os.getpid() % 10000}", hosts) if use_netns else Loopback(hosts)
+    with net_ctx as net:
         t_ns, t_addr = net.addr["tracker"]
         try:
             tracker, url, fp = tg.tracker(base / "tracker", listen=f"{t_addr}:0", ns=t_ns)
             s_ns, s_addr = net.addr["seed"]
-            seeder, file_id = tg.share(base / "seeder", file, url, fp, listen=f"{s_addr}:0", ns=s_ns)
+            seeder, file_id = tg.share(base / "seeder", file, url, fp, listen=f"{s_addr}:0", ns=s_ns,
+                                       extra=limit(up_s))
             for rep in range(reps):
                 events = queue.Queue()
                 downs = []
@@ -595,7 +619,8 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
                     ns, addr = net.addr[f"d{i}"]
                     d = base / f"r{rep}-d{i}"
                     downs.append(Proc(f"swarm-get{i}", tg.get_argv(d / "data", file_id, d / "out", url, fp,
-                                                                   listen=f"{addr}:0", seed=True, ns=ns),
+                                                                   listen=f"{addr}:0", seed=True, ns=ns,
+                                                                   extra=limit(up)),
                                       events=events))
                 done = {}
                 deadline = t0 + max(tg.timeout, 10 * bound)
@@ -634,7 +659,8 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
             "fluid_bound_secs": round(bound, 4), "secs": secs, "ratio_to_bound": round(secs / bound, 3),
             "seeder_rss_mib": seeder.rss_mib if seeder else None,
             "downloader_rss_mib_max": mx([x for r in runs for x in r["downloader_rss_mib"]]), "runs": runs,
-            "shaping": "tc tbf on veth pairs in network namespaces created by the bench"}
+            "shaping": "tc tbf on veth pairs in network namespaces created by the bench" if use_netns
+            else "the agent's --upload-limit on loopback (namespaces unusable; no download limit)"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,6 +678,8 @@ def main():
     ap.add_argument("--swarm-up-seeder-mbit", type=float, default=400)
     ap.add_argument("--swarm-up-peer-mbit", type=float, default=400)
     ap.add_argument("--swarm-down-peer-mbit", type=float, default=1600)
+    ap.add_argument("--swarm-no-netns", action="store_true",
+                    help="shape the swarm with the agent's --upload-limit on loopback instead of tc")
     ap.add_argument("--only", default="tg,aria2,rqbit,scp,swarm")
     a = ap.parse_args()
 
@@ -697,14 +725,19 @@ def main():
             res["skipped"]["scp"] = "no sshd (Debian: openssh-server)"
     if "swarm" in only:
         usable, why_ns = netns_usable()
+        if a.swarm_no_netns:
+            usable, why_ns = False, "--swarm-no-netns"
+        has_limit = ok and "--upload-limit" in subprocess.run([tg.cli, "share", "--help"], capture_output=True,
+                                                               text=True).stdout
         if not ok:
             res["skipped"]["swarm"] = "TorrentGuard CLI not built"
-        elif not usable:
-            res["skipped"]["swarm"] = f"network namespaces unusable ({why_ns}); the agent would need an " \
-                                      "--upload-limit option for a bench-only shaped run"
+        elif not usable and not has_limit:
+            res["skipped"]["swarm"] = f"network namespaces unusable ({why_ns}) and the agent has no --upload-limit"
         else:
+            if not usable:
+                log(f"  network namespaces unusable ({why_ns}): shaping with the agent's --upload-limit instead")
             attempt("swarm", lambda: swarm(tg, a.file, a.work, a.swarm_n, a.reps, a.swarm_up_seeder_mbit,
-                                           a.swarm_up_peer_mbit, a.swarm_down_peer_mbit))
+                                           a.swarm_up_peer_mbit, a.swarm_down_peer_mbit, use_netns=usable))
     a.out.write_text(json.dumps(res, indent=2) + "\n")
 
 

@@ -24,7 +24,7 @@ while (($#)); do
     --file) file=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --json) json_out=$2; shift 2 ;;
-    -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     [0-9]*) size_mib=$1; shift ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
