@@ -98,7 +98,7 @@ def main():
               "(other work on the machine skews every figure)")
     md.append("- Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items() if v and k != "work_fs"))
     md.append(f"- Files in: {versions.get('work_fs', '?')}; MB/s = 10^6 bytes per second of wall time; "
-              "RSS = peak resident set (wait4 rusage, as /usr/bin/time -v)")
+              "RSS = peak resident set from /usr/bin/time -v")
     md.append("")
     md.append("## Limits of the machine")
     md.append("")

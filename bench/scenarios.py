@@ -2,10 +2,11 @@
 """Peer-to-peer scenarios for bench/run: TorrentGuard one-to-one and one-to-N, aria2c, rqbit,
 scp, and the shaped swarm in network namespaces. Writes one JSON object to --out.
 
-Every process is started directly (no shell), its stdout/stderr read line by line on threads,
-readiness taken from the lines it prints (never from a sleep), and its peak RSS from the
-rusage that wait4() returns when it is reaped: the same figure `/usr/bin/time -v` prints as
-"Maximum resident set size" (it counts the process and the descendants it waited for).
+Every process is started without a shell under `/usr/bin/time -v` (its own process group, so
+signals reach it through the group), its stdout/stderr read line by line on threads, readiness
+taken from the lines it prints (never from a sleep), and its peak RSS from time's "Maximum
+resident set size". (Not from this script's own wait4(): a child forked from Python keeps the
+interpreter's RSS as its high-water mark across exec, which would inflate small figures.)
 
 All traffic stays on 127.0.0.1 or inside network namespaces this script creates and deletes.
 """
@@ -39,6 +40,9 @@ class Proc:
     def __init__(self, name, argv, events=None, cwd=None, env=None):
         self.name = name
         self.argv = [str(a) for a in argv]
+        fd, self.time_file = tempfile.mkstemp(prefix="tg-bench-time.")
+        os.close(fd)
+        self.argv = ["/usr/bin/time", "-v", "-o", self.time_file] + self.argv
         self.events = events if events is not None else queue.Queue()
         self.lines = []
         self.t0 = time.monotonic()
@@ -80,8 +84,19 @@ class Proc:
             if pid == self.pid:
                 self.t_exit = time.monotonic()
                 self.rc = os.waitstatus_to_exitcode(status)
-                self.maxrss_kib = ru.ru_maxrss
                 self.p.returncode = self.rc
+                self.maxrss_kib = None
+                try:
+                    with open(self.time_file) as f:
+                        report = f.read()
+                    os.unlink(self.time_file)
+                    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
+                    self.maxrss_kib = int(m.group(1)) if m else None
+                    # time exits with its child's status, or says which signal ended it.
+                    if "Command terminated by signal" in report:
+                        self.rc = -int(re.search(r"terminated by signal (\d+)", report).group(1))
+                except OSError:
+                    pass
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -90,12 +105,16 @@ class Proc:
     def stop(self, sig=signal.SIGINT, grace=15):
         if self.rc is not None:
             return
+        # The whole group: GNU time ignores SIGINT and SIGQUIT while it waits, its child does not.
         try:
-            os.kill(self.pid, sig)
+            os.killpg(self.pid, sig)
         except ProcessLookupError:
             pass
         if not self.reap(grace):
-            os.kill(self.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.reap()
 
     def tail(self, n=15):
@@ -394,8 +413,8 @@ def aria2(file: Path, work: Path, reps: int, timeout: float):
             shutil.rmtree(out, ignore_errors=True)
     finally:
         if seeder:
-            seeder.stop(signal.SIGTERM)
-        tracker.stop(signal.SIGTERM)
+            seeder.stop(signal.SIGINT)
+        tracker.stop(signal.SIGINT)
         # aria2 leaves its control file next to the seeded one when interrupted.
         for extra in (seed_dir / (file.name + ".aria2"),):
             extra.unlink(missing_ok=True)
@@ -497,7 +516,7 @@ def scp(file: Path, work: Path, reps: int, timeout: float):
             log(f"  scp rep {rep + 1}: {secs:.3f} s, {mbps(size, secs)} MB/s, RSS {p.rss_mib} MiB")
             dest.unlink()
     finally:
-        sshd.stop(signal.SIGTERM)
+        sshd.stop(signal.SIGINT)
         shutil.rmtree(base, ignore_errors=True)
     secs = med([r["secs"] for r in runs])
     return {"secs": secs, "mb_per_s": mbps(size, secs),
