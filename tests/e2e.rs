@@ -658,8 +658,6 @@ fn existing_output_needs_force() -> Result<()> {
 /// `--announce-interval 1 --peer-ttl 5`, a live seeder stays listed. (Not one of issue 5's eight;
 /// found while writing the tracker-restart test.)
 #[test]
-#[ignore = "bug: peer-agent keep_announcing waits a hard-coded 30 s before its first re-announce, \
-            ignoring the tracker's interval_secs, so a tracker with --peer-ttl < 30 drops live seeders"]
 fn seeder_reannounces_on_the_trackers_interval() -> Result<()> {
     let dir = tmp()?;
     let root = dir.path();
@@ -699,9 +697,6 @@ fn seeder_reannounces_on_the_trackers_interval() -> Result<()> {
 /// each prints the same fingerprint, and cert.pem and key.pem are a pair. (Not one of issue 5's
 /// eight; found when `id` raced `get` in the tracker-restart test.)
 #[test]
-#[ignore = "bug: concurrent first starts on one data dir race in identity creation (shared \
-            key.tmp/cert.tmp names, no lock): `key.pem: No such file or directory`, or a cert.pem \
-            and key.pem that do not match, after which every TLS use fails with KeyMismatch"]
 fn concurrent_first_start_creates_one_identity() -> Result<()> {
     let dir = tmp()?;
     for round in 0..10 {

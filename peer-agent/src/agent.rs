@@ -166,7 +166,9 @@ impl Agent {
             self.cancel.clone(),
         );
         self.tasks.spawn(async move {
-            let mut interval = Duration::from_secs(30);
+            // The tracker's own interval from the start: a TTL shorter than our default must
+            // not drop us before the first re-announce.
+            let mut interval = tracker.announce_interval();
             let mut backoff = Duration::from_secs(1);
             loop {
                 tokio::select! {
@@ -179,8 +181,8 @@ impl Agent {
                     break;
                 }
                 match announce(&tracker, &seeder, &file, AnnounceEvent::Progress).await {
-                    Ok(resp) => {
-                        interval = Duration::from_secs(resp.interval_secs.clamp(1, 3600));
+                    Ok(_) => {
+                        interval = tracker.announce_interval();
                         backoff = Duration::from_secs(1);
                     }
                     Err(e) => {

@@ -361,7 +361,7 @@ async fn run_swarm(
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     let mut persist = tokio::time::interval(Duration::from_secs(1));
     let mut speed = SpeedMeter::new(sh.bytes_done.load(Ordering::Relaxed));
-    let mut announce_interval = Duration::from_secs(30);
+    let mut announce_interval = tracker.announce_interval();
     let mut next_announce = Instant::now();
     let mut first = true;
     let mut waiting_backoff = Duration::from_secs(1);
@@ -389,7 +389,7 @@ async fn run_swarm(
                 Ok(resp) => {
                     first = false;
                     known = resp.peers;
-                    announce_interval = Duration::from_secs(resp.interval_secs.clamp(1, 3600));
+                    announce_interval = tracker.announce_interval();
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "announce failed; will retry");

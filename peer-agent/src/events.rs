@@ -89,6 +89,16 @@ pub enum Event {
         chunks_fetched: u32,
         chunks_reused: u32,
     },
+    /// `share --self-download`: the file came back through the TLS path and was compared with
+    /// the original.
+    SelfDownload {
+        file_id: FileId,
+        ok: bool,
+        bytes: u64,
+        secs: f64,
+        path: PathBuf,
+        seeder: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,22 +107,50 @@ pub struct PeerRate {
     pub bps: u64,
 }
 
-/// Where events go. Dropped silently if nobody listens.
-#[derive(Debug, Clone, Default)]
-pub struct EventSink(Option<mpsc::UnboundedSender<Event>>);
+/// Where events go: a channel, a function called in place (which keeps them in order with
+/// other output), or nowhere.
+#[derive(Clone, Default)]
+pub struct EventSink(Sink);
+
+#[derive(Clone, Default)]
+enum Sink {
+    #[default]
+    None,
+    Channel(mpsc::UnboundedSender<Event>),
+    Callback(std::sync::Arc<dyn Fn(Event) + Send + Sync>),
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Sink::None => "EventSink::None",
+            Sink::Channel(_) => "EventSink::Channel",
+            Sink::Callback(_) => "EventSink::Callback",
+        })
+    }
+}
 
 impl EventSink {
     pub fn new(tx: mpsc::UnboundedSender<Event>) -> Self {
-        EventSink(Some(tx))
+        EventSink(Sink::Channel(tx))
+    }
+
+    /// Calls `f` for every event, on the emitting task: keep it quick.
+    pub fn from_fn(f: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        EventSink(Sink::Callback(std::sync::Arc::new(f)))
     }
 
     pub fn none() -> Self {
-        EventSink(None)
+        EventSink(Sink::None)
     }
 
     pub fn emit(&self, e: Event) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(e);
+        match &self.0 {
+            Sink::None => {}
+            Sink::Channel(tx) => {
+                let _ = tx.send(e);
+            }
+            Sink::Callback(f) => f(e),
         }
     }
 }

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::mpsc;
 use torrentguard_agent::agent::{Agent, TrackerTarget, load_identity};
 use torrentguard_agent::store::list_partials;
 use torrentguard_agent::{AgentError, DownloadError, DownloadOptions, Event, EventSink};
@@ -393,23 +392,15 @@ fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
     })
 }
 
-/// Spawns the task that renders events; returns the sink to emit into.
-fn renderer(
-    mode: Mode,
-) -> (
-    EventSink,
-    Arc<std::sync::Mutex<Renderer>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let r = Arc::new(std::sync::Mutex::new(Renderer::new(mode)));
+/// The renderer, shared by the engine's events and the CLI's own lines, so everything reaches
+/// stdout in the order it happened.
+type Output = Arc<std::sync::Mutex<Renderer>>;
+
+fn renderer(mode: Mode) -> (EventSink, Output) {
+    let r: Output = Arc::new(std::sync::Mutex::new(Renderer::new(mode)));
     let r2 = r.clone();
-    let task = tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            r2.lock().unwrap_or_else(|e| e.into_inner()).event(&e);
-        }
-    });
-    (EventSink::new(tx), r, task)
+    let sink = EventSink::from_fn(move |e| r2.lock().unwrap_or_else(|e| e.into_inner()).event(&e));
+    (sink, r)
 }
 
 fn host_for(addr: SocketAddr) -> String {
@@ -433,7 +424,7 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
         std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     let id = identity(dir)?;
-    let (events, out, render_task) = renderer(mode);
+    let (events, out) = renderer(mode);
     let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
     let json = |v: serde_json::Value| out.lock().unwrap_or_else(|e| e.into_inner()).json(&v);
 
@@ -492,14 +483,12 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
 
     let mut code = ExitCode::SUCCESS;
     if args.self_download {
-        code = self_download(&agent, &tracker, &args, &shared, &events, &say, &json).await?;
+        code = self_download(&agent, &tracker, &args, &shared, &events).await?;
         if !args.seed {
             agent.shutdown().await;
             if let Some(t) = embedded {
                 t.shutdown().await.ok();
             }
-            drop(events);
-            let _ = render_task.await;
             return Ok(code);
         }
     }
@@ -510,8 +499,6 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
     if let Some(t) = embedded {
         t.shutdown().await.ok();
     }
-    drop(events);
-    let _ = render_task.await;
     Ok(code)
 }
 
@@ -521,8 +508,6 @@ async fn self_download(
     args: &ShareArgs,
     shared: &[Arc<torrentguard_agent::seeder::SharedFile>],
     events: &EventSink,
-    say: &dyn Fn(&str),
-    json: &dyn Fn(serde_json::Value),
 ) -> anyhow::Result<ExitCode> {
     // A second, throw-away identity: to the tracker and the seeder it is just another peer,
     // so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
@@ -557,23 +542,14 @@ async fn self_download(
         let secs = started.elapsed().as_secs_f64();
         let identical = same_content(&s.path(), &report.path)?;
         all_ok &= identical;
-        let rate = report.bytes as f64 / secs.max(1e-9);
-        say(&format!(
-            "self-download {}: {} in {:.2} s ({}/s) over TLS from {}, every chunk and the whole file verified, {} the original",
-            if identical { "OK" } else { "FAILED" },
-            human(report.bytes),
+        events.emit(Event::SelfDownload {
+            file_id: s.file_id,
+            ok: identical,
+            bytes: report.bytes,
             secs,
-            human(rate as u64),
-            agent.listen_addr(),
-            if identical {
-                "byte-identical to"
-            } else {
-                "DIFFERENT from"
-            }
-        ));
-        json(
-            serde_json::json!({"event": "self_download", "file_id": s.file_id, "ok": identical, "bytes": report.bytes, "secs": secs, "path": report.path}),
-        );
+            path: report.path.clone(),
+            seeder: agent.listen_addr(),
+        });
     }
     watcher.abort();
     downloader.shutdown().await;
@@ -614,7 +590,7 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     })?;
     check_writable(&args.output)?;
     let id = identity(dir)?;
-    let (events, out, render_task) = renderer(mode);
+    let (events, out) = renderer(mode);
     let agent = Agent::start(id, dir.to_path_buf(), &tracker, args.listen).await?;
     agent.seeder.set_upload_limit(args.upload_limit);
     let interrupt = agent.cancel.clone();
@@ -650,6 +626,12 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     if first_err.is_none() && args.seed && !interrupted {
         for r in &reports {
             agent.keep_announcing(r.shared.clone(), events.clone());
+            events.emit(Event::Seeding {
+                file_id: r.file_id,
+                name: r.shared.manifest.name.clone(),
+                size: r.bytes,
+                listen: agent.listen_addr(),
+            });
         }
         out.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -660,8 +642,6 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     }
     watcher.abort();
     agent.shutdown().await;
-    drop(events);
-    let _ = render_task.await;
     match first_err {
         Some(e) => Err(e),
         None if interrupted && !args.seed => Ok(ExitCode::from(130)),

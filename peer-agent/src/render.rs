@@ -250,7 +250,32 @@ impl Renderer {
                     human(rate)
                 ));
             }
-            Event::Seeding { .. } => {}
+            Event::Seeding {
+                file_id,
+                name,
+                listen,
+                ..
+            } => {
+                self.say(&format!(
+                    "serving {name} ({file_id}) to other peers on {listen}"
+                ));
+            }
+            Event::SelfDownload {
+                ok,
+                bytes,
+                secs,
+                seeder,
+                ..
+            } => {
+                let rate = (*bytes as f64 / secs.max(1e-9)) as u64;
+                self.say(&format!(
+                    "self-download {}: {} in {secs:.2} s ({}/s) over TLS from {seeder}, every chunk and the whole file verified, {} the original",
+                    if *ok { "OK" } else { "FAILED" },
+                    human(*bytes),
+                    human(rate),
+                    if *ok { "byte-identical to" } else { "DIFFERENT from" }
+                ));
+            }
             Event::Withdrawn { file_id, reason } => {
                 self.say(&format!("stopped serving {file_id}: {reason}"))
             }

@@ -54,6 +54,7 @@ pub struct SharedFile {
     haves: broadcast::Sender<u32>,
     withdrawn: AtomicBool,
     swarm: Mutex<SwarmCache>,
+    swarm_refresh: tokio::sync::Mutex<()>,
     pub uploaded: AtomicU64,
 }
 
@@ -113,6 +114,7 @@ impl SharedFile {
             haves: broadcast::channel(1024).0,
             withdrawn: AtomicBool::new(false),
             swarm: Mutex::new(SwarmCache::default()),
+            swarm_refresh: tokio::sync::Mutex::new(()),
             uploaded: AtomicU64::new(0),
         })
     }
@@ -181,17 +183,29 @@ impl SharedFile {
             .extend(members);
     }
 
+    /// Whether the tracker lists `fp` in this file's swarm. An unknown fingerprint triggers one
+    /// refresh from the tracker; peers arriving together share it, and a peer is refused only by
+    /// a list fetched after it arrived (a downloader announces before it connects).
     async fn admits(&self, fp: &Fingerprint, tracker: &TrackerClient) -> bool {
-        let refresh = {
+        let arrived = Instant::now();
+        if self
+            .swarm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .contains(fp)
+        {
+            return true;
+        }
+        let _one_refresh_at_a_time = self.swarm_refresh.lock().await;
+        {
             let s = self.swarm.lock().unwrap_or_else(|e| e.into_inner());
             if s.members.contains(fp) {
                 return true;
             }
-            s.refreshed
-                .is_none_or(|t| t.elapsed() > Duration::from_millis(500))
-        };
-        if !refresh {
-            return false;
+            if s.refreshed.is_some_and(|t| t >= arrived) {
+                return false;
+            }
         }
         match tracker.file_peers(&self.file_id).await {
             Ok(list) => {

@@ -87,7 +87,12 @@ pub struct TrackerClient {
     base: Url,
     fingerprint: Fingerprint,
     token: Option<String>,
+    /// The re-announce interval from the tracker's latest answer, in seconds.
+    interval_secs: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Re-announce interval assumed until the tracker has said otherwise.
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for TrackerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,6 +165,9 @@ impl TrackerClient {
             base,
             fingerprint,
             token,
+            interval_secs: Arc::new(std::sync::atomic::AtomicU64::new(
+                DEFAULT_ANNOUNCE_INTERVAL.as_secs(),
+            )),
         };
         // Prove the pin now, so a wrong tracker fails with a clear message up front.
         if let Err(e) = client.health().await {
@@ -280,7 +288,20 @@ impl TrackerClient {
     }
 
     pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
-        self.post("announce", req).await
+        let resp: AnnounceResponse = self.post("announce", req).await?;
+        self.interval_secs.store(
+            resp.interval_secs.clamp(1, 3600),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(resp)
+    }
+
+    /// How often the tracker wants to hear from us, as of its latest answer.
+    pub fn announce_interval(&self) -> Duration {
+        Duration::from_secs(
+            self.interval_secs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub async fn file_peers(&self, id: &FileId) -> Result<FilePeers, TrackerError> {

@@ -445,3 +445,31 @@ async fn manifest_whose_id_does_not_match_is_refused() {
         "nothing written"
     );
 }
+
+/// Downloaders that arrive together are all admitted on the first try: the seeder refreshes
+/// its view of the swarm for them rather than refusing the ones it has not heard of yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_downloaders_are_admitted_at_once() {
+    let s = Swarm::new().await;
+    let src = s.write("f.bin", 40 * CHUNK as usize, 9);
+    let seeder = s.agent("seeder").await;
+    let id = s.share(&seeder, &src).await;
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        let leecher = s.agent(&format!("leecher{n}")).await;
+        let (o, rx) = opts(s.out(&format!("dl{n}")));
+        jobs.push(tokio::spawn(async move {
+            let r = leecher.download(id, o).await;
+            (leecher, r, rx)
+        }));
+    }
+    for j in jobs {
+        let (_l, r, mut rx) = within(j).await.unwrap();
+        same(&src, &r.unwrap().path);
+        while let Ok(e) = rx.try_recv() {
+            if let Event::PeerDropped { reason, .. } = e {
+                panic!("a downloader was dropped: {reason}");
+            }
+        }
+    }
+}

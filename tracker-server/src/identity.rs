@@ -13,6 +13,8 @@ use torrentguard_protocol::Fingerprint;
 
 pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
+/// Held while the identity is created, so concurrent first starts agree on one key pair.
+pub const LOCK_FILE: &str = ".identity.lock";
 
 /// A certificate, its private key and its fingerprint.
 #[derive(Debug)]
@@ -70,6 +72,20 @@ impl Identity {
             return Ok((Self::from_pem_files(&cert_path, &key_path)?, false));
         }
         create_private_dir(dir)?;
+        // Two first starts on one directory must not both generate: the second would replace
+        // the first's key under its certificate. An exclusive lock serialises them, and the
+        // loser then finds and loads the winner's pair.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        if cert_path.exists() && key_path.exists() {
+            return Ok((Self::from_pem_files(&cert_path, &key_path)?, false));
+        }
         let (cert_pem, key_pem) = generate_pem(common_name)?;
         // Key first, so a crash in between leaves no certificate without its key.
         write_atomically(&key_path, key_pem.as_bytes(), 0o600)?;
@@ -138,7 +154,11 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
 
 /// Writes `data` to `path` via a temporary file, fsync and rename, with `mode` on Unix.
 pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
+    // A name of our own, so concurrent writers of the same file never share a temporary.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -148,10 +168,15 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), Ident
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(data).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
@@ -179,6 +204,30 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_ne!(Identity::generate("x").unwrap().fingerprint, a.fingerprint);
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("shared");
+        let fps: Vec<_> = (0..8)
+            .map(|_| {
+                let sub = sub.clone();
+                std::thread::spawn(move || Identity::load_or_create(&sub, "race").unwrap().0)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let on_disk = Identity::load_or_create(&sub, "race").unwrap().0;
+        for id in &fps {
+            assert_eq!(id.fingerprint, on_disk.fingerprint);
+        }
+        // The key on disk belongs to the certificate on disk.
+        let cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![on_disk.cert.clone()], on_disk.key.clone_key());
+        assert!(cfg.is_ok(), "key and certificate match");
     }
 
     #[test]
