@@ -728,3 +728,59 @@ fn concurrent_first_start_creates_one_identity() -> Result<()> {
     }
     Ok(())
 }
+
+/// Ctrl-C (SIGINT) mid-download: exit code 130, the `.part` and its state kept, `stopped`
+/// announced (the tracker stops listing the downloader), and the same command resumes.
+#[test]
+fn interrupted_get_exits_130_keeps_state_and_leaves_the_swarm() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let file = root.join("sigint.bin");
+    let data = write_random_file(&file, 4_000_000, 9)?;
+    let (_seeder, id) = share(
+        "seeder",
+        &root.join("s"),
+        &file,
+        &tracker,
+        &["--upload-limit", "1M"],
+    )?;
+    let out = root.join("out");
+    let d_dir = root.join("d");
+    let me = identity(&d_dir)?;
+    let mut first = get("downloader", &d_dir, &id, &out, &tracker, &[])?;
+    first.wait_event("progress", |e| num(e, "chunks_done") >= 80)?;
+    first.signal("INT")?;
+    first.expect_exit(130)?;
+    ensure!(
+        out.join("sigint.bin.part").exists(),
+        "no .part after Ctrl-C"
+    );
+    ensure!(
+        out.join("sigint.bin.part.tgstate").exists(),
+        "no state after Ctrl-C"
+    );
+    ensure!(
+        !out.join("sigint.bin").exists(),
+        "file in place after Ctrl-C"
+    );
+    let api = Api::new(&tracker.url, &tracker.fingerprint, &root.join("s"))?;
+    let listed = api
+        .peers(&id)?
+        .iter()
+        .any(|p| p["fingerprint"].as_str() == Some(me.as_str()));
+    ensure!(
+        !listed,
+        "the interrupted downloader is still listed: stopped was not announced"
+    );
+
+    let mut again = get("downloader-again", &d_dir, &id, &out, &tracker, &[])?;
+    let started = again.wait_event("started", |_| true)?;
+    ensure!(
+        num(&started, "chunks_have") > 0,
+        "did not resume: {started}"
+    );
+    again.wait_event("completed", |_| true)?;
+    again.expect_exit(0)?;
+    assert_same(&out.join("sigint.bin"), &data)
+}

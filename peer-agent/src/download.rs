@@ -390,24 +390,26 @@ async fn run_swarm(
                     first = false;
                     known = resp.peers;
                     announce_interval = tracker.announce_interval();
+                    // Other downloaders in the swarm: spread our requests over the file so we
+                    // hold chunks they lack (and they ours), instead of all asking the seeder
+                    // for the same first chunks. Alone with seeders, stay sequential: the
+                    // whole-file digest then keeps pace with the download.
+                    let leechers = known.iter().any(|p| !p.complete && p.fingerprint != own);
+                    sh.picker().set_spread(leechers);
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "announce failed; will retry");
                 }
                 Err(e) => return Err(e.into()),
             }
-            // Re-announce on the tracker's interval, sooner while short of peers.
-            next_announce = Instant::now()
-                + if connected.is_empty() {
-                    waiting_backoff.min(announce_interval)
-                } else {
-                    announce_interval
-                };
-            if connected.is_empty() {
-                waiting_backoff = (waiting_backoff * 2).min(opts.max_retry_interval);
+            // Re-announce on the tracker's interval, sooner at first (1, 2, 4 … s) so peers
+            // that started with us are found in seconds, not after a whole interval.
+            next_announce = Instant::now() + waiting_backoff.min(announce_interval);
+            waiting_backoff = (waiting_backoff * 2).min(if connected.is_empty() {
+                opts.max_retry_interval
             } else {
-                waiting_backoff = Duration::from_secs(1);
-            }
+                announce_interval
+            });
             announced = true;
         }
         // Connect to every usable peer we are not connected to.
@@ -421,7 +423,6 @@ async fn run_swarm(
                 || connected.contains(&p.fingerprint)
                 || rec.banned
                 || rec.retry_at.is_some_and(|t| t > now)
-                || p.have == 0
             {
                 continue;
             }
@@ -455,6 +456,11 @@ async fn run_swarm(
         let wake = next_retry.map_or(next_announce, |t| t.min(next_announce));
         tokio::select! {
             _ = sh.done.notified() => {}
+            // Someone we did not know connected to us for this file: ask the tracker for its
+            // address now, so we fetch from it too.
+            _ = sh.shared_file.swarm_changed() => {
+                next_announce = Instant::now();
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = progress.tick() => emit_progress(sh, &mut speed, connected.len(), bans),
             _ = persist.tick() => {
@@ -736,17 +742,20 @@ async fn peer_session(
     let mut last_data = Instant::now();
 
     loop {
-        // Keep the pipe full: enough requests out to cover ~100 ms at this peer's rate.
+        // Keep the pipe full: enough requests out to cover ~250 ms at this peer's rate (a
+        // shaped or distant link queues for tens of milliseconds).
         let bps = rate.update(received);
         sh.peer_rates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer.fingerprint, bps);
-        let depth = ((bps / 10) / m.chunk_size.max(1) as u64 + 2).clamp(2, 24) as usize;
+        let depth = ((bps / 4) / m.chunk_size.max(1) as u64 + 2).clamp(2, 32) as usize;
         let mut wrote = false;
         while g.inflight.len() < depth {
-            let ids: Vec<u32> = g.inflight.iter().map(|(i, _)| *i).collect();
-            let pick = sh.picker().pick(&g.has, &ids);
+            let inflight = &g.inflight;
+            let pick = sh
+                .picker()
+                .pick(&g.has, |i| inflight.iter().any(|(x, _)| *x == i));
             let Some(i) = pick else { break };
             g.inflight.push((i, Instant::now()));
             write_frame(&mut wr, &Frame::Request(i), &mut scratch).await?;

@@ -10,10 +10,23 @@
 use torrentguard_protocol::Bitfield;
 
 /// Most outstanding requests for one chunk in the end game.
-pub const ENDGAME_DUPLICATES: u8 = 3;
+pub const ENDGAME_DUPLICATES: u8 = 2;
 /// Candidates examined per pick: keeps picking O(1) in the file size while staying close to
 /// rarest-first.
 const SCAN_WINDOW: usize = 512;
+
+/// A seed that differs between processes and between downloads.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() | 1
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
@@ -30,6 +43,9 @@ pub struct Picker {
     missing: u32,
     /// No `Missing` chunk below this index.
     cursor: u32,
+    /// Break availability ties at random places instead of in file order.
+    spread: bool,
+    rng: u64,
 }
 
 impl Picker {
@@ -51,7 +67,24 @@ impl Picker {
             remaining,
             missing: remaining,
             cursor: 0,
+            spread: false,
+            rng: seed(),
         }
+    }
+
+    /// With other downloaders around, ties between equally rare chunks are broken at random
+    /// places in the file, so peers hold different chunks and can trade them; alone, chunks go
+    /// in file order.
+    pub fn set_spread(&mut self, on: bool) {
+        self.spread = on;
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: plenty for spreading requests; nothing depends on it being unpredictable.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
     }
 
     pub fn remaining(&self) -> u32 {
@@ -84,19 +117,25 @@ impl Picker {
         }
     }
 
-    /// Chooses a chunk to request from a peer holding `peer_has`, of which `already` are
-    /// requested from that peer. Rarest first among unrequested chunks; in the end game, a
+    /// Chooses a chunk to request from a peer holding `peer_has`; `already(i)` says whether
+    /// chunk `i` is requested from that peer already. Rarest first among unrequested chunks; in the end game, a
     /// chunk in flight elsewhere.
-    pub fn pick(&mut self, peer_has: &Bitfield, already: &[u32]) -> Option<u32> {
+    pub fn pick(&mut self, peer_has: &Bitfield, already: impl Fn(u32) -> bool) -> Option<u32> {
         if self.missing > 0 {
             while (self.cursor as usize) < self.state.len()
                 && self.state[self.cursor as usize] != ChunkState::Missing
             {
                 self.cursor += 1;
             }
+            let n = self.state.len() as u32;
+            let start = if self.spread {
+                self.cursor + (self.next_random() % u64::from(n - self.cursor)) as u32
+            } else {
+                self.cursor
+            };
             let mut best: Option<(u16, u32)> = None;
             let mut seen = 0;
-            for i in self.cursor..self.state.len() as u32 {
+            for i in (start..n).chain(self.cursor..start) {
                 if self.state[i as usize] != ChunkState::Missing || !peer_has.get(i) {
                     continue;
                 }
@@ -128,7 +167,7 @@ impl Picker {
             if let ChunkState::InFlight(n) = *s
                 && n < ENDGAME_DUPLICATES
                 && peer_has.get(i)
-                && !already.contains(&i)
+                && !already(i)
                 && best.is_none_or(|(bn, _)| n < bn)
             {
                 best = Some((n, i));
@@ -225,7 +264,7 @@ mod tests {
         p.add_availability(&rare);
         // Chunk 5 is held by three peers; the others by two: 0 comes first, 5 last.
         let mut order = Vec::new();
-        while let Some(i) = p.pick(&full, &order) {
+        while let Some(i) = p.pick(&full, |i| order.contains(&i)) {
             if order.contains(&i) {
                 break;
             }
@@ -235,7 +274,7 @@ mod tests {
         assert_eq!(order.len(), 8);
         assert_eq!(*order.last().unwrap(), 5);
         // End game: another peer may duplicate in-flight chunks.
-        let dup = p.pick(&full, &[]).unwrap();
+        let dup = p.pick(&full, |_| false).unwrap();
         assert!(p.complete(dup));
         assert!(!p.complete(dup), "second arrival is a duplicate");
         for i in 0..n {
@@ -243,7 +282,28 @@ mod tests {
         }
         p.check_invariant();
         assert!(p.is_done());
-        assert_eq!(p.pick(&full, &[]), None);
+        assert_eq!(p.pick(&full, |_| false), None);
+    }
+
+    #[test]
+    fn spread_mode_picks_different_chunks_for_different_downloaders() {
+        let n = 1024;
+        let seeder = Bitfield::full(n);
+        let firsts: std::collections::HashSet<u32> = (0..8)
+            .map(|_| {
+                let mut p = Picker::new(&Bitfield::new(n));
+                p.add_availability(&seeder);
+                p.set_spread(true);
+                let i = p.pick(&seeder, |_| false).unwrap();
+                p.check_invariant();
+                i
+            })
+            .collect();
+        assert!(firsts.len() > 4, "eight downloaders started at {firsts:?}");
+        // Without spreading, everyone starts at the beginning.
+        let mut p = Picker::new(&Bitfield::new(n));
+        p.add_availability(&seeder);
+        assert_eq!(p.pick(&seeder, |_| false), Some(0));
     }
 
     #[test]
@@ -252,16 +312,16 @@ mod tests {
         have.set(0);
         let mut p = Picker::new(&have);
         let peer = Bitfield::full(4);
-        let a = p.pick(&peer, &[]).unwrap();
+        let a = p.pick(&peer, |_| false).unwrap();
         assert_eq!(a, 1);
         p.release(a);
         p.check_invariant();
-        assert_eq!(p.pick(&peer, &[]), Some(1));
+        assert_eq!(p.pick(&peer, |_| false), Some(1));
         // A peer without the chunk never gets it.
         let mut only3 = Bitfield::new(4);
         only3.set(3);
-        assert_eq!(p.pick(&only3, &[]), Some(3));
-        assert_eq!(p.pick(&only3, &[3]), None);
+        assert_eq!(p.pick(&only3, |_| false), Some(3));
+        assert_eq!(p.pick(&only3, |i| i == 3), None);
     }
 
     proptest! {
@@ -274,10 +334,11 @@ mod tests {
             let full = Bitfield::full(n);
             p.add_availability(&peer);
             p.add_availability(&full);
+            p.set_spread(ops.len() % 2 == 0);
             let mut out: Vec<u32> = Vec::new();
             for (op, i, salt) in ops {
                 match op {
-                    0 => { let b = if salt % 2 == 0 { &peer } else { &full }; if let Some(c) = p.pick(b, &[]) { out.push(c) } }
+                    0 => { let b = if salt % 2 == 0 { &peer } else { &full }; if let Some(c) = p.pick(b, |_| false) { out.push(c) } }
                     1 => { if !out.is_empty() { let c = out.swap_remove((salt as usize) % out.len()); p.release(c) } }
                     _ => { if out.contains(&i) { p.complete(i); out.retain(|c| *c != i); } }
                 }

@@ -38,7 +38,9 @@ pub const MAX_UPLOADS: usize = 32;
 /// Requests a peer may queue on one connection before getting `Reject(busy)`.
 pub const MAX_QUEUED_REQUESTS: usize = 128;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A downloader that has nothing to ask for (it waits for our `Have`s) stays connected; only a
+/// peer silent this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A file this agent serves, complete or partial.
@@ -55,6 +57,9 @@ pub struct SharedFile {
     withdrawn: AtomicBool,
     swarm: Mutex<SwarmCache>,
     swarm_refresh: tokio::sync::Mutex<()>,
+    /// Signalled when a refresh finds members we did not know (a download of this file may
+    /// want to fetch from them).
+    swarm_grew: tokio::sync::Notify,
     pub uploaded: AtomicU64,
 }
 
@@ -115,6 +120,7 @@ impl SharedFile {
             withdrawn: AtomicBool::new(false),
             swarm: Mutex::new(SwarmCache::default()),
             swarm_refresh: tokio::sync::Mutex::new(()),
+            swarm_grew: tokio::sync::Notify::new(),
             uploaded: AtomicU64::new(0),
         })
     }
@@ -174,6 +180,11 @@ impl SharedFile {
         Err(reason)
     }
 
+    /// Resolves when the swarm is found to have grown (see `admits`).
+    pub async fn swarm_changed(&self) {
+        self.swarm_grew.notified().await
+    }
+
     /// Adds fingerprints the tracker listed in this file's swarm.
     pub fn note_swarm(&self, members: impl IntoIterator<Item = Fingerprint>) {
         self.swarm
@@ -211,7 +222,12 @@ impl SharedFile {
             Ok(list) => {
                 let mut s = self.swarm.lock().unwrap_or_else(|e| e.into_inner());
                 s.refreshed = Some(Instant::now());
-                s.members = list.peers.iter().map(|p| p.fingerprint).collect();
+                let members: HashSet<Fingerprint> =
+                    list.peers.iter().map(|p| p.fingerprint).collect();
+                if !members.is_subset(&s.members) {
+                    self.swarm_grew.notify_one();
+                }
+                s.members = members;
                 s.members.contains(fp)
             }
             Err(e) => {

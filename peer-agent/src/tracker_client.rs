@@ -356,6 +356,14 @@ fn is_cert_error(e: &reqwest::Error) -> bool {
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
             return matches!(r, rustls::Error::InvalidCertificate(_));
         }
+        // io::Error's source() skips the error it wraps, so look inside it explicitly.
+        if let Some(r) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return matches!(r, rustls::Error::InvalidCertificate(_));
+        }
         if s.to_string().contains("invalid peer certificate") {
             return true;
         }

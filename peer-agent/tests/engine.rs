@@ -473,3 +473,46 @@ async fn simultaneous_downloaders_are_admitted_at_once() {
         }
     }
 }
+
+/// Without a pin the tracker is trusted on first use and recorded; a tracker that later shows
+/// another certificate for the same address is a hard error that names the file to edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracker_trusted_on_first_use_then_pinned() {
+    use torrentguard_agent::tracker_client::{KNOWN_TRACKERS_FILE, TrackerClient, TrackerError};
+    let s = Swarm::new().await;
+    let data = s.dir.path().join("tofu");
+    std::fs::create_dir_all(&data).unwrap();
+    let me = Identity::generate("tofu").unwrap();
+    let url = s.tracker.url();
+    let c = within(TrackerClient::connect(&url, None, &me, &data, None))
+        .await
+        .unwrap();
+    assert_eq!(c.fingerprint(), s.tracker.fingerprint);
+    let known = std::fs::read_to_string(data.join(KNOWN_TRACKERS_FILE)).unwrap();
+    assert!(
+        known.contains(&s.tracker.fingerprint.to_string()),
+        "{known}"
+    );
+    // Second time: the recorded fingerprint is used as the pin.
+    within(TrackerClient::connect(&url, None, &me, &data, None))
+        .await
+        .unwrap();
+
+    // The record now says another certificate: refused, naming the file.
+    let other = Identity::generate("not-the-tracker").unwrap().fingerprint;
+    let host = url.trim_start_matches("https://");
+    std::fs::write(data.join(KNOWN_TRACKERS_FILE), format!("{host} {other}\n")).unwrap();
+    let err = within(TrackerClient::connect(&url, None, &me, &data, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TrackerError::FingerprintChanged { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(KNOWN_TRACKERS_FILE), "{err}");
+    // An explicit pin that is wrong is refused too.
+    let err = within(TrackerClient::connect(&url, Some(other), &me, &data, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TrackerError::PinMismatch { .. }), "{err}");
+}
