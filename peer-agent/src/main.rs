@@ -463,14 +463,6 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
     for f in &args.files {
         let s = agent.share(f, args.chunk_size, args.hash, &events).await?;
         say(&format!(
-            "seeding {} ({}, {} chunks) as {} on {}",
-            f.display(),
-            human(s.manifest.size),
-            s.manifest.chunk_count(),
-            s.file_id,
-            agent.listen_addr()
-        ));
-        say(&format!(
             "get it elsewhere with:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
             s.file_id,
             public_tracker_url,
@@ -478,8 +470,6 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
         ));
         shared.push(s);
     }
-    // Let the renderer catch up before the next phase prints.
-    tokio::task::yield_now().await;
 
     let mut code = ExitCode::SUCCESS;
     if args.self_download {

@@ -253,11 +253,12 @@ impl Renderer {
             Event::Seeding {
                 file_id,
                 name,
+                size,
                 listen,
-                ..
             } => {
                 self.say(&format!(
-                    "serving {name} ({file_id}) to other peers on {listen}"
+                    "seeding {name} ({}) as {file_id} on {listen}",
+                    human(*size)
                 ));
             }
             Event::SelfDownload {

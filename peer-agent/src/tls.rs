@@ -1,23 +1,25 @@
 //! Pinned mutual TLS: who we accept is decided by certificate fingerprints, not by a CA.
 //!
-//! - [`PinnedServerVerifier`]: the client side accepts a server only if its leaf certificate's
+//! - [`PinnedServerCert`]: the client side accepts a server only if its leaf certificate's
 //!   fingerprint is the pin (the one the tracker listed for that peer, or the tracker's own).
-//! - [`AnyClientCertVerifier`]: the server side requires a client certificate and checks its
-//!   handshake signature (so the peer holds the key); *which* fingerprints are welcome is decided
-//!   after the handshake, once the `Hello` says which file's swarm to check against.
+//! - [`AnyProvenClientCert::mandatory`]: the server side requires a client certificate and
+//!   checks its handshake signature (so the peer holds the key); *which* fingerprints are
+//!   welcome is decided after the handshake, once the `Hello` says which file's swarm to check.
+//!
+//! Both live in the tracker crate (which the agent embeds), so the workspace has one
+//! implementation of identity-by-fingerprint; this module builds the configurations.
 //!
 //! Signatures are always verified: skipping that would let anyone who has seen a certificate
 //! (they are public) impersonate its owner.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls::Error;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
 use torrentguard_protocol::Fingerprint;
 use torrentguard_tracker::identity::Identity;
+pub use torrentguard_tracker::tls::{AnyProvenClientCert, Pin, PinnedServerCert};
 
 /// The crypto provider of the whole workspace: rustls's aws-lc-rs provider, whose key-exchange
 /// groups put the hybrid post-quantum X25519MLKEM768 first and X25519 next.
@@ -30,151 +32,6 @@ pub fn peer_server_name() -> ServerName<'static> {
     ServerName::try_from("torrentguard-peer").expect("static DNS name is valid")
 }
 
-fn verify_sig12(
-    p: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    verify_tls12_signature(message, cert, dss, &p.signature_verification_algorithms)
-}
-
-fn verify_sig13(
-    p: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    verify_tls13_signature(message, cert, dss, &p.signature_verification_algorithms)
-}
-
-/// What a pinned server verifier expects.
-#[derive(Debug, Clone)]
-pub enum Pin {
-    /// Exactly this fingerprint.
-    Exact(Fingerprint),
-    /// Any certificate, whose fingerprint is recorded (trust on first use).
-    Record(Arc<Mutex<Option<Fingerprint>>>),
-}
-
-#[derive(Debug)]
-pub struct PinnedServerVerifier {
-    pin: Pin,
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedServerVerifier {
-    pub fn new(pin: Pin, provider: Arc<CryptoProvider>) -> Self {
-        PinnedServerVerifier { pin, provider }
-    }
-}
-
-impl ServerCertVerifier for PinnedServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let got = Fingerprint::of_der(end_entity);
-        match &self.pin {
-            Pin::Exact(want) if *want == got => Ok(ServerCertVerified::assertion()),
-            Pin::Exact(want) => {
-                tracing::warn!(expected = %want, presented = %got, "refusing peer: certificate fingerprint does not match the pin");
-                Err(Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-            Pin::Record(slot) => {
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
-                Ok(ServerCertVerified::assertion())
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig12(&self.provider, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Requires a client certificate and a valid handshake signature; fingerprints are checked by
-/// the application once it knows which swarm the peer is asking about.
-#[derive(Debug)]
-pub struct AnyClientCertVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl AnyClientCertVerifier {
-    pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        AnyClientCertVerifier { provider }
-    }
-}
-
-impl ClientCertVerifier for AnyClientCertVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig12(&self.provider, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Client config for connecting to a peer whose fingerprint must be `pin`: TLS 1.3 only.
 pub fn peer_client_config(
     identity: &Identity,
@@ -184,9 +41,9 @@ pub fn peer_client_config(
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(
             Pin::Exact(pin),
-            provider,
+            &provider,
         )))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     cfg.alpn_protocols = vec![PEER_ALPN.to_vec()];
@@ -198,7 +55,7 @@ pub fn peer_server_config(identity: &Identity) -> Result<rustls::ServerConfig, E
     let provider = provider();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(AnyClientCertVerifier::new(provider)))
+        .with_client_cert_verifier(Arc::new(AnyProvenClientCert::mandatory(&provider)))
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     cfg.alpn_protocols = vec![PEER_ALPN.to_vec()];
     // Chunks are 256 KiB: let rustls fill records and keep a few in flight.
@@ -216,7 +73,7 @@ pub fn tracker_client_config(identity: &Identity, pin: Pin) -> Result<rustls::Cl
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(pin, provider)))
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(pin, &provider)))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
@@ -309,9 +166,9 @@ mod tests {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(
+            .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(
                 Pin::Exact(seeder.fingerprint),
-                provider,
+                &provider,
             )))
             .with_no_client_auth();
         assert!(handshake(anonymous, peer_server_config(&seeder).unwrap()).is_err());

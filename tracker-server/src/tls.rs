@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use rustls::DistinguishedName;
 use rustls::SignatureScheme;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, ServerConfig};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use torrentguard_protocol::Fingerprint;
 
 use crate::identity::Identity;
 
@@ -21,12 +24,23 @@ use crate::identity::Identity;
 #[derive(Debug)]
 pub struct AnyProvenClientCert {
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl AnyProvenClientCert {
+    /// Optional client certificates (the tracker: anyone may read).
     pub fn new(provider: &CryptoProvider) -> Self {
         AnyProvenClientCert {
             algorithms: provider.signature_verification_algorithms,
+            mandatory: false,
+        }
+    }
+
+    /// A client certificate is required (between peers).
+    pub fn mandatory(provider: &CryptoProvider) -> Self {
+        AnyProvenClientCert {
+            algorithms: provider.signature_verification_algorithms,
+            mandatory: true,
         }
     }
 }
@@ -37,7 +51,7 @@ impl ClientCertVerifier for AnyProvenClientCert {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -89,4 +103,79 @@ pub fn server_config(identity: &Identity) -> Result<ServerConfig, rustls::Error>
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// What a [`PinnedServerCert`] accepts.
+#[derive(Debug, Clone)]
+pub enum Pin {
+    /// Exactly this fingerprint.
+    Exact(Fingerprint),
+    /// Any certificate, whose fingerprint is recorded (trust on first use).
+    Record(Arc<Mutex<Option<Fingerprint>>>),
+}
+
+/// The client side of identity-by-fingerprint: the server's leaf certificate must have the
+/// pinned fingerprint. No CA, no host name; the handshake signature is still verified, which
+/// proves the server holds that certificate's key (certificates are public, keys are not).
+#[derive(Debug)]
+pub struct PinnedServerCert {
+    pin: Pin,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedServerCert {
+    pub fn new(pin: Pin, provider: &CryptoProvider) -> Self {
+        PinnedServerCert {
+            pin,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = Fingerprint::of_der(end_entity);
+        match &self.pin {
+            Pin::Exact(want) if *want == got => Ok(ServerCertVerified::assertion()),
+            Pin::Exact(want) => {
+                tracing::warn!(expected = %want, presented = %got, "refusing server: certificate fingerprint does not match the pin");
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+            Pin::Record(slot) => {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
