@@ -43,7 +43,10 @@ pub enum TrackerError {
         known: Fingerprint,
         file: PathBuf,
     },
-    #[error("the tracker at {url} does not present the pinned fingerprint {pinned}")]
+    #[error(
+        "the tracker at {url} does not present the pinned fingerprint {pinned}; check --tracker-fingerprint \
+         against the one the tracker prints at start-up"
+    )]
     PinMismatch { url: String, pinned: Fingerprint },
     #[error("tracker answered {status}: {code}: {message}")]
     Api {
