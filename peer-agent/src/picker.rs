@@ -118,7 +118,7 @@ impl Picker {
     }
 
     /// Chooses a chunk to request from a peer holding `peer_has`; `already(i)` says whether
-    /// chunk `i` is requested from that peer already. Rarest first among unrequested chunks; in the end game, a
+    /// chunk `i` is requested from that peer already (or must not be asked of it right now). Rarest first among unrequested chunks; in the end game, a
     /// chunk in flight elsewhere.
     pub fn pick(&mut self, peer_has: &Bitfield, already: impl Fn(u32) -> bool) -> Option<u32> {
         if self.missing > 0 {
@@ -136,7 +136,7 @@ impl Picker {
             let mut best: Option<(u16, u32)> = None;
             let mut seen = 0;
             for i in (start..n).chain(self.cursor..start) {
-                if self.state[i as usize] != ChunkState::Missing || !peer_has.get(i) {
+                if self.state[i as usize] != ChunkState::Missing || !peer_has.get(i) || already(i) {
                     continue;
                 }
                 let a = self.availability[i as usize];

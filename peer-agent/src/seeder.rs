@@ -41,6 +41,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A downloader that has nothing to ask for (it waits for our `Have`s) stays connected; only a
 /// peer silent this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a chunk given to one downloader is refused (`Busy`) to the others.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A file this agent serves, complete or partial.
@@ -60,6 +62,8 @@ pub struct SharedFile {
     /// Signalled when a refresh finds members we did not know (a download of this file may
     /// want to fetch from them).
     swarm_grew: tokio::sync::Notify,
+    /// Which connection was last given each recently requested chunk, and when.
+    claims: Mutex<HashMap<u32, (u64, Instant)>>,
     pub uploaded: AtomicU64,
 }
 
@@ -121,6 +125,7 @@ impl SharedFile {
             swarm: Mutex::new(SwarmCache::default()),
             swarm_refresh: tokio::sync::Mutex::new(()),
             swarm_grew: tokio::sync::Notify::new(),
+            claims: Mutex::new(HashMap::new()),
             uploaded: AtomicU64::new(0),
         })
     }
@@ -178,6 +183,25 @@ impl SharedFile {
             tracing::warn!(file_id = %self.file_id, %reason, "withdrawing shared file: it no longer matches its manifest");
         }
         Err(reason)
+    }
+
+    /// Whether connection `conn` may be sent chunk `i` now. Not if another connection was
+    /// given it within [`CLAIM_WINDOW`]: that downloader will have it in a moment and passes it
+    /// on to the others, so answering `Busy` saves this seeder's upload for chunks nobody has.
+    /// A downloader alone never meets a claim.
+    fn claim(&self, i: u32, conn: u64) -> bool {
+        let now = Instant::now();
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if claims.len() > 8192 {
+            claims.retain(|_, (_, t)| now.duration_since(*t) < CLAIM_WINDOW);
+        }
+        match claims.get(&i) {
+            Some((other, t)) if *other != conn && now.duration_since(*t) < CLAIM_WINDOW => false,
+            _ => {
+                claims.insert(i, (conn, now));
+                true
+            }
+        }
     }
 
     /// Resolves when the swarm is found to have grown (see `admits`).
@@ -359,6 +383,9 @@ impl Seeder {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        for f in self.files() {
+            tracing::info!(file_id = %f.file_id, uploaded = f.uploaded.load(Ordering::Relaxed), size = f.manifest.size, "stopped serving");
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
@@ -399,6 +426,8 @@ impl Seeder {
         addr: SocketAddr,
         acceptor: TlsAcceptor,
     ) -> anyhow::Result<()> {
+        static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+        let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
         let (_, session) = tls.get_ref();
@@ -541,7 +570,7 @@ impl Seeder {
                     Frame::Request(i) => {
                         let reason = if !file.holds(i) {
                             Some(RejectReason::NotHeld)
-                        } else if queue.len() >= MAX_QUEUED_REQUESTS {
+                        } else if queue.len() >= MAX_QUEUED_REQUESTS || !file.claim(i, conn_id) {
                             Some(RejectReason::Busy)
                         } else {
                             None
@@ -648,4 +677,35 @@ pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     std_listener.set_nonblocking(true)?;
     TcpListener::from_std(std_listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torrentguard_protocol::HashAlgo;
+    use torrentguard_protocol::hashing::manifest_from_reader;
+
+    #[test]
+    fn a_chunk_given_to_one_downloader_is_busy_for_the_others_for_a_while() {
+        let data = vec![5u8; 100_000];
+        let m = Arc::new(
+            manifest_from_reader("f", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
+        );
+        let file = tempfile::tempfile().unwrap();
+        let shared = SharedFile::partial(m, PathBuf::from("f"), Arc::new(file), Bitfield::new(7));
+        assert!(shared.claim(3, 1), "first asker gets it");
+        assert!(
+            shared.claim(3, 1),
+            "and may ask again (a failed verification)"
+        );
+        assert!(!shared.claim(3, 2), "another downloader is told to wait");
+        assert!(shared.claim(4, 2), "other chunks are free");
+        // Once the window has passed, the chunk is served again.
+        shared
+            .claims
+            .lock()
+            .unwrap()
+            .insert(3, (1, Instant::now() - CLAIM_WINDOW));
+        assert!(shared.claim(3, 2));
+    }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a chunk a peer answered `Busy` for is not asked of that peer again.
+const BUSY_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Releases a peer's outstanding requests and availability however its task ends.
 struct PeerGuard<'a> {
     sh: &'a Shared,
@@ -169,6 +172,8 @@ async fn peer_session(
         counted: true,
     };
     let mut cancelled: Vec<u32> = Vec::new();
+    // Chunks this peer answered `Busy` for, not to be asked of it again until the instant given.
+    let mut deferred: Vec<(u32, Instant)> = Vec::new();
     let mut verifying = FuturesOrdered::new();
     let mut completions = sh.completions.subscribe();
     let mut rate = SpeedMeter::new(0);
@@ -184,12 +189,15 @@ async fn peer_session(
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer.fingerprint, bps);
         let depth = ((bps / 4) / m.chunk_size.max(1) as u64 + 2).clamp(2, 32) as usize;
+        // Deferrals that ran out make their chunks askable again, before picking.
+        let now = Instant::now();
+        deferred.retain(|(_, until)| *until > now);
         let mut wrote = false;
         while g.inflight.len() < depth {
-            let inflight = &g.inflight;
-            let pick = sh
-                .picker()
-                .pick(&g.has, |i| inflight.iter().any(|(x, _)| *x == i));
+            let (inflight, deferred) = (&g.inflight, &deferred);
+            let pick = sh.picker().pick(&g.has, |i| {
+                inflight.iter().any(|(x, _)| *x == i) || deferred.iter().any(|(x, _)| *x == i)
+            });
             let Some(i) = pick else { break };
             g.inflight.push((i, Instant::now()));
             write_frame(&mut wr, &Frame::Request(i), &mut scratch).await?;
@@ -207,6 +215,7 @@ async fn peer_session(
             wr.shutdown().await.ok();
             return Ok(PeerEnd::Finished);
         }
+        let retry_deferred = deferred.iter().map(|(_, t)| *t).min();
         let stall_at = last_data + sh.stall_timeout;
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -241,9 +250,17 @@ async fn peer_session(
                         if let Some(pos) = g.inflight.iter().position(|(i, _)| *i == index) {
                             g.inflight.swap_remove(pos);
                             sh.picker().release(index);
-                            sh.retries.fetch_add(1, Ordering::Relaxed);
-                            if reason == RejectReason::NotHeld {
-                                g.has.clear(index);
+                            match reason {
+                                RejectReason::NotHeld => {
+                                    g.has.clear(index);
+                                    sh.retries.fetch_add(1, Ordering::Relaxed);
+                                }
+                                // The seeder just gave this chunk to another downloader, who
+                                // will pass it on: ask someone else, or this peer again later.
+                                RejectReason::Busy => deferred.push((index, Instant::now() + BUSY_BACKOFF)),
+                                RejectReason::Invalid => {
+                                    sh.retries.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                         cancelled.retain(|i| *i != index);
@@ -273,6 +290,8 @@ async fn peer_session(
                     wr.flush().await?;
                 }
             }
+            // A deferral runs out: loop round to ask for those chunks again.
+            _ = tokio::time::sleep_until(retry_deferred.unwrap_or(now).into()), if retry_deferred.is_some() => {}
             _ = tokio::time::sleep_until(stall_at.into()), if !g.inflight.is_empty() => {
                 *penalty += STALL_PENALTY;
                 for (i, _) in &g.inflight {
