@@ -29,6 +29,23 @@ fn fingerprints(events: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A standalone tracker and a sharer of a 4 MB file named `name` in `root`, paced to 1 MB/s so
+/// that a download can be interrupted mid-transfer. Returns the tracker, the file's bytes, the
+/// sharer process (keep it alive) and the file id.
+fn paced_share(root: &Path, name: &str, seed: u64) -> Result<(Tracker, Vec<u8>, Proc, String)> {
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let file = root.join(name);
+    let data = write_random_file(&file, 4_000_000, seed)?;
+    let (seeder, id) = share(
+        "seeder",
+        &root.join("s"),
+        &file,
+        &tracker,
+        &["--upload-limit", "1M"],
+    )?;
+    Ok((tracker, data, seeder, id))
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -205,16 +222,7 @@ fn seeder_killed_mid_transfer_other_seeder_finishes() -> Result<()> {
 fn downloader_killed_and_restarted_resumes() -> Result<()> {
     let dir = tmp()?;
     let root = dir.path();
-    let tracker = Tracker::start(&root.join("tracker"))?;
-    let file = root.join("resume.bin");
-    let data = write_random_file(&file, 4_000_000, 4)?;
-    let (_seeder, id) = share(
-        "seeder",
-        &root.join("s"),
-        &file,
-        &tracker,
-        &["--upload-limit", "1M"],
-    )?;
+    let (tracker, data, _seeder, id) = paced_share(root, "resume.bin", 4)?;
     let out = root.join("out");
     let d_dir = root.join("d");
 
@@ -735,16 +743,7 @@ fn concurrent_first_start_creates_one_identity() -> Result<()> {
 fn interrupted_get_exits_130_keeps_state_and_leaves_the_swarm() -> Result<()> {
     let dir = tmp()?;
     let root = dir.path();
-    let tracker = Tracker::start(&root.join("tracker"))?;
-    let file = root.join("sigint.bin");
-    let data = write_random_file(&file, 4_000_000, 9)?;
-    let (_seeder, id) = share(
-        "seeder",
-        &root.join("s"),
-        &file,
-        &tracker,
-        &["--upload-limit", "1M"],
-    )?;
+    let (tracker, data, _seeder, id) = paced_share(root, "sigint.bin", 9)?;
     let out = root.join("out");
     let d_dir = root.join("d");
     let me = identity(&d_dir)?;
