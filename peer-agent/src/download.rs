@@ -305,12 +305,13 @@ pub async fn announce(
     file: &SharedFile,
     event: AnnounceEvent,
 ) -> Result<torrentguard_protocol::api::AnnounceResponse, TrackerError> {
+    let (address, port) = seeder.announced_endpoint();
     let req = AnnounceRequest {
         file_id: file.file_id,
-        port: seeder.local_addr().port(),
+        port,
         event,
         bitfield: file.have().to_base64(),
-        address: None,
+        address,
     };
     let resp = tracker.announce(&req).await?;
     file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));

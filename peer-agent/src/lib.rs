@@ -7,6 +7,7 @@ pub mod conn;
 pub mod download;
 pub mod events;
 pub mod picker;
+pub mod reach;
 pub mod seeder;
 pub mod store;
 pub mod tls;

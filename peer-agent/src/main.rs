@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use torrentguard_agent::agent::{Agent, TrackerTarget, load_identity};
+use torrentguard_agent::reach::{Advertise, AdvertiseSpec};
 use torrentguard_agent::store::list_partials;
 use torrentguard_agent::{AgentError, DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
@@ -114,6 +115,12 @@ struct ShareArgs {
     )]
     listen: SocketAddr,
 
+    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
+    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
+    /// it sees us connect from.
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    advertise: Option<AdvertiseSpec>,
+
     /// Without --tracker: where the embedded tracker listens. Loopback by default; use e.g.
     /// 0.0.0.0:8443 to open it to the LAN.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
@@ -171,6 +178,12 @@ struct GetArgs {
         value_name = "ADDR"
     )]
     listen: SocketAddr,
+
+    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
+    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
+    /// it sees us connect from.
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    advertise: Option<AdvertiseSpec>,
 
     /// Most peers to download from at once.
     #[arg(long, default_value_t = 32)]
@@ -403,16 +416,32 @@ fn renderer(mode: Mode) -> (EventSink, Output) {
     (sink, r)
 }
 
-fn host_for(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        if !host.is_empty() {
-            return format!("{host}:{}", addr.port());
-        }
+/// `--advertise`, resolved once at start (a name that does not resolve is an error now, not
+/// a silent bad announce later).
+async fn resolve_advertise(spec: &Option<AdvertiseSpec>) -> anyhow::Result<Option<Advertise>> {
+    match spec {
+        None => Ok(None),
+        Some(s) => Ok(Some(s.resolve().await.context("--advertise")?)),
     }
-    torrentguard_tracker::dialable(addr).to_string()
+}
+
+/// The embedded tracker's URL for other hosts, or its loopback URL and a note on how to open
+/// it to the LAN when it listens on loopback only.
+fn public_tracker_url(
+    bound: SocketAddr,
+    advertise: Option<&Advertise>,
+) -> (String, Option<String>) {
+    match torrentguard_agent::reach::public_host(bound, advertise) {
+        Some(host) => (format!("https://{host}:{}", bound.port()), None),
+        None => (
+            format!("https://{}", torrentguard_tracker::dialable(bound)),
+            Some(
+                "(the tracker listens on loopback only: other hosts need --tracker-listen 0.0.0.0:8443, \
+                 and --advertise ADDR if the address printed then is not the one they reach)"
+                    .into(),
+            ),
+        ),
+    }
 }
 
 async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
@@ -423,6 +452,7 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
         }
         std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
+    let advertise = resolve_advertise(&args.advertise).await?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
     let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
@@ -452,12 +482,15 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
             (Some(t), target)
         }
     };
-    let public_tracker_url = match &embedded {
-        Some(t) => format!("https://{}", host_for(t.local_addr)),
-        None => tracker.url.clone(),
+    let (public_tracker_url, reach_note) = match &embedded {
+        Some(t) => public_tracker_url(t.local_addr, advertise.as_ref()),
+        None => (tracker.url.clone(), None),
     };
     let agent = Agent::start(id.clone(), dir.to_path_buf(), &tracker, args.listen).await?;
     agent.seeder.set_upload_limit(args.upload_limit);
+    if let Some(a) = advertise.clone() {
+        agent.seeder.set_advertise(a);
+    }
 
     let mut shared = Vec::new();
     for f in &args.files {
@@ -468,6 +501,9 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
             public_tracker_url,
             agent.tracker.fingerprint()
         ));
+        if let Some(note) = &reach_note {
+            say(note);
+        }
         shared.push(s);
     }
 
@@ -579,10 +615,14 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
         )
     })?;
     check_writable(&args.output)?;
+    let advertise = resolve_advertise(&args.advertise).await?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
     let agent = Agent::start(id, dir.to_path_buf(), &tracker, args.listen).await?;
     agent.seeder.set_upload_limit(args.upload_limit);
+    if let Some(a) = advertise {
+        agent.seeder.set_advertise(a);
+    }
     let interrupt = agent.cancel.clone();
     let watcher = tokio::spawn(async move {
         shutdown_signal().await;

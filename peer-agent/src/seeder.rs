@@ -28,6 +28,7 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_tracker::identity::Identity;
 
 use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
+use crate::reach::Advertise;
 use crate::tls::{peer_fingerprint, peer_server_config};
 use crate::tracker_client::TrackerClient;
 
@@ -276,6 +277,9 @@ pub struct Seeder {
     corrupt: AtomicBool,
     /// Upload limit in bytes per second across all connections (0: none).
     upload_limit: AtomicU64,
+    /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
+    /// connection's address and our listening port.
+    advertise: std::sync::OnceLock<Advertise>,
     /// When the paced upload may send next.
     pace: tokio::sync::Mutex<Instant>,
 }
@@ -302,6 +306,7 @@ impl Seeder {
             tasks: TaskTracker::new(),
             corrupt: AtomicBool::new(false),
             upload_limit: AtomicU64::new(0),
+            advertise: std::sync::OnceLock::new(),
             pace: tokio::sync::Mutex::new(Instant::now()),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
@@ -353,6 +358,22 @@ impl Seeder {
     }
 
     /// Limits the total upload rate (bytes per second; 0 lifts the limit).
+    /// Sets the address announced to the tracker instead of the connection's (once, at start).
+    pub fn set_advertise(&self, advertise: Advertise) {
+        if self.advertise.set(advertise).is_err() {
+            tracing::warn!("advertised address already set; keeping the first");
+        }
+    }
+
+    /// The address and port to announce: the `--advertise` ones, else none (the tracker takes
+    /// the connection's address) and the listening port.
+    pub fn announced_endpoint(&self) -> (Option<std::net::IpAddr>, u16) {
+        match self.advertise.get() {
+            Some(a) => (Some(a.ip), a.port.unwrap_or(self.local_addr.port())),
+            None => (None, self.local_addr.port()),
+        }
+    }
+
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
         self.upload_limit.store(bytes_per_sec, Ordering::Relaxed);
     }
