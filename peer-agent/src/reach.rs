@@ -46,8 +46,9 @@ impl FromStr for AdvertiseSpec {
             });
         }
         if let Ok(ip) = s
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(s)
             .parse::<IpAddr>()
         {
             return Ok(AdvertiseSpec {
