@@ -67,7 +67,7 @@ fn closed_stdout_ends_quietly_on_every_printing_path() -> Result<()> {
             c
         }),
     ];
-    for (what, mut cmd) in cases {
+    for (what, cmd) in cases {
         let (status, stderr) = run_with_closed_stdout(what, cmd)?;
         ensure!(
             !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
@@ -330,6 +330,62 @@ fn interrupted_json_stream_and_status_without_tracker() -> Result<()> {
     ensure!(
         v["event"] == "status" && v["tracker"].is_null() && v["partials"][0]["file_id"] == id,
         "{v}"
+    );
+    Ok(())
+}
+
+/// Issue 9: `torrentguard --json tracker` logs JSON lines on stderr, like every other command.
+#[test]
+fn json_tracker_logs_json() -> Result<()> {
+    let dir = tmp()?;
+    let mut tracker = Proc::spawn("tracker --json", {
+        let mut c = plain(
+            &dir.path().join("a"),
+            &["--json", "tracker", "--listen", "127.0.0.1:0", "--data-dir"],
+        );
+        c.arg(dir.path().join("t"));
+        c
+    })?;
+    tracker.wait_line(WAIT, |l| l.contains("https://127.0.0.1:"))?;
+    // An open swarm is announced with a warning at start-up: a log line at the default level.
+    let stderr = eventually(WAIT, "the open-swarm warning", || {
+        let s = tracker.stderr();
+        Ok(s.contains("open swarm").then_some(s))
+    })?;
+    for line in stderr.lines() {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("tracker log line not JSON: {line:?}"))?;
+        ensure!(v["level"].is_string(), "{line}");
+    }
+    Ok(())
+}
+
+/// Issue 9: a name with a newline never breaks the error line: it is escaped.
+#[test]
+fn control_characters_in_names_are_escaped_in_errors() -> Result<()> {
+    let dir = tmp()?;
+    let file = dir.path().join("bad\nname.bin");
+    std::fs::write(&file, b"x")?;
+    let mut cmd = plain(
+        &dir.path().join("a"),
+        &[
+            "share",
+            "--listen",
+            "127.0.0.1:0",
+            "--tracker-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.arg(&file);
+    let output = cmd.stdin(Stdio::null()).output()?;
+    ensure!(output.status.code() == Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    ensure!(
+        error.len() == 1
+            && error[0].contains("bad\\nname.bin")
+            && !stderr.lines().any(|l| l.starts_with("name.bin")),
+        "the error is not one escaped line: {stderr:?}"
     );
     Ok(())
 }

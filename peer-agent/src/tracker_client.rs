@@ -41,11 +41,12 @@ pub enum TrackerError {
          if the tracker's identity really changed, edit or remove that line (or pass --tracker-fingerprint)"
     )]
     FingerprintChanged {
-        url: String,
+        // Boxed strings keep `TrackerError` under clippy's large-error bound.
+        url: Box<str>,
         presented: Fingerprint,
         known: Fingerprint,
         /// The `known_trackers` key that matched: the URL's host or an address it resolves to.
-        recorded_as: String,
+        recorded_as: Box<str>,
         file: PathBuf,
     },
     #[error(
@@ -215,10 +216,10 @@ impl TrackerClient {
                             .unwrap_or_else(|e| e.into_inner())
                             .unwrap_or(known);
                         TrackerError::FingerprintChanged {
-                            url: client.base.to_string(),
+                            url: client.base.as_str().into(),
                             presented,
                             known,
-                            recorded_as: recorded_as.unwrap_or(key),
+                            recorded_as: recorded_as.unwrap_or(key).into(),
                             file: known_path,
                         }
                     }
@@ -610,7 +611,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!((*presented, *known), (second.fingerprint, pinned_fp));
-                assert_eq!(recorded_as, &format!("127.0.0.1:{port}"));
+                assert_eq!(&**recorded_as, format!("127.0.0.1:{port}"));
             }
             other => panic!("expected FingerprintChanged, got {other}"),
         }
