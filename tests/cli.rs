@@ -267,6 +267,20 @@ fn json_output_is_events_to_the_last_line() -> Result<()> {
         last["event"] == "error" && last["exit_code"] == 1 && last["message"].is_string(),
         "last event: {last}"
     );
+    // A usage error ends a --json stream the same way, with exit code 2.
+    let mut usage = Proc::spawn("get --json without ids", {
+        let mut c = agent(&root.join("d"));
+        c.arg("get");
+        c
+    })?;
+    usage.expect_exit(2)?;
+    ensure!(usage.seen.len() == 1, "{}", usage.transcript());
+    let v = event_line(&usage.seen[0])?;
+    ensure!(
+        v["event"] == "error" && v["exit_code"] == 2 && v["message"].is_string(),
+        "{v}"
+    );
+    ensure!(usage.stderr().is_empty(), "{}", usage.transcript());
     for line in failing.stderr().lines() {
         serde_json::from_str::<Value>(line)
             .with_context(|| format!("stderr line not JSON with --json: {line:?}"))?;

@@ -237,7 +237,10 @@ fn parse_size(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logging(cli.verbose, cli.quiet, cli.json);
     let mode = Mode::pick(cli.json, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -260,6 +263,28 @@ fn main() -> ExitCode {
             code
         }
         Err(e) => ExitCode::from(report_failure(mode, &e)),
+    }
+}
+
+/// Parses the command line. A usage error of a `--json` invocation is a JSON `error` event on
+/// stdout (exit code 2), so a script reading the stream sees why it ended, and stderr holds no
+/// plain text; help and version print as usual.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let text = e.to_string();
+            // The error proper is the first paragraph (usage and hints follow), on one line.
+            let head = text.split("\n\n").next().unwrap_or_default();
+            let head = head.strip_prefix("error: ").unwrap_or(head);
+            let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
+            print_line(
+                &serde_json::json!({"event": "error", "message": message, "exit_code": 2})
+                    .to_string(),
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => e.exit(),
     }
 }
 
