@@ -403,3 +403,48 @@ fn control_characters_in_names_are_escaped_in_errors() -> Result<()> {
     );
     Ok(())
 }
+
+/// Display columns of `s` for the characters these tests use: CJK ideographs and kana take
+/// two, the rest (ASCII, box drawing) one.
+fn columns(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            if ('\u{3000}'..='\u{9fff}').contains(&c) {
+                2
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Issue 9: the `status` table stays aligned with a wide (CJK) file name: the row ends at the
+/// same terminal column as the header.
+#[test]
+fn status_table_aligns_wide_names() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let file = root.join("データセット.bin");
+    write_random_file(&file, 50_000, 15)?;
+    let (_seeder, id) = share("seeder", &root.join("s"), &file, &tracker, &[])?;
+    let mut status = Proc::spawn("status", {
+        let mut c = plain(&root.join("s"), &["status"]);
+        c.args(tracker.args());
+        c
+    })?;
+    status.expect_exit(0)?;
+    let header = status.seen.iter().find(|l| l.starts_with("FILE ID"));
+    let row = status.seen.iter().find(|l| l.starts_with(&id));
+    let (Some(header), Some(row)) = (header, row) else {
+        bail!("no header or row\n{}", status.transcript());
+    };
+    ensure!(row.contains("データセット.bin"), "{row}");
+    ensure!(
+        columns(header) == columns(row),
+        "misaligned ({} vs {} columns):\n{header}\n{row}",
+        columns(header),
+        columns(row)
+    );
+    Ok(())
+}
