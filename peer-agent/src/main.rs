@@ -21,7 +21,7 @@ use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
 use torrentguard_tracker::identity::Identity;
 use torrentguard_tracker::{TrackerArgs, TrackerConfig};
 
-use crate::render::{Mode, Renderer, human};
+use crate::render::{Mode, Renderer, cell, human, print_line, printable};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -46,11 +46,12 @@ struct Cli {
     #[arg(long, global = true, env = "TORRENTGUARD_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
-    /// Print one JSON event per line on stdout instead of bars and sentences (for scripts).
+    /// Print one JSON event per line on stdout instead of bars and sentences (for scripts);
+    /// logs on stderr become JSON lines too.
     #[arg(long, global = true)]
     json: bool,
 
-    /// Only print results and errors.
+    /// Only print results and errors: `share` prints each file id, `get` each final path.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
 
@@ -131,7 +132,7 @@ struct ShareArgs {
     chunk_size: u32,
 
     /// Digest for chunks and the whole file.
-    #[arg(long, default_value = "sha256", value_name = "ALGO")]
+    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
     hash: HashAlgo,
 
     /// After sharing, download each file back from this very seeder over the real TLS path
@@ -186,7 +187,7 @@ struct GetArgs {
     advertise: Option<AdvertiseSpec>,
 
     /// Most peers to download from at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     max_peers: usize,
 
     /// Limit the upload rate, in bytes per second (suffixes K, M, G). 0 means no limit.
@@ -200,14 +201,21 @@ struct GetArgs {
 #[derive(Args, Debug)]
 struct StatusArgs {
     /// Show one file's manifest summary and peers.
+    #[arg(value_name = "FILE_ID")]
     file_id: Option<FileId>,
 
-    /// Directory to look in for partial downloads.
+    /// Directory to look in for partial downloads. Without a tracker, only these are shown.
     #[arg(short, long, default_value = ".", value_name = "DIR")]
     output: PathBuf,
 
     #[command(flatten)]
     tracker: TrackerFlags,
+}
+
+/// `--hash` takes exactly the algorithms `HashAlgo` knows, listed in `--help` and in errors.
+fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["sha256", "sha1"]).try_map(|s| s.parse::<HashAlgo>())
 }
 
 fn parse_size_u64(s: &str) -> Result<u64, String> {
@@ -242,28 +250,94 @@ fn parse_size(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    init_logging(cli.verbose, cli.quiet, cli.json);
+    let mode = Mode::pick(cli.json, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            let e = anyhow!(e).context("cannot start the runtime");
+            return ExitCode::from(report_failure(mode, &e));
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            ExitCode::from(exit_code_of(&e))
+        Ok(code) => {
+            if mode == Mode::Json && code == ExitCode::from(130) {
+                print_line(
+                    &serde_json::json!({"event": "interrupted", "exit_code": 130}).to_string(),
+                );
+            }
+            code
         }
+        Err(e) => ExitCode::from(report_failure(mode, &e)),
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Parses the command line. A usage error of a `--json` invocation is a JSON `error` event on
+/// stdout (exit code 2), so a script reading the stream sees why it ended, and stderr holds no
+/// plain text; help and version print as usual.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let text = e.to_string();
+            // The error proper is the first paragraph (usage and hints follow), on one line.
+            let head = text.split("\n\n").next().unwrap_or_default();
+            let head = head.strip_prefix("error: ").unwrap_or(head);
+            let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
+            print_line(
+                &serde_json::json!({"event": "error", "message": message, "exit_code": 2})
+                    .to_string(),
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// Reports the error that ends the process and returns its exit code. In JSON mode it is the
+/// stream's last event (`interrupted` or `error`, with the exit code), logged on stderr as JSON.
+fn report_failure(mode: Mode, e: &anyhow::Error) -> u8 {
+    let code = exit_code_of(e);
+    let message = printable(&one_line(e)).into_owned();
+    if mode == Mode::Json {
+        tracing::error!("{message}");
+        let event = if code == 130 { "interrupted" } else { "error" };
+        print_line(
+            &serde_json::json!({"event": event, "message": message, "exit_code": code}).to_string(),
+        );
+    } else {
+        eprint_line(&format!("error: {message}"));
+    }
+    code
+}
+
+/// Reports an error the process goes on after (e.g. one of several downloads failed): one line
+/// on stderr, or an `error` event without `exit_code` in JSON mode.
+fn report_error(mode: Mode, e: &anyhow::Error) {
+    let message = printable(&one_line(e)).into_owned();
+    if mode == Mode::Json {
+        tracing::error!("{message}");
+        print_line(&serde_json::json!({"event": "error", "message": message}).to_string());
+    } else {
+        eprint_line(&format!("error: {message}"));
+    }
+}
+
+/// `eprintln!` without its panic when stderr is closed: there is nobody left to tell.
+fn eprint_line(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn init_logging(verbose: u8, quiet: bool, json: bool) {
+    use std::io::IsTerminal as _;
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -272,10 +346,24 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        let colour = use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
+        logs.with_ansi(colour).init();
+    }
+}
+
+/// Colours only for a person at a terminal: never when stderr is a file or a pipe, and never
+/// when `NO_COLOR` is set to anything non-empty (https://no-color.org).
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The error and its causes on one line.
@@ -336,12 +424,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Id => {
             let id = identity(&dir)?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"fingerprint": id.fingerprint.to_string(), "data_dir": dir})
+                print_line(
+                    &serde_json::json!({"event": "identity", "fingerprint": id.fingerprint.to_string(), "data_dir": dir})
+                        .to_string(),
                 );
             } else {
-                println!("{}", id.fingerprint);
+                print_line(&id.fingerprint.to_string());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -444,6 +532,15 @@ fn public_tracker_url(
     }
 }
 
+/// The renderer of `share`: with `-q`, only file ids and self-download verdicts.
+fn share_renderer(mode: Mode) -> (EventSink, Output) {
+    let (sink, out) = renderer(mode);
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .completed_paths_are_not_results();
+    (sink, out)
+}
+
 async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     for f in &args.files {
         let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -454,7 +551,7 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
     }
     let advertise = resolve_advertise(&args.advertise).await?;
     let id = identity(dir)?;
-    let (events, out) = renderer(mode);
+    let (events, out) = share_renderer(mode);
     let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
     let json = |v: serde_json::Value| out.lock().unwrap_or_else(|e| e.into_inner()).json(&v);
 
@@ -495,6 +592,9 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
     let mut shared = Vec::new();
     for f in &args.files {
         let s = agent.share(f, args.chunk_size, args.hash, &events).await?;
+        out.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .quiet_result(&s.file_id.to_string());
         say(&format!(
             "get it elsewhere with:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
             s.file_id,
@@ -647,7 +747,7 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
                 if first_err.is_none() {
                     first_err = Some(e);
                 } else {
-                    eprintln!("error: {}", one_line(&e));
+                    report_error(mode, &e);
                 }
             }
         }
@@ -689,7 +789,25 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
-    let tracker = require_tracker(&args.tracker)?;
+    let mut partials = list_partials(&args.output);
+    if let Some(fid) = args.file_id {
+        partials.retain(|p| p.file_id == fid);
+    }
+    let Some(tracker) = target(&args.tracker) else {
+        // Local partial downloads need no tracker: show them alone and say what is skipped.
+        if mode == Mode::Json {
+            print_line(
+                &serde_json::json!({"event": "status", "tracker": null, "file_id": args.file_id, "partials": partials})
+                    .to_string(),
+            );
+        } else {
+            print_line(
+                "tracker: skipped (no --tracker given, nor TORRENTGUARD_TRACKER); local part only",
+            );
+            print_partials(&args.output, &partials);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
     let id = identity(dir)?;
     let client = torrentguard_agent::tracker_client::TrackerClient::connect(
         &tracker.url,
@@ -699,128 +817,163 @@ async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<Exit
         tracker.token.clone(),
     )
     .await?;
-    let partials = list_partials(&args.output);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let ago = |t: i64| format!("{}s ago", (now - t).max(0));
-
-    if let Some(fid) = args.file_id {
-        let m = client.manifest(&fid).await?;
-        let peers = client.file_peers(&fid).await?.peers;
-        if mode == Mode::Json {
-            println!(
-                "{}",
-                serde_json::json!({"file_id": fid, "name": m.name, "size": m.size, "chunk_size": m.chunk_size, "chunks": m.chunk_count(), "hash": m.hash, "peers": peers, "partials": partials.iter().filter(|p| p.file_id == fid).collect::<Vec<_>>()})
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "file {fid}\n  name   {}\n  size   {} ({} bytes)\n  chunks {} × {} ({})",
-            m.name,
-            human(m.size),
-            m.size,
-            m.chunk_count(),
-            human(m.chunk_size as u64),
-            m.hash
-        );
-        println!(
-            "\n{:<20} {:<40} {:>12} {:>10}",
-            "PEER", "ADDRESS", "HAVE", "LAST SEEN"
-        );
-        for p in &peers {
-            let have = if p.complete {
-                "complete".to_string()
-            } else {
-                format!("{}/{}", p.have, m.chunk_count())
-            };
-            println!(
-                "{:<20} {:<40} {:>12} {:>10}",
-                p.fingerprint.short(),
-                SocketAddr::new(p.address, p.port),
-                have,
-                ago(p.last_seen)
-            );
-        }
-        if peers.is_empty() {
-            println!("(no live peers)");
-        }
-        for p in partials.iter().filter(|p| p.file_id == fid) {
-            println!(
-                "\nlocal partial download: {} ({}/{} chunks verified)",
-                p.part.display(),
-                p.chunks_verified,
-                p.chunk_count
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    let files = client.all_files().await?;
-    let peers = client.peers().await?;
-    if mode == Mode::Json {
-        println!(
-            "{}",
-            serde_json::json!({"tracker": client.base_url().as_str(), "fingerprint": client.fingerprint().to_string(), "files": files, "peers": peers, "partials": partials})
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("tracker {} ({})\n", client.base_url(), client.fingerprint());
-    println!(
-        "{:<64}  {:<24} {:>11} {:>7} {:>7} {:>8}",
-        "FILE ID", "NAME", "SIZE", "CHUNKS", "SEEDERS", "LEECHERS"
-    );
-    for f in &files {
-        println!(
-            "{:<64}  {:<24} {:>11} {:>7} {:>7} {:>8}",
-            f.file_id,
-            truncate(&f.name, 24),
-            human(f.size),
-            f.chunk_count,
-            f.seeders,
-            f.leechers
-        );
-    }
-    if files.is_empty() {
-        println!("(no files registered)");
-    }
-    println!(
-        "\n{:<20} {:<40} {:>6} {:>10}",
-        "PEER", "ADDRESS", "FILES", "LAST SEEN"
-    );
-    for p in &peers {
-        println!(
-            "{:<20} {:<40} {:>6} {:>10}",
-            p.fingerprint.short(),
-            SocketAddr::new(p.address, p.port),
-            p.files.len(),
-            ago(p.last_seen)
-        );
-    }
-    if peers.is_empty() {
-        println!("(no live peers)");
-    }
-    if !partials.is_empty() {
-        println!("\nlocal partial downloads in {}:", args.output.display());
-        for p in &partials {
-            println!(
-                "  {} {}/{} chunks verified ({})",
-                p.part.display(),
-                p.chunks_verified,
-                p.chunk_count,
-                p.file_id
-            );
-        }
+    match args.file_id {
+        Some(fid) => status_of_file(&client, fid, &partials, mode).await?,
+        None => status_of_tracker(&client, &args.output, &partials, mode).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
+type Client = torrentguard_agent::tracker_client::TrackerClient;
+type Partial = torrentguard_agent::store::PartialDownload;
+
+fn ago(t: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format!("{}s ago", (now - t).max(0))
+}
+
+async fn status_of_file(
+    client: &Client,
+    fid: FileId,
+    partials: &[Partial],
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let m = client.manifest(&fid).await?;
+    let peers = client.file_peers(&fid).await?.peers;
+    if mode == Mode::Json {
+        print_line(&serde_json::json!({"event": "file_status", "file_id": fid, "name": m.name, "size": m.size, "chunk_size": m.chunk_size, "chunks": m.chunk_count(), "hash": m.hash, "peers": peers, "partials": partials}).to_string());
+        return Ok(());
+    }
+    print_line(&format!(
+        "file {fid}\n  name   {}\n  size   {} ({} bytes)\n  chunks {} × {} ({})",
+        printable(&m.name),
+        human(m.size),
+        m.size,
+        m.chunk_count(),
+        human(m.chunk_size as u64),
+        m.hash
+    ));
+    print_line(&format!(
+        "\n{:<20} {:<40} {:>12} {:>10}",
+        "PEER", "ADDRESS", "HAVE", "LAST SEEN"
+    ));
+    for p in &peers {
+        let have = if p.complete {
+            "complete".to_string()
+        } else {
+            format!("{}/{}", p.have, m.chunk_count())
+        };
+        print_line(&format!(
+            "{:<20} {:<40} {:>12} {:>10}",
+            p.fingerprint.short(),
+            SocketAddr::new(p.address, p.port).to_string(),
+            have,
+            ago(p.last_seen)
+        ));
+    }
+    if peers.is_empty() {
+        print_line("(no live peers)");
+    }
+    for p in partials {
+        print_line(&format!(
+            "\nlocal partial download: {} ({}/{} chunks verified)",
+            printable(&p.part.display().to_string()),
+            p.chunks_verified,
+            p.chunk_count
+        ));
+    }
+    Ok(())
+}
+
+async fn status_of_tracker(
+    client: &Client,
+    output: &Path,
+    partials: &[Partial],
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let files = client.all_files().await?;
+    let peers = client.peers().await?;
+    if mode == Mode::Json {
+        print_line(&serde_json::json!({"event": "status", "tracker": client.base_url().as_str(), "fingerprint": client.fingerprint().to_string(), "files": files, "peers": peers, "partials": partials}).to_string());
+        return Ok(());
+    }
+    print_line(&format!(
+        "tracker {} ({})\n",
+        client.base_url(),
+        client.fingerprint()
+    ));
+    print_line(&format!(
+        "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+        "FILE ID",
+        cell("NAME", NAME_COLUMNS),
+        "SIZE",
+        "CHUNKS",
+        "SEEDERS",
+        "LEECHERS"
+    ));
+    for f in &files {
+        print_line(&format!(
+            "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+            f.file_id.to_string(),
+            cell(&f.name, NAME_COLUMNS),
+            human(f.size),
+            f.chunk_count,
+            f.seeders,
+            f.leechers
+        ));
+    }
+    if files.is_empty() {
+        print_line("(no files registered)");
+    }
+    print_line(&format!(
+        "\n{:<20} {:<40} {:>6} {:>10}",
+        "PEER", "ADDRESS", "FILES", "LAST SEEN"
+    ));
+    for p in &peers {
+        print_line(&format!(
+            "{:<20} {:<40} {:>6} {:>10}",
+            p.fingerprint.short(),
+            SocketAddr::new(p.address, p.port).to_string(),
+            p.files.len(),
+            ago(p.last_seen)
+        ));
+    }
+    if peers.is_empty() {
+        print_line("(no live peers)");
+    }
+    if !partials.is_empty() {
+        print_line("");
+        print_partials(output, partials);
+    }
+    Ok(())
+}
+
+/// Width of the NAME column of `status`, in terminal columns.
+const NAME_COLUMNS: usize = 24;
+
+fn print_partials(output: &Path, partials: &[Partial]) {
+    if partials.is_empty() {
+        print_line(&format!(
+            "no partial downloads in {}",
+            printable(&output.display().to_string())
+        ));
+        return;
+    }
+    print_line(&format!(
+        "local partial downloads in {}:",
+        printable(&output.display().to_string())
+    ));
+    for p in partials {
+        print_line(&format!(
+            "  {} {}/{} chunks verified ({})",
+            printable(&p.part.display().to_string()),
+            p.chunks_verified,
+            p.chunk_count,
+            p.file_id
+        ));
     }
 }
 
@@ -848,6 +1001,96 @@ mod tests {
             use clap::CommandFactory;
             Cli::command().debug_assert();
         }
+    }
+
+    /// The one placeholder style of the agent's help: every value-taking argument names its
+    /// value with one of these upper-case words (the tracker's own flags are its own).
+    const PLACEHOLDERS: &[&str] = &[
+        "ADDR",
+        "ADDR[:PORT]",
+        "ALGO",
+        "DIR",
+        "DURATION",
+        "FILE",
+        "FILE_ID",
+        "FP",
+        "N",
+        "RATE",
+        "SIZE",
+        "TOKEN",
+        "URL",
+    ];
+
+    #[test]
+    fn every_value_takes_a_placeholder_of_the_house_style() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        let mut commands = vec![&cli];
+        commands.extend(cli.get_subcommands().filter(|c| c.get_name() != "tracker"));
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                if !arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                    continue;
+                }
+                let names = arg.get_value_names().unwrap_or_default();
+                assert!(
+                    !names.is_empty(),
+                    "{} --{}: no placeholder",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+                for n in names {
+                    assert!(
+                        PLACEHOLDERS.contains(&n.as_str()),
+                        "{} {}: placeholder <{n}> is not one of {PLACEHOLDERS:?}",
+                        cmd.get_name(),
+                        arg.get_id()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} value-taking arguments seen");
+    }
+
+    #[test]
+    fn hash_lists_its_values() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let share = cli.find_subcommand("share").expect("share exists");
+        let hash = share
+            .get_arguments()
+            .find(|a| a.get_id() == "hash")
+            .expect("--hash exists");
+        let values: Vec<String> = hash
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(values, ["sha256", "sha1"]);
+        let help = share.clone().term_width(200).render_help().to_string();
+        assert!(help.contains("[possible values: sha256, sha1]"), "{help}");
+        let err = Cli::try_parse_from(["torrentguard", "share", "--hash", "md5", "f"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        let ok = Cli::try_parse_from(["torrentguard", "share", "--hash", "sha1", "f"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Command::Share(ShareArgs {
+                hash: HashAlgo::Sha1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! The tracker's fingerprint is given by the user or trusted on first use and recorded in the
 //! data directory's `known_trackers` file, as ssh does with `known_hosts`; a tracker that later
-//! presents another certificate is refused with a message naming the file to edit.
+//! presents another certificate is refused with a message naming the file to edit. A record is
+//! kept under the host text of the URL *and* under every `ip:port` it resolved to, and a lookup
+//! consults both: another name for a known address (`localhost` for `127.0.0.1`) can therefore
+//! never bring a new identity in silently.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,13 +37,25 @@ pub enum TrackerError {
         source: reqwest::Error,
     },
     #[error(
-        "the tracker at {url} presents fingerprint {presented}, but {known} was recorded for it in {file}; \
+        "the tracker at {url} presents fingerprint {presented}, but {known} was recorded for {recorded_as} in {file}; \
          if the tracker's identity really changed, edit or remove that line (or pass --tracker-fingerprint)"
     )]
     FingerprintChanged {
-        url: String,
+        // Boxed strings keep `TrackerError` under clippy's large-error bound.
+        url: Box<str>,
         presented: Fingerprint,
         known: Fingerprint,
+        /// The `known_trackers` key that matched: the URL's host or an address it resolves to.
+        recorded_as: Box<str>,
+        file: PathBuf,
+    },
+    #[error(
+        "{file} records different identities for the tracker at {url} ({records}); remove the stale \
+         line, or pass --tracker-fingerprint"
+    )]
+    ConflictingRecords {
+        url: String,
+        records: String,
         file: PathBuf,
     },
     #[error(
@@ -126,11 +141,22 @@ impl TrackerClient {
     ) -> Result<Self, TrackerError> {
         let base = parse_url(url)?;
         let key = host_key(&base);
+        let endpoints = resolve(&base).await;
         let known_path = data_dir.join(KNOWN_TRACKERS_FILE);
-        let known = read_known(&known_path)?
-            .into_iter()
-            .find(|(h, _)| *h == key)
-            .map(|(_, fp)| fp);
+        let records = read_known(&known_path)?;
+        let recorded = recorded_identity(&records, &key, &endpoints);
+        let (recorded_as, known) = match (pinned, recorded) {
+            // An explicit pin decides; the records are only compared with it below.
+            (Some(_), Err(_)) => (None, None),
+            (None, Err(records)) => {
+                return Err(TrackerError::ConflictingRecords {
+                    url: base.to_string(),
+                    records,
+                    file: known_path,
+                });
+            }
+            (_, Ok(found)) => found.map_or((None, None), |(k, fp)| (Some(k), Some(fp))),
+        };
 
         let fingerprint = match (pinned, known) {
             (Some(fp), _) => fp,
@@ -151,7 +177,10 @@ impl TrackerClient {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .ok_or_else(|| TrackerError::BadAnswer("no certificate presented".into()))?;
-                append_known(&known_path, &key, fp)?;
+                let keys: Vec<&str> = std::iter::once(key.as_str())
+                    .chain(endpoints.iter().map(String::as_str))
+                    .collect();
+                append_known(&known_path, &keys, fp)?;
                 tracing::warn!(tracker = %base, fingerprint = %fp, file = %known_path.display(),
                     "trusting the tracker's fingerprint on first use; check it out of band");
                 fp
@@ -187,9 +216,10 @@ impl TrackerClient {
                             .unwrap_or_else(|e| e.into_inner())
                             .unwrap_or(known);
                         TrackerError::FingerprintChanged {
-                            url: client.base.to_string(),
+                            url: client.base.as_str().into(),
                             presented,
                             known,
+                            recorded_as: recorded_as.unwrap_or(key).into(),
                             file: known_path,
                         }
                     }
@@ -396,6 +426,52 @@ fn host_key(u: &Url) -> String {
     )
 }
 
+/// Every `ip:port` the URL's host resolves to, as recorded in `known_trackers`. Empty when it
+/// does not resolve: connecting then fails with its own clear error.
+async fn resolve(u: &Url) -> Vec<String> {
+    let port = u.port_or_known_default().unwrap_or(443);
+    let host = u.host_str().unwrap_or_default();
+    let mut out: Vec<String> = match tokio::net::lookup_host(format!("{host}:{port}")).await {
+        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+        Err(e) => {
+            tracing::debug!(host, error = %e, "cannot resolve the tracker's host");
+            Vec::new()
+        }
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The identity recorded for a tracker known as `key` (host:port) and reached at `endpoints`:
+/// the record of the host text first, else of any endpoint. `Err` lists the records when they
+/// disagree, which must be settled by a person, never by picking one.
+fn recorded_identity(
+    records: &[(String, Fingerprint)],
+    key: &str,
+    endpoints: &[String],
+) -> Result<Option<(String, Fingerprint)>, String> {
+    let matching: Vec<&(String, Fingerprint)> = records
+        .iter()
+        .filter(|(k, _)| k == key || endpoints.contains(k))
+        .collect();
+    let Some(first) = matching
+        .iter()
+        .find(|(k, _)| k == key)
+        .or_else(|| matching.first())
+    else {
+        return Ok(None);
+    };
+    if matching.iter().any(|(_, fp)| *fp != first.1) {
+        return Err(matching
+            .iter()
+            .map(|(k, fp)| format!("{k} {fp}"))
+            .collect::<Vec<_>>()
+            .join(", "));
+    }
+    Ok(Some((first.0.clone(), first.1)))
+}
+
 fn read_known(path: &Path) -> Result<Vec<(String, Fingerprint)>, TrackerError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -419,12 +495,21 @@ fn read_known(path: &Path) -> Result<Vec<(String, Fingerprint)>, TrackerError> {
         .collect())
 }
 
-fn append_known(path: &Path, key: &str, fp: Fingerprint) -> Result<(), TrackerError> {
+/// Records `fp` under each of `keys` (the host text and the addresses it resolved to) that is
+/// not recorded yet.
+fn append_known(path: &Path, keys: &[&str], fp: Fingerprint) -> Result<(), TrackerError> {
+    let present = read_known(path)?;
     let mut text = std::fs::read_to_string(path).unwrap_or_default();
     if text.is_empty() {
         text.push_str("# TorrentGuard trackers trusted on first use: host:port fingerprint\n");
     }
-    text.push_str(&format!("{key} {fp}\n"));
+    let mut added = Vec::new();
+    for key in keys {
+        if !present.iter().any(|(k, _)| k == key) && !added.contains(key) {
+            text.push_str(&format!("{key} {fp}\n"));
+            added.push(*key);
+        }
+    }
     write_atomically(path, text.as_bytes(), 0o600).map_err(|e| TrackerError::Io {
         path: path.into(),
         source: std::io::Error::other(e.to_string()),
@@ -450,7 +535,134 @@ mod tests {
         let p = dir.path().join(KNOWN_TRACKERS_FILE);
         assert!(read_known(&p).unwrap().is_empty());
         let fp = Fingerprint::of_der(b"x");
-        append_known(&p, "h:1", fp).unwrap();
+        append_known(&p, &["h:1"], fp).unwrap();
         assert_eq!(read_known(&p).unwrap(), vec![("h:1".to_string(), fp)]);
+    }
+
+    #[test]
+    fn records_match_by_host_text_or_resolved_address() {
+        let (a, b) = (Fingerprint::of_der(b"a"), Fingerprint::of_der(b"b"));
+        let records = vec![("127.0.0.1:9".to_string(), a)];
+        let ep = vec!["127.0.0.1:9".to_string()];
+        assert_eq!(
+            recorded_identity(&records, "localhost:9", &ep),
+            Ok(Some(("127.0.0.1:9".to_string(), a)))
+        );
+        assert_eq!(recorded_identity(&records, "localhost:9", &[]), Ok(None));
+        let mut both = records.clone();
+        both.push(("localhost:9".to_string(), b));
+        let err = recorded_identity(&both, "localhost:9", &ep).unwrap_err();
+        assert!(
+            err.contains("127.0.0.1:9") && err.contains("localhost:9"),
+            "{err}"
+        );
+    }
+
+    async fn tracker_on(
+        addr: std::net::SocketAddr,
+        dir: &Path,
+    ) -> torrentguard_tracker::RunningTracker {
+        let cfg = torrentguard_tracker::TrackerConfig::new(addr, dir.to_path_buf());
+        torrentguard_tracker::start(cfg).await.unwrap()
+    }
+
+    /// Issue 9: a tracker pinned as 127.0.0.1:P, replaced by another identity on the same
+    /// port, reached as localhost:P: refused, not trusted on first use under the new name.
+    #[tokio::test]
+    async fn another_name_for_a_known_address_cannot_bring_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_dir = dir.path().join("agent");
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        let me = Identity::generate("agent").unwrap();
+
+        let first = tracker_on("127.0.0.1:0".parse().unwrap(), &dir.path().join("a")).await;
+        let port = first.local_addr.port();
+        let pinned_fp = first.fingerprint;
+        let c = TrackerClient::connect(
+            &format!("https://127.0.0.1:{port}"),
+            None,
+            &me,
+            &agent_dir,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.fingerprint(), pinned_fp);
+        drop(c);
+        first.shutdown().await.unwrap();
+
+        // Another tracker (another identity) on the very same address.
+        let second = tracker_on(([127, 0, 0, 1], port).into(), &dir.path().join("b")).await;
+        assert_ne!(second.fingerprint, pinned_fp);
+        let err = TrackerClient::connect(
+            &format!("https://localhost:{port}"),
+            None,
+            &me,
+            &agent_dir,
+            None,
+        )
+        .await
+        .unwrap_err();
+        match &err {
+            TrackerError::FingerprintChanged {
+                presented,
+                known,
+                recorded_as,
+                ..
+            } => {
+                assert_eq!((*presented, *known), (second.fingerprint, pinned_fp));
+                assert_eq!(&**recorded_as, format!("127.0.0.1:{port}"));
+            }
+            other => panic!("expected FingerprintChanged, got {other}"),
+        }
+        let records = read_known(&agent_dir.join(KNOWN_TRACKERS_FILE)).unwrap();
+        assert!(
+            records.iter().all(|(_, fp)| *fp == pinned_fp),
+            "the new identity was recorded: {records:?}"
+        );
+        second.shutdown().await.unwrap();
+    }
+
+    /// Trusting `localhost:P` on first use records its addresses too, so a later
+    /// `127.0.0.1:P` with another identity is refused as well.
+    #[tokio::test]
+    async fn first_use_records_the_resolved_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::generate("agent").unwrap();
+        let t = tracker_on("127.0.0.1:0".parse().unwrap(), &dir.path().join("t")).await;
+        let port = t.local_addr.port();
+        TrackerClient::connect(
+            &format!("https://localhost:{port}"),
+            None,
+            &me,
+            dir.path(),
+            None,
+        )
+        .await
+        .unwrap();
+        let records = read_known(&dir.path().join(KNOWN_TRACKERS_FILE)).unwrap();
+        assert!(
+            records.contains(&(format!("localhost:{port}"), t.fingerprint)),
+            "{records:?}"
+        );
+        assert!(
+            records.contains(&(format!("127.0.0.1:{port}"), t.fingerprint)),
+            "{records:?}"
+        );
+        // Same identity under the other name: accepted, nothing new to record.
+        TrackerClient::connect(
+            &format!("https://127.0.0.1:{port}"),
+            None,
+            &me,
+            dir.path(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            read_known(&dir.path().join(KNOWN_TRACKERS_FILE)).unwrap(),
+            records
+        );
+        t.shutdown().await.unwrap();
     }
 }

@@ -12,7 +12,10 @@ use crate::HashAlgo;
 pub struct Fingerprint([u8; 32]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("fingerprint must be \"sha256:\" followed by 64 lowercase hex digits")]
+#[error(
+    "not a SHA-256 fingerprint; accepted forms (any case): sha256:<64 hex digits>, <64 hex digits>, \
+     or openssl's 32 colon-separated pairs AB:CD:… (bare, or after \"SHA256:\" or \"sha256 Fingerprint=\")"
+)]
 pub struct FingerprintError;
 
 impl Fingerprint {
@@ -40,18 +43,53 @@ impl Fingerprint {
 
 impl FromStr for Fingerprint {
     type Err = FingerprintError;
+
+    /// Accepts exactly the forms a user meets: ours (`sha256:` + 64 hex), the bare 64 hex
+    /// digits, and openssl's `AB:CD:…` (32 pairs) with or without the `SHA256:` / `sha256
+    /// Fingerprint=` prefix openssl 1.x and 3.x print; any case. Anything else (another
+    /// length, another algorithm's prefix, pairs partly without colons) is refused rather
+    /// than guessed at.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex_part = s.trim().strip_prefix("sha256:").ok_or(FingerprintError)?;
-        // Accept the colon-separated form openssl prints, too: "AB:CD:…".
-        let cleaned: String = hex_part.chars().filter(|c| *c != ':').collect();
-        if cleaned.len() != 64 || !cleaned.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let body = strip_prefix_ignore_case(s.trim());
+        let hex_digits = if body.contains(':') {
+            colon_pairs(body)?
+        } else {
+            body.to_string()
+        };
+        if hex_digits.len() != 64 || !hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(FingerprintError);
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(cleaned.to_ascii_lowercase(), &mut out)
+        hex::decode_to_slice(hex_digits.to_ascii_lowercase(), &mut out)
             .map_err(|_| FingerprintError)?;
         Ok(Fingerprint(out))
     }
+}
+
+/// The text after an optional `sha256:` or `sha256 Fingerprint=` prefix (any case).
+fn strip_prefix_ignore_case(s: &str) -> &str {
+    for prefix in ["sha256 fingerprint=", "sha256:"] {
+        if s.len() >= prefix.len()
+            && s.is_char_boundary(prefix.len())
+            && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+        {
+            return &s[prefix.len()..];
+        }
+    }
+    s
+}
+
+/// openssl's colon form: exactly 32 groups of exactly 2 hex digits, joined.
+fn colon_pairs(s: &str) -> Result<String, FingerprintError> {
+    let pairs: Vec<&str> = s.split(':').collect();
+    if pairs.len() != 32
+        || !pairs
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(FingerprintError);
+    }
+    Ok(pairs.concat())
 }
 
 impl fmt::Display for Fingerprint {
@@ -103,6 +141,62 @@ mod tests {
                 .join(":")
         );
         assert_eq!(upper_colons.parse::<Fingerprint>().unwrap(), fp);
+    }
+
+    fn colon_form(fp: &Fingerprint) -> String {
+        fp.as_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    #[test]
+    fn accepts_every_documented_form_in_any_case() {
+        let fp = Fingerprint::of_der(b"a certificate");
+        let hex = hex::encode(fp.as_bytes());
+        let colons = colon_form(&fp);
+        for good in [
+            format!("sha256:{hex}"),
+            format!("SHA256:{}", hex.to_uppercase()),
+            hex.clone(),
+            hex.to_uppercase(),
+            colons.clone(),
+            colons.to_lowercase(),
+            format!("SHA256:{colons}"),
+            format!("sha256:{colons}"),
+            format!("sha256 Fingerprint={colons}"),
+            format!("SHA256 Fingerprint={colons}"),
+            format!("  sha256:{hex}\n"),
+        ] {
+            assert_eq!(good.parse::<Fingerprint>(), Ok(fp), "{good}");
+        }
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_foreign_forms() {
+        let fp = Fingerprint::of_der(b"a certificate");
+        let hex = hex::encode(fp.as_bytes());
+        let colons = colon_form(&fp);
+        for bad in [
+            format!("sha1:{hex}"),
+            format!("SHA1 Fingerprint={colons}"),
+            hex[..40].to_string(),                       // a SHA-1 length
+            format!("{hex}00"),                          // too long
+            colons[..colons.len() - 3].to_string(),      // 31 pairs
+            format!("{}{}", &colons[..2], &colons[3..]), // one colon missing
+            colons.replace(':', "-"),
+            format!("{}:", colons),
+            format!("sha256:sha256:{hex}"),
+            format!("sha256 {hex}"),
+        ] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
+        let msg = FingerprintError.to_string();
+        assert!(
+            msg.contains("sha256:<64 hex digits>") && msg.contains("AB:CD"),
+            "{msg}"
+        );
     }
 
     #[test]
