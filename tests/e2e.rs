@@ -479,6 +479,9 @@ fn hostile_manifest_names_never_reach_disk() -> Result<()> {
         "sub/dir.bin",
         "..",
         "a\0b",
+        // Displays as "evilexe.txt": bidi and other format characters are refused too.
+        "evil\u{202e}txt.exe",
+        "zero\u{200b}width.bin",
     ];
     let mut hostile_ids = Vec::new();
     for name in hostile_names {

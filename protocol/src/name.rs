@@ -1,5 +1,7 @@
 //! File names that come from the network become one safe path component, or are refused.
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 /// Longest accepted name, in bytes (the common file-system limit for one component).
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -15,6 +17,11 @@ pub enum NameError {
     Separator,
     #[error("file name contains a NUL or control character")]
     Control,
+    /// Bidi overrides, zero-width and other invisible format characters (Unicode category
+    /// Cf) make a name display as something it is not (`evil\u{202e}txt.exe` shows as
+    /// `evilexe.txt`).
+    #[error("file name contains an invisible format character (bidi control, zero-width, …): {0}")]
+    Format(String),
     #[error("file name has leading or trailing whitespace")]
     Whitespace,
 }
@@ -38,6 +45,12 @@ pub fn sanitize_name(name: &str) -> Result<&str, NameError> {
     }
     if name.chars().any(char::is_control) {
         return Err(NameError::Control);
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(NameError::Format(format!("U+{:04X}", u32::from(c))));
     }
     if name.trim() != name {
         return Err(NameError::Whitespace);
@@ -81,5 +94,26 @@ mod tests {
         assert_eq!(sanitize_name(" a"), Err(NameError::Whitespace));
         assert_eq!(sanitize_name(&"x".repeat(256)), Err(NameError::TooLong));
         assert!(sanitize_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn refuses_names_that_display_as_something_else() {
+        for (bad, code) in [
+            ("evil\u{202e}txt.exe", "U+202E"), // right-to-left override
+            ("a\u{2066}b", "U+2066"),          // left-to-right isolate
+            ("zero\u{200b}width", "U+200B"),   // zero-width space
+            ("join\u{200d}er", "U+200D"),      // zero-width joiner
+            ("\u{feff}bom", "U+FEFF"),         // byte-order mark
+            ("soft\u{ad}hyphen", "U+00AD"),    // soft hyphen
+            ("tag\u{e0041}", "U+E0041"),       // tag character
+        ] {
+            assert_eq!(
+                sanitize_name(bad),
+                Err(NameError::Format(code.into())),
+                "{bad:?}"
+            );
+        }
+        // Visible non-ASCII stays welcome.
+        assert!(sanitize_name("مرحبا-שלום-名前.txt").is_ok());
     }
 }
