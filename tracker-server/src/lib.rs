@@ -103,25 +103,24 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tracker-data"))
 }
 
-/// The tracker's command-line flags, each also readable from the environment. Shared by the
-/// `torrentguard-tracker` binary and `torrentguard tracker` (flattened there).
+/// The tracker's serving flags, each also readable from the environment. Shared by the
+/// `torrentguard-tracker` binary and `torrentguard tracker` (flattened there). The data
+/// directory is not among them: each binary places it its own way (`--data-dir` of the
+/// tracker binary; `<agent data dir>/tracker` for the agent, as its embedded tracker does).
+///
+/// Every flag is global, so it may also follow a subcommand (`healthcheck --listen …`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrackerArgs {
     /// Address and port to listen on, IPv4 or IPv6 (`[::]:8443` listens on both families).
     /// Port 0 picks a free port; the start-up line shows which.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-
-    /// Directory for the SQLite database and the generated identity (cert.pem, key.pem with
-    /// mode 0600). Created if missing. [default: the platform data directory, e.g.
-    /// ~/.local/share/torrentguard/tracker]
-    #[arg(long, env = "TORRENTGUARD_TRACKER_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
 
     /// PEM certificate to serve instead of the generated identity (needs --key). Clients pin
     /// its SHA-256 fingerprint, printed at start-up.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_TRACKER_CERT",
         value_name = "PEM",
         requires = "key"
@@ -131,6 +130,7 @@ pub struct TrackerArgs {
     /// PEM private key of --cert.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_TRACKER_KEY",
         value_name = "PEM",
         requires = "cert"
@@ -138,11 +138,11 @@ pub struct TrackerArgs {
     pub key: Option<PathBuf>,
 
     /// Seconds after its last announce before a peer is dropped from the swarm.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_PEER_TTL", value_name = "SECS", default_value_t = DEFAULT_PEER_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_PEER_TTL", value_name = "SECS", default_value_t = DEFAULT_PEER_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub peer_ttl: u64,
 
     /// Seconds between announces that peers are asked to keep; keep it well under --peer-ttl.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_ANNOUNCE_INTERVAL", value_name = "SECS", default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_ANNOUNCE_INTERVAL", value_name = "SECS", default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub announce_interval: u64,
 
     /// Shared secret of a private swarm: every /api/v1 request must then send
@@ -150,6 +150,7 @@ pub struct TrackerArgs {
     /// environment variable: flags are visible in the process list.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_SWARM_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
@@ -161,22 +162,20 @@ pub struct TrackerArgs {
     /// every client certificate may.
     #[arg(
         long = "allow-fingerprint",
+        global = true,
         env = "TORRENTGUARD_TRACKER_ALLOW_FINGERPRINTS",
-        value_name = "FINGERPRINT",
+        value_name = "FP",
         value_delimiter = ','
     )]
     pub allow_fingerprints: Vec<Fingerprint>,
 }
 
 impl TrackerArgs {
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(default_data_dir)
-    }
-
-    pub fn into_config(self) -> TrackerConfig {
+    /// The configuration of a tracker keeping its database and identity in `data_dir`.
+    pub fn into_config(self, data_dir: PathBuf) -> TrackerConfig {
         TrackerConfig {
             listen: self.listen,
-            data_dir: self.data_dir(),
+            data_dir,
             cert: self.cert,
             key: self.key,
             peer_ttl: Duration::from_secs(self.peer_ttl),
@@ -251,8 +250,9 @@ fn load_identity(config: &TrackerConfig) -> Result<Identity, TrackerError> {
     }
 }
 
-/// Loads or creates the identity, opens and migrates the database, binds, and starts serving.
-/// Returns once the listener is bound, so the tracker is ready when this returns.
+/// Binds, loads or creates the identity, opens and migrates the database, and starts serving.
+/// Returns once the listener is bound, so the tracker is ready when this returns. Binding
+/// comes first so that a busy port leaves nothing behind (no data directory, no identity).
 pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError> {
     if config.announce_interval >= config.peer_ttl {
         tracing::warn!(
@@ -261,6 +261,12 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             "the announce interval is not shorter than the peer TTL: peers will drop out between announces"
         );
     }
+    let listener = bind(config.listen).map_err(|source| TrackerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = listener.local_addr()?;
+
     let data_dir = config.data_dir.clone();
     let identity = {
         let config = config.clone();
@@ -272,14 +278,6 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         .await??
     };
     let tls = tls::server_config(&identity)?;
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| TrackerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr()?;
 
     let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
     let token_set = config.swarm_token.is_some();
@@ -334,6 +332,26 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         shutdown,
         task,
     })
+}
+
+/// Queued connections the kernel holds while every slot is busy (see `server::MAX_CONNECTIONS`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener on `addr`. An IPv6 one accepts IPv4 too (IPV6_V6ONLY off, whatever the host's
+/// `net.ipv6.bindv6only` default), so `[::]:8443` serves both families; SO_REUSEADDR as tokio
+/// sets it, so a restart does not wait out TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
