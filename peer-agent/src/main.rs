@@ -349,6 +349,9 @@ async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCo
     let t = torrentguard_tracker::start(config)
         .await
         .context("starting the tracker")?;
+    // Before the ready line: a SIGTERM right after it must find the handler in place.
+    let mut signals = torrentguard_tracker::signals::StopSignals::install()
+        .context("installing the signal handlers")?;
     if json {
         println!(
             "{}",
@@ -361,7 +364,8 @@ async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCo
             t.fingerprint
         );
     }
-    shutdown_signal().await;
+    let signal = signals.recv().await;
+    tracing::info!(signal, "stopping the tracker");
     t.shutdown().await.context("shutting the tracker down")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod identity;
 pub mod metrics;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tls;
 

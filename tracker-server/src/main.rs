@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use torrentguard_protocol::Fingerprint;
+use torrentguard_tracker::signals::StopSignals;
 use torrentguard_tracker::{TrackerArgs, TrackerConfig, dialable, healthcheck, identity};
 use tracing_subscriber::EnvFilter;
 
@@ -138,6 +139,8 @@ async fn serve(config: TrackerConfig) -> anyhow::Result<()> {
     let tracker = torrentguard_tracker::start(config)
         .await
         .context("starting the tracker")?;
+    // Before the ready line: a SIGTERM right after it must find the handler in place.
+    let mut signals = StopSignals::install().context("installing the signal handlers")?;
     {
         // End-to-end tests and scripts read this line; keep its words.
         let mut out = std::io::stdout().lock();
@@ -148,31 +151,12 @@ async fn serve(config: TrackerConfig) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    let signal = shutdown_signal().await?;
+    let signal = signals.recv().await;
     tracing::info!(signal, "shutting down gracefully");
     tracker
         .shutdown()
         .await
         .context("shutting down the tracker")
-}
-
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
 }
 
 async fn check(
@@ -207,4 +191,51 @@ fn fingerprint_of(cert_path: &Path) -> anyhow::Result<Fingerprint> {
     let cert = CertificateDer::from_pem_file(cert_path)
         .with_context(|| format!("reading the certificate {}", cert_path.display()))?;
     Ok(Fingerprint::of_der(&cert))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every flag that takes a value shows one of the placeholders the agent uses too.
+    #[test]
+    fn every_value_flag_has_a_house_style_placeholder() {
+        const PLACEHOLDERS: &[&str] = &["ADDR", "DIR", "FP", "FORMAT", "PEM", "SECS", "TOKEN"];
+        let cli = Cli::command();
+        let commands = std::iter::once(&cli).chain(cli.get_subcommands());
+        for command in commands {
+            for arg in command.get_arguments() {
+                if !arg.get_action().takes_values() || arg.is_positional() {
+                    continue;
+                }
+                let names = arg.get_value_names().unwrap_or_default();
+                assert!(
+                    names.len() == 1 && PLACEHOLDERS.contains(&names[0].as_str()),
+                    "--{} of {} shows {names:?}",
+                    arg.get_id(),
+                    command.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn global_flags_follow_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "torrentguard-tracker",
+            "healthcheck",
+            "--data-dir",
+            "/x",
+            "--listen",
+            "[::1]:9",
+            "--log-format",
+            "json",
+        ])
+        .expect("flags after the subcommand parse");
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/x")));
+        assert_eq!(cli.tracker.listen, "[::1]:9".parse().unwrap());
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
 }
