@@ -225,14 +225,15 @@ impl RunningTracker {
     }
 }
 
-/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by the loopback of its family.
+/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by 127.0.0.1. IPv4 loopback for `::`
+/// too: the tracker's `[::]` listener also serves IPv4 (see `bind`), and `::1` is missing where
+/// IPv6 is disabled (containers on an IPv4-only network), while 127.0.0.1 always exists.
 pub fn dialable(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
 }
 
 fn load_identity(config: &TrackerConfig) -> Result<Identity, TrackerError> {
@@ -342,6 +343,31 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// `net.ipv6.bindv6only` default), so `[::]:8443` serves both families; SO_REUSEADDR as tokio
 /// sets it, so a restart does not wait out TIME_WAIT.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let error = match bind_exactly(addr) {
+        Ok(listener) => return Ok(listener),
+        Err(e) => e,
+    };
+    match ipv4_fallback(addr, &error) {
+        Some(v4) => {
+            tracing::warn!(%error, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+            bind_exactly(v4)
+        }
+        None => Err(error),
+    }
+}
+
+/// `[::]` on a host without IPv6 (a kernel without it, or a container on an IPv4-only
+/// network) can only mean "every address there is": the IPv4 wildcard. A specific IPv6
+/// address has no such stand-in.
+fn ipv4_fallback(addr: SocketAddr, error: &std::io::Error) -> Option<SocketAddr> {
+    const EAFNOSUPPORT: i32 = 97;
+    let no_ipv6 = error.kind() == std::io::ErrorKind::AddrNotAvailable
+        || error.raw_os_error() == Some(EAFNOSUPPORT);
+    (addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6)
+        .then(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
+}
+
+fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -372,5 +398,33 @@ async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: Cancella
             Ok(n) => tracing::info!(entries = n, "expired silent peers"),
             Err(e) => tracing::warn!(error = %e, "expiring peers failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_ipv6_wildcard_falls_back_to_ipv4_and_only_without_ipv6() {
+        let no_family = std::io::Error::from_raw_os_error(97);
+        let no_addr = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let any6: SocketAddr = "[::]:8443".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert_eq!(ipv4_fallback(any6, &no_family), Some(any4));
+        assert_eq!(ipv4_fallback(any6, &no_addr), Some(any4));
+        assert_eq!(ipv4_fallback(any6, &busy), None);
+        assert_eq!(ipv4_fallback("[::1]:8443".parse().unwrap(), &no_addr), None);
+        assert_eq!(ipv4_fallback(any4, &no_addr), None);
+    }
+
+    #[test]
+    fn wildcards_are_dialled_on_ipv4_loopback() {
+        let lo: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(dialable("[::]:8443".parse().unwrap()), lo);
+        assert_eq!(dialable("0.0.0.0:8443".parse().unwrap()), lo);
+        let v6: SocketAddr = "[::1]:8443".parse().unwrap();
+        assert_eq!(dialable(v6), v6);
     }
 }
