@@ -136,7 +136,7 @@ async fn early_errors_reach_curl_over_h2_and_http1() -> Result<()> {
         // curl's client certificate: any certificate will do in an open swarm.
         let id_dir = dir.path().join("curl-identity");
         Identity::load_or_create(&id_dir, "curl")?;
-        let cert_args = vec![
+        let cert_args = [
             "-E".to_string(),
             id_dir.join("cert.pem").display().to_string(),
             "--key".to_string(),
