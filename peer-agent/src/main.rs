@@ -71,7 +71,8 @@ enum Command {
     Status(StatusArgs),
     /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
     Id,
-    /// Run a tracker in this process (same service as `torrentguard-tracker`).
+    /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
+    /// identity and database in <data-dir>/tracker.
     Tracker(TrackerArgs),
 }
 

@@ -385,10 +385,13 @@ fn reachable_peers(mut peers: Vec<PeerInfo>, asker_reached: IpAddr) -> Vec<PeerI
     peers
 }
 
-/// The address other peers should dial: the connection's source, or the announced one if that
-/// is allowed. A peer may name another interface of its own, but not send others to loopback
-/// (that would point them at themselves) unless it is itself on loopback, and never to an
-/// unspecified address, which cannot be dialled.
+/// The address to record for an announcing peer: the connection's source, or the announced one
+/// if that is allowed. A peer may name any routable address, from anywhere: an agent reaching
+/// its own embedded tracker over loopback names its LAN address this way, and a false claim
+/// only sends others to a host that fails their fingerprint pinning. It may not send others to
+/// loopback (that would point them at themselves) unless it is itself on loopback, and never
+/// to an unspecified, multicast or broadcast address, which cannot be dialled. What askers are
+/// then shown is [`address_for_asker`]'s business.
 pub fn advertised_address(source: IpAddr, announced: Option<IpAddr>) -> Result<IpAddr, ApiError> {
     let source = source.to_canonical();
     let Some(a) = announced.map(|a| a.to_canonical()) else {

@@ -68,7 +68,7 @@ enum Command {
     /// Checks that the tracker configured by the same flags and environment answers /healthz
     /// with its own fingerprint. Exit status 0 if healthy, 1 otherwise.
     Healthcheck {
-        /// Address to probe. [default: the --listen address, with loopback for 0.0.0.0 or ::]
+        /// Address to probe. [default: the --listen address, with 127.0.0.1 for 0.0.0.0 or ::]
         #[arg(long, value_name = "ADDR")]
         addr: Option<SocketAddr>,
         /// Fingerprint to pin. [default: that of --cert, or of the identity in --data-dir]
