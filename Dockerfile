@@ -7,6 +7,11 @@
 # ---- build ----------------------------------------------------------------------------------
 # rust:slim already carries gcc and libc6-dev, which is all aws-lc-sys (rustls' crypto) and the
 # bundled SQLite need.
+# Base images are referenced by tag, not digest: this repository was written where no registry
+# can be reached, so no digest could be read from the registry itself, and a digest copied from
+# elsewhere would be unverified. Pin them when building for release: run
+#   docker buildx imagetools inspect rust:1-slim-bookworm      (and debian:bookworm-slim)
+# and append the printed digest, e.g. `FROM rust:1-slim-bookworm@sha256:<digest> AS builder`.
 FROM rust:1-slim-bookworm AS builder
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest even to build one package.
@@ -30,8 +35,9 @@ COPY --from=builder /out/torrentguard-tracker /usr/local/bin/torrentguard-tracke
 # The identity (cert.pem, key.pem) and tracker.db live here; a new named volume is initialised
 # from this directory, ownership and mode included.
 VOLUME ["/var/lib/torrentguard"]
+# [::] with IPV6_V6ONLY off (the tracker clears it itself): IPv6 and IPv4 on one socket.
 ENV TORRENTGUARD_TRACKER_DATA_DIR=/var/lib/torrentguard \
-    TORRENTGUARD_TRACKER_LISTEN=0.0.0.0:8443 \
+    TORRENTGUARD_TRACKER_LISTEN=[::]:8443 \
     RUST_LOG=info
 EXPOSE 8443
 USER torrentguard:torrentguard

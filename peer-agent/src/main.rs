@@ -73,7 +73,8 @@ enum Command {
     Status(StatusArgs),
     /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
     Id,
-    /// Run a tracker in this process (same service as `torrentguard-tracker`).
+    /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
+    /// identity and database in <data-dir>/tracker.
     Tracker(TrackerArgs),
 }
 
@@ -433,23 +434,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tracker(args) => run_tracker(args.into_config()).await,
+        // The same place the embedded tracker of `share` uses, never the agent's own identity.
+        Command::Tracker(args) => {
+            run_tracker(args.into_config(dir.join("tracker")), cli.json).await
+        }
         Command::Share(args) => share(args, &dir, mode).await,
         Command::Get(args) => get(args, &dir, mode).await,
         Command::Status(args) => status(args, &dir, mode).await,
     }
 }
 
-async fn run_tracker(config: TrackerConfig) -> anyhow::Result<ExitCode> {
+/// Serves until SIGINT or SIGTERM. The ready line is `torrentguard-tracker`'s, or with
+/// `--json` the `tracker` event that `share` prints for its embedded tracker, plus `data_dir`.
+async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
     let t = torrentguard_tracker::start(config)
         .await
         .context("starting the tracker")?;
-    println!(
-        "torrentguard-tracker listening on {} fingerprint {}",
-        t.url(),
-        t.fingerprint
-    );
-    shutdown_signal().await;
+    // Before the ready line: a SIGTERM right after it must find the handler in place.
+    let mut signals = torrentguard_tracker::signals::StopSignals::install()
+        .context("installing the signal handlers")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "tracker", "url": t.url(), "fingerprint": t.fingerprint.to_string(), "data_dir": data_dir})
+        );
+    } else {
+        println!(
+            "torrentguard-tracker listening on {} fingerprint {}",
+            t.url(),
+            t.fingerprint
+        );
+    }
+    let signal = signals.recv().await;
+    tracing::info!(signal, "stopping the tracker");
     t.shutdown().await.context("shutting the tracker down")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -39,12 +39,53 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// `?cursor=…&limit=…` of list endpoints.
+/// `?limit=N&cursor=C` of list endpoints. An empty value (`?cursor=&limit=`, as a form or a
+/// script with unset variables sends) means the same as leaving the parameter out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     pub cursor: Option<String>,
+    #[serde(default, deserialize_with = "empty_or_u32")]
     pub limit: Option<u32>,
+}
+
+/// An optional `u32` given as a number or a string, where the empty string is absent.
+fn empty_or_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<u32>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer 0..=4294967295, or nothing")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(V)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            u32::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u32::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse()
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,6 +185,19 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_query_limit_takes_numbers_strings_and_nothing() {
+        let q = |json: &str| serde_json::from_str::<PageQuery>(json);
+        assert_eq!(q(r#"{"limit":5}"#).unwrap().limit, Some(5));
+        assert_eq!(q(r#"{"limit":"5"}"#).unwrap().limit, Some(5));
+        assert_eq!(q(r#"{"limit":""}"#).unwrap().limit, None);
+        assert_eq!(q(r#"{"limit":null}"#).unwrap().limit, None);
+        assert_eq!(q(r#"{}"#).unwrap().limit, None);
+        assert!(q(r#"{"limit":"x"}"#).is_err());
+        assert!(q(r#"{"limit":-1}"#).is_err());
+        assert!(q(r#"{"limit":4294967296}"#).is_err());
+    }
 
     #[test]
     fn announce_refuses_unknown_fields_and_events() {

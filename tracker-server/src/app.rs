@@ -2,8 +2,8 @@
 //!
 //! Handlers validate everything they are given, then talk to the [`Store`]; they hold no SQL.
 //! The caller's identity arrives as a [`PeerIdentity`] request extension, put there by the
-//! connection loop from the TLS session (see `server.rs`), and its address as a
-//! `ConnectInfo<SocketAddr>` extension.
+//! connection loop from the TLS session (see `server.rs`), its address as a
+//! `ConnectInfo<SocketAddr>` extension, and the tracker address it reached as a [`LocalAddr`].
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use torrentguard_protocol::api::{
-    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, Page, PageQuery,
-    RegisterResponse,
+    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, Page, PageQuery, PeerInfo,
+    PeerSummary, RegisterResponse,
 };
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -33,6 +33,22 @@ use crate::store::{AnnounceRecord, Store};
 /// presented one. Inserted by the connection loop; never taken from anything the client wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerIdentity(pub Option<Fingerprint>);
+
+/// The tracker's own address of the connection a request came on: the address the client
+/// dialled, so one it can reach this host by. Inserted by the connection loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for LocalAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<LocalAddr>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("local connection address missing".into()))
+    }
+}
 
 /// Largest `POST /files` body: a manifest at the 1M-chunk limit is about 70 MB of JSON.
 pub const MAX_MANIFEST_BODY: usize = 80 * 1024 * 1024;
@@ -252,9 +268,11 @@ fn page_limit(q: &PageQuery) -> Result<u32, ApiError> {
     }
 }
 
+/// The page's cursor; `?cursor=` (empty) is the first page, as if absent.
 fn cursor<T: std::str::FromStr>(q: &PageQuery) -> Result<Option<T>, ApiError> {
     q.cursor
         .as_deref()
+        .filter(|c| !c.is_empty())
         .map(|c| {
             c.parse()
                 .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
@@ -321,6 +339,7 @@ async fn get_file(
 
 async fn file_peers(
     State(state): State<AppState>,
+    LocalAddr(local): LocalAddr,
     AppPath(id): AppPath<String>,
 ) -> Result<Json<FilePeers>, ApiError> {
     let id = parse_file_id(&id)?;
@@ -333,13 +352,46 @@ async fn file_peers(
         .store
         .file_peers(id, live_since, None, MAX_FILE_PEERS)
         .await?;
-    Ok(Json(FilePeers { file_id: id, peers }))
+    Ok(Json(FilePeers {
+        file_id: id,
+        peers: reachable_peers(peers, local.ip()),
+    }))
 }
 
-/// The address other peers should dial: the connection's source, or the announced one if that
-/// is allowed. A peer may name another interface of its own, but not send others to loopback
-/// (that would point them at themselves) unless it is itself on loopback, and never to an
-/// unspecified address, which cannot be dialled.
+/// The address to hand an asker for a peer stored at `stored`, where `asker_reached` is the
+/// tracker address the asker's connection came in on.
+///
+/// A peer stored at a loopback address announced over loopback, so it runs on the tracker's
+/// host; an unspecified address (not accepted in announces, but possible in an older database)
+/// names no host at all. Neither reaches that peer from another host, so an asker from
+/// elsewhere gets the address it reached this host by instead. An asker that itself came over
+/// loopback is on this host and keeps the loopback address.
+pub fn address_for_asker(stored: IpAddr, asker_reached: IpAddr) -> IpAddr {
+    let stored = stored.to_canonical();
+    let reached = asker_reached.to_canonical();
+    let useless_elsewhere = stored.is_loopback() && !reached.is_loopback();
+    if useless_elsewhere || stored.is_unspecified() {
+        reached
+    } else {
+        stored
+    }
+}
+
+/// [`address_for_asker`] over a list of peers.
+fn reachable_peers(mut peers: Vec<PeerInfo>, asker_reached: IpAddr) -> Vec<PeerInfo> {
+    for p in &mut peers {
+        p.address = address_for_asker(p.address, asker_reached);
+    }
+    peers
+}
+
+/// The address to record for an announcing peer: the connection's source, or the announced one
+/// if that is allowed. A peer may name any routable address, from anywhere: an agent reaching
+/// its own embedded tracker over loopback names its LAN address this way, and a false claim
+/// only sends others to a host that fails their fingerprint pinning. It may not send others to
+/// loopback (that would point them at themselves) unless it is itself on loopback, and never
+/// to an unspecified, multicast or broadcast address, which cannot be dialled. What askers are
+/// then shown is [`address_for_asker`]'s business.
 pub fn advertised_address(source: IpAddr, announced: Option<IpAddr>) -> Result<IpAddr, ApiError> {
     let source = source.to_canonical();
     let Some(a) = announced.map(|a| a.to_canonical()) else {
@@ -362,6 +414,7 @@ async fn announce(
     State(state): State<AppState>,
     AuthorizedPeer(peer): AuthorizedPeer,
     RemoteAddr(remote): RemoteAddr,
+    LocalAddr(local): LocalAddr,
     AppJson(req): AppJson<AnnounceRequest>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
     if req.port == 0 {
@@ -400,20 +453,23 @@ async fn announce(
         .await?;
     Ok(Json(AnnounceResponse {
         interval_secs: state.0.announce_interval.as_secs().max(1),
-        peers,
+        peers: reachable_peers(peers, local.ip()),
     }))
 }
 
 async fn list_peers(
     State(state): State<AppState>,
+    LocalAddr(local): LocalAddr,
     AppQuery(q): AppQuery<PageQuery>,
-) -> Result<Json<Page<torrentguard_protocol::api::PeerSummary>>, ApiError> {
+) -> Result<Json<Page<PeerSummary>>, ApiError> {
     let limit = page_limit(&q)?;
     let after = cursor::<Fingerprint>(&q)?;
     let live_since = state.live_since(unix_now());
-    Ok(Json(
-        state.0.store.list_peers(after, limit, live_since).await?,
-    ))
+    let mut page = state.0.store.list_peers(after, limit, live_since).await?;
+    for p in &mut page.items {
+        p.address = address_for_asker(p.address, local.ip());
+    }
+    Ok(Json(page))
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -467,6 +523,85 @@ mod tests {
         assert_eq!(advertised_address(mapped, None).unwrap(), remote);
         let mapped_lo: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(advertised_address(mapped_lo, Some(lo)).unwrap(), lo);
+    }
+
+    #[test]
+    fn a_loopback_advertisement_of_a_lan_address_is_kept() {
+        // The embedded tracker: the agent reaches it over loopback but names its LAN address.
+        let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        let lan6: IpAddr = "2001:db8::20".parse().unwrap();
+        for source in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let source: IpAddr = source.parse().unwrap();
+            assert_eq!(advertised_address(source, Some(lan)).unwrap(), lan);
+            assert_eq!(advertised_address(source, Some(lan6)).unwrap(), lan6);
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn loopback_peers_are_shown_to_remote_askers_at_the_address_they_reached() {
+        let reached = ip("192.168.1.10");
+        assert_eq!(address_for_asker(ip("127.0.0.1"), reached), reached);
+        assert_eq!(address_for_asker(ip("127.0.0.2"), reached), reached);
+        assert_eq!(address_for_asker(ip("::1"), reached), reached);
+        assert_eq!(address_for_asker(ip("::ffff:127.0.0.1"), reached), reached);
+        // Over IPv6 too, and with the asker's address in mapped form (dual-stack socket).
+        let reached6 = ip("2001:db8::10");
+        assert_eq!(address_for_asker(ip("127.0.0.1"), reached6), reached6);
+        assert_eq!(
+            address_for_asker(ip("::1"), ip("::ffff:192.168.1.10")),
+            reached
+        );
+    }
+
+    #[test]
+    fn unspecified_peers_are_shown_at_the_address_the_asker_reached() {
+        assert_eq!(
+            address_for_asker(ip("0.0.0.0"), ip("192.168.1.10")),
+            ip("192.168.1.10")
+        );
+        assert_eq!(
+            address_for_asker(ip("::"), ip("127.0.0.1")),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            address_for_asker(ip("::ffff:0.0.0.0"), ip("::ffff:127.0.0.2")),
+            ip("127.0.0.2")
+        );
+    }
+
+    #[test]
+    fn loopback_askers_keep_loopback_and_routable_peers_stay_as_stored() {
+        for reached in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                address_for_asker(ip("127.0.0.1"), ip(reached)),
+                ip("127.0.0.1")
+            );
+            assert_eq!(address_for_asker(ip("::1"), ip(reached)), ip("::1"));
+        }
+        for reached in ["127.0.0.1", "192.168.1.10", "2001:db8::10"] {
+            assert_eq!(
+                address_for_asker(ip("198.51.100.7"), ip(reached)),
+                ip("198.51.100.7")
+            );
+            assert_eq!(
+                address_for_asker(ip("::ffff:198.51.100.7"), ip(reached)),
+                ip("198.51.100.7")
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_cursor_is_the_first_page() {
+        let q = |c: &str| PageQuery {
+            cursor: Some(c.into()),
+            limit: None,
+        };
+        assert_eq!(cursor::<FileId>(&q("")).unwrap(), None);
+        assert!(cursor::<FileId>(&q("zz")).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod identity;
 pub mod metrics;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tls;
 
@@ -103,25 +104,24 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tracker-data"))
 }
 
-/// The tracker's command-line flags, each also readable from the environment. Shared by the
-/// `torrentguard-tracker` binary and `torrentguard tracker` (flattened there).
+/// The tracker's serving flags, each also readable from the environment. Shared by the
+/// `torrentguard-tracker` binary and `torrentguard tracker` (flattened there). The data
+/// directory is not among them: each binary places it its own way (`--data-dir` of the
+/// tracker binary; `<agent data dir>/tracker` for the agent, as its embedded tracker does).
+///
+/// Every flag is global, so it may also follow a subcommand (`healthcheck --listen …`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrackerArgs {
     /// Address and port to listen on, IPv4 or IPv6 (`[::]:8443` listens on both families).
     /// Port 0 picks a free port; the start-up line shows which.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-
-    /// Directory for the SQLite database and the generated identity (cert.pem, key.pem with
-    /// mode 0600). Created if missing. [default: the platform data directory, e.g.
-    /// ~/.local/share/torrentguard/tracker]
-    #[arg(long, env = "TORRENTGUARD_TRACKER_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
 
     /// PEM certificate to serve instead of the generated identity (needs --key). Clients pin
     /// its SHA-256 fingerprint, printed at start-up.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_TRACKER_CERT",
         value_name = "PEM",
         requires = "key"
@@ -131,6 +131,7 @@ pub struct TrackerArgs {
     /// PEM private key of --cert.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_TRACKER_KEY",
         value_name = "PEM",
         requires = "cert"
@@ -138,11 +139,11 @@ pub struct TrackerArgs {
     pub key: Option<PathBuf>,
 
     /// Seconds after its last announce before a peer is dropped from the swarm.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_PEER_TTL", value_name = "SECS", default_value_t = DEFAULT_PEER_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_PEER_TTL", value_name = "SECS", default_value_t = DEFAULT_PEER_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub peer_ttl: u64,
 
     /// Seconds between announces that peers are asked to keep; keep it well under --peer-ttl.
-    #[arg(long, env = "TORRENTGUARD_TRACKER_ANNOUNCE_INTERVAL", value_name = "SECS", default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_ANNOUNCE_INTERVAL", value_name = "SECS", default_value_t = DEFAULT_ANNOUNCE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub announce_interval: u64,
 
     /// Shared secret of a private swarm: every /api/v1 request must then send
@@ -150,6 +151,7 @@ pub struct TrackerArgs {
     /// environment variable: flags are visible in the process list.
     #[arg(
         long,
+        global = true,
         env = "TORRENTGUARD_SWARM_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
@@ -161,22 +163,20 @@ pub struct TrackerArgs {
     /// every client certificate may.
     #[arg(
         long = "allow-fingerprint",
+        global = true,
         env = "TORRENTGUARD_TRACKER_ALLOW_FINGERPRINTS",
-        value_name = "FINGERPRINT",
+        value_name = "FP",
         value_delimiter = ','
     )]
     pub allow_fingerprints: Vec<Fingerprint>,
 }
 
 impl TrackerArgs {
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(default_data_dir)
-    }
-
-    pub fn into_config(self) -> TrackerConfig {
+    /// The configuration of a tracker keeping its database and identity in `data_dir`.
+    pub fn into_config(self, data_dir: PathBuf) -> TrackerConfig {
         TrackerConfig {
             listen: self.listen,
-            data_dir: self.data_dir(),
+            data_dir,
             cert: self.cert,
             key: self.key,
             peer_ttl: Duration::from_secs(self.peer_ttl),
@@ -225,14 +225,15 @@ impl RunningTracker {
     }
 }
 
-/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by the loopback of its family.
+/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by 127.0.0.1. IPv4 loopback for `::`
+/// too: the tracker's `[::]` listener also serves IPv4 (see `bind`), and `::1` is missing where
+/// IPv6 is disabled (containers on an IPv4-only network), while 127.0.0.1 always exists.
 pub fn dialable(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
 }
 
 fn load_identity(config: &TrackerConfig) -> Result<Identity, TrackerError> {
@@ -251,8 +252,9 @@ fn load_identity(config: &TrackerConfig) -> Result<Identity, TrackerError> {
     }
 }
 
-/// Loads or creates the identity, opens and migrates the database, binds, and starts serving.
-/// Returns once the listener is bound, so the tracker is ready when this returns.
+/// Binds, loads or creates the identity, opens and migrates the database, and starts serving.
+/// Returns once the listener is bound, so the tracker is ready when this returns. Binding
+/// comes first so that a busy port leaves nothing behind (no data directory, no identity).
 pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError> {
     if config.announce_interval >= config.peer_ttl {
         tracing::warn!(
@@ -261,6 +263,12 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             "the announce interval is not shorter than the peer TTL: peers will drop out between announces"
         );
     }
+    let listener = bind(config.listen).map_err(|source| TrackerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = listener.local_addr()?;
+
     let data_dir = config.data_dir.clone();
     let identity = {
         let config = config.clone();
@@ -272,14 +280,6 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         .await??
     };
     let tls = tls::server_config(&identity)?;
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| TrackerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr()?;
 
     let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
     let token_set = config.swarm_token.is_some();
@@ -336,6 +336,51 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     })
 }
 
+/// Queued connections the kernel holds while every slot is busy (see `server::MAX_CONNECTIONS`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener on `addr`. An IPv6 one accepts IPv4 too (IPV6_V6ONLY off, whatever the host's
+/// `net.ipv6.bindv6only` default), so `[::]:8443` serves both families; SO_REUSEADDR as tokio
+/// sets it, so a restart does not wait out TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let error = match bind_exactly(addr) {
+        Ok(listener) => return Ok(listener),
+        Err(e) => e,
+    };
+    match ipv4_fallback(addr, &error) {
+        Some(v4) => {
+            tracing::warn!(%error, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+            bind_exactly(v4)
+        }
+        None => Err(error),
+    }
+}
+
+/// `[::]` on a host without IPv6 (a kernel without it, or a container on an IPv4-only
+/// network) can only mean "every address there is": the IPv4 wildcard. A specific IPv6
+/// address has no such stand-in.
+fn ipv4_fallback(addr: SocketAddr, error: &std::io::Error) -> Option<SocketAddr> {
+    const EAFNOSUPPORT: i32 = 97;
+    let no_ipv6 = error.kind() == std::io::ErrorKind::AddrNotAvailable
+        || error.raw_os_error() == Some(EAFNOSUPPORT);
+    (addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6)
+        .then(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
+}
+
+fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
 /// handlers already ignore stale rows, so this only keeps the tables small.
 async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: CancellationToken) {
@@ -353,5 +398,33 @@ async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: Cancella
             Ok(n) => tracing::info!(entries = n, "expired silent peers"),
             Err(e) => tracing::warn!(error = %e, "expiring peers failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_ipv6_wildcard_falls_back_to_ipv4_and_only_without_ipv6() {
+        let no_family = std::io::Error::from_raw_os_error(97);
+        let no_addr = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let any6: SocketAddr = "[::]:8443".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert_eq!(ipv4_fallback(any6, &no_family), Some(any4));
+        assert_eq!(ipv4_fallback(any6, &no_addr), Some(any4));
+        assert_eq!(ipv4_fallback(any6, &busy), None);
+        assert_eq!(ipv4_fallback("[::1]:8443".parse().unwrap(), &no_addr), None);
+        assert_eq!(ipv4_fallback(any4, &no_addr), None);
+    }
+
+    #[test]
+    fn wildcards_are_dialled_on_ipv4_loopback() {
+        let lo: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(dialable("[::]:8443".parse().unwrap()), lo);
+        assert_eq!(dialable("0.0.0.0:8443".parse().unwrap()), lo);
+        let v6: SocketAddr = "[::1]:8443".parse().unwrap();
+        assert_eq!(dialable(v6), v6);
     }
 }

@@ -381,6 +381,32 @@ async fn the_binary_prints_its_address_checks_health_and_stops_on_sigterm() -> R
             "{}",
             String::from_utf8_lossy(&ok.stderr)
         );
+        // Global flags after the subcommand too (issue 9): once "unexpected argument".
+        let after = tokio::task::spawn_blocking({
+            let dir = dir.path().to_path_buf();
+            let addr = addr.clone();
+            move || {
+                Command::new(exe)
+                    .args([
+                        "healthcheck",
+                        "--timeout",
+                        "10",
+                        "--addr",
+                        &addr,
+                        "--data-dir",
+                    ])
+                    .arg(dir)
+                    .args(["--log-format", "json"])
+                    .env("RUST_LOG", "off")
+                    .output()
+            }
+        })
+        .await??;
+        ensure!(
+            after.status.success(),
+            "--data-dir after healthcheck: {}",
+            String::from_utf8_lossy(&after.stderr)
+        );
         let wrong_pin = probe(vec![
             "--fingerprint".into(),
             Identity::generate("x")?.fingerprint.to_string(),
@@ -404,6 +430,130 @@ async fn the_binary_prints_its_address_checks_health_and_stops_on_sigterm() -> R
         ensure!(
             status.success(),
             "graceful exit after SIGTERM, got {status}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Runs the tracker binary on `args` until it exits (it must, within the test's bound).
+async fn run_to_exit(args: Vec<String>) -> Result<std::process::Output> {
+    let exe = env!("CARGO_BIN_EXE_torrentguard-tracker");
+    Ok(tokio::task::spawn_blocking(move || {
+        Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+    })
+    .await??)
+}
+
+#[tokio::test]
+async fn a_busy_port_is_one_error_line_and_leaves_no_identity() -> Result<()> {
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = busy.local_addr()?.to_string();
+        let data = dir.path().join("data");
+        for format in ["text", "json"] {
+            let out = run_to_exit(vec![
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--log-format".into(),
+                format.into(),
+            ])
+            .await?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(1),
+                "{format}: {:?}: {stderr}",
+                out.status
+            );
+            let mentions: Vec<&str> = stderr.lines().filter(|l| l.contains(&addr)).collect();
+            ensure!(
+                mentions.len() == 1 && mentions[0].contains("binding"),
+                "{format}: the error once, naming the address: {stderr}"
+            );
+            ensure!(out.stdout.is_empty(), "{format}: nothing on stdout");
+            for file in ["cert.pem", "key.pem", "tracker.db"] {
+                ensure!(
+                    !data.join(file).exists(),
+                    "{format}: {file} created before the bind failed"
+                );
+            }
+        }
+        drop(busy);
+        Ok(())
+    })
+    .await
+}
+
+/// Starts the tracker binary with stderr into a file (not a terminal), stops it with SIGTERM,
+/// and returns what it logged.
+async fn logs_of_a_run(extra: &[&str]) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("stderr.log");
+    let exe = env!("CARGO_BIN_EXE_torrentguard-tracker");
+    let mut child = Child(
+        Command::new(exe)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    ensure!(line.contains("listening on"), "ready line {line:?}");
+    ensure!(
+        Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()?
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.0.wait();
+        (s, child)
+    })
+    .await?
+    .0?;
+    ensure!(status.success(), "exit after SIGTERM: {status}");
+    Ok(std::fs::read_to_string(log_path)?)
+}
+
+#[tokio::test]
+async fn logs_are_plain_text_or_json_and_never_coloured_into_a_file() -> Result<()> {
+    within(async {
+        let text = logs_of_a_run(&[]).await?;
+        ensure!(text.contains("tracker listening"), "{text}");
+        ensure!(
+            !text.contains('\x1b'),
+            "colour codes in a log file: {text:?}"
+        );
+
+        let json = logs_of_a_run(&["--log-format", "json"]).await?;
+        ensure!(
+            !json.contains('\x1b'),
+            "colour codes in a log file: {json:?}"
+        );
+        let events: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
+            .collect::<Result<_>>()?;
+        ensure!(
+            events
+                .iter()
+                .any(|e| e["message"] == "tracker listening" && e["level"] == "INFO"),
+            "{json}"
         );
         Ok(())
     })

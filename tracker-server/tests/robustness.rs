@@ -15,7 +15,7 @@ use axum::http::{Request, StatusCode};
 use common::*;
 use torrentguard_protocol::api::ErrorBody;
 use torrentguard_protocol::{Bitfield, Fingerprint};
-use torrentguard_tracker::app::{AppConfig, AppState, PeerIdentity, router};
+use torrentguard_tracker::app::{AppConfig, AppState, LocalAddr, PeerIdentity, router};
 use torrentguard_tracker::{SqliteStore, Store};
 use tower::ServiceExt as _;
 
@@ -93,6 +93,8 @@ async fn send(
     req.extensions_mut().insert(PeerIdentity(Some(who)));
     req.extensions_mut()
         .insert(ConnectInfo("127.0.0.1:5555".parse::<SocketAddr>()?));
+    req.extensions_mut()
+        .insert(LocalAddr("127.0.0.1:8443".parse::<SocketAddr>()?));
     let resp = app.clone().oneshot(req).await?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
