@@ -100,7 +100,7 @@ pub struct TrackerClient {
 
 /// Longest wait for a `stopped` announce: it is sent while stopping, and the tracker may be
 /// unreachable.
-pub const STOPPED_ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const STOPPED_ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Re-announce interval assumed until the tracker has said otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
