@@ -272,3 +272,24 @@ fn interrupted_get_without_a_seeder_announces_stopped() -> Result<()> {
     );
     Ok(())
 }
+
+/// Ctrl-C while `share` is still hashing a large file stops it with 130 at once (the signal
+/// used to kill the process outright, and a stop would have waited for the hashing thread).
+#[test]
+fn share_interrupted_while_hashing_exits_130() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    // Sparse: costs no disk, and hashing 64 GiB takes far longer than the test waits.
+    let file = root.join("huge.bin");
+    std::fs::File::create(&file)?.set_len(64 << 30)?;
+    let mut cmd = agent(&root.join("s"));
+    cmd.arg("share")
+        .arg(&file)
+        .args(tracker.args())
+        .args(["--listen", "127.0.0.1:0"]);
+    let mut sharer = Proc::spawn("sharer", cmd)?;
+    sharer.wait_event("hashing", |e| num(e, "bytes_done") > 0)?;
+    sharer.signal("INT")?;
+    exits_promptly(&mut sharer, 130)
+}
