@@ -695,7 +695,8 @@ impl Seeder {
                 say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
                 return Ok(());
             }
-            if let Err(reason) = file.check_unchanged() {
+            // The flag, not a stat per chunk: the announcer stats the file every few seconds.
+            if let Some(reason) = file.withdraw_reason() {
                 say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
                 anyhow::bail!("file withdrawn: {}", reason.local);
             }
