@@ -135,10 +135,10 @@ fn three_downloaders_then_reseed_without_original() -> Result<()> {
         );
     }
 
-    // Stop the original sharer (graceful: exit 0), then wait until the tracker lists all three
+    // Stop the original sharer (interrupted: exit 130), then wait until the tracker lists all three
     // downloaders as complete seeders.
     sharer.signal("INT")?;
-    sharer.expect_exit(0)?;
+    sharer.expect_exit(130)?;
     let api = Api::new(&tracker.url, &tracker.fingerprint, &root.join("d0"))?;
     eventually(WAIT, "three complete re-seeders listed", || {
         let complete: BTreeSet<String> = api
@@ -167,7 +167,7 @@ fn three_downloaders_then_reseed_without_original() -> Result<()> {
     );
     for (p, _) in &mut downloaders {
         p.signal("INT")?;
-        p.expect_exit(0)?;
+        p.expect_exit(130)?;
     }
     Ok(())
 }
@@ -365,9 +365,9 @@ fn tracker_killed_and_restarted_mid_swarm() -> Result<()> {
     assert_same(&out2.join("survivor.bin"), &data)?;
 
     seeder.signal("TERM")?;
-    seeder.expect_exit(0)?;
+    seeder.expect_exit(130)?;
     d1.signal("TERM")?;
-    d1.expect_exit(0)?;
+    d1.expect_exit(130)?;
     Ok(())
 }
 
@@ -448,7 +448,7 @@ fn peer_with_mismatched_certificate_is_refused() -> Result<()> {
         d.transcript()
     );
     seeder_b.signal("INT")?;
-    seeder_b.expect_exit(0)?;
+    seeder_b.expect_exit(130)?;
     Ok(())
 }
 

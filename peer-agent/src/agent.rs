@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use torrentguard_protocol::api::AnnounceEvent;
+use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
 use torrentguard_protocol::hashing::{HashError, manifest_from_reader};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo, Manifest, sanitize_name};
 use torrentguard_tracker::identity::{Identity, IdentityError};
 
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, announce, download};
 use crate::events::{Event, EventSink};
-use crate::seeder::{Seeder, SharedFile};
+use crate::seeder::{Seeder, SharedFile, WithdrawReason};
 use crate::tracker_client::{TrackerClient, TrackerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,7 @@ impl Agent {
         if let Err(reason) = shared.check_unchanged() {
             return Err(AgentError::Share {
                 path: path.into(),
-                message: format!("changed while it was being hashed: {reason}"),
+                message: format!("changed while it was being hashed: {}", reason.local),
             });
         }
         tracing::info!(file_id = %resp.file_id, created = resp.created, "manifest registered");
@@ -157,8 +157,8 @@ impl Agent {
         .await?)
     }
 
-    /// Keeps `file` announced on the tracker's interval until shutdown, then announces
-    /// `stopped`. Withdraws it if it changes on disk.
+    /// Keeps `file` announced on the tracker's interval until shutdown. Withdraws it as soon
+    /// as it changes on disk: stops serving it, announces `stopped` for it at once and says so.
     pub fn keep_announcing(&self, file: Arc<SharedFile>, events: EventSink) {
         let (tracker, seeder, cancel) = (
             self.tracker.clone(),
@@ -168,26 +168,37 @@ impl Agent {
         self.tasks.spawn(async move {
             // The tracker's own interval from the start: a TTL shorter than our default must
             // not drop us before the first re-announce.
-            let mut interval = tracker.announce_interval();
+            let mut next = Instant::now() + tracker.announce_interval();
             let mut backoff = Duration::from_secs(1);
+            // A stat every few seconds catches a change even when no downloader comes by.
+            let mut look = tokio::time::interval(WITHDRAW_CHECK);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(next.into()) => {}
+                    _ = look.tick() => {
+                        let _ = file.check_unchanged();
+                        continue;
+                    }
+                    _ = file.withdrawal() => {}
+                    _ = cancel.cancelled() => return,
                 }
                 if let Err(reason) = file.check_unchanged() {
-                    seeder.remove(&file.file_id);
-                    events.emit(Event::Withdrawn { file_id: file.file_id, reason });
-                    break;
+                    withdraw(&tracker, &seeder, &file, reason, &events).await;
+                    return;
                 }
-                match announce(&tracker, &seeder, &file, AnnounceEvent::Progress).await {
+                let progress = announce(&tracker, &seeder, &file, AnnounceEvent::Progress);
+                let result = tokio::select! {
+                    r = progress => r,
+                    _ = cancel.cancelled() => return,
+                };
+                match result {
                     Ok(_) => {
-                        interval = tracker.announce_interval();
+                        next = Instant::now() + tracker.announce_interval();
                         backoff = Duration::from_secs(1);
                     }
                     Err(e) => {
                         tracing::warn!(file_id = %file.file_id, error = %e, "re-announce failed; retrying");
-                        interval = backoff;
+                        next = Instant::now() + backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                     }
                 }
@@ -196,26 +207,62 @@ impl Agent {
         });
     }
 
-    /// Stops everything: closes the listener and announces `stopped` for every file served
-    /// (shared, downloaded or partial), so the tracker stops listing us at once.
+    /// Stops everything, in at most [`STOP_BUDGET`] whatever is in flight: connections finish or
+    /// abandon their chunk and say `Bye`, and `stopped` is announced for every file this agent
+    /// announced (shared, downloaded, partial, failed or withdrawn), so the tracker stops
+    /// listing it at once. Every way an agent ends goes through here.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
-        self.seeder.shutdown().await;
-        let stops = self.seeder.files().into_iter().map(|f| async move {
-            let stop = announce(&self.tracker, &self.seeder, &f, AnnounceEvent::Stopped);
-            match tokio::time::timeout(Duration::from_secs(5), stop).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(file_id = %f.file_id, error = %e, "could not announce stopped")
-                }
-                Err(_) => {
-                    tracing::warn!(file_id = %f.file_id, "could not announce stopped in time")
-                }
-            }
-        });
-        futures::future::join_all(stops).await;
+        let connections = async {
+            self.tasks.wait().await;
+            self.seeder.shutdown().await;
+        };
+        let leave = futures::future::join_all(
+            self.tracker
+                .announced()
+                .into_iter()
+                .map(|req| announce_stopped(&self.tracker, req)),
+        );
+        let stop = futures::future::join(connections, leave);
+        if tokio::time::timeout(STOP_BUDGET, stop).await.is_err() {
+            tracing::warn!(budget = ?STOP_BUDGET, "stopping took too long; leaving the rest");
+        }
+    }
+}
+
+/// How often a shared file's size and modification time are checked.
+const WITHDRAW_CHECK: Duration = Duration::from_secs(2);
+/// Bound on [`Agent::shutdown`].
+pub const STOP_BUDGET: Duration = Duration::from_millis(1800);
+
+/// Stops serving a file that changed on disk and tells the tracker and the user at once.
+async fn withdraw(
+    tracker: &TrackerClient,
+    seeder: &Seeder,
+    file: &SharedFile,
+    reason: WithdrawReason,
+    events: &EventSink,
+) {
+    seeder.remove(&file.file_id);
+    events.emit(Event::Withdrawn {
+        file_id: file.file_id,
+        reason: reason.local,
+    });
+    if let Err(e) = announce(tracker, seeder, file, AnnounceEvent::Stopped).await {
+        tracing::warn!(file_id = %file.file_id, error = %e, "could not announce that the file is withdrawn");
+    }
+}
+
+/// Announces `stopped` for what `last` announced (bounded by the client's stopped timeout).
+async fn announce_stopped(tracker: &TrackerClient, last: AnnounceRequest) {
+    let file_id = last.file_id;
+    let req = AnnounceRequest {
+        event: AnnounceEvent::Stopped,
+        ..last
+    };
+    if let Err(e) = tracker.announce(&req).await {
+        tracing::warn!(%file_id, error = %e, "could not announce stopped");
     }
 }
 

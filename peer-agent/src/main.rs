@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use torrentguard_agent::agent::{Agent, TrackerTarget, load_identity};
 use torrentguard_agent::reach::{Advertise, AdvertiseSpec};
 use torrentguard_agent::store::list_partials;
@@ -267,7 +268,10 @@ fn main() -> ExitCode {
             return ExitCode::from(report_failure(mode, &e));
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Blocking work still running (hashing a file when Ctrl-C came) must not delay the exit.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => {
             if mode == Mode::Json && code == ExitCode::from(130) {
                 print_line(
@@ -455,16 +459,16 @@ async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCo
     let mut signals = torrentguard_tracker::signals::StopSignals::install()
         .context("installing the signal handlers")?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "tracker", "url": t.url(), "fingerprint": t.fingerprint.to_string(), "data_dir": data_dir})
+        print_line(
+            &serde_json::json!({"event": "tracker", "url": t.url(), "fingerprint": t.fingerprint.to_string(), "data_dir": data_dir})
+                .to_string(),
         );
     } else {
-        println!(
+        print_line(&format!(
             "torrentguard-tracker listening on {} fingerprint {}",
             t.url(),
             t.fingerprint
-        );
+        ));
     }
     let signal = signals.recv().await;
     tracing::info!(signal, "stopping the tracker");
@@ -472,25 +476,67 @@ async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// After the first Ctrl-C, how long a stop may take before the process exits regardless (the
+/// stop itself is bounded at ~2 s; this also covers blocking work such as hashing).
+const STOP_DEADLINE: Duration = Duration::from_secs(3);
+/// Bound on stopping the embedded tracker.
+const EMBEDDED_TRACKER_STOP: Duration = Duration::from_secs(1);
+/// The exit code of an interrupted command.
+const INTERRUPTED: u8 = 130;
+
+/// Cancels `stop` on the first SIGINT/SIGTERM; a graceful, bounded stop follows. A second
+/// signal, or a stop overrunning [`STOP_DEADLINE`], exits with 130 at once.
+fn watch_interrupts(stop: CancellationToken) -> anyhow::Result<()> {
+    let mut signals = torrentguard_tracker::signals::StopSignals::install()
+        .context("installing the Ctrl-C handler")?;
+    tokio::spawn(async move {
+        signals.recv().await;
+        stop.cancel();
+        tokio::select! {
+            _ = signals.recv() => eprintln!("interrupted again: exiting now"),
+            _ = tokio::time::sleep(STOP_DEADLINE) => eprintln!("stopping took too long: exiting now"),
         }
+        std::process::exit(INTERRUPTED.into());
+    });
+    Ok(())
+}
+
+/// Cancels `to` when `from` is cancelled.
+fn forward(from: &CancellationToken, to: CancellationToken) {
+    let from = from.clone();
+    tokio::spawn(async move {
+        from.cancelled().await;
+        to.cancel();
+    });
+}
+
+/// `fut`'s output, or `None` if `stop` comes first.
+async fn unless_stopped<T>(stop: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        _ = stop.cancelled() => None,
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// One `stopped` event per file served: what it uploaded, and how many requests were answered
+/// `Busy` (deferred to another downloader holding the chunk).
+fn report_stopped(out: &Output, files: &[Arc<torrentguard_agent::seeder::SharedFile>]) {
+    let r = out.lock().unwrap_or_else(|e| e.into_inner());
+    for f in files {
+        let uploaded = f.uploaded.load(std::sync::atomic::Ordering::Relaxed);
+        r.json(&serde_json::json!({
+            "event": "stopped",
+            "file_id": f.file_id,
+            "name": f.manifest.name,
+            "uploaded": uploaded,
+            "busy_refusals": f.busy_refusals(),
+        }));
+        r.say(&format!(
+            "stopped seeding {}: uploaded {}",
+            f.manifest.name,
+            human(uploaded)
+        ));
+    }
 }
 
 fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
@@ -568,6 +614,8 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
         std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     let advertise = resolve_advertise(&args.advertise).await?;
+    let stop = CancellationToken::new();
+    watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = share_renderer(mode);
     let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
@@ -601,49 +649,115 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
         Some(t) => public_tracker_url(t.local_addr, advertise.as_ref()),
         None => (tracker.url.clone(), None),
     };
-    let agent = Agent::start(id.clone(), dir.to_path_buf(), &tracker, args.listen).await?;
+    if let Some(note) = &reach_note {
+        say(note);
+    }
+    let embedded_stop = |t: Option<torrentguard_tracker::RunningTracker>| async move {
+        if let Some(t) = t {
+            let _ = tokio::time::timeout(EMBEDDED_TRACKER_STOP, t.shutdown()).await;
+        }
+    };
+    let started = Agent::start(id.clone(), dir.to_path_buf(), &tracker, args.listen);
+    let agent = match unless_stopped(&stop, started).await {
+        Some(a) => a?,
+        None => {
+            embedded_stop(embedded).await;
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    };
     agent.seeder.set_upload_limit(args.upload_limit);
     if let Some(a) = advertise.clone() {
         agent.seeder.set_advertise(a);
     }
+    let served = serve_and_report(
+        &agent,
+        &args,
+        &tracker,
+        &public_tracker_url,
+        &events,
+        &out,
+        &stop,
+    )
+    .await;
+    if !stop.is_cancelled() && !matches!(served, Ok(Served::KeepSeeding)) {
+        // Done (self-download without --seed) or failed: leave without waiting for Ctrl-C.
+        agent.shutdown().await;
+        embedded_stop(embedded).await;
+        return served.map(Served::exit_code);
+    }
+    if matches!(served, Ok(Served::KeepSeeding)) {
+        say("seeding; press Ctrl-C to stop");
+        stop.cancelled().await;
+    }
+    say("stopping: telling peers and the tracker that we leave");
+    agent.shutdown().await;
+    report_stopped(&out, &agent.seeder.files());
+    embedded_stop(embedded).await;
+    match served {
+        Err(e) if !is_interrupted(&e) => Err(e),
+        _ => Ok(ExitCode::from(INTERRUPTED)),
+    }
+}
 
+/// How sharing went before the wait for Ctrl-C.
+enum Served {
+    /// Seed until interrupted.
+    KeepSeeding,
+    /// `--self-download` without `--seed`: exit now, with this code.
+    Done(ExitCode),
+}
+
+impl Served {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Served::KeepSeeding => ExitCode::SUCCESS,
+            Served::Done(code) => code,
+        }
+    }
+}
+
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    exit_code_of(e) == INTERRUPTED
+}
+
+/// Hashes, registers and serves every file, printing the `get` command for each, then runs the
+/// self-download if asked. Returns early (`KeepSeeding`) if `stop` fires.
+async fn serve_and_report(
+    agent: &Agent,
+    args: &ShareArgs,
+    tracker: &TrackerTarget,
+    public_tracker_url: &str,
+    events: &EventSink,
+    out: &Output,
+    stop: &CancellationToken,
+) -> anyhow::Result<Served> {
     let mut shared = Vec::new();
     for f in &args.files {
-        let s = agent.share(f, args.chunk_size, args.hash, &events).await?;
+        let hashed = agent.share(f, args.chunk_size, args.hash, events);
+        let Some(s) = unless_stopped(stop, hashed).await else {
+            return Ok(Served::KeepSeeding);
+        };
+        let s = s?;
         out.lock()
             .unwrap_or_else(|e| e.into_inner())
             .quiet_result(&s.file_id.to_string());
-        say(&format!(
+        out.lock().unwrap_or_else(|e| e.into_inner()).say(&format!(
             "get it elsewhere with:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
             s.file_id,
             public_tracker_url,
             agent.tracker.fingerprint()
         ));
-        if let Some(note) = &reach_note {
-            say(note);
-        }
         shared.push(s);
     }
-
-    let mut code = ExitCode::SUCCESS;
-    if args.self_download {
-        code = self_download(&agent, &tracker, &args, &shared, &events).await?;
-        if !args.seed {
-            agent.shutdown().await;
-            if let Some(t) = embedded {
-                t.shutdown().await.ok();
-            }
-            return Ok(code);
-        }
+    if !args.self_download {
+        return Ok(Served::KeepSeeding);
     }
-    say("seeding; press Ctrl-C to stop");
-    shutdown_signal().await;
-    say("stopping: announcing to the tracker that we leave");
-    agent.shutdown().await;
-    if let Some(t) = embedded {
-        t.shutdown().await.ok();
-    }
-    Ok(code)
+    let code = self_download(agent, tracker, args, &shared, events, stop).await?;
+    Ok(if args.seed {
+        Served::KeepSeeding
+    } else {
+        Served::Done(code)
+    })
 }
 
 async fn self_download(
@@ -652,6 +766,7 @@ async fn self_download(
     args: &ShareArgs,
     shared: &[Arc<torrentguard_agent::seeder::SharedFile>],
     events: &EventSink,
+    stop: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     // A second, throw-away identity: to the tracker and the seeder it is just another peer,
     // so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
@@ -661,7 +776,15 @@ async fn self_download(
     } else {
         "127.0.0.1:0".parse()?
     };
-    let downloader = Agent::start(other, agent.data_dir.clone(), tracker, loopback).await?;
+    let Some(downloader) = unless_stopped(
+        stop,
+        Agent::start(other, agent.data_dir.clone(), tracker, loopback),
+    )
+    .await
+    else {
+        return Err(DownloadError::Interrupted.into());
+    };
+    let downloader = downloader?;
     let tmp;
     let out_dir = match &args.output {
         Some(d) => d.clone(),
@@ -672,17 +795,20 @@ async fn self_download(
             tmp.path().to_path_buf()
         }
     };
-    let interrupt = downloader.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        shutdown_signal().await;
-        interrupt.cancel();
-    });
+    forward(stop, downloader.cancel.clone());
     let mut all_ok = true;
     for s in shared {
         let mut opts = DownloadOptions::new(out_dir.clone());
         opts.events = events.clone();
         let started = Instant::now();
-        let report = downloader.download(s.file_id, opts).await?;
+        let report = match downloader.download(s.file_id, opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Its `stopped` announces are owed whatever the error.
+                downloader.shutdown().await;
+                return Err(e.into());
+            }
+        };
         let secs = started.elapsed().as_secs_f64();
         let identical = same_content(&s.path(), &report.path)?;
         all_ok &= identical;
@@ -695,7 +821,6 @@ async fn self_download(
             seeder: agent.listen_addr(),
         });
     }
-    watcher.abort();
     downloader.shutdown().await;
     Ok(if all_ok {
         ExitCode::SUCCESS
@@ -734,18 +859,20 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     })?;
     check_writable(&args.output)?;
     let advertise = resolve_advertise(&args.advertise).await?;
+    let stop = CancellationToken::new();
+    watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
-    let agent = Agent::start(id, dir.to_path_buf(), &tracker, args.listen).await?;
+    let started = Agent::start(id, dir.to_path_buf(), &tracker, args.listen);
+    let Some(agent) = unless_stopped(&stop, started).await else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    let agent = agent?;
     agent.seeder.set_upload_limit(args.upload_limit);
     if let Some(a) = advertise {
         agent.seeder.set_advertise(a);
     }
-    let interrupt = agent.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        shutdown_signal().await;
-        interrupt.cancel();
-    });
+    forward(&stop, agent.cancel.clone());
 
     let downloads = args.ids.iter().map(|fid| {
         let mut opts = DownloadOptions::new(args.output.clone());
@@ -770,8 +897,7 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    let interrupted = agent.cancel.is_cancelled();
-    if first_err.is_none() && args.seed && !interrupted {
+    if first_err.is_none() && args.seed && !stop.is_cancelled() {
         for r in &reports {
             agent.keep_announcing(r.shared.clone(), events.clone());
             events.emit(Event::Seeding {
@@ -784,15 +910,17 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
         out.lock()
             .unwrap_or_else(|e| e.into_inner())
             .say("seeding; press Ctrl-C to stop");
-        while !agent.cancel.is_cancelled() {
-            agent.cancel.cancelled().await;
-        }
+        stop.cancelled().await;
     }
-    watcher.abort();
+    // Every end (done, failed, interrupted) leaves the swarm: `stopped` for each file announced.
     agent.shutdown().await;
+    if args.seed && first_err.is_none() {
+        let served: Vec<_> = reports.iter().map(|r| r.shared.clone()).collect();
+        report_stopped(&out, &served);
+    }
     match first_err {
         Some(e) => Err(e),
-        None if interrupted && !args.seed => Ok(ExitCode::from(130)),
+        None if stop.is_cancelled() => Ok(ExitCode::from(INTERRUPTED)),
         None => Ok(ExitCode::SUCCESS),
     }
 }

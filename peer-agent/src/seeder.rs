@@ -45,6 +45,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a chunk given to one downloader is refused (`Busy`) to the others.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After shutdown begins, how long a connection may take to finish the chunk it is writing and
+/// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.
+pub const CONNECTION_STOP_GRACE: Duration = Duration::from_millis(1000);
+/// Bound on writing a `Bye` and closing the TLS stream.
+const BYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A file this agent serves, complete or partial.
 pub struct SharedFile {
@@ -57,15 +62,29 @@ pub struct SharedFile {
     /// withdrawn rather than served.
     on_disk: Mutex<Option<(u64, SystemTime)>>,
     haves: broadcast::Sender<u32>,
-    withdrawn: AtomicBool,
+    /// Cancelled when the file is withdrawn, so the connections serving it and its announcer
+    /// react at once; `withdraw_reason` says why.
+    withdrawn: CancellationToken,
+    withdraw_reason: Mutex<Option<WithdrawReason>>,
     swarm: Mutex<SwarmCache>,
     swarm_refresh: tokio::sync::Mutex<()>,
     /// Signalled when a refresh finds members we did not know (a download of this file may
     /// want to fetch from them).
     swarm_grew: tokio::sync::Notify,
-    /// Which connection was last given each recently requested chunk, and when.
+    /// Which connection was last given each recently requested chunk, and when. A connection's
+    /// claims are removed when it ends ([`ClaimsGuard`]).
     claims: Mutex<HashMap<u32, (u64, Instant)>>,
     pub uploaded: AtomicU64,
+    /// Requests answered `Busy` because another connection held a claim.
+    busy_refusals: AtomicU64,
+}
+
+/// Why a shared file was withdrawn: in full for the local user, and without local paths for
+/// the peers it is told to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithdrawReason {
+    pub local: String,
+    pub remote: String,
 }
 
 impl std::fmt::Debug for SharedFile {
@@ -122,12 +141,14 @@ impl SharedFile {
             have: RwLock::new(have),
             on_disk: Mutex::new(on_disk),
             haves: broadcast::channel(1024).0,
-            withdrawn: AtomicBool::new(false),
+            withdrawn: CancellationToken::new(),
+            withdraw_reason: Mutex::new(None),
             swarm: Mutex::new(SwarmCache::default()),
             swarm_refresh: tokio::sync::Mutex::new(()),
             swarm_grew: tokio::sync::Notify::new(),
             claims: Mutex::new(HashMap::new()),
             uploaded: AtomicU64::new(0),
+            busy_refusals: AtomicU64::new(0),
         })
     }
 
@@ -158,32 +179,68 @@ impl SharedFile {
     }
 
     pub fn is_withdrawn(&self) -> bool {
-        self.withdrawn.load(Ordering::Relaxed)
+        self.withdrawn.is_cancelled()
+    }
+
+    /// Resolves once the file is withdrawn.
+    pub async fn withdrawal(&self) {
+        self.withdrawn.cancelled().await
+    }
+
+    /// Why the file was withdrawn, once it is.
+    pub fn withdraw_reason(&self) -> Option<WithdrawReason> {
+        self.withdraw_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many requests were answered `Busy` (another downloader held a claim on the chunk).
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy_refusals.load(Ordering::Relaxed)
     }
 
     /// Checks that a complete file still has the size and modification time it was shared
     /// with; withdraws it (and says why) if not.
-    pub fn check_unchanged(&self) -> Result<(), String> {
-        if self.is_withdrawn() {
-            return Err("withdrawn".into());
+    pub fn check_unchanged(&self) -> Result<(), WithdrawReason> {
+        if let Some(reason) = self.withdraw_reason() {
+            return Err(reason);
         }
         let Some((len, mtime)) = *self.on_disk.lock().unwrap_or_else(|e| e.into_inner()) else {
             return Ok(());
         };
         let path = self.path();
         let now = std::fs::metadata(&path).map(|m| (m.len(), m.modified().ok()));
-        let reason = match now {
+        let (local, remote) = match now {
             Ok((l, Some(t))) if l == len && t == mtime => return Ok(()),
-            Ok((l, _)) if l != len => {
-                format!("{} changed size ({len} → {l} bytes)", path.display())
-            }
-            Ok(_) => format!("{} was modified after it was shared", path.display()),
-            Err(e) => format!("{}: {e}", path.display()),
+            Ok((l, _)) if l != len => (
+                format!("{} changed size ({len} → {l} bytes)", path.display()),
+                format!("it changed size on the seeder's disk ({len} → {l} bytes)"),
+            ),
+            Ok(_) => (
+                format!("{} was modified after it was shared", path.display()),
+                "it changed on the seeder's disk after it was shared".to_string(),
+            ),
+            Err(e) => (
+                format!("{}: {e}", path.display()),
+                "it changed on the seeder's disk and can no longer be read".to_string(),
+            ),
         };
-        if !self.withdrawn.swap(true, Ordering::Relaxed) {
-            tracing::warn!(file_id = %self.file_id, %reason, "withdrawing shared file: it no longer matches its manifest");
+        Err(self.withdraw(WithdrawReason { local, remote }))
+    }
+
+    /// Withdraws the file (the first reason given wins) and returns the reason in force.
+    fn withdraw(&self, reason: WithdrawReason) -> WithdrawReason {
+        let mut slot = self
+            .withdraw_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let reason = slot.get_or_insert(reason).clone();
+        if !self.withdrawn.is_cancelled() {
+            tracing::warn!(file_id = %self.file_id, reason = %reason.local, "withdrawing shared file: it no longer matches its manifest");
+            self.withdrawn.cancel();
         }
-        Err(reason)
+        reason
     }
 
     /// Whether connection `conn` may be sent chunk `i` now. Not if another connection was
@@ -197,12 +254,24 @@ impl SharedFile {
             claims.retain(|_, (_, t)| now.duration_since(*t) < CLAIM_WINDOW);
         }
         match claims.get(&i) {
-            Some((other, t)) if *other != conn && now.duration_since(*t) < CLAIM_WINDOW => false,
+            Some((other, t)) if *other != conn && now.duration_since(*t) < CLAIM_WINDOW => {
+                self.busy_refusals.fetch_add(1, Ordering::Relaxed);
+                false
+            }
             _ => {
                 claims.insert(i, (conn, now));
                 true
             }
         }
+    }
+
+    /// Drops every claim of connection `conn`: a downloader that left passes nothing on, so
+    /// nobody may be told to wait for it.
+    fn release_claims(&self, conn: u64) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (holder, _)| *holder != conn);
     }
 
     /// Resolves when the swarm is found to have grown (see `admits`).
@@ -378,7 +447,8 @@ impl Seeder {
         self.upload_limit.store(bytes_per_sec, Ordering::Relaxed);
     }
 
-    /// Waits until `len` more bytes fit under the upload limit.
+    /// Waits until `len` more bytes fit under the upload limit. Cancel-safe: a stop cut into
+    /// the wait just leaves the bytes unsent.
     async fn pace(&self, len: usize) {
         let limit = self.upload_limit.load(Ordering::Relaxed);
         if limit == 0 {
@@ -399,13 +469,15 @@ impl Seeder {
         self.corrupt.store(on, Ordering::Relaxed);
     }
 
-    /// Stops accepting and waits for connections to end.
+    /// Stops accepting and waits for connections to end: each finishes or abandons its chunk
+    /// and says `Bye` within [`CONNECTION_STOP_GRACE`], or is dropped.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         for f in self.files() {
-            tracing::info!(file_id = %f.file_id, uploaded = f.uploaded.load(Ordering::Relaxed), size = f.manifest.size, "stopped serving");
+            tracing::info!(file_id = %f.file_id, uploaded = f.uploaded.load(Ordering::Relaxed),
+                busy_refusals = f.busy_refusals(), size = f.manifest.size, "stopped serving");
         }
     }
 
@@ -432,10 +504,22 @@ impl Seeder {
             };
             let s = self.clone();
             let acceptor = acceptor.clone();
+            let stopping = self.cancel.clone();
             self.tasks.spawn(async move {
                 let _permit = permit;
-                if let Err(e) = s.serve(tcp, addr, acceptor).await {
-                    tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                // The connection reacts to the stop itself (Bye); this bounds whatever it might
+                // still be blocked on (a handshake, a peer that reads nothing).
+                let grace_over = async {
+                    stopping.cancelled().await;
+                    tokio::time::sleep(CONNECTION_STOP_GRACE).await;
+                };
+                tokio::select! {
+                    r = s.serve(tcp, addr, acceptor) => if let Err(e) = r {
+                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                    },
+                    _ = grace_over => {
+                        tracing::debug!(peer = %addr, "peer connection dropped at shutdown");
+                    }
                 }
             });
         }
@@ -496,9 +580,13 @@ impl Seeder {
             anyhow::bail!("peer not in swarm");
         }
         if let Err(reason) = file.check_unchanged() {
-            write_frame(&mut wr, &bye("file withdrawn"), &mut scratch).await?;
-            anyhow::bail!("file withdrawn: {reason}");
+            say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
+            anyhow::bail!("file withdrawn: {}", reason.local);
         }
+        let _claims = ClaimsGuard {
+            file: file.clone(),
+            conn: conn_id,
+        };
         let m = file.manifest.clone();
         let mut haves = file.haves.subscribe();
         write_frame(
@@ -558,9 +646,12 @@ impl Seeder {
                             continue;
                         }
                         _ = self.cancel.cancelled() => {
-                            write_frame(&mut wr, &Frame::Bye { reason: 0, text: "seeder shutting down".into() }, &mut scratch).await.ok();
-                            wr.shutdown().await.ok();
+                            say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
                             return Ok(());
+                        }
+                        _ = file.withdrawal() => {
+                            say_bye(&mut wr, &mut scratch, 1, &withdrawn_text_of(file.withdraw_reason())).await;
+                            anyhow::bail!("file withdrawn");
                         }
                     }
                 } else {
@@ -619,20 +710,18 @@ impl Seeder {
                     other => anyhow::bail!("unexpected {} frame from a downloader", other.name()),
                 }
             }
+            // Between chunks: a stop or a change on disk ends the connection with a reason,
+            // however many requests the peer keeps queued.
+            if self.cancel.is_cancelled() {
+                say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
+                return Ok(());
+            }
+            // The flag, not a stat per chunk: the announcer stats the file every few seconds.
+            if let Some(reason) = file.withdraw_reason() {
+                say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
+                anyhow::bail!("file withdrawn: {}", reason.local);
+            }
             if let Some(i) = queue.pop_front() {
-                if file.is_withdrawn() {
-                    write_frame(
-                        &mut wr,
-                        &Frame::Bye {
-                            reason: 1,
-                            text: "file withdrawn".into(),
-                        },
-                        &mut scratch,
-                    )
-                    .await
-                    .ok();
-                    anyhow::bail!("file withdrawn");
-                }
                 self.send_chunk(&file, i, &mut wr).await?;
             }
         }
@@ -646,12 +735,17 @@ impl Seeder {
     ) -> anyhow::Result<()> {
         let m = &file.manifest;
         let len = m.chunk_len(i) as usize;
-        self.pace(len).await;
-        let _slot = self
-            .upload_slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        // Waits for the pacer and a slot give way to a stop or a withdrawal: the chunk is
+        // abandoned unsent and the caller says `Bye`.
+        let slot = async {
+            self.pace(len).await;
+            self.upload_slots.acquire().await
+        };
+        let _slot = tokio::select! {
+            s = slot => s.expect("semaphore never closed"),
+            _ = self.cancel.cancelled() => return Ok(()),
+            _ = file.withdrawal() => return Ok(()),
+        };
         let offset = m.chunk_offset(i);
         let mut buf = self.pool.take();
         buf.resize(CHUNK_HEADER_LEN + len, 0);
@@ -675,6 +769,48 @@ impl Seeder {
         file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
         self.pool.give(buf);
         Ok(())
+    }
+}
+
+const SHUTTING_DOWN: &str = "seeder shutting down";
+
+fn withdrawn_text(reason: &WithdrawReason) -> String {
+    format!("file withdrawn: {}", reason.remote)
+}
+
+fn withdrawn_text_of(reason: Option<WithdrawReason>) -> String {
+    reason.map_or_else(|| "file withdrawn".to_string(), |r| withdrawn_text(&r))
+}
+
+/// Tells the peer why we close, then closes the TLS stream. Bounded: a peer that reads
+/// nothing must not hold up a stop.
+async fn say_bye<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    scratch: &mut BytesMut,
+    reason: u8,
+    text: &str,
+) {
+    let bye = Frame::Bye {
+        reason,
+        text: text.to_string(),
+    };
+    let _ = tokio::time::timeout(BYE_TIMEOUT, async {
+        write_frame(wr, &bye, scratch).await?;
+        wr.flush().await?;
+        wr.shutdown().await
+    })
+    .await;
+}
+
+/// Removes a connection's claims when it ends, however it ends.
+struct ClaimsGuard {
+    file: Arc<SharedFile>,
+    conn: u64,
+}
+
+impl Drop for ClaimsGuard {
+    fn drop(&mut self) {
+        self.file.release_claims(self.conn);
     }
 }
 
@@ -708,12 +844,7 @@ mod tests {
 
     #[test]
     fn a_chunk_given_to_one_downloader_is_busy_for_the_others_for_a_while() {
-        let data = vec![5u8; 100_000];
-        let m = Arc::new(
-            manifest_from_reader("f", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
-        );
-        let file = tempfile::tempfile().unwrap();
-        let shared = SharedFile::partial(m, PathBuf::from("f"), Arc::new(file), Bitfield::new(7));
+        let shared = small_shared();
         assert!(shared.claim(3, 1), "first asker gets it");
         assert!(
             shared.claim(3, 1),
@@ -728,5 +859,65 @@ mod tests {
             .unwrap()
             .insert(3, (1, Instant::now() - CLAIM_WINDOW));
         assert!(shared.claim(3, 2));
+        assert_eq!(shared.busy_refusals(), 1);
+    }
+
+    fn small_shared() -> Arc<SharedFile> {
+        let data = vec![5u8; 100_000];
+        let m = Arc::new(
+            manifest_from_reader("f", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
+        );
+        let file = tempfile::tempfile().unwrap();
+        SharedFile::partial(m, PathBuf::from("f"), Arc::new(file), Bitfield::new(7))
+    }
+
+    #[test]
+    fn claims_die_with_their_connection() {
+        let shared = small_shared();
+        assert!(shared.claim(0, 1));
+        assert!(shared.claim(1, 1));
+        assert!(shared.claim(2, 3));
+        {
+            let _gone = ClaimsGuard {
+                file: shared.clone(),
+                conn: 1,
+            };
+        }
+        // Connection 1 left: its chunks are served to the next downloader at once.
+        assert!(shared.claim(0, 2));
+        assert!(shared.claim(1, 2));
+        // Another live connection's claim still stands.
+        assert!(!shared.claim(2, 2));
+        assert_eq!(shared.busy_refusals(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_withdrawn_with_a_reason_free_of_local_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.bin");
+        let data = vec![9u8; 50_000];
+        std::fs::write(&path, &data).unwrap();
+        let m = Arc::new(
+            manifest_from_reader("shared.bin", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
+        );
+        let f = SharedFile::complete(m, path.clone(), File::open(&path).unwrap()).unwrap();
+        assert!(f.check_unchanged().is_ok());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, b"x"))
+            .unwrap();
+        let reason = f.check_unchanged().unwrap_err();
+        assert!(reason.local.contains("shared.bin"), "{reason:?}");
+        assert!(
+            !reason.remote.contains(dir.path().to_str().unwrap()),
+            "{reason:?}"
+        );
+        assert!(reason.remote.contains("changed size"), "{reason:?}");
+        // Whoever waits on the withdrawal wakes, and the first reason stays.
+        tokio::time::timeout(Duration::from_secs(5), f.withdrawal())
+            .await
+            .unwrap();
+        assert_eq!(f.withdraw_reason(), Some(reason));
     }
 }

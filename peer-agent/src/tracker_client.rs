@@ -7,6 +7,7 @@
 //! consults both: another name for a known address (`localhost` for `127.0.0.1`) can therefore
 //! never bring a new identity in silently.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::Fingerprint;
 use torrentguard_protocol::api::{
-    API_PREFIX, AnnounceRequest, AnnounceResponse, ErrorBody, FilePeers, FileSummary, Health, Page,
-    PeerSummary, RegisterResponse,
+    API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, ErrorBody, FilePeers,
+    FileSummary, Health, Page, PeerSummary, RegisterResponse,
 };
 use torrentguard_protocol::{FileId, Manifest, ManifestError};
 use torrentguard_tracker::identity::{Identity, write_atomically};
@@ -107,7 +108,14 @@ pub struct TrackerClient {
     token: Option<String>,
     /// The re-announce interval from the tracker's latest answer, in seconds.
     interval_secs: Arc<std::sync::atomic::AtomicU64>,
+    /// Every file this client announced and has not yet announced `stopped` for, with the last
+    /// request sent: whatever way an agent ends, it owes the tracker a `stopped` for each.
+    announced: Arc<Mutex<HashMap<FileId, AnnounceRequest>>>,
 }
+
+/// Longest wait for a `stopped` announce: it is sent while stopping, and the tracker may be
+/// unreachable.
+pub const STOPPED_ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Re-announce interval assumed until the tracker has said otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -200,6 +208,7 @@ impl TrackerClient {
             interval_secs: Arc::new(std::sync::atomic::AtomicU64::new(
                 DEFAULT_ANNOUNCE_INTERVAL.as_secs(),
             )),
+            announced: Arc::new(Mutex::new(HashMap::new())),
         };
         // Prove the pin now, so a wrong tracker fails with a clear message up front.
         if let Err(e) = client.health().await {
@@ -320,13 +329,36 @@ impl TrackerClient {
         Ok(m)
     }
 
+    /// Announces `req`. Files announced are remembered until a `stopped` for them succeeds
+    /// (see [`TrackerClient::announced`]); a `stopped` gives up after
+    /// [`STOPPED_ANNOUNCE_TIMEOUT`].
     pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
-        let resp: AnnounceResponse = self.post("announce", req).await?;
+        let stopping = req.event == AnnounceEvent::Stopped;
+        let mut http = self.http.post(self.api("announce")).json(req);
+        if stopping {
+            http = http.timeout(STOPPED_ANNOUNCE_TIMEOUT);
+        } else {
+            // Noted before sending: a request that times out here may still reach the tracker.
+            self.announced_files().insert(req.file_id, req.clone());
+        }
+        let resp: AnnounceResponse = self.send(http).await?;
+        if stopping {
+            self.announced_files().remove(&req.file_id);
+        }
         self.interval_secs.store(
             resp.interval_secs.clamp(1, 3600),
             std::sync::atomic::Ordering::Relaxed,
         );
         Ok(resp)
+    }
+
+    fn announced_files(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, AnnounceRequest>> {
+        self.announced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last announce of every file announced and not yet `stopped`.
+    pub fn announced(&self) -> Vec<AnnounceRequest> {
+        self.announced_files().values().cloned().collect()
     }
 
     /// How often the tracker wants to hear from us, as of its latest answer.
