@@ -269,3 +269,33 @@ fn durations_parse() {
         assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
     }
 }
+
+/// Issue 9 (sparse): a source that is mostly holes downloads into a file that is mostly holes:
+/// all-zero chunks are verified but never written into the fresh `.part`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_source_stays_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, data) = s.write("s.bin", 2);
+    let size = 256 * CHUNK as u64;
+    {
+        let f = File::options().write(true).open(&src).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(&data[..100], size - 100).unwrap();
+    }
+    let (id, _) = s.share(&seeder, &src).await;
+    let leecher = s.agent("leecher").await;
+    let (o, _rx) = opts(s.out());
+    let r = within(leecher.download(id, o)).await.unwrap();
+    assert_eq!(
+        std::fs::read(&r.path).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert_eq!(r.chunks_fetched, 256);
+    let allocated = std::fs::metadata(&r.path).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 8 * CHUNK as u64,
+        "{allocated} bytes allocated for 3 chunks of data in {size}"
+    );
+}
