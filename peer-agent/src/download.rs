@@ -295,6 +295,7 @@ pub async fn download(
         }
     };
     let store = Arc::new(opened.store);
+    let _release = ReleaseLock(store.clone());
     let have = opened.have;
     let reused = have.count();
     if opened.discarded > 0 {
@@ -412,6 +413,16 @@ pub async fn download(
     };
     emit_completed(&opts.events, &report);
     Ok(report)
+}
+
+/// Releases the `.part` lock when `download` returns, however it ends, even if a blocking task
+/// still holds the store for a moment: a rerun in this process may start at once.
+struct ReleaseLock(Arc<ChunkStore>);
+
+impl Drop for ReleaseLock {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
 }
 
 fn emit_completed(events: &EventSink, r: &DownloadReport) {

@@ -144,9 +144,7 @@ pub struct ChunkStore {
 
 impl Drop for ChunkStore {
     fn drop(&mut self) {
-        // Other holders of the same descriptor (a seeder connection still serving a chunk)
-        // only read; the next download may take the file over now.
-        let _ = self.file.unlock();
+        self.unlock();
     }
 }
 
@@ -334,6 +332,13 @@ impl ChunkStore {
 
     pub fn file(&self) -> Arc<File> {
         self.file.clone()
+    }
+
+    /// Releases the `.part` lock. Other holders of the same descriptor (a seeder connection
+    /// still serving a chunk, a verification finishing) only read it or write verified bytes
+    /// where they belong; the next download may take the file over now.
+    pub fn unlock(&self) {
+        let _ = self.file.unlock();
     }
 
     pub fn manifest(&self) -> &Arc<Manifest> {

@@ -14,8 +14,9 @@ pub(super) struct OrderedHasher {
 
 impl OrderedHasher {
     pub(super) fn start(file: Arc<File>, m: Arc<Manifest>) -> Self {
-        // Indices are small: a deep queue keeps writers from ever waiting on the hasher.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(65536);
+        // Indices are small: a deep queue keeps writers from waiting on the hasher, which
+        // only falls behind while it reads and hashes a long contiguous run.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(4096);
         let handle = std::thread::Builder::new()
             .name("file-hasher".into())
             .spawn(move || {
