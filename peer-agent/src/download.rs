@@ -48,6 +48,8 @@ pub const BAN_THRESHOLD: u32 = 10;
 const BAD_CHUNK_PENALTY: u32 = 5;
 const STALL_PENALTY: u32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two `waiting` events with the same reason.
+const WAITING_REPEAT: Duration = Duration::from_secs(5);
 /// Read buffer between the socket and TLS on the receiving side.
 const SOCKET_READ_BUFFER: usize = 256 * 1024;
 /// Chunks being hashed/written per connection while the next ones are read.
@@ -449,14 +451,6 @@ async fn already_complete(
     started: Instant,
 ) -> Result<DownloadReport, DownloadError> {
     let n = manifest.chunk_count();
-    opts.events.emit(Event::Started {
-        file_id: manifest.file_id(),
-        name: manifest.name.clone(),
-        size: manifest.size,
-        chunks_total: n,
-        chunks_have: n,
-        discarded: 0,
-    });
     let shared = SharedFile::complete(manifest.clone(), path.clone(), file).map_err(|source| {
         DownloadError::Write {
             path: path.clone(),
@@ -614,6 +608,7 @@ async fn run_swarm(
     let mut bans = 0u32;
     // Say why we wait after an announce, or when the last connected peer drops.
     let mut report_waiting = false;
+    let mut last_waiting: Option<(String, Instant)> = None;
     let mut stall = StallClock::new(sh.bytes_done.load(Ordering::Relaxed), opts.timeout);
 
     loop {
@@ -692,14 +687,22 @@ async fn run_swarm(
             });
         }
         if connected.is_empty() && std::mem::take(&mut report_waiting) {
-            let wait = next_announce.saturating_duration_since(Instant::now());
             let peers = peer_problems(&known, &records, own);
-            sh.events.emit(Event::Waiting {
-                file_id: sh.file_id,
-                reason: waiting_reason(&peers),
-                retry_in_secs: wait.as_secs().max(1),
-                peers,
-            });
+            let reason = waiting_reason(&peers);
+            // A new reason at once; the same one again only every few seconds.
+            if last_waiting
+                .as_ref()
+                .is_none_or(|(r, t)| *r != reason || t.elapsed() >= WAITING_REPEAT)
+            {
+                last_waiting = Some((reason.clone(), Instant::now()));
+                let wait = next_announce.saturating_duration_since(Instant::now());
+                sh.events.emit(Event::Waiting {
+                    file_id: sh.file_id,
+                    reason,
+                    retry_in_secs: wait.as_secs().max(1),
+                    peers,
+                });
+            }
         }
 
         let next_retry = records

@@ -275,6 +275,11 @@ async fn peer_session(
                         anyhow::bail!("unexpected {} frame", other.name());
                     }
                 },
+                // A peer killed mid-session: rustls reports the missing close_notify with a
+                // link to its manual; the user needs only to know the connection dropped.
+                Some(Err(WireError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    anyhow::bail!("connection dropped by the peer (no orderly close)")
+                }
                 Some(Err(e)) => anyhow::bail!("{e}"),
                 None => anyhow::bail!("connection closed"),
             },
