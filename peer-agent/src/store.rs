@@ -28,6 +28,10 @@ pub enum StoreError {
     )]
     Exists { path: PathBuf, detail: String },
     #[error(
+        "{part} holds a partial download of another file of the same name ({other}); download into another -o directory, or pass --force to discard it"
+    )]
+    OtherPartial { part: PathBuf, other: FileId },
+    #[error(
         "{0} is being written by another download (it is locked); wait for that one to finish, or download into another -o directory"
     )]
     Locked(PathBuf),
@@ -225,6 +229,15 @@ impl ChunkStore {
                 }
             }
         };
+        // A partial download of another file of this name is not lost silently.
+        if let Claimed::Other(other) = read_state(&paths.state, &manifest.file_id(), &manifest)
+            && !force
+        {
+            return Err(StoreError::OtherPartial {
+                part: paths.part,
+                other,
+            });
+        }
         let (store, mut have, discarded) = Self::open_part(paths, manifest.clone())?;
         let mut from_existing = 0;
         if let Some(e) = existing {
@@ -271,7 +284,14 @@ impl ChunkStore {
             source,
         })?;
         let file_id = manifest.file_id();
-        let claimed = read_state(&paths.state, &file_id, &manifest);
+        let claimed = match read_state(&paths.state, &file_id, &manifest) {
+            Claimed::Chunks(c) => Some(c),
+            Claimed::Nothing => None,
+            Claimed::Other(other) => {
+                tracing::warn!(path = %paths.part.display(), %other, "--force: discarding the partial download of another file");
+                None
+            }
+        };
         let store = ChunkStore {
             paths,
             file: Arc::new(file),
@@ -467,24 +487,34 @@ fn check_existing(path: &Path, m: &Manifest, stop_early: bool) -> Result<Existin
     Ok(existing)
 }
 
-fn read_state(path: &Path, id: &FileId, m: &Manifest) -> Option<Bitfield> {
-    let bytes = fs::read(path).ok()?;
+/// What a state file says.
+enum Claimed {
+    /// No usable state: every chunk is fetched.
+    Nothing,
+    Chunks(Bitfield),
+    /// The state of a partial download of another file with the same name.
+    Other(FileId),
+}
+
+fn read_state(path: &Path, id: &FileId, m: &Manifest) -> Claimed {
+    let Ok(bytes) = fs::read(path) else {
+        return Claimed::Nothing;
+    };
     let s: StateFile = match serde_json::from_slice(&bytes) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file; every chunk will be fetched");
-            return None;
+            return Claimed::Nothing;
         }
     };
-    if s.version != 1
-        || s.file_id != *id
-        || s.chunk_count != m.chunk_count()
-        || s.chunk_size != m.chunk_size
-    {
-        tracing::warn!(path = %path.display(), "state file belongs to another file; ignoring it");
-        return None;
+    if s.file_id != *id {
+        return Claimed::Other(s.file_id);
     }
-    Bitfield::from_base64(&s.verified, m.chunk_count()).ok()
+    if s.version != 1 || s.chunk_count != m.chunk_count() || s.chunk_size != m.chunk_size {
+        tracing::warn!(path = %path.display(), "state file does not fit the manifest; ignoring it");
+        return Claimed::Nothing;
+    }
+    Bitfield::from_base64(&s.verified, m.chunk_count()).map_or(Claimed::Nothing, Claimed::Chunks)
 }
 
 /// Summary of a partial download found in a directory, for `status`.
@@ -744,5 +774,28 @@ mod tests {
         );
         o.store.finish(false).unwrap();
         assert_eq!(fs::read(dir.path().join("f.bin")).unwrap(), bytes);
+    }
+
+    /// Issue 9: the `.part` of another file with the same name (an interrupted download of
+    /// another id) is not taken over silently: refused, nothing touched; `--force` discards it.
+    #[test]
+    fn a_partial_of_another_file_is_refused_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (data(40_000), data(50_000));
+        let (ma, mb) = (manifest(&a), manifest(&b));
+        let o = partial(ChunkStore::open(dir.path(), ma.clone(), false));
+        o.store.write_chunk(0, &a[..16384]).unwrap();
+        let mut have = o.have;
+        have.set(0);
+        o.store.save_state(&have).unwrap();
+        drop(o.store);
+        let Err(err) = ChunkStore::open(dir.path(), mb.clone(), false) else {
+            panic!("another file's partial was taken over");
+        };
+        assert!(matches!(err, StoreError::OtherPartial { .. }), "{err}");
+        assert!(err.to_string().contains(&ma.file_id().to_string()), "{err}");
+        assert_eq!(list_partials(dir.path())[0].file_id, ma.file_id());
+        let o = partial(ChunkStore::open(dir.path(), mb.clone(), true));
+        assert_eq!(o.have.count(), 0);
     }
 }
