@@ -140,17 +140,19 @@ pub struct DownloadReport {
 }
 
 /// Fetches the manifests of `ids` and checks that no two of them would share an output,
-/// `.part` or state file in one directory: before anything is downloaded.
+/// `.part` or state file in one directory: before anything is downloaded. A manifest that
+/// cannot be fetched is `None` here; its own download reports why, and the others go on.
 pub async fn fetch_manifests(
     tracker: &TrackerClient,
     ids: &[FileId],
-) -> Result<Vec<Arc<Manifest>>, DownloadError> {
-    let manifests = futures::future::try_join_all(ids.iter().map(|id| tracker.manifest(id)))
-        .await?
+) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
+    let manifests: Vec<_> = futures::future::join_all(ids.iter().map(|id| tracker.manifest(id)))
+        .await
         .into_iter()
-        .map(Arc::new)
-        .collect::<Vec<_>>();
-    check_distinct_outputs(&manifests)?;
+        .map(|r| r.ok().map(Arc::new))
+        .collect();
+    let known: Vec<_> = manifests.iter().flatten().cloned().collect();
+    check_distinct_outputs(&known)?;
     Ok(manifests)
 }
 

@@ -626,7 +626,7 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
         opts.force = args.force;
         opts.max_peers = args.max_peers;
         opts.timeout = args.timeout;
-        opts.manifest = Some(manifest);
+        opts.manifest = manifest;
         opts.events = events.clone();
         agent.download(*fid, opts)
     });

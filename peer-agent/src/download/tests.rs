@@ -299,3 +299,20 @@ async fn sparse_source_stays_sparse() {
         "{allocated} bytes allocated for 3 chunks of data in {size}"
     );
 }
+
+/// The name check before a multi-id `get` does not turn one unknown id into a failure of the
+/// others: its manifest is `None` and its own download reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_id_does_not_stop_the_name_check() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, _) = s.write("k.bin", 2);
+    let (id, m) = s.share(&seeder, &src).await;
+    let unknown: FileId = "ab".repeat(32).parse().unwrap();
+    let got = within(fetch_manifests(&seeder.tracker, &[id, unknown]))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].as_deref(), Some(&*m));
+    assert!(got[1].is_none());
+}
