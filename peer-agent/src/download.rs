@@ -657,13 +657,16 @@ async fn run_swarm(
                 Err(e) => return Err(e.into()),
             }
             // Re-announce on the tracker's interval, sooner at first (1, 2, 4 … s) so peers
-            // that started with us are found in seconds, not after a whole interval.
-            next_announce = Instant::now() + waiting_backoff.min(announce_interval);
-            waiting_backoff = (waiting_backoff * 2).min(if connected.is_empty() {
-                opts.max_retry_interval
+            // that started with us are found in seconds, not after a whole interval; and while
+            // no peer is connected, within `max_retry_interval` however long we were connected
+            // before, so a seeder that appears is used within seconds.
+            let cap = if connected.is_empty() {
+                opts.max_retry_interval.min(announce_interval)
             } else {
                 announce_interval
-            });
+            };
+            next_announce = Instant::now() + waiting_backoff.min(cap);
+            waiting_backoff = (waiting_backoff * 2).min(cap);
             report_waiting = true;
         }
         // Connect to every usable peer we are not connected to.

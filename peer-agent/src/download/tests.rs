@@ -19,13 +19,17 @@ struct Swarm {
 
 impl Swarm {
     async fn new() -> Swarm {
+        Swarm::with_interval(Duration::from_secs(1)).await
+    }
+
+    async fn with_interval(interval: Duration) -> Swarm {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = torrentguard_tracker::TrackerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             dir.path().join("tracker"),
         );
-        cfg.announce_interval = Duration::from_secs(1);
-        cfg.peer_ttl = Duration::from_secs(30);
+        cfg.announce_interval = interval;
+        cfg.peer_ttl = interval * 2 + Duration::from_secs(30);
         let tracker = torrentguard_tracker::start(cfg).await.unwrap();
         Swarm { tracker, dir }
     }
@@ -315,4 +319,50 @@ async fn an_unknown_id_does_not_stop_the_name_check() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].as_deref(), Some(&*m));
     assert!(got[1].is_none());
+}
+
+/// Issue 9: when its only seeder goes, a download asks the tracker again within ~5 s however
+/// long the tracker's announce interval, so a seeder that appears meanwhile is used at once
+/// (here the interval is 10 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_seeder_is_found_within_seconds_after_the_last_one_left() {
+    let s = Swarm::with_interval(Duration::from_secs(600)).await;
+    let a = s.agent("a").await;
+    a.seeder.set_upload_limit(200_000);
+    let (src, data) = s.write("n.bin", 64);
+    let (id, _) = s.share(&a, &src).await;
+    let leecher = s.agent("leecher").await;
+    let (o, mut rx) = opts(s.out());
+    let dl = tokio::spawn(async move {
+        let r = leecher.download(id, o).await;
+        (leecher, r)
+    });
+    while let Some(e) = within(rx.recv()).await {
+        if matches!(e, Event::Progress { chunks_done, .. } if chunks_done >= 3) {
+            break;
+        }
+    }
+    a.seeder.shutdown().await;
+    while let Some(e) = within(rx.recv()).await {
+        if matches!(e, Event::Waiting { .. }) {
+            break;
+        }
+    }
+    let b = s.agent("b").await;
+    s.share(&b, &src).await;
+    // Two of the ~5 s retry periods, far below the tracker's 600 s interval.
+    let (_leecher, r) = tokio::time::timeout(Duration::from_secs(12), dl)
+        .await
+        .expect("the new seeder was not used within 12 s")
+        .unwrap();
+    assert_eq!(std::fs::read(&r.unwrap().path).unwrap(), data);
+}
+
+/// Issue 9: by default a download without usable peers asks again at least every 5 s (it was
+/// 30 s), reconnects included.
+#[test]
+fn waiting_retries_are_at_most_five_seconds_by_default() {
+    let o = DownloadOptions::new(PathBuf::from("."));
+    assert!(o.max_retry_interval <= Duration::from_secs(5));
+    assert_eq!(o.timeout, None, "no timeout unless asked");
 }
