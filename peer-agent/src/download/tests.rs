@@ -177,7 +177,8 @@ async fn existing_output_identical_different_and_forced() {
 async fn a_second_download_into_the_same_part_is_refused() {
     let s = Swarm::new().await;
     let seeder = s.agent("seeder").await;
-    seeder.seeder.set_upload_limit(1_000_000);
+    // ≈ 2 s for the file: the second download starts well before the first can finish.
+    seeder.seeder.set_upload_limit(500_000);
     let (src, data) = s.write("l.bin", 64);
     let (id, _) = s.share(&seeder, &src).await;
     let first = s.agent("first").await;
