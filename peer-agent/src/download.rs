@@ -26,21 +26,21 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest, PeerInfo};
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
-use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest};
+use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest, sanitize_name};
 use torrentguard_tracker::identity::Identity;
 
 use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::events::{Event, EventSink};
 use crate::picker::Picker;
 use crate::seeder::{Seeder, SharedFile};
-use crate::store::{ChunkStore, StoreError};
+use crate::store::{ChunkStore, Opened, StoreError};
 use crate::tls::{peer_client_config, peer_server_name};
 use crate::tracker_client::{TrackerClient, TrackerError};
 
 mod ordered_hash;
 mod peer;
 
-use ordered_hash::{OrderedHasher, Piece};
+use ordered_hash::OrderedHasher;
 use peer::run_peer;
 
 /// Penalty points at which a peer is dropped for the rest of the download.
@@ -48,6 +48,8 @@ pub const BAN_THRESHOLD: u32 = 10;
 const BAD_CHUNK_PENALTY: u32 = 5;
 const STALL_PENALTY: u32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two `waiting` events with the same reason.
+const WAITING_REPEAT: Duration = Duration::from_secs(5);
 /// Read buffer between the socket and TLS on the receiving side.
 const SOCKET_READ_BUFFER: usize = 256 * 1024;
 /// Chunks being hashed/written per connection while the next ones are read.
@@ -61,8 +63,13 @@ pub struct DownloadOptions {
     pub max_peers: usize,
     /// A peer with requests out that sends nothing for this long is stalled.
     pub stall_timeout: Duration,
-    /// Longest wait between re-announces while looking for peers.
+    /// Longest wait between re-announces (and reconnects) while no peer is usable: a seeder
+    /// that appears is found within it.
     pub max_retry_interval: Duration,
+    /// Give up when no verified byte has arrived for this long (`get --timeout`).
+    pub timeout: Option<Duration>,
+    /// The manifest, if the caller fetched it already (it is checked against the id).
+    pub manifest: Option<Arc<Manifest>>,
     pub events: EventSink,
 }
 
@@ -73,7 +80,9 @@ impl DownloadOptions {
             force: false,
             max_peers: 32,
             stall_timeout: Duration::from_secs(20),
-            max_retry_interval: Duration::from_secs(30),
+            max_retry_interval: Duration::from_secs(5),
+            timeout: None,
+            manifest: None,
             events: EventSink::none(),
         }
     }
@@ -101,6 +110,19 @@ pub enum DownloadError {
         "interrupted; the partial download and its state are kept, run the same command again to resume"
     )]
     Interrupted,
+    #[error(
+        "{first} and {second} would both be written as {name:?} in one directory; run one get per id, each with its own -o directory"
+    )]
+    NameClash {
+        name: String,
+        first: FileId,
+        second: FileId,
+    },
+    #[error(
+        "gave up: no verified data for {}s ({detail}); the partial download and its state are kept, run the same command again to resume",
+        .after.as_secs()
+    )]
+    Stalled { after: Duration, detail: String },
 }
 
 /// What a finished download did.
@@ -111,21 +133,115 @@ pub struct DownloadReport {
     pub bytes: u64,
     pub secs: f64,
     pub chunks_fetched: u32,
+    /// Bytes of the chunks fetched from peers in this run (not those found on disk).
+    pub bytes_fetched: u64,
     pub chunks_reused: u32,
     pub shared: Arc<SharedFile>,
+}
+
+/// Fetches the manifests of `ids` and checks that no two of them would share an output,
+/// `.part` or state file in one directory: before anything is downloaded. A manifest that
+/// cannot be fetched is `None` here; its own download reports why, and the others go on.
+pub async fn fetch_manifests(
+    tracker: &TrackerClient,
+    ids: &[FileId],
+) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
+    let manifests: Vec<_> = futures::future::join_all(ids.iter().map(|id| tracker.manifest(id)))
+        .await
+        .into_iter()
+        .map(|r| r.ok().map(Arc::new))
+        .collect();
+    let known: Vec<_> = manifests.iter().flatten().cloned().collect();
+    check_distinct_outputs(&known)?;
+    Ok(manifests)
+}
+
+/// Refuses two manifests whose download files would collide in one directory: the same name,
+/// or one's name equal to the other's `.part` or state file.
+pub fn check_distinct_outputs(manifests: &[Arc<Manifest>]) -> Result<(), DownloadError> {
+    let mut taken: HashMap<String, (FileId, String)> = HashMap::new();
+    for m in manifests {
+        let id = m.file_id();
+        let Ok(name) = sanitize_name(&m.name) else {
+            continue; // refused with its own error when its download starts
+        };
+        let files = [
+            name.to_string(),
+            format!("{name}.part"),
+            format!("{name}.part.tgstate"),
+        ];
+        for f in &files {
+            if let Some((other, other_name)) = taken.get(f)
+                && *other != id
+            {
+                return Err(DownloadError::NameClash {
+                    name: if other_name == name {
+                        name.into()
+                    } else {
+                        f.clone()
+                    },
+                    first: *other,
+                    second: id,
+                });
+            }
+        }
+        for f in files {
+            taken.insert(f, (id, name.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a duration for `--timeout`: `90` (seconds), `500ms`, `30s`, `5m`, `1h`, or a sum
+/// such as `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration (e.g. 30s, 5m, 1h30m, or plain seconds)");
+    if let Ok(secs) = s.parse::<u64>() {
+        return (secs > 0)
+            .then(|| Duration::from_secs(secs))
+            .ok_or_else(|| "the duration must be more than 0".to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let one = match &rest[..unit] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        let part = one.checked_mul(u32::try_from(n).map_err(|_| bad())?);
+        total = part.and_then(|p| total.checked_add(p)).ok_or_else(bad)?;
+    }
+    if total.is_zero() {
+        return Err("the duration must be more than 0".into());
+    }
+    Ok(total)
 }
 
 /// State every peer task of one download shares.
 struct Shared {
     file_id: FileId,
     manifest: Arc<Manifest>,
-    file: Arc<File>,
+    store: Arc<ChunkStore>,
     part_path: PathBuf,
     shared_file: Arc<SharedFile>,
     picker: Mutex<Picker>,
     completions: broadcast::Sender<u32>,
-    hasher: std::sync::mpsc::SyncSender<Piece>,
+    hasher: std::sync::mpsc::SyncSender<u32>,
     bytes_done: AtomicU64,
+    bytes_fetched: AtomicU64,
     chunks_fetched: AtomicU32,
     retries: AtomicU32,
     dirty: AtomicBool,
@@ -168,12 +284,22 @@ pub async fn download(
     cancel: CancellationToken,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
-    let manifest = Arc::new(tracker.manifest(&file_id).await?);
+    let manifest = match &opts.manifest {
+        Some(m) if m.file_id() == file_id => m.clone(),
+        _ => Arc::new(tracker.manifest(&file_id).await?),
+    };
     let (out_dir, m, force) = (opts.out_dir.clone(), manifest.clone(), opts.force);
     let opened = tokio::task::spawn_blocking(move || ChunkStore::open(&out_dir, m, force))
         .await
         .expect("store open does not panic")?;
+    let opened = match opened {
+        Opened::Partial(p) => p,
+        Opened::Complete { path, file } => {
+            return already_complete(tracker, seeder, manifest, path, file, &opts, started).await;
+        }
+    };
     let store = Arc::new(opened.store);
+    let _release = ReleaseLock(store.clone());
     let have = opened.have;
     let reused = have.count();
     if opened.discarded > 0 {
@@ -199,21 +325,22 @@ pub async fn download(
     );
     seeder.add(shared_file.clone());
     let pool = BufferPool::new(manifest.chunk_size as usize);
-    let hasher = OrderedHasher::start(store.file(), manifest.clone(), pool.clone());
+    let hasher = OrderedHasher::start(store.file(), manifest.clone());
     for i in have.iter_set() {
-        let _ = hasher.tx.send(Piece::OnDisk(i));
+        let _ = hasher.tx.send(i);
     }
     let bytes_have: u64 = have.iter_set().map(|i| manifest.chunk_len(i) as u64).sum();
     let sh = Arc::new(Shared {
         file_id,
         manifest: manifest.clone(),
-        file: store.file(),
+        store: store.clone(),
         part_path: store.paths.part.clone(),
         shared_file: shared_file.clone(),
         picker: Mutex::new(Picker::new(&have)),
         completions: broadcast::channel(4096).0,
         hasher: hasher.tx.clone(),
         bytes_done: AtomicU64::new(bytes_have),
+        bytes_fetched: AtomicU64::new(0),
         chunks_fetched: AtomicU32::new(0),
         retries: AtomicU32::new(0),
         dirty: AtomicBool::new(false),
@@ -244,7 +371,8 @@ pub async fn download(
         return Err(e);
     }
 
-    // Every chunk verified: check the whole file, make it durable, move it into place.
+    // Every chunk verified: hash the whole `.part` as it is on disk, make it durable, and move
+    // that very file into place (`finish` checks it is the same inode before and after).
     let digest = hasher.finish().await;
     match digest {
         Ok(d) if d == manifest.file_hash => {}
@@ -277,25 +405,76 @@ pub async fn download(
     if let Err(e) = announce(tracker, seeder, &shared_file, AnnounceEvent::Completed).await {
         tracing::warn!(error = %e, "could not announce completion");
     }
-    let secs = started.elapsed().as_secs_f64();
-    let fetched = sh.chunks_fetched.load(Ordering::Relaxed);
-    opts.events.emit(Event::Completed {
+    let report = DownloadReport {
         file_id,
         path: store.paths.dest.clone(),
         bytes: manifest.size,
-        secs,
-        chunks_fetched: fetched,
-        chunks_reused: reused,
-    });
-    Ok(DownloadReport {
-        file_id,
-        path: store.paths.dest.clone(),
-        bytes: manifest.size,
-        secs,
-        chunks_fetched: fetched,
+        secs: started.elapsed().as_secs_f64(),
+        chunks_fetched: sh.chunks_fetched.load(Ordering::Relaxed),
+        bytes_fetched: sh.bytes_fetched.load(Ordering::Relaxed),
         chunks_reused: reused,
         shared: shared_file,
-    })
+    };
+    emit_completed(&opts.events, &report);
+    Ok(report)
+}
+
+/// Releases the `.part` lock when `download` returns, however it ends, even if a blocking task
+/// still holds the store for a moment: a rerun in this process may start at once.
+struct ReleaseLock(Arc<ChunkStore>);
+
+impl Drop for ReleaseLock {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+fn emit_completed(events: &EventSink, r: &DownloadReport) {
+    events.emit(Event::Completed {
+        file_id: r.file_id,
+        path: r.path.clone(),
+        bytes: r.bytes,
+        secs: r.secs,
+        chunks_fetched: r.chunks_fetched,
+        bytes_fetched: r.bytes_fetched,
+        chunks_reused: r.chunks_reused,
+    });
+}
+
+/// The destination already holds this very file (verified by `ChunkStore::open`): nothing to
+/// fetch. It is served as complete from now on, like a finished download.
+async fn already_complete(
+    tracker: &TrackerClient,
+    seeder: &Arc<Seeder>,
+    manifest: Arc<Manifest>,
+    path: PathBuf,
+    file: File,
+    opts: &DownloadOptions,
+    started: Instant,
+) -> Result<DownloadReport, DownloadError> {
+    let n = manifest.chunk_count();
+    let shared = SharedFile::complete(manifest.clone(), path.clone(), file).map_err(|source| {
+        DownloadError::Write {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    seeder.add(shared.clone());
+    if let Err(e) = announce(tracker, seeder, &shared, AnnounceEvent::Started).await {
+        tracing::warn!(error = %e, "could not announce the complete file");
+    }
+    let report = DownloadReport {
+        file_id: shared.file_id,
+        path,
+        bytes: manifest.size,
+        secs: started.elapsed().as_secs_f64(),
+        chunks_fetched: 0,
+        bytes_fetched: 0,
+        chunks_reused: n,
+        shared,
+    };
+    emit_completed(&opts.events, &report);
+    Ok(report)
 }
 
 /// Announces `event` for `file` with its current bitfield, and notes the swarm it hears of.
@@ -325,6 +504,89 @@ struct PeerRecord {
     failures: u32,
     retry_at: Option<Instant>,
     banned: bool,
+    /// Why its last connection ended, shown while no peer is usable.
+    last_error: Option<String>,
+}
+
+/// Watches for verified data arriving; `get --timeout` gives up when none has for its length.
+struct StallClock {
+    bytes: u64,
+    since: Instant,
+    limit: Option<Duration>,
+}
+
+impl StallClock {
+    fn new(bytes: u64, limit: Option<Duration>) -> Self {
+        StallClock {
+            bytes,
+            since: Instant::now(),
+            limit,
+        }
+    }
+
+    /// Notes the verified byte count now; returns the limit if it has passed without any.
+    fn expired(&mut self, bytes: u64) -> Option<Duration> {
+        if bytes != self.bytes {
+            self.bytes = bytes;
+            self.since = Instant::now();
+        }
+        self.limit.filter(|l| self.since.elapsed() >= *l)
+    }
+}
+
+/// Each known peer with why it cannot be used right now.
+fn peer_problems(
+    known: &[PeerInfo],
+    records: &HashMap<Fingerprint, PeerRecord>,
+    own: Fingerprint,
+) -> Vec<crate::events::PeerProblem> {
+    let now = Instant::now();
+    known
+        .iter()
+        .filter(|p| p.fingerprint != own)
+        .map(|p| {
+            let rec = records.get(&p.fingerprint);
+            let error = match rec {
+                Some(r) if r.banned => "banned for this download".to_string(),
+                Some(PeerRecord {
+                    last_error: Some(e),
+                    ..
+                }) => e.clone(),
+                _ => "not tried yet".to_string(),
+            };
+            crate::events::PeerProblem {
+                fingerprint: p.fingerprint,
+                address: SocketAddr::new(p.address, p.port),
+                last_error: error,
+                retry_in_secs: rec
+                    .and_then(|r| r.retry_at)
+                    .map_or(0, |t| t.saturating_duration_since(now).as_secs()),
+            }
+        })
+        .collect()
+}
+
+/// One line saying why no peer is usable: the count and each peer's last error.
+fn waiting_reason(problems: &[crate::events::PeerProblem]) -> String {
+    if problems.is_empty() {
+        return "no peer has this file right now".to_string();
+    }
+    let each: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{} at {}: {}",
+                p.fingerprint.short(),
+                p.address,
+                p.last_error
+            )
+        })
+        .collect();
+    format!(
+        "{} known peer(s), none usable right now ({})",
+        problems.len(),
+        each.join("; ")
+    )
 }
 
 async fn run_swarm(
@@ -347,12 +609,24 @@ async fn run_swarm(
     let mut first = true;
     let mut waiting_backoff = Duration::from_secs(1);
     let mut bans = 0u32;
-    let mut announced = false;
+    // Say why we wait after an announce, or when the last connected peer drops.
+    let mut report_waiting = false;
+    let mut last_waiting: Option<(String, Instant)> = None;
+    let mut stall = StallClock::new(sh.bytes_done.load(Ordering::Relaxed), opts.timeout);
 
     loop {
         if sh.picker().is_done() {
             emit_progress(sh, &mut speed, connected.len(), bans);
             break;
+        }
+        if let Some(after) = stall.expired(sh.bytes_done.load(Ordering::Relaxed)) {
+            let detail = if connected.is_empty() {
+                waiting_reason(&peer_problems(&known, &records, own))
+            } else {
+                format!("{} peer(s) connected but sending nothing", connected.len())
+            };
+            tasks.shutdown().await;
+            return Err(DownloadError::Stalled { after, detail });
         }
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(DownloadError::Write {
@@ -384,14 +658,17 @@ async fn run_swarm(
                 Err(e) => return Err(e.into()),
             }
             // Re-announce on the tracker's interval, sooner at first (1, 2, 4 … s) so peers
-            // that started with us are found in seconds, not after a whole interval.
-            next_announce = Instant::now() + waiting_backoff.min(announce_interval);
-            waiting_backoff = (waiting_backoff * 2).min(if connected.is_empty() {
-                opts.max_retry_interval
+            // that started with us are found in seconds, not after a whole interval; and while
+            // no peer is connected, within `max_retry_interval` however long we were connected
+            // before, so a seeder that appears is used within seconds.
+            let cap = if connected.is_empty() {
+                opts.max_retry_interval.min(announce_interval)
             } else {
                 announce_interval
-            });
-            announced = true;
+            };
+            next_announce = Instant::now() + waiting_backoff.min(cap);
+            waiting_backoff = (waiting_backoff * 2).min(cap);
+            report_waiting = true;
         }
         // Connect to every usable peer we are not connected to.
         let now = Instant::now();
@@ -415,18 +692,23 @@ async fn run_swarm(
                 (fp, end, penalty)
             });
         }
-        if connected.is_empty() && std::mem::take(&mut announced) {
-            let wait = next_announce.saturating_duration_since(Instant::now());
-            let reason = if known.is_empty() {
-                "no peer has this file right now".to_string()
-            } else {
-                format!("{} known peer(s), none usable right now", known.len())
-            };
-            sh.events.emit(Event::Waiting {
-                file_id: sh.file_id,
-                reason,
-                retry_in_secs: wait.as_secs().max(1),
-            });
+        if connected.is_empty() && std::mem::take(&mut report_waiting) {
+            let peers = peer_problems(&known, &records, own);
+            let reason = waiting_reason(&peers);
+            // A new reason at once; the same one again only every few seconds.
+            if last_waiting
+                .as_ref()
+                .is_none_or(|(r, t)| *r != reason || t.elapsed() >= WAITING_REPEAT)
+            {
+                last_waiting = Some((reason.clone(), Instant::now()));
+                let wait = next_announce.saturating_duration_since(Instant::now());
+                sh.events.emit(Event::Waiting {
+                    file_id: sh.file_id,
+                    reason,
+                    retry_in_secs: wait.as_secs().max(1),
+                    peers,
+                });
+            }
         }
 
         let next_retry = records
@@ -472,6 +754,7 @@ async fn run_swarm(
                     }
                     PeerEnd::Failed(reason) => {
                         rec.failures += 1;
+                        rec.last_error = Some(reason.clone());
                         let backoff = Duration::from_millis(500) * 2u32.saturating_pow(rec.failures.min(6));
                         rec.retry_at = Some(Instant::now() + backoff.min(opts.max_retry_interval));
                         tracing::info!(peer = %fp, %reason, retry_in = ?backoff, "peer connection ended");
@@ -479,6 +762,7 @@ async fn run_swarm(
                         if connected.is_empty() {
                             // Maybe the tracker knows new peers by now.
                             next_announce = next_announce.min(Instant::now() + Duration::from_secs(1));
+                            report_waiting = true;
                         }
                     }
                 }
@@ -553,3 +837,6 @@ impl SpeedMeter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -75,18 +75,24 @@ pub enum Event {
         fingerprint: Fingerprint,
         reason: String,
     },
-    /// No usable peer right now; retrying.
+    /// No usable peer right now; retrying. `reason` sums up `peers`, each known peer with the
+    /// error its last connection ended with.
     Waiting {
         file_id: FileId,
         reason: String,
         retry_in_secs: u64,
+        peers: Vec<PeerProblem>,
     },
+    /// The file is in place and verified. `chunks_fetched`/`bytes_fetched` count only what came
+    /// from peers in this run; `chunks_reused` were already on disk (resumed, or an identical
+    /// or `--force`d existing file).
     Completed {
         file_id: FileId,
         path: PathBuf,
         bytes: u64,
         secs: f64,
         chunks_fetched: u32,
+        bytes_fetched: u64,
         chunks_reused: u32,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
@@ -99,6 +105,16 @@ pub enum Event {
         path: PathBuf,
         seeder: SocketAddr,
     },
+}
+
+/// A known peer that cannot be used right now, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerProblem {
+    pub fingerprint: Fingerprint,
+    pub address: SocketAddr,
+    pub last_error: String,
+    /// Seconds until it is tried again (0: at the next chance).
+    pub retry_in_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

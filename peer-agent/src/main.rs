@@ -169,9 +169,15 @@ struct GetArgs {
     #[arg(long)]
     seed: bool,
 
-    /// Overwrite an existing output file.
+    /// Replace an existing output file that differs (its matching chunks are kept, only the
+    /// others are fetched). An identical one is reported done without it.
     #[arg(long)]
     force: bool,
+
+    /// Give up (exit 1, partial download kept) when no verified data has arrived for this
+    /// long, e.g. 30s, 5m, 1h, or plain seconds. Without it, wait for peers indefinitely.
+    #[arg(long, value_parser = torrentguard_agent::download::parse_duration, value_name = "DURATION")]
+    timeout: Option<std::time::Duration>,
 
     /// Address for peer connections (others fetch verified chunks from us while we download).
     #[arg(
@@ -851,6 +857,12 @@ fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
 
 async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     let tracker = require_tracker(&args.tracker)?;
+    if args.output.exists() && !args.output.is_dir() {
+        bail!(UsageError(format!(
+            "-o {}: is a file, not a directory; name a directory to download into (it is created if missing)",
+            args.output.display()
+        )));
+    }
     std::fs::create_dir_all(&args.output).with_context(|| {
         format!(
             "cannot create the output directory {}",
@@ -874,17 +886,38 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     }
     forward(&stop, agent.cancel.clone());
 
-    let downloads = args.ids.iter().map(|fid| {
+    // The same id twice is one download; two ids that would write the same file name are
+    // refused before anything is fetched (they would share one `.part`).
+    let mut ids = args.ids.clone();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    if ids.len() < args.ids.len() && mode != Mode::Quiet {
+        eprintln!("note: a file id was given more than once; each is downloaded once");
+    }
+    let manifests = match torrentguard_agent::download::fetch_manifests(&agent.tracker, &ids).await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            agent.shutdown().await;
+            return Err(match e {
+                DownloadError::NameClash { .. } => anyhow!(UsageError(e.to_string())),
+                e => e.into(),
+            });
+        }
+    };
+    let downloads = ids.iter().zip(manifests).map(|(fid, manifest)| {
         let mut opts = DownloadOptions::new(args.output.clone());
         opts.force = args.force;
         opts.max_peers = args.max_peers;
+        opts.timeout = args.timeout;
+        opts.manifest = manifest;
         opts.events = events.clone();
         agent.download(*fid, opts)
     });
     let results = futures::future::join_all(downloads).await;
     let mut first_err = None;
     let mut reports = Vec::new();
-    for (fid, r) in args.ids.iter().zip(results) {
+    for (fid, r) in ids.iter().zip(results) {
         match r {
             Ok(rep) => reports.push(rep),
             Err(e) => {

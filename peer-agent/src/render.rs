@@ -347,11 +347,21 @@ impl Renderer {
                 bytes,
                 secs,
                 chunks_fetched,
+                bytes_fetched,
                 chunks_reused,
             } => {
                 self.finish_bar(&file_id.to_string());
+                if *chunks_fetched == 0 {
+                    self.say(&format!(
+                        "done: {} ({}) was already complete, nothing fetched; every chunk and the whole file verified",
+                        path.display(),
+                        human(*bytes)
+                    ));
+                    return;
+                }
+                // The rate of this run's transfer: chunks found on disk took no network time.
                 let rate = if *secs > 0.0 {
-                    (*bytes as f64 / secs) as u64
+                    (*bytes_fetched as f64 / secs) as u64
                 } else {
                     0
                 };

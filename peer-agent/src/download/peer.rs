@@ -37,7 +37,8 @@ pub(super) async fn run_peer(
     let end = peer_session(&sh, &peer, &mut penalty).await;
     let end = match end {
         Ok(e) => e,
-        Err(e) => PeerEnd::Failed(e.to_string()),
+        // `{:#}`: the whole chain, e.g. "connecting to 127.0.0.1:4000: Connection refused".
+        Err(e) => PeerEnd::Failed(format!("{e:#}")),
     };
     let end = match end {
         PeerEnd::Failed(r) if penalty >= BAN_THRESHOLD => PeerEnd::Banned(r),
@@ -54,7 +55,10 @@ async fn peer_session(
     let addr = SocketAddr::new(peer.address, peer.port);
     let m = &sh.manifest;
     let n = m.chunk_count();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(r) => r.map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?,
+        Err(_) => anyhow::bail!("connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}"),
+    };
     let _ = tcp.set_nodelay(true);
     let config = peer_client_config(&sh.identity, peer.fingerprint)?;
     let tls = tokio::time::timeout(
@@ -271,6 +275,11 @@ async fn peer_session(
                         anyhow::bail!("unexpected {} frame", other.name());
                     }
                 },
+                // A peer killed mid-session: rustls reports the missing close_notify with a
+                // link to its manual; the user needs only to know the connection dropped.
+                Some(Err(WireError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    anyhow::bail!("connection dropped by the peer (no orderly close)")
+                }
                 Some(Err(e)) => anyhow::bail!("{e}"),
                 None => anyhow::bail!("connection closed"),
             },
@@ -322,23 +331,16 @@ fn verify_and_write(
         let m = &sh.manifest;
         let ok = m.chunk_matches(index, &data);
         let r = if ok {
-            sh.file
-                .write_all_at(&data, m.chunk_offset(index))
-                .map(|_| true)
+            sh.store.write_chunk(index, &data).map(|_| true)
         } else {
             Ok(false)
         };
+        sh.pool.give(data);
         if matches!(r, Ok(true)) {
-            // Verified and on disk: the in-order hasher takes it from memory if it is next, so
-            // the whole-file digest rarely has to read the file back. The bounded channel makes
-            // this wait if that hasher falls behind, instead of queueing buffers without limit.
-            if let Err(std::sync::mpsc::SendError(Piece::InMemory(_, data))) =
-                sh.hasher.send(Piece::InMemory(index, data))
-            {
-                sh.pool.give(data);
-            }
-        } else {
-            sh.pool.give(data);
+            // Verified and on disk: the in-order hasher reads it back from the file, so the
+            // whole-file digest covers the bytes that will be renamed into place. Nothing to do
+            // if it is gone (the download is ending).
+            let _ = sh.hasher.send(index);
         }
         (index, r)
     })
@@ -362,8 +364,9 @@ fn settle(
                 sh.shared_file.add_chunk(index);
                 let _ = sh.completions.send(index);
                 sh.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                sh.bytes_done
-                    .fetch_add(sh.manifest.chunk_len(index) as u64, Ordering::Relaxed);
+                let len = sh.manifest.chunk_len(index) as u64;
+                sh.bytes_done.fetch_add(len, Ordering::Relaxed);
+                sh.bytes_fetched.fetch_add(len, Ordering::Relaxed);
                 sh.dirty.store(true, Ordering::Relaxed);
                 if sh.picker().is_done() {
                     sh.done.notify_one();

@@ -1,0 +1,369 @@
+//! Issue 9's download rules, in one process: the real tracker and agents on ephemeral loopback
+//! ports.
+
+use std::path::Path;
+
+use torrentguard_protocol::HashAlgo;
+
+use super::*;
+use crate::agent::{Agent, AgentError, TrackerTarget};
+use crate::events::EventSink;
+
+const CHUNK: u32 = 16 * 1024;
+const STEP: Duration = Duration::from_secs(60);
+
+struct Swarm {
+    tracker: torrentguard_tracker::RunningTracker,
+    dir: tempfile::TempDir,
+}
+
+impl Swarm {
+    async fn new() -> Swarm {
+        Swarm::with_interval(Duration::from_secs(1)).await
+    }
+
+    async fn with_interval(interval: Duration) -> Swarm {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = torrentguard_tracker::TrackerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("tracker"),
+        );
+        cfg.announce_interval = interval;
+        cfg.peer_ttl = interval * 2 + Duration::from_secs(30);
+        let tracker = torrentguard_tracker::start(cfg).await.unwrap();
+        Swarm { tracker, dir }
+    }
+
+    async fn agent(&self, name: &str) -> Agent {
+        let data = self.dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let target = TrackerTarget {
+            url: self.tracker.url(),
+            fingerprint: Some(self.tracker.fingerprint),
+            token: None,
+        };
+        let identity = Arc::new(Identity::generate(name).unwrap());
+        Agent::start(identity, data, &target, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Writes `chunks` chunks of varied bytes to `name`; returns its path and bytes.
+    fn write(&self, name: &str, chunks: u32) -> (PathBuf, Vec<u8>) {
+        let p = self.dir.path().join(name);
+        let data: Vec<u8> = (0..chunks * CHUNK - 100)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        (p, data)
+    }
+
+    async fn share(&self, agent: &Agent, path: &Path) -> (FileId, Arc<Manifest>) {
+        let f = agent
+            .share(path, CHUNK, HashAlgo::Sha256, &EventSink::none())
+            .await
+            .unwrap();
+        (f.file_id, f.manifest.clone())
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+}
+
+fn opts(out: PathBuf) -> (DownloadOptions, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut o = DownloadOptions::new(out);
+    o.events = EventSink::new(tx);
+    (o, rx)
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f).await.expect("step timed out")
+}
+
+/// Puts the first `n` chunks of `data` in a `.part` with its state file, as an interrupted
+/// run leaves them.
+fn leave_partial(out: &Path, m: &Arc<Manifest>, data: &[u8], n: u32) {
+    let Ok(Opened::Partial(p)) = ChunkStore::open(out, m.clone(), false) else {
+        panic!("no .part opened");
+    };
+    let mut have = p.have;
+    for i in 0..n {
+        let off = m.chunk_offset(i) as usize;
+        let len = m.chunk_len(i) as usize;
+        p.store.write_chunk(i, &data[off..off + len]).unwrap();
+        have.set(i);
+    }
+    p.store.save_state(&have).unwrap();
+}
+
+/// Issue 9: the resume summary counts only what this run fetched: chunks and bytes found on
+/// disk are reused, not fetched, so the reported rate is of the transfer alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_report_counts_only_this_runs_bytes() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, data) = s.write("r.bin", 64);
+    let (id, m) = s.share(&seeder, &src).await;
+    leave_partial(&s.out(), &m, &data, 40);
+    let leecher = s.agent("leecher").await;
+    let (o, mut rx) = opts(s.out());
+    let r = within(leecher.download(id, o)).await.unwrap();
+    assert_eq!(std::fs::read(&r.path).unwrap(), data);
+    assert_eq!(r.chunks_reused, 40);
+    assert_eq!(r.chunks_fetched, 24);
+    assert_eq!(r.bytes_fetched, data.len() as u64 - 40 * CHUNK as u64);
+    let mut completed = None;
+    while let Ok(e) = rx.try_recv() {
+        if let Event::Completed { bytes_fetched, .. } = e {
+            completed = Some(bytes_fetched);
+        }
+    }
+    assert_eq!(completed, Some(r.bytes_fetched), "the event says the same");
+}
+
+/// Issue 9: an output already complete and identical is reported done without fetching a
+/// chunk; one that differs is refused without `--force`; with `--force` only the chunks that
+/// differ are fetched, and the result is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_output_identical_different_and_forced() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, data) = s.write("e.bin", 32);
+    let (id, _) = s.share(&seeder, &src).await;
+    let dest = s.out().join("e.bin");
+    std::fs::create_dir_all(s.out()).unwrap();
+    std::fs::write(&dest, &data).unwrap();
+    let leecher = s.agent("leecher").await;
+
+    let (o, _rx) = opts(s.out());
+    let r = within(leecher.download(id, o)).await.unwrap();
+    assert_eq!((r.chunks_fetched, r.bytes_fetched), (0, 0));
+    assert_eq!(r.chunks_reused, 32);
+    assert_eq!(r.path, dest);
+    assert!(!s.out().join("e.bin.part").exists());
+
+    let mut bad = data.clone();
+    for i in [3usize, 17, 31] {
+        bad[i * CHUNK as usize + 9] ^= 0x5a;
+    }
+    std::fs::write(&dest, &bad).unwrap();
+    let (o, _rx) = opts(s.out());
+    let err = within(leecher.download(id, o)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Download(DownloadError::Store(StoreError::Exists { .. }))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&dest).unwrap(), bad, "refused, so untouched");
+
+    let (mut o, _rx) = opts(s.out());
+    o.force = true;
+    let r = within(leecher.download(id, o)).await.unwrap();
+    assert_eq!(r.chunks_fetched, 3, "only the corrupted chunks");
+    assert_eq!(r.chunks_reused, 29);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(!s.out().join("e.bin.part").exists());
+    assert!(!s.out().join("e.bin.part.tgstate").exists());
+}
+
+/// Issue 9: two downloads of the same id into one directory at once: the second is refused
+/// at once (the `.part` is locked), the first completes verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_download_into_the_same_part_is_refused() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    // ≈ 2 s for the file: the second download starts well before the first can finish.
+    seeder.seeder.set_upload_limit(500_000);
+    let (src, data) = s.write("l.bin", 64);
+    let (id, _) = s.share(&seeder, &src).await;
+    let first = s.agent("first").await;
+    let second = s.agent("second").await;
+    let (o, mut rx) = opts(s.out());
+    let dl = tokio::spawn(async move {
+        let r = first.download(id, o).await;
+        (first, r)
+    });
+    // The first has opened and locked its .part once it says it started.
+    while let Some(e) = within(rx.recv()).await {
+        if matches!(e, Event::Started { .. }) {
+            break;
+        }
+    }
+    let (o, _rx) = opts(s.out());
+    let err = within(second.download(id, o)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Download(DownloadError::Store(StoreError::Locked(_)))
+        ),
+        "{err}"
+    );
+    let (_first, r) = within(dl).await.unwrap();
+    let r = r.unwrap();
+    assert_eq!(std::fs::read(&r.path).unwrap(), data);
+}
+
+/// Issue 9: two different files with one name cannot share a directory; the same name as
+/// another's `.part` neither.
+#[test]
+fn clashing_output_names_are_refused() {
+    use torrentguard_protocol::hashing::manifest_from_reader;
+    let m = |name: &str, data: &[u8]| {
+        Arc::new(manifest_from_reader(name, data, CHUNK, HashAlgo::Sha256, |_| {}).unwrap())
+    };
+    let (a, b) = (m("dup.bin", b"one"), m("dup.bin", b"two"));
+    let err = check_distinct_outputs(&[a.clone(), b.clone()]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&a.file_id().to_string()) && text.contains(&b.file_id().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("-o"), "{text}");
+    let part = m("dup.bin.part", b"three");
+    assert!(check_distinct_outputs(&[a.clone(), part]).is_err());
+    check_distinct_outputs(&[a.clone(), m("other.bin", b"one")]).unwrap();
+    check_distinct_outputs(&[a.clone(), a]).unwrap();
+}
+
+/// Issue 9: with its only seeder gone (listed, but refusing connections), a download says
+/// why in its `waiting` events, and with a timeout gives up keeping the `.part` and state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_seeder_is_explained_and_the_timeout_gives_up() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, _) = s.write("d.bin", 8);
+    let (id, _) = s.share(&seeder, &src).await;
+    // The listener closes; the tracker still lists it.
+    seeder.seeder.shutdown().await;
+    let leecher = s.agent("leecher").await;
+    let (mut o, mut rx) = opts(s.out());
+    o.timeout = Some(Duration::from_secs(2));
+    let err = within(leecher.download(id, o)).await.unwrap_err();
+    let AgentError::Download(DownloadError::Stalled { after, detail }) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(*after, Duration::from_secs(2));
+    assert!(detail.contains("refused"), "{detail}");
+    let mut reasons = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let Event::Waiting { peers, .. } = e {
+            reasons.extend(peers.into_iter().map(|p| p.last_error));
+        }
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("connecting to")),
+        "{reasons:?}"
+    );
+    assert!(s.out().join("d.bin.part").exists());
+    assert!(s.out().join("d.bin.part.tgstate").exists());
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    for bad in ["", "0", "0s", "s", "5x", "-3", "1.5s", "99999999999h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+/// Issue 9 (sparse): a source that is mostly holes downloads into a file that is mostly holes:
+/// all-zero chunks are verified but never written into the fresh `.part`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_source_stays_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, data) = s.write("s.bin", 2);
+    let size = 256 * CHUNK as u64;
+    {
+        let f = File::options().write(true).open(&src).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(&data[..100], size - 100).unwrap();
+    }
+    let (id, _) = s.share(&seeder, &src).await;
+    let leecher = s.agent("leecher").await;
+    let (o, _rx) = opts(s.out());
+    let r = within(leecher.download(id, o)).await.unwrap();
+    assert_eq!(
+        std::fs::read(&r.path).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert_eq!(r.chunks_fetched, 256);
+    let allocated = std::fs::metadata(&r.path).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 8 * CHUNK as u64,
+        "{allocated} bytes allocated for 3 chunks of data in {size}"
+    );
+}
+
+/// The name check before a multi-id `get` does not turn one unknown id into a failure of the
+/// others: its manifest is `None` and its own download reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_id_does_not_stop_the_name_check() {
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, _) = s.write("k.bin", 2);
+    let (id, m) = s.share(&seeder, &src).await;
+    let unknown: FileId = "ab".repeat(32).parse().unwrap();
+    let got = within(fetch_manifests(&seeder.tracker, &[id, unknown]))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].as_deref(), Some(&*m));
+    assert!(got[1].is_none());
+}
+
+/// Issue 9: when its only seeder goes, a download asks the tracker again within ~5 s however
+/// long the tracker's announce interval, so a seeder that appears meanwhile is used at once
+/// (here the interval is 10 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_seeder_is_found_within_seconds_after_the_last_one_left() {
+    let s = Swarm::with_interval(Duration::from_secs(600)).await;
+    let a = s.agent("a").await;
+    a.seeder.set_upload_limit(200_000);
+    let (src, data) = s.write("n.bin", 64);
+    let (id, _) = s.share(&a, &src).await;
+    let leecher = s.agent("leecher").await;
+    let (o, mut rx) = opts(s.out());
+    let dl = tokio::spawn(async move {
+        let r = leecher.download(id, o).await;
+        (leecher, r)
+    });
+    while let Some(e) = within(rx.recv()).await {
+        if matches!(e, Event::Progress { chunks_done, .. } if chunks_done >= 3) {
+            break;
+        }
+    }
+    a.seeder.shutdown().await;
+    while let Some(e) = within(rx.recv()).await {
+        if matches!(e, Event::Waiting { .. }) {
+            break;
+        }
+    }
+    let b = s.agent("b").await;
+    s.share(&b, &src).await;
+    // Two of the ~5 s retry periods, far below the tracker's 600 s interval.
+    let (_leecher, r) = tokio::time::timeout(Duration::from_secs(12), dl)
+        .await
+        .expect("the new seeder was not used within 12 s")
+        .unwrap();
+    assert_eq!(std::fs::read(&r.unwrap().path).unwrap(), data);
+}
+
+/// Issue 9: by default a download without usable peers asks again at least every 5 s (it was
+/// 30 s), reconnects included.
+#[test]
+fn waiting_retries_are_at_most_five_seconds_by_default() {
+    let o = DownloadOptions::new(PathBuf::from("."));
+    assert!(o.max_retry_interval <= Duration::from_secs(5));
+    assert_eq!(o.timeout, None, "no timeout unless asked");
+}
