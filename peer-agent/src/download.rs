@@ -41,12 +41,19 @@ mod ordered_hash;
 mod peer;
 
 use ordered_hash::OrderedHasher;
-use peer::run_peer;
+pub use peer::{MIN_STALL, STALL_CHUNK_TIMES, stall_after};
+use peer::{PeerMemory, run_peer};
 
 /// Penalty points at which a peer is dropped for the rest of the download.
 pub const BAN_THRESHOLD: u32 = 10;
 const BAD_CHUNK_PENALTY: u32 = 5;
-const STALL_PENALTY: u32 = 2;
+/// Penalty of a protocol violation (bad frame, bad `Hello`, unrequested chunk, out-of-range
+/// index): as much as a bad chunk, so two of them ban the peer.
+pub const VIOLATION_PENALTY: u32 = 5;
+/// Penalty of a connection that ends inside a frame (e.g. mid-chunk): five of them ban.
+pub const MID_FRAME_PENALTY: u32 = 2;
+/// Penalty of a stall: five of them ban.
+pub const STALL_PENALTY: u32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two `waiting` events with the same reason.
 const WAITING_REPEAT: Duration = Duration::from_secs(5);
@@ -61,7 +68,9 @@ pub struct DownloadOptions {
     pub force: bool,
     /// Most peers connected at once.
     pub max_peers: usize,
-    /// A peer with requests out that sends nothing for this long is stalled.
+    /// Most a peer with requests out may send nothing before it is stalled and its chunks go
+    /// elsewhere; a peer whose rate is measured gets [`stall_after`] of it (≥ 2 s, 4 chunk
+    /// times), and is marked lagging (no end-game copies) halfway there.
     pub stall_timeout: Duration,
     /// Longest wait between re-announces (and reconnects) while no peer is usable: a seeder
     /// that appears is found within it.
@@ -254,6 +263,8 @@ struct Shared {
     identity: Arc<Identity>,
     stall_timeout: Duration,
     cancel: CancellationToken,
+    /// Next picker identity of a peer connection.
+    next_slot: AtomicU32,
 }
 
 impl Shared {
@@ -352,6 +363,7 @@ pub async fn download(
         identity: identity.clone(),
         stall_timeout: opts.stall_timeout,
         cancel: cancel.child_token(),
+        next_slot: AtomicU32::new(0),
     });
 
     let result = run_swarm(&sh, tracker, seeder, &opts, &store).await;
@@ -501,6 +513,8 @@ pub async fn announce(
 #[derive(Default)]
 struct PeerRecord {
     penalty: u32,
+    /// Last measured rate, bytes per second: a reconnection is held to its stall timeout.
+    rate: u64,
     failures: u32,
     retry_at: Option<Instant>,
     banned: bool,
@@ -599,7 +613,7 @@ async fn run_swarm(
     let own = sh.identity.fingerprint;
     let mut records: HashMap<Fingerprint, PeerRecord> = HashMap::new();
     let mut connected: HashSet<Fingerprint> = HashSet::new();
-    let mut tasks: JoinSet<(Fingerprint, PeerEnd, u32)> = JoinSet::new();
+    let mut tasks: JoinSet<(Fingerprint, PeerEnd, PeerMemory)> = JoinSet::new();
     let mut known: Vec<PeerInfo> = Vec::new();
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     let mut persist = tokio::time::interval(Duration::from_secs(1));
@@ -685,11 +699,15 @@ async fn run_swarm(
                 continue;
             }
             connected.insert(p.fingerprint);
-            let (sh2, peer, prior) = (sh.clone(), p.clone(), rec.penalty);
+            let prior = PeerMemory {
+                penalty: rec.penalty,
+                rate: rec.rate,
+            };
+            let (sh2, peer) = (sh.clone(), p.clone());
             tasks.spawn(async move {
                 let fp = peer.fingerprint;
-                let (end, penalty) = run_peer(sh2, peer, prior).await;
-                (fp, end, penalty)
+                let (end, mem) = run_peer(sh2, peer, prior).await;
+                (fp, end, mem)
             });
         }
         if connected.is_empty() && std::mem::take(&mut report_waiting) {
@@ -738,11 +756,12 @@ async fn run_swarm(
                 }
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((fp, end, penalty)) = joined else { continue };
+                let Ok((fp, end, mem)) = joined else { continue };
                 connected.remove(&fp);
                 let last_rate = sh.peer_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(&fp).unwrap_or(0);
                 let rec = records.entry(fp).or_default();
-                rec.penalty = penalty;
+                rec.penalty = mem.penalty;
+                rec.rate = mem.rate;
                 match end {
                     PeerEnd::Finished => {}
                     PeerEnd::Fatal => {}

@@ -1,66 +1,157 @@
 //! One peer connection of a download: connect with the pinned fingerprint, exchange `Hello`s
 //! and bitfields, keep a window of requests out, verify and write what arrives.
+//!
+//! A peer that stops sending loses its requests after a stall timeout adapted to its measured
+//! rate; halfway there it is marked lagging, so end-game copies of its chunks go to peers that
+//! keep up. Protocol violations score the peer like a bad chunk.
 
 use super::*;
+use crate::picker::PeerSlot;
 
 /// How long a chunk a peer answered `Busy` for is not asked of that peer again.
 const BUSY_BACKOFF: Duration = Duration::from_secs(2);
+/// Least stall timeout, however fast the peer was.
+pub const MIN_STALL: Duration = Duration::from_secs(2);
+/// Stall timeout in multiples of the time one chunk takes at the peer's measured rate.
+pub const STALL_CHUNK_TIMES: u32 = 4;
+
+/// How one peer connection failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PeerError {
+    /// Connecting, the TLS handshake or the network failed, or the peer went away between
+    /// frames: retried with backoff, not scored.
+    #[error("{0}")]
+    Network(String),
+    /// The peer broke the protocol (bad frame, bad `Hello`, unrequested chunk, out-of-range
+    /// index): scored like a bad chunk.
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The connection ended inside a frame, typically mid-chunk: scored lightly, so a peer
+    /// that keeps doing it is banned while one that restarts once is not.
+    #[error("connection dropped in the middle of a frame")]
+    MidFrame,
+}
+
+impl PeerError {
+    /// Penalty points this failure costs the peer.
+    fn penalty(&self) -> u32 {
+        match self {
+            PeerError::Network(_) => 0,
+            PeerError::Violation(_) => VIOLATION_PENALTY,
+            PeerError::MidFrame => MID_FRAME_PENALTY,
+        }
+    }
+}
+
+impl From<WireError> for PeerError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => PeerError::MidFrame,
+            // A peer killed between frames: rustls reports the missing close_notify with a
+            // link to its manual; the user needs only to know the connection dropped.
+            WireError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                PeerError::Network("connection dropped by the peer (no orderly close)".into())
+            }
+            WireError::Io(e) => PeerError::Network(e.to_string()),
+            other => PeerError::Violation(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for PeerError {
+    fn from(e: std::io::Error) -> Self {
+        PeerError::Network(e.to_string())
+    }
+}
+
+fn violation(what: impl Into<String>) -> PeerError {
+    PeerError::Violation(what.into())
+}
+
+/// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
+/// `STALL_CHUNK_TIMES` × one chunk's time at that rate, at least `MIN_STALL`, at most `cap`.
+pub fn stall_after(chunk_size: u32, rate_bps: u64, cap: Duration) -> Duration {
+    let cap = cap.max(MIN_STALL);
+    if rate_bps == 0 {
+        return cap;
+    }
+    let one = Duration::from_secs_f64(f64::from(chunk_size) / rate_bps as f64);
+    one.saturating_mul(STALL_CHUNK_TIMES).clamp(MIN_STALL, cap)
+}
 
 /// Releases a peer's outstanding requests and availability however its task ends.
 struct PeerGuard<'a> {
     sh: &'a Shared,
+    slot: PeerSlot,
     inflight: Vec<(u32, Instant)>,
     has: Bitfield,
-    counted: bool,
 }
 
 impl Drop for PeerGuard<'_> {
     fn drop(&mut self) {
         let mut p = self.sh.picker();
-        for (i, _) in self.inflight.drain(..) {
-            p.release(i);
-        }
-        if self.counted {
-            p.remove_availability(&self.has);
-        }
+        // Everything the picker has on this peer, including chunks still being verified.
+        p.release_peer(self.slot);
+        p.remove_availability(&self.has);
     }
 }
 
+/// What one peer connection leaves for the next one to the same peer.
+pub(super) struct PeerMemory {
+    pub penalty: u32,
+    /// Its last measured rate, bytes per second (0: none yet).
+    pub rate: u64,
+}
+
 /// Runs one peer connection until the download ends or the peer fails. Returns how it ended
-/// and its penalty total.
+/// and what to remember of the peer.
 pub(super) async fn run_peer(
     sh: Arc<Shared>,
     peer: PeerInfo,
-    prior_penalty: u32,
-) -> (PeerEnd, u32) {
-    let mut penalty = prior_penalty;
-    let end = peer_session(&sh, &peer, &mut penalty).await;
-    let end = match end {
+    mut mem: PeerMemory,
+) -> (PeerEnd, PeerMemory) {
+    let end = match peer_session(&sh, &peer, &mut mem).await {
         Ok(e) => e,
-        // `{:#}`: the whole chain, e.g. "connecting to 127.0.0.1:4000: Connection refused".
-        Err(e) => PeerEnd::Failed(format!("{e:#}")),
+        Err(e) => {
+            mem.penalty += e.penalty();
+            PeerEnd::Failed(e.to_string())
+        }
     };
     let end = match end {
-        PeerEnd::Failed(r) if penalty >= BAN_THRESHOLD => PeerEnd::Banned(r),
+        PeerEnd::Failed(r) if mem.penalty >= BAN_THRESHOLD => PeerEnd::Banned(r),
         other => other,
     };
-    (end, penalty)
+    (end, mem)
 }
 
-async fn peer_session(
-    sh: &Arc<Shared>,
-    peer: &PeerInfo,
-    penalty: &mut u32,
-) -> anyhow::Result<PeerEnd> {
+type Inbox = mpsc::Receiver<Result<Option<Incoming>, WireError>>;
+type Writer =
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>>;
+
+/// Aborts the reader task when the session ends.
+struct Abort(tokio::task::AbortHandle);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects to `peer` over pinned TLS and sends our `Hello` and bitfield.
+async fn connect(sh: &Shared, peer: &PeerInfo) -> Result<(Inbox, Writer, Abort), PeerError> {
     let addr = SocketAddr::new(peer.address, peer.port);
-    let m = &sh.manifest;
-    let n = m.chunk_count();
+    let net = |what: String| PeerError::Network(what);
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(r) => r.map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?,
-        Err(_) => anyhow::bail!("connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}"),
+        Ok(r) => r.map_err(|e| net(format!("connecting to {addr}: {e}")))?,
+        Err(_) => {
+            return Err(net(format!(
+                "connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}"
+            )));
+        }
     };
     let _ = tcp.set_nodelay(true);
-    let config = peer_client_config(&sh.identity, peer.fingerprint)?;
+    let config = peer_client_config(&sh.identity, peer.fingerprint)
+        .map_err(|e| net(format!("TLS configuration: {e}")))?;
     let tls = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TlsConnector::from(Arc::new(config)).connect(
@@ -70,8 +161,13 @@ async fn peer_session(
             tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp),
         ),
     )
-    .await?
-    .map_err(|e| anyhow::anyhow!("TLS handshake with {addr} failed: {e}"))?;
+    .await
+    .map_err(|_| {
+        net(format!(
+            "TLS handshake with {addr}: no answer within {CONNECT_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| net(format!("TLS handshake with {addr} failed: {e}")))?;
     let (_, session) = tls.get_ref();
     let cipher = session
         .negotiated_cipher_suite()
@@ -92,30 +188,22 @@ async fn peer_session(
 
     let (rd, mut wr) = tokio::io::split(tls);
     let mut scratch = BytesMut::with_capacity(256);
-    let own_have = sh.shared_file.have();
-    write_frame(
-        &mut wr,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            file_id: sh.file_id,
-            chunk_count: n,
-        },
-        &mut scratch,
-    )
-    .await?;
-    write_frame(
-        &mut wr,
-        &Frame::Bitfield(own_have.as_bytes().to_vec().into()),
-        &mut scratch,
-    )
-    .await?;
+    let n = sh.manifest.chunk_count();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        file_id: sh.file_id,
+        chunk_count: n,
+    };
+    write_frame(&mut wr, &hello, &mut scratch).await?;
+    let own = Frame::Bitfield(sh.shared_file.have().as_bytes().to_vec().into());
+    write_frame(&mut wr, &own, &mut scratch).await?;
     wr.flush().await?;
 
     // The reader runs in its own task (select! must never cut a read short); the small channel
-    // bounds how many chunk buffers can be queued.
-    let (tx, mut rx) = mpsc::channel::<Result<Incoming, WireError>>(2);
+    // bounds how many chunk buffers can be queued. `Ok(None)` is a clean close between frames.
+    let (tx, rx) = mpsc::channel(2);
     let pool = sh.pool.clone();
-    let bound = frame_bound(m.chunk_size, n);
+    let bound = frame_bound(sh.manifest.chunk_size, n);
     let reader_task = tokio::spawn(async move {
         let mut reader = FrameReader::new(rd);
         let mut hello_seen = false;
@@ -128,193 +216,330 @@ async fn peer_session(
                 hello_seen = true;
                 reader.set_max_frame(bound);
             }
-            let msg = match r {
-                Ok(Some(x)) => Ok(x),
-                Ok(None) => Err(WireError::Truncated),
-                Err(e) => Err(e),
-            };
-            if tx.send(msg).await.is_err() || stop {
+            if tx.send(r).await.is_err() || stop {
                 return;
             }
         }
     });
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _abort = Abort(reader_task.abort_handle());
+    Ok((rx, wr, Abort(reader_task.abort_handle())))
+}
 
-    let expect = |msg: Option<Result<Incoming, WireError>>| -> anyhow::Result<Frame> {
+/// Reads the peer's `Hello` and bitfield.
+async fn handshake(sh: &Shared, rx: &mut Inbox) -> Result<Bitfield, PeerError> {
+    let n = sh.manifest.chunk_count();
+    let mut next = async || -> Result<Frame, PeerError> {
+        let msg = tokio::time::timeout(CONNECT_TIMEOUT, rx.recv())
+            .await
+            .map_err(|_| PeerError::Network(format!("no handshake within {CONNECT_TIMEOUT:?}")))?;
         match msg {
-            Some(Ok(Incoming::Control(f))) => Ok(f),
-            Some(Ok(Incoming::Chunk { .. })) => anyhow::bail!("chunk before handshake"),
+            Some(Ok(Some(Incoming::Control(Frame::Bye { text, .. })))) => {
+                Err(PeerError::Network(format!("peer refused: {text}")))
+            }
+            Some(Ok(Some(Incoming::Control(f)))) => Ok(f),
+            Some(Ok(Some(Incoming::Chunk { .. }))) => Err(violation("chunk before handshake")),
             Some(Err(e)) => Err(e.into()),
-            None => anyhow::bail!("connection closed during handshake"),
+            Some(Ok(None)) | None => Err(PeerError::Network(
+                "connection closed during handshake".into(),
+            )),
         }
     };
-    match expect(tokio::time::timeout(CONNECT_TIMEOUT, rx.recv()).await?)? {
+    match next().await? {
         Frame::Hello {
             version,
             file_id,
             chunk_count,
         } if version == PROTOCOL_VERSION && file_id == sh.file_id && chunk_count == n => {}
-        Frame::Bye { text, .. } => anyhow::bail!("peer refused: {text}"),
-        other => anyhow::bail!("bad Hello from peer: {other:?}"),
+        other => return Err(violation(format!("bad Hello: {other:?}"))),
     }
-    let has = match expect(tokio::time::timeout(CONNECT_TIMEOUT, rx.recv()).await?)? {
-        Frame::Bitfield(b) => Bitfield::from_bytes(&b, n)?,
-        Frame::Bye { text, .. } => anyhow::bail!("peer refused: {text}"),
-        other => anyhow::bail!("expected Bitfield, got {}", other.name()),
-    };
-    sh.picker().add_availability(&has);
-    let mut g = PeerGuard {
-        sh,
-        inflight: Vec::new(),
-        has,
-        counted: true,
-    };
-    let mut cancelled: Vec<u32> = Vec::new();
-    // Chunks this peer answered `Busy` for, not to be asked of it again until the instant given.
-    let mut deferred: Vec<(u32, Instant)> = Vec::new();
-    let mut verifying = FuturesOrdered::new();
-    let mut completions = sh.completions.subscribe();
-    let mut rate = SpeedMeter::new(0);
-    let mut received = 0u64;
-    let mut last_data = Instant::now();
+    match next().await? {
+        Frame::Bitfield(b) => {
+            Bitfield::from_bytes(&b, n).map_err(|e| violation(format!("bad Bitfield: {e}")))
+        }
+        other => Err(violation(format!(
+            "expected Bitfield, got {}",
+            other.name()
+        ))),
+    }
+}
 
-    loop {
-        // Keep the pipe full: enough requests out to cover ~250 ms at this peer's rate (a
-        // shaped or distant link queues for tens of milliseconds).
-        let bps = rate.update(received);
-        sh.peer_rates
+/// Per-connection state of the request loop.
+struct Session<'a> {
+    sh: &'a Arc<Shared>,
+    fp: Fingerprint,
+    g: PeerGuard<'a>,
+    wr: Writer,
+    scratch: BytesMut,
+    /// Chunks cancelled after another peer delivered them; their data may still come.
+    cancelled: Vec<u32>,
+    /// Chunks this peer answered `Busy` for, not to be asked of it again until the instant.
+    deferred: Vec<(u32, Instant)>,
+    verifying: FuturesOrdered<tokio::task::JoinHandle<Verified>>,
+    meter: SpeedMeter,
+    received: u64,
+    /// Last chunk arrival, or the moment requests went out to an idle peer.
+    last_progress: Instant,
+    /// Lagging in the picker: not delivered yet, or overdue.
+    lagging: bool,
+}
+
+async fn peer_session(
+    sh: &Arc<Shared>,
+    peer: &PeerInfo,
+    mem: &mut PeerMemory,
+) -> Result<PeerEnd, PeerError> {
+    let (mut rx, wr, _abort) = connect(sh, peer).await?;
+    let has = handshake(sh, &mut rx).await?;
+    let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
+    {
+        let mut p = sh.picker();
+        p.add_availability(&has);
+        // Unproven on this connection until a chunk arrives: no end-game copies yet.
+        p.set_lagging(slot, true);
+    }
+    let mut s = Session {
+        sh,
+        fp: peer.fingerprint,
+        g: PeerGuard {
+            sh,
+            slot,
+            inflight: Vec::new(),
+            has,
+        },
+        wr,
+        scratch: BytesMut::with_capacity(256),
+        cancelled: Vec::new(),
+        deferred: Vec::new(),
+        verifying: FuturesOrdered::new(),
+        meter: SpeedMeter::new(0),
+        received: 0,
+        last_progress: Instant::now(),
+        lagging: true,
+    };
+    s.run(&mut rx, mem).await
+}
+
+impl Session<'_> {
+    /// Keeps the pipe full: enough requests out to cover ~250 ms at this peer's rate (a
+    /// shaped or distant link queues for tens of milliseconds).
+    async fn fill_window(&mut self) -> Result<(), PeerError> {
+        let bps = self.meter.update(self.received);
+        self.sh
+            .peer_rates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.fingerprint, bps);
-        let depth = ((bps / 4) / m.chunk_size.max(1) as u64 + 2).clamp(2, 32) as usize;
+            .insert(self.fp, bps);
+        let depth =
+            ((bps / 4) / u64::from(self.sh.manifest.chunk_size.max(1)) + 2).clamp(2, 32) as usize;
         // Deferrals that ran out make their chunks askable again, before picking.
         let now = Instant::now();
-        deferred.retain(|(_, until)| *until > now);
+        self.deferred.retain(|(_, until)| *until > now);
         let mut wrote = false;
-        while g.inflight.len() < depth {
-            let (inflight, deferred) = (&g.inflight, &deferred);
-            let pick = sh.picker().pick(&g.has, |i| {
+        while self.g.inflight.len() < depth {
+            let (inflight, deferred) = (&self.g.inflight, &self.deferred);
+            let pick = self.sh.picker().pick(self.g.slot, &self.g.has, |i| {
                 inflight.iter().any(|(x, _)| *x == i) || deferred.iter().any(|(x, _)| *x == i)
             });
             let Some(i) = pick else { break };
-            g.inflight.push((i, Instant::now()));
-            write_frame(&mut wr, &Frame::Request(i), &mut scratch).await?;
+            if self.g.inflight.is_empty() {
+                // The stall clock starts with the first request of a busy spell, not at the
+                // last chunk of an earlier one.
+                self.last_progress = now;
+            }
+            self.g.inflight.push((i, now));
+            write_frame(&mut self.wr, &Frame::Request(i), &mut self.scratch).await?;
             wrote = true;
         }
         if wrote {
-            wr.flush().await?;
+            self.wr.flush().await?;
         }
-        if g.inflight.is_empty() && verifying.is_empty() && sh.picker().is_done() {
-            let bye = Frame::Bye {
-                reason: 0,
-                text: "download complete".into(),
-            };
-            write_frame(&mut wr, &bye, &mut scratch).await.ok();
-            wr.shutdown().await.ok();
-            return Ok(PeerEnd::Finished);
-        }
-        let retry_deferred = deferred.iter().map(|(_, t)| *t).min();
-        let stall_at = last_data + sh.stall_timeout;
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Ok(Incoming::Chunk { index, data })) => {
-                    last_data = Instant::now();
-                    if let Some(pos) = g.inflight.iter().position(|(i, _)| *i == index) {
-                        g.inflight.swap_remove(pos);
-                        received += data.len() as u64;
-                        if verifying.len() >= VERIFY_DEPTH
-                            && let Some(r) = verifying.next().await
-                            && let Some(end) = settle(sh, r, penalty, peer.fingerprint)
-                        {
-                            return Ok(end);
-                        }
-                        verifying.push_back(verify_and_write(sh, index, data));
-                    } else if let Some(pos) = cancelled.iter().position(|i| *i == index) {
-                        cancelled.swap_remove(pos);
-                        sh.pool.give(data);
-                    } else {
-                        *penalty += 1;
-                        anyhow::bail!("peer sent chunk {index}, which was not requested");
-                    }
-                }
-                Some(Ok(Incoming::Control(f))) => match f {
-                    Frame::Have(i) if i < n => {
-                        if !g.has.get(i) {
-                            g.has.set(i);
-                            sh.picker().add_have(i);
-                        }
-                    }
-                    Frame::Reject { index, reason } => {
-                        if let Some(pos) = g.inflight.iter().position(|(i, _)| *i == index) {
-                            g.inflight.swap_remove(pos);
-                            sh.picker().release(index);
-                            match reason {
-                                RejectReason::NotHeld => {
-                                    g.has.clear(index);
-                                    sh.retries.fetch_add(1, Ordering::Relaxed);
-                                }
-                                // The seeder just gave this chunk to another downloader, who
-                                // will pass it on: ask someone else, or this peer again later.
-                                RejectReason::Busy => deferred.push((index, Instant::now() + BUSY_BACKOFF)),
-                                RejectReason::Invalid => {
-                                    sh.retries.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                        cancelled.retain(|i| *i != index);
-                    }
-                    Frame::Bye { text, .. } => return Ok(PeerEnd::Failed(format!("peer closed: {text}"))),
-                    other => {
-                        *penalty += 1;
-                        anyhow::bail!("unexpected {} frame", other.name());
-                    }
-                },
-                // A peer killed mid-session: rustls reports the missing close_notify with a
-                // link to its manual; the user needs only to know the connection dropped.
-                Some(Err(WireError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    anyhow::bail!("connection dropped by the peer (no orderly close)")
-                }
-                Some(Err(e)) => anyhow::bail!("{e}"),
-                None => anyhow::bail!("connection closed"),
-            },
-            Some(r) = verifying.next(), if !verifying.is_empty() => {
-                if let Some(end) = settle(sh, r, penalty, peer.fingerprint) {
-                    return Ok(end);
-                }
-            }
-            c = completions.recv() => {
-                if let Ok(i) = c
-                    && let Some(pos) = g.inflight.iter().position(|(x, _)| *x == i)
-                {
-                    // Another peer delivered it first (end game): cancel ours.
-                    g.inflight.swap_remove(pos);
-                    cancelled.push(i);
-                    write_frame(&mut wr, &Frame::Cancel(i), &mut scratch).await?;
-                    wr.flush().await?;
-                }
-            }
-            // A deferral runs out: loop round to ask for those chunks again.
-            _ = tokio::time::sleep_until(retry_deferred.unwrap_or(now).into()), if retry_deferred.is_some() => {}
-            _ = tokio::time::sleep_until(stall_at.into()), if !g.inflight.is_empty() => {
-                *penalty += STALL_PENALTY;
-                for (i, _) in &g.inflight {
-                    sh.events.emit(Event::ChunkRetry { file_id: sh.file_id, index: *i, fingerprint: peer.fingerprint, reason: "peer stalled".into() });
-                }
-                sh.retries.fetch_add(g.inflight.len() as u32, Ordering::Relaxed);
-                return Ok(PeerEnd::Failed(format!("stalled: no data for {:?}", sh.stall_timeout)));
-            }
-            _ = sh.cancel.cancelled() => {
-                write_frame(&mut wr, &Frame::Bye { reason: 0, text: "done".into() }, &mut scratch).await.ok();
-                wr.shutdown().await.ok();
+        Ok(())
+    }
+
+    async fn run(&mut self, rx: &mut Inbox, mem: &mut PeerMemory) -> Result<PeerEnd, PeerError> {
+        let sh = self.sh;
+        let mut completions = sh.completions.subscribe();
+        let mut wake = sh.picker().subscribe();
+        loop {
+            // Seen before picking: a release after this pick wakes the select below.
+            wake.borrow_and_update();
+            self.fill_window().await?;
+            if self.g.inflight.is_empty() && self.verifying.is_empty() && sh.picker().is_done() {
+                self.bye("download complete").await;
                 return Ok(PeerEnd::Finished);
             }
+            let retry_deferred = self.deferred.iter().map(|(_, t)| *t).min();
+            let stall = stall_after(sh.manifest.chunk_size, mem.rate, sh.stall_timeout);
+            let stall_at = self.last_progress + stall;
+            let overdue_at = self.last_progress + stall / 2;
+            let busy = !self.g.inflight.is_empty();
+            tokio::select! {
+                msg = rx.recv() => {
+                    if let Some(end) = self.on_message(msg, mem).await? {
+                        return Ok(end);
+                    }
+                }
+                Some(r) = self.verifying.next(), if !self.verifying.is_empty() => {
+                    if let Some(end) = settle(sh, r, &mut mem.penalty, self.fp, self.g.slot) {
+                        return Ok(end);
+                    }
+                }
+                c = completions.recv() => {
+                    if let Ok(i) = c {
+                        self.on_completed_elsewhere(i).await?;
+                    }
+                }
+                // A chunk was released somewhere, or a holder fell behind: try picking again.
+                Ok(()) = wake.changed() => {}
+                // A deferral runs out: loop round to ask for those chunks again.
+                _ = tokio::time::sleep_until(retry_deferred.unwrap_or(self.last_progress).into()), if retry_deferred.is_some() => {}
+                _ = tokio::time::sleep_until(overdue_at.into()), if busy && !self.lagging => {
+                    self.lagging = true;
+                    sh.picker().set_lagging(self.g.slot, true);
+                }
+                _ = tokio::time::sleep_until(stall_at.into()), if busy => {
+                    return Ok(self.stalled(stall, mem));
+                }
+                _ = sh.cancel.cancelled() => {
+                    self.bye("done").await;
+                    return Ok(PeerEnd::Finished);
+                }
+            }
         }
+    }
+
+    async fn bye(&mut self, text: &str) {
+        let bye = Frame::Bye {
+            reason: 0,
+            text: text.into(),
+        };
+        write_frame(&mut self.wr, &bye, &mut self.scratch)
+            .await
+            .ok();
+        self.wr.shutdown().await.ok();
+    }
+
+    /// No data for `after` with requests out: the requests go elsewhere (the guard releases
+    /// them when the session returns) and the peer is scored.
+    fn stalled(&mut self, after: Duration, mem: &mut PeerMemory) -> PeerEnd {
+        let sh = self.sh;
+        mem.penalty += STALL_PENALTY;
+        for (i, _) in &self.g.inflight {
+            sh.events.emit(Event::ChunkRetry {
+                file_id: sh.file_id,
+                index: *i,
+                fingerprint: self.fp,
+                reason: "peer stalled".into(),
+            });
+        }
+        sh.retries
+            .fetch_add(self.g.inflight.len() as u32, Ordering::Relaxed);
+        PeerEnd::Failed(format!("stalled: no data for {after:?}"))
+    }
+
+    /// Another peer delivered chunk `i` first (end game): cancel ours.
+    async fn on_completed_elsewhere(&mut self, i: u32) -> Result<(), PeerError> {
+        if let Some(pos) = self.g.inflight.iter().position(|(x, _)| *x == i) {
+            self.g.inflight.swap_remove(pos);
+            self.cancelled.push(i);
+            write_frame(&mut self.wr, &Frame::Cancel(i), &mut self.scratch).await?;
+            self.wr.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Option<Incoming>, WireError>>,
+        mem: &mut PeerMemory,
+    ) -> Result<Option<PeerEnd>, PeerError> {
+        match msg {
+            Some(Ok(Some(Incoming::Chunk { index, data }))) => {
+                self.on_chunk(index, data, mem).await
+            }
+            Some(Ok(Some(Incoming::Control(f)))) => self.on_control(f),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(None)) | None => Err(PeerError::Network("connection closed".into())),
+        }
+    }
+
+    async fn on_chunk(
+        &mut self,
+        index: u32,
+        data: Vec<u8>,
+        mem: &mut PeerMemory,
+    ) -> Result<Option<PeerEnd>, PeerError> {
+        let sh = self.sh;
+        if let Some(pos) = self.g.inflight.iter().position(|(i, _)| *i == index) {
+            self.g.inflight.swap_remove(pos);
+            self.last_progress = Instant::now();
+            self.received += data.len() as u64;
+            let bps = self.meter.update(self.received);
+            if bps > 0 {
+                mem.rate = bps;
+            }
+            if self.lagging {
+                self.lagging = false;
+                sh.picker().set_lagging(self.g.slot, false);
+            }
+            if self.verifying.len() >= VERIFY_DEPTH
+                && let Some(r) = self.verifying.next().await
+                && let Some(end) = settle(sh, r, &mut mem.penalty, self.fp, self.g.slot)
+            {
+                return Ok(Some(end));
+            }
+            self.verifying.push_back(verify_and_write(sh, index, data));
+        } else if let Some(pos) = self.cancelled.iter().position(|i| *i == index) {
+            self.cancelled.swap_remove(pos);
+            sh.pool.give(data);
+        } else {
+            sh.pool.give(data);
+            return Err(violation(format!(
+                "sent chunk {index}, which was not requested"
+            )));
+        }
+        Ok(None)
+    }
+
+    fn on_control(&mut self, f: Frame) -> Result<Option<PeerEnd>, PeerError> {
+        let sh = self.sh;
+        let n = sh.manifest.chunk_count();
+        match f {
+            Frame::Have(i) if i < n => {
+                if !self.g.has.get(i) {
+                    self.g.has.set(i);
+                    sh.picker().add_have(i);
+                }
+            }
+            Frame::Have(i) => return Err(violation(format!("Have({i}) beyond the {n} chunks"))),
+            Frame::Reject { index, reason } => self.on_reject(index, reason),
+            Frame::Bye { text, .. } => {
+                return Ok(Some(PeerEnd::Failed(format!("peer closed: {text}"))));
+            }
+            other => return Err(violation(format!("unexpected {} frame", other.name()))),
+        }
+        Ok(None)
+    }
+
+    fn on_reject(&mut self, index: u32, reason: RejectReason) {
+        let sh = self.sh;
+        if let Some(pos) = self.g.inflight.iter().position(|(i, _)| *i == index) {
+            self.g.inflight.swap_remove(pos);
+            sh.picker().release(index, self.g.slot);
+            match reason {
+                RejectReason::NotHeld => {
+                    self.g.has.clear(index);
+                    sh.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                // The seeder just gave this chunk to another downloader, who will pass it
+                // on: ask someone else, or this peer again later.
+                RejectReason::Busy => self.deferred.push((index, Instant::now() + BUSY_BACKOFF)),
+                RejectReason::Invalid => {
+                    sh.retries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // A reject of a cancelled (or unknown) request is the race with our Cancel: harmless.
+        self.cancelled.retain(|i| *i != index);
     }
 }
 
@@ -352,6 +577,7 @@ fn settle(
     r: Result<Verified, tokio::task::JoinError>,
     penalty: &mut u32,
     fp: Fingerprint,
+    slot: PeerSlot,
 ) -> Option<PeerEnd> {
     let (index, r) = match r {
         Ok(x) => x,
@@ -375,7 +601,7 @@ fn settle(
             None
         }
         Ok(false) => {
-            sh.picker().release(index);
+            sh.picker().release(index, slot);
             sh.retries.fetch_add(1, Ordering::Relaxed);
             *penalty += BAD_CHUNK_PENALTY;
             tracing::warn!(peer = %fp, index, "chunk failed verification; discarded, will be fetched again");
@@ -392,7 +618,7 @@ fn settle(
             })
         }
         Err(e) => {
-            sh.picker().release(index);
+            sh.picker().release(index, slot);
             tracing::error!(error = %e, index, "writing a verified chunk failed");
             *sh.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
             sh.done.notify_one();
