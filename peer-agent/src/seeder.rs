@@ -69,10 +69,45 @@ pub struct SharedFile {
     swarm_grew: tokio::sync::Notify,
     /// Which connection was last given each recently requested chunk, and when. A connection's
     /// claims are removed when it ends ([`ClaimsGuard`]).
-    claims: Mutex<HashMap<u32, Claim>>,
+    claims: Mutex<Claims>,
     pub uploaded: AtomicU64,
     /// Requests answered `Busy` because another connection held a claim.
     busy_refusals: AtomicU64,
+}
+
+/// Most claims one certificate holds at once (see `SharedFile::claim`).
+const CLAIMS_PER_PEER: usize = 16;
+
+#[derive(Default)]
+struct Claims {
+    by_chunk: HashMap<u32, Claim>,
+    /// When each certificate's live claims were made, oldest first.
+    recent_by_peer: HashMap<Fingerprint, VecDeque<Instant>>,
+}
+
+impl Claims {
+    /// Records a new claim of `fp` unless it holds [`CLAIMS_PER_PEER`] live ones already.
+    fn note_claim_of(&mut self, fp: Fingerprint, now: Instant) -> bool {
+        if self.recent_by_peer.len() > 1024 {
+            self.recent_by_peer.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < CLAIM_WINDOW)
+            });
+        }
+        let times = self.recent_by_peer.entry(fp).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= CLAIM_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= CLAIMS_PER_PEER {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
 }
 
 /// Which connection (of which certificate) was given a chunk first, and when.
@@ -149,7 +184,7 @@ impl SharedFile {
             swarm: Mutex::new(SwarmCache::default()),
             swarm_refresh: tokio::sync::Mutex::new(()),
             swarm_grew: tokio::sync::Notify::new(),
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Claims::default()),
             uploaded: AtomicU64::new(0),
             busy_refusals: AtomicU64::new(0),
         })
@@ -254,20 +289,37 @@ impl SharedFile {
     /// A certificate claims a chunk once: asking again (on any of its connections) is served
     /// but does not renew the claim, or a peer that re-requests every chunk every second would
     /// keep them all `Busy` for everyone else.
-    fn claim(&self, i: u32, conn: u64, fp: Fingerprint) -> bool {
+    ///
+    /// And a certificate holds at most [`CLAIMS_PER_PEER`] claims at once: beyond, it is served
+    /// without claiming. A downloader passes chunks on; one that only takes (it cannot be told
+    /// apart up front) would otherwise keep whatever it sweeps through `Busy` for the others.
+    ///
+    /// `distrusted` names certificates whose claims make nobody wait (those in a cool-down).
+    fn claim(
+        &self,
+        i: u32,
+        conn: u64,
+        fp: Fingerprint,
+        distrusted: impl Fn(&Fingerprint) -> bool,
+    ) -> bool {
         let now = Instant::now();
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        if claims.len() > 8192 {
-            claims.retain(|_, c| now.duration_since(c.at) < CLAIM_WINDOW);
+        let mut guard = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = &mut *guard;
+        if claims.by_chunk.len() > 8192 {
+            claims
+                .by_chunk
+                .retain(|_, c| now.duration_since(c.at) < CLAIM_WINDOW);
         }
-        match claims.get(&i) {
+        match claims.by_chunk.get(&i) {
             Some(c) if c.fp == fp => true,
-            Some(c) if now.duration_since(c.at) < CLAIM_WINDOW => {
+            Some(c) if now.duration_since(c.at) < CLAIM_WINDOW && !distrusted(&c.fp) => {
                 self.busy_refusals.fetch_add(1, Ordering::Relaxed);
                 false
             }
             _ => {
-                claims.insert(i, Claim { conn, fp, at: now });
+                if claims.note_claim_of(fp, now) {
+                    claims.by_chunk.insert(i, Claim { conn, fp, at: now });
+                }
                 true
             }
         }
@@ -279,6 +331,7 @@ impl SharedFile {
         self.claims
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .by_chunk
             .retain(|_, c| c.conn != conn);
     }
 
@@ -788,7 +841,7 @@ impl Seeder {
                         let reason = if !file.holds(i) {
                             Some(RejectReason::NotHeld)
                         } else if queue.len() >= self.limits.max_queued_requests
-                            || !file.claim(i, conn_id, fp)
+                            || !file.claim(i, conn_id, fp, |c| self.admission.is_cooling(c))
                         {
                             Some(RejectReason::Busy)
                         } else {
@@ -980,7 +1033,7 @@ mod tests {
         assert!(!claim(&shared, 3, 2), "another downloader is told to wait");
         assert!(claim(&shared, 4, 2), "other chunks are free");
         // Once the window has passed, the chunk is served again.
-        shared.claims.lock().unwrap().insert(
+        shared.claims.lock().unwrap().by_chunk.insert(
             3,
             Claim {
                 conn: 1,
@@ -998,7 +1051,7 @@ mod tests {
     }
 
     fn claim(shared: &SharedFile, i: u32, c: u64) -> bool {
-        shared.claim(i, c, who(c))
+        shared.claim(i, c, who(c), |_| false)
     }
 
     /// A peer that re-requests every chunk on and on must not keep them `Busy` for the others.
@@ -1006,17 +1059,47 @@ mod tests {
     fn asking_again_does_not_renew_a_claim() {
         let shared = small_shared();
         assert!(claim(&shared, 5, 1));
-        let first = shared.claims.lock().unwrap()[&5].at;
+        let first = shared.claims.lock().unwrap().by_chunk[&5].at;
         // Again, and on another connection of the same certificate: served, claim unchanged.
         assert!(claim(&shared, 5, 1));
-        assert!(shared.claim(5, 7, who(1)));
-        assert_eq!(shared.claims.lock().unwrap()[&5].at, first);
-        assert_eq!(shared.claims.lock().unwrap()[&5].conn, 1);
+        assert!(shared.claim(5, 7, who(1), |_| false));
+        assert_eq!(shared.claims.lock().unwrap().by_chunk[&5].at, first);
+        assert_eq!(shared.claims.lock().unwrap().by_chunk[&5].conn, 1);
         // Once its window is over, another downloader gets the chunk at once.
-        shared.claims.lock().unwrap().get_mut(&5).unwrap().at = first - CLAIM_WINDOW;
-        assert!(shared.claim(5, 7, who(1)), "the holder is still served");
+        shared
+            .claims
+            .lock()
+            .unwrap()
+            .by_chunk
+            .get_mut(&5)
+            .unwrap()
+            .at = first - CLAIM_WINDOW;
+        assert!(
+            shared.claim(5, 7, who(1), |_| false),
+            "the holder is still served"
+        );
         assert!(claim(&shared, 5, 2));
         assert!(!claim(&shared, 5, 3));
+        // Unless the holder is distrusted (cooling down): then nobody waits for it.
+        assert!(shared.claim(5, 3, who(3), |fp| *fp == who(2)));
+    }
+
+    /// One certificate sweeping through the file makes at most `CLAIMS_PER_PEER` chunks wait.
+    #[test]
+    fn one_certificate_holds_a_bounded_number_of_claims() {
+        let data = vec![5u8; 40 * 16384];
+        let m = Arc::new(
+            manifest_from_reader("f", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
+        );
+        let n = m.chunk_count();
+        let file = tempfile::tempfile().unwrap();
+        let shared = SharedFile::partial(m, PathBuf::from("f"), Arc::new(file), Bitfield::new(n));
+        for i in 0..n {
+            assert!(claim(&shared, i, 1), "the sweeper is served every chunk");
+        }
+        let busy = (0..n).filter(|i| !claim(&shared, *i, 2)).count();
+        assert!(n as usize > CLAIMS_PER_PEER);
+        assert_eq!(busy, CLAIMS_PER_PEER);
     }
 
     fn small_shared() -> Arc<SharedFile> {

@@ -145,6 +145,16 @@ impl Admission {
         self.add_strike(&mut s, fp, Instant::now());
     }
 
+    /// Whether `fp` is in its cool-down now.
+    pub fn is_cooling(&self, fp: &Fingerprint) -> bool {
+        let now = Instant::now();
+        self.state()
+            .strikes
+            .get(fp)
+            .and_then(|st| st.cooling_until)
+            .is_some_and(|until| until > now)
+    }
+
     /// Connections refused so far (by address, by certificate or for a cool-down).
     pub fn refused(&self) -> u64 {
         self.state().refused
@@ -408,6 +418,8 @@ mod tests {
             Err(Refusal::TooManyConnections(_))
         ));
         drop(_held);
+        assert!(a.is_cooling(&fp(1)));
+        assert!(!a.is_cooling(&fp(2)));
         let refusal = a.admit_peer(fp(1)).err().unwrap();
         assert!(matches!(refusal, Refusal::CoolingDown(_)), "{refusal:?}");
         assert!(refusal.to_string().contains("refused for"), "{refusal}");
