@@ -402,6 +402,8 @@ pub struct Seeder {
     admission: Arc<Admission>,
     /// Upload slots, granted in turn by certificate.
     slots: Arc<SlotScheduler>,
+    /// Connections closed for having nothing requested for the idle timeout.
+    idle_closes: AtomicU64,
     pool: BufferPool,
     /// Stops accepting; connections end with it.
     pub cancel: CancellationToken,
@@ -446,6 +448,7 @@ impl Seeder {
             local_addr,
             admission: Admission::new(limits.clone()),
             slots: SlotScheduler::new(limits.upload_slots),
+            idle_closes: AtomicU64::new(0),
             limits,
             pool: BufferPool::new(CHUNK_HEADER_LEN + wire::PRE_HELLO_MAX_FRAME as usize * 4),
             cancel,
@@ -475,6 +478,11 @@ impl Seeder {
     /// certificate in its cool-down.
     pub fn refused_connections(&self) -> u64 {
         self.admission.refused()
+    }
+
+    /// Connections closed so far for having nothing requested for the idle timeout.
+    pub fn idle_closes(&self) -> u64 {
+        self.idle_closes.load(Ordering::Relaxed)
     }
 
     pub fn tracker(&self) -> &TrackerClient {
@@ -568,6 +576,7 @@ impl Seeder {
         }
         tracing::info!(
             refused_connections = self.refused_connections(),
+            idle_closes = self.idle_closes(),
             "seeding listener closed"
         );
     }
@@ -803,6 +812,7 @@ impl Seeder {
                         _ = tokio::time::sleep_until((last_active + idle).into()) => {
                             let text = format!("idle: no request for {}s", idle.as_secs());
                             say_bye(&mut wr, &mut scratch, 1, &text).await;
+                            self.idle_closes.fetch_add(1, Ordering::Relaxed);
                             return Err(Wasted("idle with nothing requested".into()).into());
                         }
                         _ = self.cancel.cancelled() => {

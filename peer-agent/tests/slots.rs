@@ -19,10 +19,13 @@ use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use torrentguard_agent::conn::{BufferPool, FrameReader, Incoming, write_frame};
+use torrentguard_agent::download::announce;
+use torrentguard_agent::seeder::{SeederLimits, SharedFile};
 use torrentguard_agent::tls::{peer_client_config, peer_server_name};
 use torrentguard_agent::tracker_client::TrackerClient;
 use torrentguard_agent::{Agent, DownloadOptions, EventSink, TrackerTarget};
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
+use torrentguard_protocol::hashing::manifest_from_reader;
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION};
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo};
 use torrentguard_tracker::TrackerConfig;
@@ -332,6 +335,167 @@ async fn one_listed_peer_cannot_hold_the_seeders_slots() {
         s.summary()
     );
     honest.shutdown().await;
+    seeder.shutdown().await;
+    tracker.shutdown().await.unwrap();
+}
+
+async fn agent_with(
+    target: &TrackerTarget,
+    dir: &std::path::Path,
+    name: &str,
+    limits: SeederLimits,
+) -> Agent {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let identity = Arc::new(Identity::generate(name).unwrap());
+    Agent::start_with_limits(
+        identity,
+        data,
+        target,
+        "127.0.0.1:0".parse().unwrap(),
+        limits,
+    )
+    .await
+    .unwrap()
+}
+
+async fn tracker_for_tests(
+    dir: &std::path::Path,
+) -> (torrentguard_tracker::RunningTracker, TrackerTarget) {
+    let mut cfg = TrackerConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("tracker"));
+    cfg.announce_interval = Duration::from_secs(2);
+    cfg.peer_ttl = Duration::from_secs(120);
+    let tracker = torrentguard_tracker::start(cfg).await.unwrap();
+    let target = TrackerTarget {
+        url: tracker.url(),
+        fingerprint: Some(tracker.fingerprint),
+        token: None,
+    };
+    (tracker, target)
+}
+
+/// Polls `done` until it holds, failing the test after `STEP`.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STEP;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection that says `Hello` and then asks for nothing is told why and closed after the
+/// idle timeout (it used to stay 600 s), and that counts toward its certificate's cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_requests_nothing_is_closed_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, target) = tracker_for_tests(dir.path()).await;
+    let limits = SeederLimits {
+        idle_timeout: Duration::from_millis(500),
+        strikes: 1,
+        ..SeederLimits::default()
+    };
+    let seeder = agent_with(&target, dir.path(), "seeder", limits).await;
+    let path = dir.path().join("f.bin");
+    std::fs::write(&path, vec![3u8; 300_000]).unwrap();
+    let shared = seeder
+        .share(&path, CHUNK, HashAlgo::Sha256, &EventSink::none())
+        .await
+        .unwrap();
+    let attacker = Attacker {
+        tls: listed_attacker(
+            &target,
+            dir.path(),
+            shared.file_id,
+            shared.manifest.chunk_count(),
+            seeder.identity.fingerprint,
+        )
+        .await,
+        seeder: seeder.listen_addr(),
+        file_id: shared.file_id,
+        chunk_count: shared.manifest.chunk_count(),
+        stats: Arc::new(AttackStats::default()),
+    };
+    // Two idle connections in a row: each is served, then closed with a Bye.
+    for _ in 0..2 {
+        tokio::time::timeout(STEP, attacker.connect_once(false))
+            .await
+            .expect("the seeder closes an idle connection")
+            .unwrap();
+    }
+    assert_eq!(attacker.stats.served_total.load(Ordering::Relaxed), 2);
+    assert_eq!(attacker.stats.closed_idle.load(Ordering::Relaxed), 2);
+    assert_eq!(seeder.seeder.idle_closes(), 2);
+    // Two strikes with one allowed: the certificate is refused for a while, and told so.
+    attacker.connect_once(false).await.unwrap();
+    assert_eq!(attacker.stats.refused_cooldown.load(Ordering::Relaxed), 1);
+    assert_eq!(seeder.seeder.refused_connections(), 1);
+    seeder.shutdown().await;
+    tracker.shutdown().await.unwrap();
+}
+
+/// A downloader with nothing to ask of a peer (it has served all it holds) is closed as idle;
+/// it reconnects on its own, and gets the chunks the peer verifies later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_closed_as_idle_reconnects_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, target) = tracker_for_tests(dir.path()).await;
+    let limits = SeederLimits {
+        idle_timeout: Duration::from_millis(300),
+        ..SeederLimits::default()
+    };
+    let seeder = agent_with(&target, dir.path(), "partial", limits).await;
+    let path = dir.path().join("half.bin");
+    let data: Vec<u8> = (0..20 * CHUNK as usize).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let manifest =
+        manifest_from_reader("half.bin", &data[..], CHUNK, HashAlgo::Sha256, |_| {}).unwrap();
+    let n = manifest.chunk_count();
+    seeder.tracker.register(&manifest).await.unwrap();
+    let mut have = Bitfield::new(n);
+    for i in 0..n / 2 {
+        have.set(i);
+    }
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    let shared = SharedFile::partial(Arc::new(manifest), path.clone(), file, have);
+    seeder.seeder.add(shared.clone());
+    announce(
+        &seeder.tracker,
+        &seeder.seeder,
+        &shared,
+        AnnounceEvent::Started,
+    )
+    .await
+    .unwrap();
+
+    let leecher = agent(&target, dir.path(), "leecher").await;
+    let id = shared.file_id;
+    let get = tokio::spawn(async move {
+        let r = leecher
+            .download(id, DownloadOptions::new(leecher.data_dir.join("out")))
+            .await;
+        (r, leecher)
+    });
+    // The first half is served, then the idle downloader is closed.
+    let half = u64::from(n / 2) * u64::from(CHUNK);
+    wait_for("the first half to be served", || {
+        shared.uploaded.load(Ordering::Relaxed) >= half
+    })
+    .await;
+    wait_for("the idle downloader to be closed", || {
+        seeder.seeder.idle_closes() >= 1
+    })
+    .await;
+    for i in n / 2..n {
+        shared.add_chunk(i);
+    }
+    let (r, leecher) = tokio::time::timeout(DOWNLOAD_BOUND, get)
+        .await
+        .expect("the download completes after reconnecting")
+        .unwrap();
+    let report = r.expect("the download succeeds");
+    assert_eq!(std::fs::read(&report.path).unwrap(), data);
+    assert_eq!(shared.uploaded.load(Ordering::Relaxed), data.len() as u64);
+    leecher.shutdown().await;
     seeder.shutdown().await;
     tracker.shutdown().await.unwrap();
 }
