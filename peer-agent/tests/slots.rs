@@ -494,7 +494,8 @@ async fn a_downloader_closed_as_idle_reconnects_and_finishes() {
         .unwrap();
     let report = r.expect("the download succeeds");
     assert_eq!(std::fs::read(&report.path).unwrap(), data);
-    assert_eq!(shared.uploaded.load(Ordering::Relaxed), data.len() as u64);
+    // The only source served it all (a chunk twice if a close caught it in flight).
+    assert!(shared.uploaded.load(Ordering::Relaxed) >= data.len() as u64);
     leecher.shutdown().await;
     seeder.shutdown().await;
     tracker.shutdown().await.unwrap();
