@@ -683,15 +683,16 @@ impl Seeder {
             }
         };
         let mut reader = FrameReader::new(rd);
-        let hello = tokio::time::timeout_at(deadline, reader.next(&self.pool)).await??;
-        let Some(Incoming::Control(Frame::Hello {
+        let hello = tokio::time::timeout_at(deadline, reader.next(&self.pool)).await;
+        let Ok(Ok(Some(Incoming::Control(Frame::Hello {
             version,
             file_id,
             chunk_count,
-        })) = hello
+        })))) = hello
         else {
+            // Silent, garbled or not a Hello: it held a place for nothing.
             self.admission.strike(fp);
-            anyhow::bail!("first frame was not a Hello");
+            anyhow::bail!("no Hello from the peer: {hello:?}");
         };
         let refuse = |text: &str| Frame::Bye {
             reason: 1,
