@@ -770,26 +770,7 @@ impl Seeder {
         wr.flush().await?;
         reader.set_max_frame(frame_bound(m.chunk_size, m.chunk_count()));
 
-        // Reads run in their own task: a read cut short by select! would lose stream bytes.
-        // No timeout there: a peer silent (or stuck mid-frame) with nothing queued meets the
-        // idle timeout below.
-        let (frames_tx, mut frames) = mpsc::channel(self.limits.max_queued_requests);
-        let pool = self.pool.clone();
-        let read_task = tokio::spawn(async move {
-            loop {
-                let next = match reader.next(&pool).await {
-                    Ok(Some(Incoming::Control(f))) => Ok(f),
-                    Ok(Some(Incoming::Chunk { .. })) => Err("peer sent a chunk to a seeder".into()),
-                    Ok(None) => return,
-                    Err(e) => Err(e.to_string()),
-                };
-                let last = next.is_err();
-                if frames_tx.send(next).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        let _abort = AbortOnDrop(read_task.abort_handle());
+        let (mut frames, _abort) = self.spawn_reader(reader);
 
         let idle = self.limits.idle_timeout;
         let mut queue: VecDeque<u32> = VecDeque::new();
@@ -849,16 +830,7 @@ impl Seeder {
                     }
                     Frame::Request(i) => {
                         last_active = Instant::now();
-                        let reason = if !file.holds(i) {
-                            Some(RejectReason::NotHeld)
-                        } else if queue.len() >= self.limits.max_queued_requests
-                            || !file.claim(i, conn_id, fp, |c| self.admission.is_cooling(c))
-                        {
-                            Some(RejectReason::Busy)
-                        } else {
-                            None
-                        };
-                        match reason {
+                        match self.refusal(&file, i, queue.len(), conn_id, fp) {
                             Some(reason) => {
                                 let reject = Frame::Reject { index: i, reason };
                                 write_frame(&mut wr, &reject, &mut scratch).await?;
@@ -895,6 +867,52 @@ impl Seeder {
                 self.send_chunk(&file, fp, i, &mut wr).await?;
                 last_active = Instant::now();
             }
+        }
+    }
+
+    /// Reads the peer's frames in their own task (a read cut short by `select!` would lose
+    /// stream bytes); the last item is the error that ended the stream, if any. No timeout
+    /// there: a peer silent (or stuck mid-frame) with nothing queued meets the idle timeout.
+    fn spawn_reader(
+        &self,
+        mut reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    ) -> (mpsc::Receiver<Result<Frame, String>>, AbortOnDrop) {
+        let (frames_tx, frames) = mpsc::channel(self.limits.max_queued_requests);
+        let pool = self.pool.clone();
+        let read_task = tokio::spawn(async move {
+            loop {
+                let next = match reader.next(&pool).await {
+                    Ok(Some(Incoming::Control(f))) => Ok(f),
+                    Ok(Some(Incoming::Chunk { .. })) => Err("peer sent a chunk to a seeder".into()),
+                    Ok(None) => return,
+                    Err(e) => Err(e.to_string()),
+                };
+                let last = next.is_err();
+                if frames_tx.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        (frames, AbortOnDrop(read_task.abort_handle()))
+    }
+
+    /// Why a request for chunk `i` is not queued, if it is not.
+    fn refusal(
+        &self,
+        file: &SharedFile,
+        i: u32,
+        queued: usize,
+        conn_id: u64,
+        fp: Fingerprint,
+    ) -> Option<RejectReason> {
+        if !file.holds(i) {
+            Some(RejectReason::NotHeld)
+        } else if queued >= self.limits.max_queued_requests
+            || !file.claim(i, conn_id, fp, |c| self.admission.is_cooling(c))
+        {
+            Some(RejectReason::Busy)
+        } else {
+            None
         }
     }
 
