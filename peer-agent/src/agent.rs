@@ -14,7 +14,7 @@ use torrentguard_tracker::identity::{Identity, IdentityError};
 
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, announce, download};
 use crate::events::{Event, EventSink};
-use crate::seeder::{Seeder, SharedFile, WithdrawReason};
+use crate::seeder::{Seeder, SeederLimits, SharedFile, WithdrawReason};
 use crate::tracker_client::{TrackerClient, TrackerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +64,24 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Connects to the tracker as `identity` and opens the seeding listener on `listen`.
+    /// Connects to the tracker as `identity` and opens the seeding listener on `listen`, with
+    /// the default [`SeederLimits`].
     pub async fn start(
         identity: Arc<Identity>,
         data_dir: PathBuf,
         tracker: &TrackerTarget,
         listen: SocketAddr,
+    ) -> Result<Agent, AgentError> {
+        Self::start_with_limits(identity, data_dir, tracker, listen, SeederLimits::default()).await
+    }
+
+    /// As [`Agent::start`], the seeding listener within `limits`.
+    pub async fn start_with_limits(
+        identity: Arc<Identity>,
+        data_dir: PathBuf,
+        tracker: &TrackerTarget,
+        listen: SocketAddr,
+        limits: SeederLimits,
     ) -> Result<Agent, AgentError> {
         let client = TrackerClient::connect(
             &tracker.url,
@@ -80,12 +92,18 @@ impl Agent {
         )
         .await?;
         let cancel = CancellationToken::new();
-        let seeder = Seeder::start(listen, &identity, client.clone(), cancel.child_token())
-            .await
-            .map_err(|source| AgentError::Listen {
-                addr: listen,
-                source,
-            })?;
+        let seeder = Seeder::start_with_limits(
+            listen,
+            &identity,
+            client.clone(),
+            cancel.child_token(),
+            limits,
+        )
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: listen,
+            source,
+        })?;
         Ok(Agent {
             identity,
             tracker: client,

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use torrentguard_agent::agent::{Agent, TrackerTarget, load_identity};
 use torrentguard_agent::reach::{Advertise, AdvertiseSpec};
+use torrentguard_agent::seeder::SeederLimits;
 use torrentguard_agent::store::list_partials;
 use torrentguard_agent::{AgentError, DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
@@ -153,6 +154,9 @@ struct ShareArgs {
     /// Limit the upload rate, in bytes per second (suffixes K, M, G). 0 means no limit.
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     upload_limit: u64,
+
+    #[command(flatten)]
+    peer_limits: PeerLimitFlags,
 }
 
 #[derive(Args, Debug)]
@@ -203,7 +207,47 @@ struct GetArgs {
     upload_limit: u64,
 
     #[command(flatten)]
+    peer_limits: PeerLimitFlags,
+
+    #[command(flatten)]
     tracker: TrackerFlags,
+}
+
+/// What one peer may hold of our seeding listener.
+#[derive(Args, Debug, Clone)]
+struct PeerLimitFlags {
+    /// Most connections one peer certificate may hold to us at once.
+    #[arg(long, default_value_t = SeederLimits::default().max_per_peer, value_name = "N",
+          value_parser = at_least_one)]
+    max_peer_connections: usize,
+
+    /// Most connections one IP address may hold to us at once (before TLS).
+    #[arg(long, default_value_t = SeederLimits::default().max_per_address, value_name = "N",
+          value_parser = at_least_one)]
+    max_address_connections: usize,
+
+    /// Close a peer connection with nothing requested for this long (e.g. 15s, 2m).
+    #[arg(long, default_value = "15s", value_name = "DURATION",
+          value_parser = torrentguard_agent::download::parse_duration)]
+    peer_idle_timeout: std::time::Duration,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of at least 1")),
+    }
+}
+
+impl PeerLimitFlags {
+    fn limits(&self) -> SeederLimits {
+        SeederLimits {
+            max_per_peer: self.max_peer_connections,
+            max_per_address: self.max_address_connections,
+            idle_timeout: self.peer_idle_timeout,
+            ..SeederLimits::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -663,7 +707,13 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
             let _ = tokio::time::timeout(EMBEDDED_TRACKER_STOP, t.shutdown()).await;
         }
     };
-    let started = Agent::start(id.clone(), dir.to_path_buf(), &tracker, args.listen);
+    let started = Agent::start_with_limits(
+        id.clone(),
+        dir.to_path_buf(),
+        &tracker,
+        args.listen,
+        args.peer_limits.limits(),
+    );
     let agent = match unless_stopped(&stop, started).await {
         Some(a) => a?,
         None => {
@@ -875,7 +925,13 @@ async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> 
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
-    let started = Agent::start(id, dir.to_path_buf(), &tracker, args.listen);
+    let started = Agent::start_with_limits(
+        id,
+        dir.to_path_buf(),
+        &tracker,
+        args.listen,
+        args.peer_limits.limits(),
+    );
     let Some(agent) = unless_stopped(&stop, started).await else {
         return Ok(ExitCode::from(INTERRUPTED));
     };

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use torrentguard_protocol::wire::{
@@ -27,21 +28,16 @@ use torrentguard_protocol::wire::{
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_tracker::identity::Identity;
 
+mod limits;
+
+use limits::{Admission, PeerSlot, SlotScheduler};
+pub use limits::{Refusal, SeederLimits};
+
 use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::reach::Advertise;
 use crate::tls::{peer_fingerprint, peer_server_config};
 use crate::tracker_client::TrackerClient;
 
-/// Most inbound peer connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Most chunk reads+writes in progress at once across all connections (bounds memory).
-pub const MAX_UPLOADS: usize = 32;
-/// Requests a peer may queue on one connection before getting `Reject(busy)`.
-pub const MAX_QUEUED_REQUESTS: usize = 128;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A downloader that has nothing to ask for (it waits for our `Have`s) stays connected; only a
-/// peer silent this long is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a chunk given to one downloader is refused (`Busy`) to the others.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,10 +69,52 @@ pub struct SharedFile {
     swarm_grew: tokio::sync::Notify,
     /// Which connection was last given each recently requested chunk, and when. A connection's
     /// claims are removed when it ends ([`ClaimsGuard`]).
-    claims: Mutex<HashMap<u32, (u64, Instant)>>,
+    claims: Mutex<Claims>,
     pub uploaded: AtomicU64,
     /// Requests answered `Busy` because another connection held a claim.
     busy_refusals: AtomicU64,
+}
+
+/// Most claims one certificate holds at once (see `SharedFile::claim`).
+const CLAIMS_PER_PEER: usize = 16;
+
+#[derive(Default)]
+struct Claims {
+    by_chunk: HashMap<u32, Claim>,
+    /// When each certificate's live claims were made, oldest first.
+    recent_by_peer: HashMap<Fingerprint, VecDeque<Instant>>,
+}
+
+impl Claims {
+    /// Records a new claim of `fp` unless it holds [`CLAIMS_PER_PEER`] live ones already.
+    fn note_claim_of(&mut self, fp: Fingerprint, now: Instant) -> bool {
+        if self.recent_by_peer.len() > 1024 {
+            self.recent_by_peer.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < CLAIM_WINDOW)
+            });
+        }
+        let times = self.recent_by_peer.entry(fp).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= CLAIM_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= CLAIMS_PER_PEER {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+}
+
+/// Which connection (of which certificate) was given a chunk first, and when.
+struct Claim {
+    conn: u64,
+    fp: Fingerprint,
+    at: Instant,
 }
 
 /// Why a shared file was withdrawn: in full for the local user, and without local paths for
@@ -146,7 +184,7 @@ impl SharedFile {
             swarm: Mutex::new(SwarmCache::default()),
             swarm_refresh: tokio::sync::Mutex::new(()),
             swarm_grew: tokio::sync::Notify::new(),
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Claims::default()),
             uploaded: AtomicU64::new(0),
             busy_refusals: AtomicU64::new(0),
         })
@@ -247,19 +285,41 @@ impl SharedFile {
     /// given it within [`CLAIM_WINDOW`]: that downloader will have it in a moment and passes it
     /// on to the others, so answering `Busy` saves this seeder's upload for chunks nobody has.
     /// A downloader alone never meets a claim.
-    fn claim(&self, i: u32, conn: u64) -> bool {
+    ///
+    /// A certificate claims a chunk once: asking again (on any of its connections) is served
+    /// but does not renew the claim, or a peer that re-requests every chunk every second would
+    /// keep them all `Busy` for everyone else.
+    ///
+    /// And a certificate holds at most [`CLAIMS_PER_PEER`] claims at once: beyond, it is served
+    /// without claiming. A downloader passes chunks on; one that only takes (it cannot be told
+    /// apart up front) would otherwise keep whatever it sweeps through `Busy` for the others.
+    ///
+    /// `distrusted` names certificates whose claims make nobody wait (those in a cool-down).
+    fn claim(
+        &self,
+        i: u32,
+        conn: u64,
+        fp: Fingerprint,
+        distrusted: impl Fn(&Fingerprint) -> bool,
+    ) -> bool {
         let now = Instant::now();
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        if claims.len() > 8192 {
-            claims.retain(|_, (_, t)| now.duration_since(*t) < CLAIM_WINDOW);
+        let mut guard = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = &mut *guard;
+        if claims.by_chunk.len() > 8192 {
+            claims
+                .by_chunk
+                .retain(|_, c| now.duration_since(c.at) < CLAIM_WINDOW);
         }
-        match claims.get(&i) {
-            Some((other, t)) if *other != conn && now.duration_since(*t) < CLAIM_WINDOW => {
+        match claims.by_chunk.get(&i) {
+            Some(c) if c.fp == fp => true,
+            Some(c) if now.duration_since(c.at) < CLAIM_WINDOW && !distrusted(&c.fp) => {
                 self.busy_refusals.fetch_add(1, Ordering::Relaxed);
                 false
             }
             _ => {
-                claims.insert(i, (conn, now));
+                if claims.note_claim_of(fp, now) {
+                    claims.by_chunk.insert(i, Claim { conn, fp, at: now });
+                }
                 true
             }
         }
@@ -271,7 +331,8 @@ impl SharedFile {
         self.claims
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (holder, _)| *holder != conn);
+            .by_chunk
+            .retain(|_, c| c.conn != conn);
     }
 
     /// Resolves when the swarm is found to have grown (see `admits`).
@@ -337,7 +398,12 @@ pub struct Seeder {
     files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
     tracker: TrackerClient,
     local_addr: SocketAddr,
-    upload_slots: Arc<Semaphore>,
+    limits: SeederLimits,
+    admission: Arc<Admission>,
+    /// Upload slots, granted in turn by certificate.
+    slots: Arc<SlotScheduler>,
+    /// Connections closed for having nothing requested for the idle timeout.
+    idle_closes: AtomicU64,
     pool: BufferPool,
     /// Stops accepting; connections end with it.
     pub cancel: CancellationToken,
@@ -354,12 +420,23 @@ pub struct Seeder {
 }
 
 impl Seeder {
-    /// Binds `listen` and starts accepting.
+    /// Binds `listen` and starts accepting, with the default [`SeederLimits`].
     pub async fn start(
         listen: SocketAddr,
         identity: &Identity,
         tracker: TrackerClient,
         cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Seeder>> {
+        Self::start_with_limits(listen, identity, tracker, cancel, SeederLimits::default()).await
+    }
+
+    /// Binds `listen` and starts accepting, within `limits`.
+    pub async fn start_with_limits(
+        listen: SocketAddr,
+        identity: &Identity,
+        tracker: TrackerClient,
+        cancel: CancellationToken,
+        limits: SeederLimits,
     ) -> std::io::Result<Arc<Seeder>> {
         let config = peer_server_config(identity).map_err(std::io::Error::other)?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
@@ -369,7 +446,10 @@ impl Seeder {
             files: RwLock::new(HashMap::new()),
             tracker,
             local_addr,
-            upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            admission: Admission::new(limits.clone()),
+            slots: SlotScheduler::new(limits.upload_slots),
+            idle_closes: AtomicU64::new(0),
+            limits,
             pool: BufferPool::new(CHUNK_HEADER_LEN + wire::PRE_HELLO_MAX_FRAME as usize * 4),
             cancel,
             tasks: TaskTracker::new(),
@@ -388,6 +468,21 @@ impl Seeder {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn limits(&self) -> &SeederLimits {
+        &self.limits
+    }
+
+    /// Connections refused so far: over the per-address or per-certificate cap, or from a
+    /// certificate in its cool-down.
+    pub fn refused_connections(&self) -> u64 {
+        self.admission.refused()
+    }
+
+    /// Connections closed so far for having nothing requested for the idle timeout.
+    pub fn idle_closes(&self) -> u64 {
+        self.idle_closes.load(Ordering::Relaxed)
     }
 
     pub fn tracker(&self) -> &TrackerClient {
@@ -479,10 +574,15 @@ impl Seeder {
             tracing::info!(file_id = %f.file_id, uploaded = f.uploaded.load(Ordering::Relaxed),
                 busy_refusals = f.busy_refusals(), size = f.manifest.size, "stopped serving");
         }
+        tracing::info!(
+            refused_connections = self.refused_connections(),
+            idle_closes = self.idle_closes(),
+            "seeding listener closed"
+        );
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limit = Arc::new(Semaphore::new(self.limits.max_connections));
         let mut backoff = Duration::from_millis(10);
         loop {
             // Take the permit before accepting, so a flood waits in the kernel's backlog.
@@ -502,11 +602,16 @@ impl Seeder {
                 },
                 _ = self.cancel.cancelled() => return,
             };
+            // Before any TLS work: one address cannot fill the connection limit.
+            let Some(address_slot) = self.admission.admit_address(addr.ip().to_canonical()) else {
+                tracing::debug!(peer = %addr, "refusing connection: too many from this address");
+                continue;
+            };
             let s = self.clone();
             let acceptor = acceptor.clone();
             let stopping = self.cancel.clone();
             self.tasks.spawn(async move {
-                let _permit = permit;
+                let _held = (permit, address_slot);
                 // The connection reacts to the stop itself (Bye); this bounds whatever it might
                 // still be blocked on (a handshake, a peer that reads nothing).
                 let grace_over = async {
@@ -533,8 +638,32 @@ impl Seeder {
     ) -> anyhow::Result<()> {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let Some(peer) = self.admit(tcp, addr, acceptor).await? else {
+            return Ok(());
+        };
+        let fp = peer.fp;
+        let result = self.serve_requests(conn_id, addr, peer).await;
+        if let Err(e) = &result
+            && e.downcast_ref::<Wasted>().is_some()
+        {
+            // Idle or breaking the protocol: counts toward this certificate's cool-down.
+            self.admission.strike(fp);
+        }
+        result
+    }
+
+    /// TLS handshake, `Hello` and the checks before serving: caps and cool-down of the
+    /// certificate, the file, the swarm. `None`: refused (the peer was told why).
+    async fn admit(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> anyhow::Result<Option<AdmittedPeer>> {
         let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
+        // One deadline for the handshake and the Hello together.
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await??;
         let (_, session) = tls.get_ref();
         let Some(fp) = peer_fingerprint(session.peer_certificates()) else {
             anyhow::bail!("no client certificate");
@@ -544,38 +673,53 @@ impl Seeder {
             group = ?session.negotiated_key_exchange_group().map(|g| g.name()),
             "peer handshake done");
         let (rd, mut wr) = tokio::io::split(tls);
-        let mut reader = FrameReader::new(rd);
         let mut scratch = BytesMut::with_capacity(256);
-
-        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(&self.pool)).await??;
-        let Some(Incoming::Control(Frame::Hello {
+        let slot = match self.admission.admit_peer(fp) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(peer = %addr, fingerprint = %fp, %refusal, "refusing peer connection");
+                say_bye(&mut wr, &mut scratch, 1, &refusal.to_string()).await;
+                return Ok(None);
+            }
+        };
+        let mut reader = FrameReader::new(rd);
+        let hello = tokio::time::timeout_at(deadline, reader.next(&self.pool)).await;
+        let Ok(Ok(Some(Incoming::Control(Frame::Hello {
             version,
             file_id,
             chunk_count,
-        })) = hello
+        })))) = hello
         else {
-            anyhow::bail!("first frame was not a Hello");
+            // Silent, garbled or not a Hello: it held a place for nothing.
+            self.admission.strike(fp);
+            anyhow::bail!("no Hello from the peer: {hello:?}");
         };
-        let bye = |text: &str| Frame::Bye {
+        let refuse = |text: &str| Frame::Bye {
             reason: 1,
             text: text.to_string(),
         };
         if version != PROTOCOL_VERSION {
-            write_frame(&mut wr, &bye("unsupported protocol version"), &mut scratch).await?;
+            write_frame(
+                &mut wr,
+                &refuse("unsupported protocol version"),
+                &mut scratch,
+            )
+            .await?;
             anyhow::bail!("peer speaks protocol version {version}");
         }
         let Some(file) = self.get(&file_id) else {
-            write_frame(&mut wr, &bye("file not served here"), &mut scratch).await?;
+            write_frame(&mut wr, &refuse("file not served here"), &mut scratch).await?;
             wr.shutdown().await.ok();
             anyhow::bail!("peer asked for unknown file {file_id}");
         };
         if chunk_count != file.manifest.chunk_count() {
-            write_frame(&mut wr, &bye("chunk count mismatch"), &mut scratch).await?;
+            write_frame(&mut wr, &refuse("chunk count mismatch"), &mut scratch).await?;
             anyhow::bail!("chunk count mismatch");
         }
         if !file.admits(&fp, &self.tracker).await {
-            tracing::warn!(peer = %addr, fingerprint = %fp, file_id = %file_id, "refusing peer: the tracker does not list it in this swarm");
-            write_frame(&mut wr, &bye("not in the swarm"), &mut scratch).await?;
+            tracing::warn!(peer = %addr, fingerprint = %fp, %file_id, "refusing peer: the tracker does not list it in this swarm");
+            self.admission.strike(fp);
+            write_frame(&mut wr, &refuse("not in the swarm"), &mut scratch).await?;
             wr.shutdown().await.ok();
             anyhow::bail!("peer not in swarm");
         }
@@ -583,54 +727,54 @@ impl Seeder {
             say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
             anyhow::bail!("file withdrawn: {}", reason.local);
         }
+        Ok(Some(AdmittedPeer {
+            fp,
+            file,
+            reader,
+            wr,
+            scratch,
+            _slot: slot,
+        }))
+    }
+
+    /// Answers the admitted peer's requests until it leaves, idles, breaks the protocol, or
+    /// the file or the seeder stops.
+    async fn serve_requests(
+        &self,
+        conn_id: u64,
+        addr: SocketAddr,
+        peer: AdmittedPeer,
+    ) -> anyhow::Result<()> {
+        let AdmittedPeer {
+            fp,
+            file,
+            mut reader,
+            mut wr,
+            mut scratch,
+            _slot,
+        } = peer;
         let _claims = ClaimsGuard {
             file: file.clone(),
             conn: conn_id,
         };
         let m = file.manifest.clone();
         let mut haves = file.haves.subscribe();
-        write_frame(
-            &mut wr,
-            &Frame::Hello {
-                version: PROTOCOL_VERSION,
-                file_id,
-                chunk_count,
-            },
-            &mut scratch,
-        )
-        .await?;
-        write_frame(
-            &mut wr,
-            &Frame::Bitfield(file.have().as_bytes().to_vec().into()),
-            &mut scratch,
-        )
-        .await?;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            file_id: file.file_id,
+            chunk_count: m.chunk_count(),
+        };
+        write_frame(&mut wr, &hello, &mut scratch).await?;
+        let bitfield = Frame::Bitfield(file.have().as_bytes().to_vec().into());
+        write_frame(&mut wr, &bitfield, &mut scratch).await?;
         wr.flush().await?;
         reader.set_max_frame(frame_bound(m.chunk_size, m.chunk_count()));
 
-        // Reads run in their own task: a read cut short by select! would lose stream bytes.
-        let (frames_tx, mut frames) = mpsc::channel::<Frame>(MAX_QUEUED_REQUESTS);
-        let pool = self.pool.clone();
-        let read_task = tokio::spawn(async move {
-            loop {
-                match tokio::time::timeout(IDLE_TIMEOUT, reader.next(&pool)).await {
-                    Ok(Ok(Some(Incoming::Control(f)))) => {
-                        if frames_tx.send(f).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(Ok(Some(Incoming::Chunk { .. }))) => {
-                        anyhow::bail!("peer sent a chunk to a seeder")
-                    }
-                    Ok(Ok(None)) => return Ok(()),
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => anyhow::bail!("idle for {IDLE_TIMEOUT:?}"),
-                }
-            }
-        });
-        let _abort = AbortOnDrop(read_task.abort_handle());
+        let (mut frames, _abort) = self.spawn_reader(reader);
 
+        let idle = self.limits.idle_timeout;
         let mut queue: VecDeque<u32> = VecDeque::new();
+        let mut last_active = Instant::now();
         let n = m.chunk_count();
         loop {
             // Take every frame already received before serving, so Cancels win races.
@@ -642,8 +786,16 @@ impl Seeder {
                             if let Ok(i) = h {
                                 write_frame(&mut wr, &Frame::Have(i), &mut scratch).await?;
                                 wr.flush().await?;
+                                // Something new to ask for: the peer gets a full idle period.
+                                last_active = Instant::now();
                             }
                             continue;
+                        }
+                        _ = tokio::time::sleep_until((last_active + idle).into()) => {
+                            let text = format!("idle: no request for {}s", idle.as_secs());
+                            say_bye(&mut wr, &mut scratch, 1, &text).await;
+                            self.idle_closes.fetch_add(1, Ordering::Relaxed);
+                            return Err(Wasted("idle with nothing requested".into()).into());
                         }
                         _ = self.cancel.cancelled() => {
                             say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
@@ -661,40 +813,27 @@ impl Seeder {
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
                     }
                 };
-                // The reader ended (EOF, error or idle timeout): so does the connection.
-                let Some(f) = f else {
-                    return Ok(());
+                // The reader ended (EOF or error): so does the connection.
+                let f = match f {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Err(Wasted(e).into()),
+                    None => return Ok(()),
                 };
                 match f {
                     Frame::Request(i) if i >= n => {
-                        write_frame(
-                            &mut wr,
-                            &Frame::Bye {
-                                reason: 3,
-                                text: "chunk index out of range".into(),
-                            },
-                            &mut scratch,
-                        )
-                        .await
-                        .ok();
-                        anyhow::bail!("request for chunk {i} of {n}");
+                        let bye = Frame::Bye {
+                            reason: 3,
+                            text: "chunk index out of range".into(),
+                        };
+                        write_frame(&mut wr, &bye, &mut scratch).await.ok();
+                        return Err(Wasted("request out of range".into()).into());
                     }
                     Frame::Request(i) => {
-                        let reason = if !file.holds(i) {
-                            Some(RejectReason::NotHeld)
-                        } else if queue.len() >= MAX_QUEUED_REQUESTS || !file.claim(i, conn_id) {
-                            Some(RejectReason::Busy)
-                        } else {
-                            None
-                        };
-                        match reason {
+                        last_active = Instant::now();
+                        match self.refusal(&file, i, queue.len(), conn_id, fp) {
                             Some(reason) => {
-                                write_frame(
-                                    &mut wr,
-                                    &Frame::Reject { index: i, reason },
-                                    &mut scratch,
-                                )
-                                .await?;
+                                let reject = Frame::Reject { index: i, reason };
+                                write_frame(&mut wr, &reject, &mut scratch).await?;
                                 wr.flush().await?;
                             }
                             None => queue.push_back(i),
@@ -707,7 +846,10 @@ impl Seeder {
                         tracing::debug!(peer = %addr, %text, "peer said bye");
                         return Ok(());
                     }
-                    other => anyhow::bail!("unexpected {} frame from a downloader", other.name()),
+                    other => {
+                        let e = format!("unexpected {} frame from a downloader", other.name());
+                        return Err(Wasted(e).into());
+                    }
                 }
             }
             // Between chunks: a stop or a change on disk ends the connection with a reason,
@@ -722,27 +864,77 @@ impl Seeder {
                 anyhow::bail!("file withdrawn: {}", reason.local);
             }
             if let Some(i) = queue.pop_front() {
-                self.send_chunk(&file, i, &mut wr).await?;
+                self.send_chunk(&file, fp, i, &mut wr).await?;
+                last_active = Instant::now();
             }
+        }
+    }
+
+    /// Reads the peer's frames in their own task (a read cut short by `select!` would lose
+    /// stream bytes); the last item is the error that ended the stream, if any. No timeout
+    /// there: a peer silent (or stuck mid-frame) with nothing queued meets the idle timeout.
+    fn spawn_reader(
+        &self,
+        mut reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    ) -> (mpsc::Receiver<Result<Frame, String>>, AbortOnDrop) {
+        let (frames_tx, frames) = mpsc::channel(self.limits.max_queued_requests);
+        let pool = self.pool.clone();
+        let read_task = tokio::spawn(async move {
+            loop {
+                let next = match reader.next(&pool).await {
+                    Ok(Some(Incoming::Control(f))) => Ok(f),
+                    Ok(Some(Incoming::Chunk { .. })) => Err("peer sent a chunk to a seeder".into()),
+                    Ok(None) => return,
+                    Err(e) => Err(e.to_string()),
+                };
+                let last = next.is_err();
+                if frames_tx.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        (frames, AbortOnDrop(read_task.abort_handle()))
+    }
+
+    /// Why a request for chunk `i` is not queued, if it is not.
+    fn refusal(
+        &self,
+        file: &SharedFile,
+        i: u32,
+        queued: usize,
+        conn_id: u64,
+        fp: Fingerprint,
+    ) -> Option<RejectReason> {
+        if !file.holds(i) {
+            Some(RejectReason::NotHeld)
+        } else if queued >= self.limits.max_queued_requests
+            || !file.claim(i, conn_id, fp, |c| self.admission.is_cooling(c))
+        {
+            Some(RejectReason::Busy)
+        } else {
+            None
         }
     }
 
     async fn send_chunk<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         file: &SharedFile,
+        fp: Fingerprint,
         i: u32,
         wr: &mut W,
     ) -> anyhow::Result<()> {
         let m = &file.manifest;
         let len = m.chunk_len(i) as usize;
-        // Waits for the pacer and a slot give way to a stop or a withdrawal: the chunk is
+        // Slot first, in turn by certificate, then the pacer: under a rate limit the bytes go
+        // round robin too. Both waits give way to a stop or a withdrawal: the chunk is
         // abandoned unsent and the caller says `Bye`.
         let slot = async {
+            let slot = self.slots.acquire(fp).await;
             self.pace(len).await;
-            self.upload_slots.acquire().await
+            slot
         };
         let _slot = tokio::select! {
-            s = slot => s.expect("semaphore never closed"),
+            s = slot => s,
             _ = self.cancel.cancelled() => return Ok(()),
             _ = file.withdrawal() => return Ok(()),
         };
@@ -773,6 +965,23 @@ impl Seeder {
 }
 
 const SHUTTING_DOWN: &str = "seeder shutting down";
+
+/// A peer admitted to a file's swarm, its `Hello` read, not yet answered.
+struct AdmittedPeer {
+    fp: Fingerprint,
+    file: Arc<SharedFile>,
+    reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    wr: WriteHalf<TlsStream<TcpStream>>,
+    scratch: BytesMut,
+    /// Its place under the per-certificate cap, held as long as the connection.
+    _slot: PeerSlot,
+}
+
+/// A connection ended by the peer's fault (idle, protocol broken): it counts toward the
+/// certificate's cool-down.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Wasted(String);
 
 fn withdrawn_text(reason: &WithdrawReason) -> String {
     format!("file withdrawn: {}", reason.remote)
@@ -845,21 +1054,81 @@ mod tests {
     #[test]
     fn a_chunk_given_to_one_downloader_is_busy_for_the_others_for_a_while() {
         let shared = small_shared();
-        assert!(shared.claim(3, 1), "first asker gets it");
+        assert!(claim(&shared, 3, 1), "first asker gets it");
         assert!(
-            shared.claim(3, 1),
+            claim(&shared, 3, 1),
             "and may ask again (a failed verification)"
         );
-        assert!(!shared.claim(3, 2), "another downloader is told to wait");
-        assert!(shared.claim(4, 2), "other chunks are free");
+        assert!(!claim(&shared, 3, 2), "another downloader is told to wait");
+        assert!(claim(&shared, 4, 2), "other chunks are free");
         // Once the window has passed, the chunk is served again.
+        shared.claims.lock().unwrap().by_chunk.insert(
+            3,
+            Claim {
+                conn: 1,
+                fp: who(1),
+                at: Instant::now() - CLAIM_WINDOW,
+            },
+        );
+        assert!(claim(&shared, 3, 2));
+        assert_eq!(shared.busy_refusals(), 1);
+    }
+
+    /// Test connections: connection `c` of certificate `c`.
+    fn who(c: u64) -> Fingerprint {
+        Fingerprint::of_der(&c.to_be_bytes())
+    }
+
+    fn claim(shared: &SharedFile, i: u32, c: u64) -> bool {
+        shared.claim(i, c, who(c), |_| false)
+    }
+
+    /// A peer that re-requests every chunk on and on must not keep them `Busy` for the others.
+    #[test]
+    fn asking_again_does_not_renew_a_claim() {
+        let shared = small_shared();
+        assert!(claim(&shared, 5, 1));
+        let first = shared.claims.lock().unwrap().by_chunk[&5].at;
+        // Again, and on another connection of the same certificate: served, claim unchanged.
+        assert!(claim(&shared, 5, 1));
+        assert!(shared.claim(5, 7, who(1), |_| false));
+        assert_eq!(shared.claims.lock().unwrap().by_chunk[&5].at, first);
+        assert_eq!(shared.claims.lock().unwrap().by_chunk[&5].conn, 1);
+        // Once its window is over, another downloader gets the chunk at once.
         shared
             .claims
             .lock()
             .unwrap()
-            .insert(3, (1, Instant::now() - CLAIM_WINDOW));
-        assert!(shared.claim(3, 2));
-        assert_eq!(shared.busy_refusals(), 1);
+            .by_chunk
+            .get_mut(&5)
+            .unwrap()
+            .at = first - CLAIM_WINDOW;
+        assert!(
+            shared.claim(5, 7, who(1), |_| false),
+            "the holder is still served"
+        );
+        assert!(claim(&shared, 5, 2));
+        assert!(!claim(&shared, 5, 3));
+        // Unless the holder is distrusted (cooling down): then nobody waits for it.
+        assert!(shared.claim(5, 3, who(3), |fp| *fp == who(2)));
+    }
+
+    /// One certificate sweeping through the file makes at most `CLAIMS_PER_PEER` chunks wait.
+    #[test]
+    fn one_certificate_holds_a_bounded_number_of_claims() {
+        let data = vec![5u8; 40 * 16384];
+        let m = Arc::new(
+            manifest_from_reader("f", &data[..], 16384, HashAlgo::Sha256, |_| {}).unwrap(),
+        );
+        let n = m.chunk_count();
+        let file = tempfile::tempfile().unwrap();
+        let shared = SharedFile::partial(m, PathBuf::from("f"), Arc::new(file), Bitfield::new(n));
+        for i in 0..n {
+            assert!(claim(&shared, i, 1), "the sweeper is served every chunk");
+        }
+        let busy = (0..n).filter(|i| !claim(&shared, *i, 2)).count();
+        assert!(n as usize > CLAIMS_PER_PEER);
+        assert_eq!(busy, CLAIMS_PER_PEER);
     }
 
     fn small_shared() -> Arc<SharedFile> {
@@ -874,9 +1143,9 @@ mod tests {
     #[test]
     fn claims_die_with_their_connection() {
         let shared = small_shared();
-        assert!(shared.claim(0, 1));
-        assert!(shared.claim(1, 1));
-        assert!(shared.claim(2, 3));
+        assert!(claim(&shared, 0, 1));
+        assert!(claim(&shared, 1, 1));
+        assert!(claim(&shared, 2, 3));
         {
             let _gone = ClaimsGuard {
                 file: shared.clone(),
@@ -884,10 +1153,10 @@ mod tests {
             };
         }
         // Connection 1 left: its chunks are served to the next downloader at once.
-        assert!(shared.claim(0, 2));
-        assert!(shared.claim(1, 2));
+        assert!(claim(&shared, 0, 2));
+        assert!(claim(&shared, 1, 2));
         // Another live connection's claim still stands.
-        assert!(!shared.claim(2, 2));
+        assert!(!claim(&shared, 2, 2));
         assert_eq!(shared.busy_refusals(), 1);
     }
 
