@@ -79,6 +79,8 @@ pub struct Proc {
     /// Every stdout line received so far (by the `wait_*` methods), in order.
     pub seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Disconnected once the stderr reader has seen EOF, i.e. holds everything written.
+    stderr_done: Receiver<()>,
     stdout_closed: bool,
 }
 
@@ -105,7 +107,9 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
+        let (stderr_eof, stderr_done) = channel::<()>();
         thread::spawn(move || {
+            let _until_eof = stderr_eof;
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr_pipe.read(&mut buf) {
                 if n == 0 {
@@ -123,6 +127,7 @@ impl Proc {
             lines,
             seen: Vec::new(),
             stderr,
+            stderr_done,
             stdout_closed: false,
         })
     }
@@ -216,6 +221,11 @@ impl Proc {
         }
         loop {
             if let Some(status) = self.child.try_wait()? {
+                // Its last words on stderr (an error line) must be in `stderr()` when we return.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(RecvTimeoutError::Timeout) = self.stderr_done.recv_timeout(left) {
+                    bail!("{}: stderr still open after exit", self.name);
+                }
                 return Ok(status);
             }
             if Instant::now() > deadline {
