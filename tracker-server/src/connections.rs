@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ConnectionStats;
@@ -76,6 +77,8 @@ pub struct Activity {
     /// Milliseconds after `epoch` when the last request ended (or the connection was accepted).
     idle_since_ms: AtomicU64,
     requests: AtomicU64,
+    /// Woken when a request starts or ends, so an idle watchdog re-reads its deadline.
+    change: Notify,
 }
 
 impl Activity {
@@ -85,6 +88,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            change: Notify::new(),
         };
         activity.touch();
         activity
@@ -100,7 +104,13 @@ impl Activity {
     pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.change.notify_waiters();
         RequestGuard(self.clone())
+    }
+
+    /// Completes at the next start or end of a request.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.change.notified()
     }
 
     pub fn is_busy(&self) -> bool {
@@ -139,6 +149,7 @@ impl Drop for RequestGuard {
         // Touch first, so a watchdog that sees no request in flight also sees the fresh time.
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.change.notify_waiters();
     }
 }
 

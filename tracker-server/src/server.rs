@@ -147,11 +147,20 @@ impl Server {
 /// [`Activity::idle_deadline`]); never while a request is in flight.
 async fn idle_expired(activity: &Activity, limits: &ConnectionLimits) {
     loop {
+        // Registered before the state is read, so a request starting or ending right after
+        // the read still wakes this.
+        let changed = activity.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         match activity.idle_deadline(limits) {
             Some(deadline) if Instant::now() >= deadline => return,
-            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            // The request's end restarts the idle clock; look again after a while.
-            None => tokio::time::sleep(limits.first_request_timeout.min(limits.idle_timeout)).await,
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
         }
     }
 }
