@@ -9,6 +9,7 @@ pub mod app;
 pub mod bare_errors;
 pub mod connections;
 pub mod error;
+pub mod fd_limit;
 pub mod healthcheck;
 pub mod identity;
 pub mod metrics;
@@ -336,11 +337,15 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         },
     );
     let stats = state.connection_stats();
+    let connection_limits = ConnectionLimits {
+        max_connections: fd_limit::fit_connection_cap(config.connection_limits.max_connections),
+        ..config.connection_limits
+    };
     let server = Server {
         listener,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
         router: app::router(state),
-        connections: ConnectionTable::new(config.connection_limits, stats.clone()),
+        connections: ConnectionTable::new(connection_limits, stats.clone()),
     };
 
     if open_swarm {
