@@ -200,7 +200,7 @@ impl Table {
     fn victim_for_global_cap(&self) -> Option<u64> {
         let mut sources: Vec<(Source, usize)> =
             self.per_source.iter().map(|(s, n)| (*s, *n)).collect();
-        sources.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        sources.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
         sources
             .into_iter()
             .find_map(|(source, _)| self.oldest_idle(|e| e.source == source))
