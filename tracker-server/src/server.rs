@@ -32,7 +32,11 @@ use crate::metrics::ConnectionStats;
 /// A client that has not finished the TLS handshake by then is dropped (sooner if the
 /// first-request timeout is shorter).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1 request headers must arrive within this once they have started.
+/// hyper's own bound on waiting for an HTTP/1.1 request head, a backstop: the idle watchdog
+/// already closes a connection whose head is not complete within the first-request or idle
+/// timeout (a partial head is not a request). hyper runs this timer while a kept-alive
+/// connection waits for its next request too, so it is raised to the idle timeout where that is
+/// longer, lest it cut connections that `--idle-timeout` allows.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's own header-count limit for HTTP/1.1, set above [`crate::app::MAX_HEADER_FIELDS`] so
 /// that the tracker's JSON 431 is what a client with too many headers gets.
@@ -43,8 +47,9 @@ pub const HYPER_MAX_HEADERS: usize = 512;
 pub const HYPER_MAX_HEADER_LIST: u32 = 256 * 1024;
 /// After shutdown starts, in-flight requests get this long before connections are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// A connection closed for idleness or eviction gets this long to say goodbye (h2 GOAWAY) before
-/// it is dropped; an HTTP/1.1 one between requests closes at once.
+/// A connection being closed with no request in flight gets this long to say goodbye (h2
+/// GOAWAY, then a ping the client should answer) before it is dropped; an HTTP/1.1 one between
+/// requests closes at once.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most of a request body read and discarded after an early answer (see
 /// [`drain_unread`]): the largest body the tracker accepts, plus a quarter, so a client that
@@ -216,12 +221,12 @@ struct Addrs {
     local: LocalAddr,
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(HEADER_READ_TIMEOUT.max(limits.idle_timeout))
         .max_headers(HYPER_MAX_HEADERS);
     builder
         .http2()
@@ -266,7 +271,7 @@ async fn serve_connection(
             }))
         }
     });
-    let builder = http_builder();
+    let builder = http_builder(&shared.limits);
     let conn = builder.serve_connection(TokioIo::new(JsonBareErrors::new(tls)), service);
     tokio::pin!(conn);
     let mut closing: Option<Closing> = None;
@@ -285,11 +290,12 @@ async fn serve_connection(
             _ = shared.shutdown.cancelled(), if closing.is_none() => Closing::Shutdown,
             _ = idle_expired(&admitted.activity, &shared.limits), if closing.is_none() => Closing::Idle,
             _ = admitted.evict.cancelled(), if closing.is_none() => Closing::Evicted,
-            _ = give_up.as_mut(), if closing.is_some_and(|c| c != Closing::Shutdown) => {
+            _ = give_up.as_mut(), if closing.is_some() => {
                 if !admitted.activity.is_busy() {
                     return;
                 }
-                // A request slipped in before the goodbye: let it finish.
+                // A request in flight (or one that slipped in before the goodbye) finishes;
+                // at shutdown, `force` bounds it.
                 give_up.as_mut().reset((Instant::now() + CLOSE_GRACE).into());
                 continue;
             }
