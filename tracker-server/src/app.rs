@@ -26,7 +26,7 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionStats, Metrics};
 use crate::store::{AnnounceRecord, Store};
 
 /// The TLS client certificate's fingerprint of the connection a request came on, if the client
@@ -65,6 +65,14 @@ pub const MAX_ANNOUNCE_PEERS: u32 = 200;
 pub const MAX_FILE_PEERS: u32 = 10_000;
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
 pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// Longest request target (path and query) answered; longer gets 414. The longest real one, a
+/// peer listing with its query, is under 200 bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields in a request; more gets 431.
+pub const MAX_HEADER_FIELDS: usize = 100;
+/// Most bytes of header names and values (counted as HTTP/1.1 lines: name, `: `, value, CRLF);
+/// more gets 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// A request (body upload included) that takes longer is answered 408. Generous: a 70 MB
 /// manifest over a slow link must still get through.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -116,6 +124,11 @@ impl AppState {
         &self.0.store
     }
 
+    /// The connection figures `/metrics` shows, for the connection table to keep up to date.
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        self.0.metrics.connections().clone()
+    }
+
     /// Unix seconds before which a peer entry counts as gone.
     fn live_since(&self, now: i64) -> i64 {
         now.saturating_sub(ttl_secs(self.0.peer_ttl))
@@ -165,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_OTHER_BODY))
+        .layer(middleware::from_fn(request_limits))
         .layer(middleware::from_fn_with_state(state.clone(), account))
         .with_state(state)
 }
@@ -185,6 +199,28 @@ async fn account(State(state): State<AppState>, req: Request, next: Next) -> Res
         .metrics
         .record_request(route.as_deref(), &method, response.status().as_u16());
     response
+}
+
+/// Refuses oversized request targets and headers with the JSON error. hyper's own limits are set
+/// above these (see `server.rs`), so this is the answer a client normally gets, over HTTP/1.1 and
+/// HTTP/2 alike; past hyper's, `bare_errors` gives hyper's answer the same body.
+async fn request_limits(req: Request, next: Next) -> Result<Response, ApiError> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path().len(), |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong);
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeaderFieldsTooLarge);
+    }
+    Ok(next.run(req).await)
 }
 
 /// With a swarm token configured, every API request must carry `Authorization: Bearer <token>`.

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::api::{ErrorBody, ErrorDetail};
 
+use crate::app::{MAX_HEADER_BYTES, MAX_HEADER_FIELDS, MAX_URI_BYTES};
 use crate::store::StoreError;
 
 /// Every way a request can fail. Each maps to one status and one stable `code`.
@@ -34,6 +35,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request took too long")]
     Timeout,
+    #[error("the request target is too long: at most {MAX_URI_BYTES} bytes")]
+    UriTooLong,
+    #[error(
+        "the request headers are too large: at most {MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes"
+    )]
+    HeaderFieldsTooLarge,
     /// The service cannot answer now (database unreachable, shutting down).
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
@@ -53,6 +60,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +78,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Timeout => "timeout",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::HeaderFieldsTooLarge => "header_fields_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }

@@ -6,7 +6,10 @@
 //! embedded tracker (`torrentguard tracker`) both run it, configured by [`TrackerArgs`].
 
 pub mod app;
+pub mod bare_errors;
+pub mod connections;
 pub mod error;
+pub mod fd_limit;
 pub mod healthcheck;
 pub mod identity;
 pub mod metrics;
@@ -30,6 +33,7 @@ pub use identity::{Identity, IdentityError};
 pub use store::{SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState};
+use crate::connections::{ConnectionLimits, ConnectionTable};
 use crate::server::Server;
 
 /// The database file inside the data directory.
@@ -79,6 +83,8 @@ pub struct TrackerConfig {
     pub swarm_token: Option<String>,
     /// If not empty, only these client certificates may register files and announce.
     pub allowlist: Vec<Fingerprint>,
+    /// Connection caps and idle timeouts.
+    pub connection_limits: ConnectionLimits,
 }
 
 impl TrackerConfig {
@@ -92,6 +98,7 @@ impl TrackerConfig {
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             swarm_token: None,
             allowlist: Vec::new(),
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -169,6 +176,35 @@ pub struct TrackerArgs {
         value_delimiter = ','
     )]
     pub allow_fingerprints: Vec<Fingerprint>,
+
+    /// TLS connections open at once. At the cap a new client takes the place of the oldest idle
+    /// connection of the address holding the most; it is refused only if all are busy. Keep it
+    /// under the open-file limit (`ulimit -n`).
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_CONNECTIONS", value_name = "N", default_value_t = connections::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    pub max_connections: usize,
+
+    /// TLS connections open at once from one IPv4 address or IPv6 /64. Past it a new one
+    /// replaces that address's oldest idle connection.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value_t = connections::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, value_parser = parse_positive)]
+    pub max_connections_per_address: usize,
+
+    /// Seconds a new connection may take to start its first request (TLS handshake included)
+    /// before it is closed.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_FIRST_REQUEST_TIMEOUT", value_name = "SECS", default_value_t = connections::DEFAULT_FIRST_REQUEST_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_request_timeout: u64,
+
+    /// Seconds a kept-alive connection (HTTP/1.1 or HTTP/2) may sit without a request before it
+    /// is closed.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_IDLE_TIMEOUT", value_name = "SECS", default_value_t = connections::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl TrackerArgs {
@@ -184,6 +220,12 @@ impl TrackerArgs {
             // An empty token (e.g. `TORRENTGUARD_SWARM_TOKEN=` in a compose file) means none.
             swarm_token: self.swarm_token.filter(|t| !t.is_empty()),
             allowlist: self.allow_fingerprints,
+            connection_limits: ConnectionLimits {
+                max_connections: self.max_connections,
+                max_per_address: self.max_connections_per_address,
+                first_request_timeout: Duration::from_secs(self.first_request_timeout),
+                idle_timeout: Duration::from_secs(self.idle_timeout),
+            },
         }
     }
 }
@@ -294,10 +336,16 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             allowlist: config.allowlist.clone(),
         },
     );
+    let stats = state.connection_stats();
+    let connection_limits = ConnectionLimits {
+        max_connections: fd_limit::fit_connection_cap(config.connection_limits.max_connections),
+        ..config.connection_limits
+    };
     let server = Server {
         listener,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
         router: app::router(state),
+        connections: ConnectionTable::new(connection_limits, stats.clone()),
     };
 
     if open_swarm {
@@ -319,7 +367,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         let ttl = config.peer_ttl;
         tokio::spawn(async move {
             let expiry = tokio::spawn(expire_peers(store.clone(), ttl, shutdown.clone()));
-            server.run(shutdown.clone()).await;
+            server.run(shutdown.clone(), stats).await;
             // The server stops only when shutdown was cancelled, which stops expiry too.
             shutdown.cancel();
             let expiry_result = expiry.await;
@@ -336,7 +384,8 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     })
 }
 
-/// Queued connections the kernel holds while every slot is busy (see `server::MAX_CONNECTIONS`).
+/// Connections the kernel queues before the accept loop takes them (it takes every one at once,
+/// and the connection table decides).
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// A listener on `addr`. An IPv6 one accepts IPv4 too (IPV6_V6ONLY off, whatever the host's

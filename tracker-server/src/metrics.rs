@@ -1,13 +1,13 @@
 //! Counters for `/metrics`, rendered in the Prometheus text format.
 //!
-//! Hand-rolled rather than a metrics crate: four series, and label values that come only from
+//! Hand-rolled rather than a metrics crate: a few series, and label values that come only from
 //! bounded sets (matched route templates, a fixed list of methods, status codes), so a client
 //! cannot grow the map by sending odd paths or methods.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::Method;
 
@@ -18,6 +18,73 @@ pub struct Metrics {
     /// (route, method, status) → count.
     requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
     announces: AtomicU64,
+    connections: Arc<ConnectionStats>,
+}
+
+/// The connection table's figures (see `connections.rs`), kept here so `/metrics` shows them.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    open: AtomicU64,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+impl ConnectionStats {
+    pub fn set_open(&self, n: usize) {
+        self.open.store(n as u64, Ordering::Relaxed);
+    }
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+    pub fn record_evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_idle_closed(&self) {
+        self.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let series: [(&str, &str, &str, &AtomicU64); 4] = [
+            (
+                "open_connections",
+                "gauge",
+                "TLS connections open, handshakes included.",
+                &self.open,
+            ),
+            (
+                "connections_evicted_total",
+                "counter",
+                "Idle connections closed to make room for a new one at a connection cap.",
+                &self.evicted,
+            ),
+            (
+                "connections_refused_total",
+                "counter",
+                "New connections closed at once: every connection of their address, or every connection, was busy.",
+                &self.refused,
+            ),
+            (
+                "connections_idle_closed_total",
+                "counter",
+                "Connections closed for sending no request within the first-request or idle timeout.",
+                &self.idle_closed,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "# HELP torrentguard_tracker_{name} {help}");
+            let _ = writeln!(out, "# TYPE torrentguard_tracker_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "torrentguard_tracker_{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// A method label from a fixed set, so custom methods cannot add series.
@@ -35,6 +102,11 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 impl Metrics {
+    /// The connection figures, shared with the connection table.
+    pub fn connections(&self) -> &Arc<ConnectionStats> {
+        &self.connections
+    }
+
     /// `route` is the matched route template, or `None` for a request no route matched.
     pub fn record_request(&self, route: Option<&str>, method: &Method, status: u16) {
         let key = (
@@ -95,6 +167,7 @@ impl Metrics {
             "torrentguard_tracker_announces_total {}",
             self.announces.load(Ordering::Relaxed)
         );
+        self.connections.render(&mut out);
         out
     }
 }
@@ -129,5 +202,14 @@ mod tests {
         assert!(text.contains("torrentguard_tracker_live_peers 2\n"));
         assert!(text.contains("torrentguard_tracker_files 3\n"));
         assert!(text.contains("torrentguard_tracker_announces_total 1\n"));
+        m.connections().set_open(7);
+        m.connections().record_evicted();
+        let text = m.render(Counts {
+            files: 0,
+            live_peers: 0,
+        });
+        assert!(text.contains("torrentguard_tracker_open_connections 7\n"));
+        assert!(text.contains("torrentguard_tracker_connections_evicted_total 1\n"));
+        assert!(text.contains("torrentguard_tracker_connections_refused_total 0\n"));
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -16,9 +16,8 @@ use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,15 +25,32 @@ use torrentguard_protocol::Fingerprint;
 use tower::ServiceExt as _;
 
 use crate::app::{LocalAddr, MAX_MANIFEST_BODY, PeerIdentity};
+use crate::bare_errors::JsonBareErrors;
+use crate::connections::{Activity, Admitted, ConnectionLimits, ConnectionTable, RequestGuard};
+use crate::metrics::ConnectionStats;
 
-/// Connections served at once; the next accept waits for a free slot.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// A client that has not finished the TLS handshake by then is dropped.
+/// A client that has not finished the TLS handshake by then is dropped (sooner if the
+/// first-request timeout is shorter).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1 request headers must arrive within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own bound on waiting for an HTTP/1.1 request head, a backstop: the idle watchdog
+/// already closes a connection whose head is not complete within the first-request or idle
+/// timeout (a partial head is not a request). hyper runs this timer while a kept-alive
+/// connection waits for its next request too, so it is raised to the idle timeout where that is
+/// longer, lest it cut connections that `--idle-timeout` allows.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own header-count limit for HTTP/1.1, set above [`crate::app::MAX_HEADER_FIELDS`] so
+/// that the tracker's JSON 431 is what a client with too many headers gets.
+pub const HYPER_MAX_HEADERS: usize = 512;
+/// hyper's HTTP/2 header-list limit (SETTINGS_MAX_HEADER_LIST_SIZE), set above
+/// [`crate::app::MAX_HEADER_BYTES`] and the 65 534-byte URI bound, for the same reason. Past it
+/// the h2 library answers a bare 431, or ends the connection for far larger header blocks.
+pub const HYPER_MAX_HEADER_LIST: u32 = 256 * 1024;
 /// After shutdown starts, in-flight requests get this long before connections are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A connection being closed with no request in flight gets this long to say goodbye (h2
+/// GOAWAY, then a ping the client should answer) before it is dropped; an HTTP/1.1 one between
+/// requests closes at once.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most of a request body read and discarded after an early answer (see
 /// [`drain_unread`]): the largest body the tracker accepts, plus a quarter, so a client that
 /// overshoots a limit still gets its 413 in full. Beyond it the stream is reset.
@@ -46,35 +62,45 @@ pub struct Server {
     pub listener: TcpListener,
     pub acceptor: TlsAcceptor,
     pub router: Router,
+    pub connections: ConnectionTable,
+}
+
+/// What each connection task shares.
+#[derive(Clone)]
+struct Shared {
+    acceptor: TlsAcceptor,
+    router: Router,
+    limits: ConnectionLimits,
+    stats: Arc<ConnectionStats>,
+    shutdown: CancellationToken,
+    /// Cancelled only if the shutdown grace period runs out: drops connections still open.
+    force: CancellationToken,
 }
 
 impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (up to [`SHUTDOWN_GRACE`]) and returns once every connection task has ended.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken, stats: Arc<ConnectionStats>) {
         let Server {
             listener,
             acceptor,
             router,
+            connections: table,
         } = self;
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let graceful = GracefulShutdown::new();
+        let shared = Shared {
+            acceptor,
+            router,
+            limits: *table.limits(),
+            stats,
+            shutdown: shutdown.clone(),
+            force: CancellationToken::new(),
+        };
         let connections = TaskTracker::new();
-        // Cancelled only if the grace period runs out: drops connections still open then.
-        let force = CancellationToken::new();
         let mut backoff = Duration::from_millis(5);
 
         loop {
-            // Taken before accepting, so a full server leaves new connections in the kernel's
-            // backlog instead of accepting work it cannot do.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    // Only closed if we close it, which we don't.
-                    Err(_) => break,
-                },
-            };
+            // Every connection is accepted and then admitted or closed by the table: leaving
+            // them in the kernel's backlog at the cap would queue a new client behind idle ones.
             let (tcp, remote) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
@@ -95,63 +121,97 @@ impl Server {
                     }
                 },
             };
-            let watcher = graceful.watcher();
-            let acceptor = acceptor.clone();
-            let router = router.clone();
-            let shutdown = shutdown.clone();
-            let force = force.clone();
-            connections.spawn(async move {
-                let _permit = permit;
-                let tls = tokio::select! {
-                    // Not yet an HTTP connection: nothing in flight to finish.
-                    _ = shutdown.cancelled() => return,
-                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    },
-                };
-                // The address this client dialled: what it can reach this host by (see
-                // `app::address_for_asker`). Unknown only if the socket died meanwhile.
-                let Ok(local) = tls.get_ref().0.local_addr() else {
-                    return;
-                };
-                let peer = PeerIdentity(
-                    tls.get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|leaf| Fingerprint::of_der(leaf)),
-                );
-                let addrs = Addrs {
-                    remote,
-                    local: LocalAddr(local),
-                };
-                serve_connection(tls, addrs, peer, router, watcher, force).await;
-            });
+            let admitted = match table.admit(remote.ip()) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::debug!(%remote, reason = %why, "connection refused at the cap");
+                    continue;
+                }
+            };
+            connections.spawn(run_connection(tcp, remote, admitted, shared.clone()));
         }
 
         drop(listener);
         tracing::info!(
-            open_connections = graceful.count(),
+            open_connections = table.open(),
             "stopped accepting; finishing in-flight requests"
         );
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; dropping the remaining connections");
-            force.cancel();
+            shared.force.cancel();
+            connections.wait().await;
         }
-        connections.close();
-        connections.wait().await;
     }
+}
+
+/// Completes once the connection has been idle past its deadline (see
+/// [`Activity::idle_deadline`]); never while a request is in flight.
+async fn idle_expired(activity: &Activity, limits: &ConnectionLimits) {
+    loop {
+        // Registered before the state is read, so a request starting or ending right after
+        // the read still wakes this.
+        let changed = activity.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match activity.idle_deadline(limits) {
+            Some(deadline) if Instant::now() >= deadline => return,
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
+
+/// One connection from accept to close: TLS handshake, then HTTP, each bounded by the idle
+/// timeouts and ended early if a newcomer evicts it.
+async fn run_connection(tcp: TcpStream, remote: SocketAddr, admitted: Admitted, shared: Shared) {
+    let activity = admitted.activity.clone();
+    let tls = tokio::select! {
+        // Not yet an HTTP connection: nothing in flight to finish.
+        _ = shared.shutdown.cancelled() => return,
+        _ = admitted.evict.cancelled() => return,
+        _ = idle_expired(&activity, &shared.limits) => {
+            shared.stats.record_idle_closed();
+            tracing::debug!(%remote, "no request before the first-request timeout");
+            return;
+        }
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    // The address this client dialled: what it can reach this host by (see
+    // `app::address_for_asker`). Unknown only if the socket died meanwhile.
+    let Ok(local) = tls.get_ref().0.local_addr() else {
+        return;
+    };
+    let peer = PeerIdentity(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Fingerprint::of_der(leaf)),
+    );
+    let addrs = Addrs {
+        remote,
+        local: LocalAddr(local),
+    };
+    serve_connection(tls, addrs, peer, admitted, shared).await;
 }
 
 /// Both ends of a connection.
@@ -161,38 +221,121 @@ struct Addrs {
     local: LocalAddr,
 }
 
-async fn serve_connection(
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    addrs: Addrs,
-    peer: PeerIdentity,
-    router: Router,
-    watcher: hyper_util::server::graceful::Watcher,
-    force: CancellationToken,
-) {
-    let remote = addrs.remote;
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(peer);
-        req.extensions_mut().insert(ConnectInfo(addrs.remote));
-        req.extensions_mut().insert(addrs.local);
-        handle(router.clone(), req)
-    });
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT.max(limits.idle_timeout))
+        .max_headers(HYPER_MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(HYPER_MAX_HEADER_LIST)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::select! {
-        r = watcher.watch(conn) => {
-            if let Err(e) = r {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
+    builder
+}
+
+/// Why a connection is being closed while it may still have something to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Shutdown,
+    Idle,
+    Evicted,
+}
+
+async fn serve_connection(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    addrs: Addrs,
+    peer: PeerIdentity,
+    admitted: Admitted,
+    shared: Shared,
+) {
+    let remote = addrs.remote;
+    let activity = admitted.activity.clone();
+    let router = shared.router.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let guard = activity.begin_request();
+        req.extensions_mut().insert(peer);
+        req.extensions_mut().insert(ConnectInfo(addrs.remote));
+        req.extensions_mut().insert(addrs.local);
+        let router = router.clone();
+        async move {
+            let response = handle(router, req).await?;
+            // The request stays in flight until its answer is sent (or abandoned).
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                Body::new(GuardedBody {
+                    body,
+                    _guard: guard,
+                })
+            }))
         }
-        _ = force.cancelled() => {}
+    });
+    let builder = http_builder(&shared.limits);
+    let conn = builder.serve_connection(TokioIo::new(JsonBareErrors::new(tls)), service);
+    tokio::pin!(conn);
+    let mut closing: Option<Closing> = None;
+    // Far off until a close starts; shutdown's own bound is `force`.
+    let give_up = tokio::time::sleep(Duration::from_secs(u32::MAX.into()));
+    tokio::pin!(give_up);
+    loop {
+        let why = tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shared.force.cancelled() => return,
+            _ = shared.shutdown.cancelled(), if closing.is_none() => Closing::Shutdown,
+            _ = idle_expired(&admitted.activity, &shared.limits), if closing.is_none() => Closing::Idle,
+            _ = admitted.evict.cancelled(), if closing.is_none() => Closing::Evicted,
+            _ = give_up.as_mut(), if closing.is_some() => {
+                if !admitted.activity.is_busy() {
+                    return;
+                }
+                // A request in flight (or one that slipped in before the goodbye) finishes;
+                // at shutdown, `force` bounds it.
+                give_up.as_mut().reset((Instant::now() + CLOSE_GRACE).into());
+                continue;
+            }
+        };
+        if why == Closing::Idle {
+            shared.stats.record_idle_closed();
+        }
+        tracing::debug!(%remote, reason = ?why, "closing the connection");
+        conn.as_mut().graceful_shutdown();
+        give_up
+            .as_mut()
+            .reset((Instant::now() + CLOSE_GRACE).into());
+        closing = Some(why);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct GuardedBody {
+    body: Body,
+    _guard: RequestGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        // `Body` is `Unpin`, and so is this wrapper.
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -285,3 +285,68 @@ pub fn manifest_for(name: &str, data: &[u8]) -> Manifest {
         file_hash: HashAlgo::Sha256.digest(data),
     }
 }
+
+/// A raw TLS connection to `server` from `local_ip`, no client certificate, offering `alpn`:
+/// for tests that must control every byte, or hold a connection open without a request.
+pub async fn raw_tls(
+    server: std::net::SocketAddr,
+    local_ip: std::net::IpAddr,
+    pin: Fingerprint,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(local_ip, 0))?;
+    let tcp = socket.connect(server).await?;
+    let mut config = tls_config(pin, None);
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("torrentguard-tracker")?;
+    Ok(connector.connect(name, tcp).await?)
+}
+
+/// Reads until the server closes the connection, within `deadline`; returns what came. A close
+/// without TLS close_notify counts as closed too: the server may just drop the socket.
+pub async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    deadline: Duration,
+) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(anyhow::Error::from(e)),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read_all)
+        .await
+        .with_context(|| {
+            format!("the server did not close the connection within {deadline:?}")
+        })??;
+    Ok(seen)
+}
+
+/// The value of an unlabelled series in the `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
