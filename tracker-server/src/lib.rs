@@ -348,10 +348,13 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         connections: ConnectionTable::new(connection_limits, stats.clone()),
     };
 
-    if open_swarm {
+    if open_swarm && !local_addr.ip().is_loopback() {
         tracing::warn!(
             "open swarm: no swarm token and no fingerprint allowlist, so any client with a certificate can register files and announce"
         );
+    } else if open_swarm {
+        // On loopback only this host can reach it (share's default embedded tracker): no alarm.
+        tracing::info!("open swarm on loopback: no swarm token and no fingerprint allowlist");
     } else {
         tracing::info!(
             token = token_set,
