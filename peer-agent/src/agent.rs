@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
 use torrentguard_protocol::hashing::{HashError, manifest_from_reader};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo, Manifest, sanitize_name};
-use torrentguard_tracker::identity::{Identity, IdentityError};
+use torrentguard_trust::{Identity, IdentityError};
 
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, announce, download};
 use crate::events::{Event, EventSink};

@@ -27,14 +27,14 @@ use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest, PeerInfo};
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
 use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest, sanitize_name};
-use torrentguard_tracker::identity::Identity;
+use torrentguard_trust::Identity;
+use torrentguard_trust::config::{peer_client_config, peer_server_name};
 
 use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::events::{Event, EventSink};
 use crate::picker::Picker;
 use crate::seeder::{Seeder, SharedFile};
 use crate::store::{ChunkStore, Opened, StoreError};
-use crate::tls::{peer_client_config, peer_server_name};
 use crate::tracker_client::{TrackerClient, TrackerError};
 
 mod ordered_hash;

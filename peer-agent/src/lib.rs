@@ -10,7 +10,6 @@ pub mod picker;
 pub mod reach;
 pub mod seeder;
 pub mod store;
-pub mod tls;
 pub mod tracker_client;
 
 pub use agent::{Agent, AgentError, TrackerTarget};

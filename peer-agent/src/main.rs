@@ -3,6 +3,7 @@
 //! A thin shell over the `torrentguard_agent` library: parse flags, set up logging and output,
 //! map errors to one clear line and an exit code (0 ok, 1 failure, 2 usage, 130 interrupted).
 
+mod embedded;
 mod render;
 
 use std::net::SocketAddr;
@@ -20,9 +21,10 @@ use torrentguard_agent::seeder::SeederLimits;
 use torrentguard_agent::store::list_partials;
 use torrentguard_agent::{AgentError, DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
-use torrentguard_tracker::identity::Identity;
-use torrentguard_tracker::{TrackerArgs, TrackerConfig};
+use torrentguard_signals::StopSignals;
+use torrentguard_trust::Identity;
 
+use crate::embedded::EmbeddedTracker;
 use crate::render::{Mode, Renderer, cell, human, print_line, printable};
 
 const EXAMPLES: &str = "\
@@ -77,7 +79,8 @@ enum Command {
     Id,
     /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
     /// identity and database in <data-dir>/tracker.
-    Tracker(TrackerArgs),
+    #[cfg(feature = "embedded-tracker")]
+    Tracker(torrentguard_tracker::TrackerArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,6 +130,7 @@ struct ShareArgs {
 
     /// Without --tracker: where the embedded tracker listens. Loopback by default; use e.g.
     /// 0.0.0.0:8443 to open it to the LAN.
+    #[cfg(feature = "embedded-tracker")]
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     tracker_listen: SocketAddr,
 
@@ -489,8 +493,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         // The same place the embedded tracker of `share` uses, never the agent's own identity.
+        #[cfg(feature = "embedded-tracker")]
         Command::Tracker(args) => {
-            run_tracker(args.into_config(dir.join("tracker")), cli.json).await
+            embedded::run_tracker(args.into_config(dir.join("tracker")), cli.json).await
         }
         Command::Share(args) => share(args, &dir, mode).await,
         Command::Get(args) => get(args, &dir, mode).await,
@@ -498,47 +503,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Serves until SIGINT or SIGTERM. The ready line is `torrentguard-tracker`'s, or with
-/// `--json` the `tracker` event that `share` prints for its embedded tracker, plus `data_dir`.
-async fn run_tracker(config: TrackerConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let data_dir = config.data_dir.clone();
-    let t = torrentguard_tracker::start(config)
-        .await
-        .context("starting the tracker")?;
-    // Before the ready line: a SIGTERM right after it must find the handler in place.
-    let mut signals = torrentguard_tracker::signals::StopSignals::install()
-        .context("installing the signal handlers")?;
-    if json {
-        print_line(
-            &serde_json::json!({"event": "tracker", "url": t.url(), "fingerprint": t.fingerprint.to_string(), "data_dir": data_dir})
-                .to_string(),
-        );
-    } else {
-        print_line(&format!(
-            "torrentguard-tracker listening on {} fingerprint {}",
-            t.url(),
-            t.fingerprint
-        ));
-    }
-    let signal = signals.recv().await;
-    tracing::info!(signal, "stopping the tracker");
-    t.shutdown().await.context("shutting the tracker down")?;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// After the first Ctrl-C, how long a stop may take before the process exits regardless (the
 /// stop itself is bounded at ~2 s; this also covers blocking work such as hashing).
 const STOP_DEADLINE: Duration = Duration::from_secs(3);
-/// Bound on stopping the embedded tracker.
-const EMBEDDED_TRACKER_STOP: Duration = Duration::from_secs(1);
 /// The exit code of an interrupted command.
 const INTERRUPTED: u8 = 130;
 
 /// Cancels `stop` on the first SIGINT/SIGTERM; a graceful, bounded stop follows. A second
 /// signal, or a stop overrunning [`STOP_DEADLINE`], exits with 130 at once.
 fn watch_interrupts(stop: CancellationToken) -> anyhow::Result<()> {
-    let mut signals = torrentguard_tracker::signals::StopSignals::install()
-        .context("installing the Ctrl-C handler")?;
+    let mut signals = StopSignals::install().context("installing the Ctrl-C handler")?;
     tokio::spawn(async move {
         signals.recv().await;
         stop.cancel();
@@ -627,25 +601,6 @@ async fn resolve_advertise(spec: &Option<AdvertiseSpec>) -> anyhow::Result<Optio
     }
 }
 
-/// The embedded tracker's URL for other hosts, or its loopback URL and a note on how to open
-/// it to the LAN when it listens on loopback only.
-fn public_tracker_url(
-    bound: SocketAddr,
-    advertise: Option<&Advertise>,
-) -> (String, Option<String>) {
-    match torrentguard_agent::reach::public_host(bound, advertise) {
-        Some(host) => (format!("https://{host}:{}", bound.port()), None),
-        None => (
-            format!("https://{}", torrentguard_tracker::dialable(bound)),
-            Some(
-                "(the tracker listens on loopback only: other hosts need --tracker-listen 0.0.0.0:8443, \
-                 and --advertise ADDR if the address printed then is not the one they reach)"
-                    .into(),
-            ),
-        ),
-    }
-}
-
 /// The renderer of `share`: with `-q`, only file ids and self-download verdicts.
 fn share_renderer(mode: Mode) -> (EventSink, Output) {
     let (sink, out) = renderer(mode);
@@ -675,36 +630,33 @@ async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCo
     let (embedded, tracker) = match target(&args.tracker) {
         Some(t) => (None, t),
         None => {
-            let cfg = TrackerConfig::new(args.tracker_listen, dir.join("tracker"));
-            let t = torrentguard_tracker::start(cfg)
-                .await
-                .context("starting the embedded tracker")?;
+            let t = EmbeddedTracker::for_share(&args, dir).await?;
             let url = t.url();
             say(&format!(
                 "embedded tracker on {url}, fingerprint {}",
-                t.fingerprint
+                t.fingerprint()
             ));
             json(
-                serde_json::json!({"event": "tracker", "url": url, "fingerprint": t.fingerprint.to_string()}),
+                serde_json::json!({"event": "tracker", "url": url, "fingerprint": t.fingerprint().to_string()}),
             );
             let target = TrackerTarget {
                 url,
-                fingerprint: Some(t.fingerprint),
+                fingerprint: Some(t.fingerprint()),
                 token: None,
             };
             (Some(t), target)
         }
     };
     let (public_tracker_url, reach_note) = match &embedded {
-        Some(t) => public_tracker_url(t.local_addr, advertise.as_ref()),
+        Some(t) => t.public_url(advertise.as_ref()),
         None => (tracker.url.clone(), None),
     };
     if let Some(note) = &reach_note {
         say(note);
     }
-    let embedded_stop = |t: Option<torrentguard_tracker::RunningTracker>| async move {
+    let embedded_stop = |t: Option<EmbeddedTracker>| async move {
         if let Some(t) = t {
-            let _ = tokio::time::timeout(EMBEDDED_TRACKER_STOP, t.shutdown()).await;
+            t.stop().await;
         }
     };
     let started = Agent::start_with_limits(
@@ -1229,6 +1181,41 @@ mod tests {
         assert_eq!(parse_size_u64("10M"), Ok(10 << 20));
         assert_eq!(parse_size_u64("0"), Ok(0));
         Cli::command_for_tests();
+    }
+
+    /// `torrentguard tracker` exists exactly when the embedded tracker is built in.
+    #[test]
+    fn tracker_subcommand_exists_only_with_the_embedded_tracker() {
+        let parsed = Cli::try_parse_from(["torrentguard", "tracker"]);
+        assert_eq!(
+            parsed.is_ok(),
+            cfg!(feature = "embedded-tracker"),
+            "{parsed:?}"
+        );
+    }
+
+    /// Without the embedded tracker, `share` without `--tracker` is a usage error (exit 2)
+    /// naming the flag and the missing feature, before anything is started.
+    #[cfg(not(feature = "embedded-tracker"))]
+    #[tokio::test]
+    async fn share_without_a_tracker_is_a_usage_error_without_the_embedded_tracker() {
+        let Command::Share(args) = Cli::try_parse_from(["torrentguard", "share", "f"])
+            .unwrap()
+            .command
+        else {
+            panic!("not parsed as share");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let Err(err) = EmbeddedTracker::for_share(&args, dir.path()).await else {
+            panic!("an embedded tracker started without the feature");
+        };
+        assert_eq!(exit_code_of(&err), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("--tracker") && text.contains("embedded-tracker"),
+            "{text}"
+        );
+        assert!(!dir.path().join("tracker").exists());
     }
 
     impl Cli {

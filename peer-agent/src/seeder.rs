@@ -26,7 +26,8 @@ use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header, frame_bound,
 };
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
-use torrentguard_tracker::identity::Identity;
+use torrentguard_trust::config::peer_server_config;
+use torrentguard_trust::{Identity, peer_fingerprint};
 
 mod limits;
 
@@ -35,7 +36,6 @@ pub use limits::{Refusal, SeederLimits};
 
 use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::reach::Advertise;
-use crate::tls::{peer_fingerprint, peer_server_config};
 use crate::tracker_client::TrackerClient;
 
 /// How long a chunk given to one downloader is refused (`Busy`) to the others.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, FileId, Manifest, sanitize_name};
-use torrentguard_tracker::identity::write_atomically;
+use torrentguard_trust::identity::write_atomically;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

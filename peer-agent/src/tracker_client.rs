@@ -21,9 +21,9 @@ use torrentguard_protocol::api::{
     FileSummary, Health, Page, PeerSummary, RegisterResponse,
 };
 use torrentguard_protocol::{FileId, Manifest, ManifestError};
-use torrentguard_tracker::identity::{Identity, write_atomically};
-
-use crate::tls::{Pin, tracker_client_config};
+use torrentguard_trust::Pin;
+use torrentguard_trust::config::tracker_client_config;
+use torrentguard_trust::identity::{Identity, write_atomically};
 
 pub const KNOWN_TRACKERS_FILE: &str = "known_trackers";
 

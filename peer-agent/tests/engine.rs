@@ -10,8 +10,8 @@ use torrentguard_agent::download::BAN_THRESHOLD;
 use torrentguard_agent::{Agent, DownloadError, DownloadOptions, Event, EventSink, TrackerTarget};
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
 use torrentguard_protocol::{Bitfield, FileId, HashAlgo};
-use torrentguard_tracker::identity::Identity;
 use torrentguard_tracker::{RunningTracker, TrackerConfig};
+use torrentguard_trust::Identity;
 
 const CHUNK: u32 = 16 * 1024;
 const STEP: Duration = Duration::from_secs(60);
@@ -387,7 +387,7 @@ async fn manifest_whose_id_does_not_match_is_refused() {
     .unwrap();
     let claimed: FileId = "ab".repeat(32).parse().unwrap();
     assert_ne!(m.file_id(), claimed);
-    let cfg = rustls::ServerConfig::builder_with_provider(torrentguard_agent::tls::provider())
+    let cfg = rustls::ServerConfig::builder_with_provider(torrentguard_trust::config::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

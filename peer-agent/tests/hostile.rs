@@ -18,8 +18,8 @@ use torrentguard_agent::{Agent, DownloadOptions, Event, EventSink, TrackerTarget
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, frame_bound};
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
-use torrentguard_tracker::identity::Identity;
 use torrentguard_tracker::{RunningTracker, TrackerConfig};
+use torrentguard_trust::Identity;
 
 const CHUNK: u32 = 16 * 1024;
 /// Far below the ~600 s the download used to hang; a bound, not a timing assertion.
@@ -108,7 +108,7 @@ async fn fake_peer(
 ) -> FakePeer {
     let agent = s.agent(name).await;
     let m = Arc::new(agent.tracker.manifest(&id).await.unwrap());
-    let cfg = torrentguard_agent::tls::peer_server_config(&agent.identity).unwrap();
+    let cfg = torrentguard_trust::config::peer_server_config(&agent.identity).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use torrentguard_agent::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use torrentguard_agent::download::announce;
 use torrentguard_agent::seeder::{SeederLimits, SharedFile};
-use torrentguard_agent::tls::{peer_client_config, peer_server_name};
 use torrentguard_agent::tracker_client::TrackerClient;
 use torrentguard_agent::{Agent, DownloadOptions, EventSink, TrackerTarget};
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
@@ -29,7 +28,8 @@ use torrentguard_protocol::hashing::manifest_from_reader;
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION};
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo};
 use torrentguard_tracker::TrackerConfig;
-use torrentguard_tracker::identity::Identity;
+use torrentguard_trust::Identity;
+use torrentguard_trust::config::{peer_client_config, peer_server_name};
 
 /// The seeder's default cap of connections per certificate.
 const PER_PEER: usize = 4;

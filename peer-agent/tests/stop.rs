@@ -12,7 +12,7 @@ use torrentguard_protocol::api::AnnounceEvent;
 use torrentguard_protocol::hashing::manifest_from_reader;
 use torrentguard_protocol::{Digest, HashAlgo};
 use torrentguard_tracker::TrackerConfig;
-use torrentguard_tracker::identity::Identity;
+use torrentguard_trust::Identity;
 
 const STEP: Duration = Duration::from_secs(60);
 

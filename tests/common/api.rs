@@ -1,66 +1,17 @@
 //! A client for the tracker's REST API: pins the tracker's fingerprint and presents the
 //! certificate of a `torrentguard` identity directory (cert.pem, key.pem) as its own, exactly as
-//! a peer does. Its verifier is the test's own code, not the binaries'.
+//! a peer does, with the same TLS configuration ([`tracker_client_config`] of
+//! `torrentguard-trust`, whose verifier is tested on its own in that crate).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use serde_json::Value;
 use torrentguard_protocol::Fingerprint;
-
-#[derive(Debug)]
-struct PinnedServer {
-    pin: Fingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of_der(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
+use torrentguard_trust::config::tracker_client_config;
+use torrentguard_trust::identity::{CERT_FILE, KEY_FILE};
+use torrentguard_trust::{Identity, Pin};
 
 /// A blocking façade over an async reqwest client (the tests themselves are synchronous).
 pub struct Api {
@@ -76,22 +27,10 @@ impl Api {
         let pin: Fingerprint = tracker_fp
             .parse()
             .map_err(|e| anyhow::anyhow!("bad fingerprint {tracker_fp:?}: {e:?}"))?;
-        let cert = CertificateDer::from_pem_file(identity_dir.join("cert.pem"))
-            .context("reading cert.pem")?;
-        let key = PrivateKeyDer::from_pem_file(identity_dir.join("key.pem"))
-            .context("reading key.pem")?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = Arc::new(PinnedServer {
-            pin,
-            algorithms: provider.signature_verification_algorithms,
-        });
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_client_auth_cert(vec![cert], key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let identity =
+            Identity::from_pem_files(&identity_dir.join(CERT_FILE), &identity_dir.join(KEY_FILE))
+                .context("reading the agent identity")?;
+        let config = tracker_client_config(&identity, Pin::Exact(pin))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .timeout(Duration::from_secs(20))

@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::crypto::CryptoProvider;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use torrentguard_protocol::Fingerprint;
 use torrentguard_protocol::api::Health;
 
-use crate::tls::{Pin, PinnedServerCert};
+use torrentguard_trust::Pin;
+use torrentguard_trust::config::pinned_client_config;
 
 /// Largest `/healthz` answer read.
 const MAX_RESPONSE: u64 = 64 * 1024;
@@ -32,16 +32,6 @@ pub enum HealthcheckError {
     Response(String),
 }
 
-fn client_config(pin: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(PinnedServerCert::new(Pin::Exact(pin), &provider));
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
-}
-
 /// Fetches `https://addr/healthz` from the tracker with fingerprint `pin`, within `timeout`.
 /// Succeeds only on a 200 whose body is a `Health` reporting "ok" with that fingerprint.
 pub async fn probe(
@@ -55,7 +45,8 @@ pub async fn probe(
 }
 
 async fn probe_inner(addr: SocketAddr, pin: Fingerprint) -> Result<Health, HealthcheckError> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(pin)?));
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(pinned_client_config(Pin::Exact(pin), None)?));
     let tcp = TcpStream::connect(addr).await?;
     // The verifier ignores the name; an IP name avoids sending a made-up host name as SNI.
     let mut tls = connector

@@ -11,12 +11,9 @@ pub mod connections;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
-pub mod identity;
 pub mod metrics;
 pub mod server;
-pub mod signals;
 pub mod store;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,9 +24,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::Fingerprint;
+use torrentguard_trust::config::https_server_config;
+use torrentguard_trust::identity::create_private_dir;
+use torrentguard_trust::{Identity, IdentityError};
 
 pub use app::PeerIdentity;
-pub use identity::{Identity, IdentityError};
 pub use store::{SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState};
@@ -316,12 +315,12 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         let config = config.clone();
         // File I/O and key generation: keep them off the async workers.
         tokio::task::spawn_blocking(move || {
-            identity::create_private_dir(&config.data_dir)?;
+            create_private_dir(&config.data_dir)?;
             load_identity(&config)
         })
         .await??
     };
-    let tls = tls::server_config(&identity)?;
+    let tls = https_server_config(&identity)?;
 
     let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
     let token_set = config.swarm_token.is_some();

@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use torrentguard_protocol::Fingerprint;
-use torrentguard_tracker::signals::StopSignals;
-use torrentguard_tracker::{TrackerArgs, TrackerConfig, dialable, healthcheck, identity};
+use torrentguard_signals::StopSignals;
+use torrentguard_tracker::{TrackerArgs, TrackerConfig, dialable, healthcheck};
+use torrentguard_trust::identity;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]

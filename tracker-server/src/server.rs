@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use torrentguard_protocol::Fingerprint;
+use torrentguard_trust::peer_fingerprint;
 use tower::ServiceExt as _;
 
 use crate::app::{LocalAddr, MAX_MANIFEST_BODY, PeerIdentity};
@@ -200,13 +200,7 @@ async fn run_connection(tcp: TcpStream, remote: SocketAddr, admitted: Admitted, 
     let Ok(local) = tls.get_ref().0.local_addr() else {
         return;
     };
-    let peer = PeerIdentity(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|leaf| Fingerprint::of_der(leaf)),
-    );
+    let peer = PeerIdentity(peer_fingerprint(tls.get_ref().1.peer_certificates()));
     let addrs = Addrs {
         remote,
         local: LocalAddr(local),

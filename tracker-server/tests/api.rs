@@ -11,7 +11,7 @@ use torrentguard_protocol::api::{
     AnnounceResponse, FilePeers, FileSummary, Health, Page, PeerSummary, RegisterResponse,
 };
 use torrentguard_protocol::{Bitfield, FileId, Manifest};
-use torrentguard_tracker::Identity;
+use torrentguard_trust::Identity;
 
 fn bitfield(chunks: u32, held: u32) -> String {
     let mut b = Bitfield::new(chunks);

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use anyhow::{Context as _, Result, bail, ensure};
 use common::*;
 use torrentguard_protocol::api::ErrorBody;
-use torrentguard_tracker::Identity;
+use torrentguard_trust::Identity;
 
 /// More than the announce limit (256 KiB), as in the report: 2 MiB of junk.
 const JUNK: usize = 2 * 1024 * 1024;

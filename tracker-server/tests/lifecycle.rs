@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use torrentguard_protocol::api::{AnnounceResponse, FilePeers, Health, Page, PeerSummary};
 use torrentguard_protocol::{Bitfield, Fingerprint, Manifest};
-use torrentguard_tracker::Identity;
+use torrentguard_trust::Identity;
 
 fn full_announce(m: &Manifest, port: u16) -> serde_json::Value {
     json!({

@@ -14,7 +14,8 @@ use torrentguard_protocol::api::{
 };
 use torrentguard_protocol::{Fingerprint, Manifest};
 use torrentguard_tracker::store::AnnounceRecord;
-use torrentguard_tracker::{DB_FILE, Identity, RunningTracker, SqliteStore, Store, TrackerError};
+use torrentguard_tracker::{DB_FILE, RunningTracker, SqliteStore, Store, TrackerError};
+use torrentguard_trust::Identity;
 
 /// A tracker on `[::]:0`, or `None` where the host has no IPv6.
 async fn dual_stack_tracker(dir: &std::path::Path) -> Result<Option<RunningTracker>> {

@@ -26,15 +26,12 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, aws_lc_rs};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use torrentguard_protocol::wire::{CHUNK_HEADER_LEN, chunk_header, ty};
 use torrentguard_protocol::{Fingerprint, HashAlgo};
-use torrentguard_tracker::identity::Identity;
+use torrentguard_trust::config::provider;
+use torrentguard_trust::{Identity, Pin, PinnedServerCert};
 
 #[derive(Parser)]
 #[command(about = "Bare rustls TLS 1.3 loopback stream: the ceiling for one verified transfer")]
@@ -116,10 +113,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
-}
-
 async fn send(listen: SocketAddr, path: PathBuf, chunk_size: u32) -> anyhow::Result<()> {
     let id = Identity::generate("tls-ceiling").context("generating the certificate")?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -199,10 +192,7 @@ async fn recv(
     pipeline: bool,
 ) -> anyhow::Result<()> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        pinned,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(PinnedServerCert::new(Pin::Exact(pinned), &provider));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -233,7 +223,7 @@ async fn recv(
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut tls = connector
-        .connect(ServerName::try_from("tls-ceiling")?, tcp)
+        .connect(rustls::pki_types::ServerName::try_from("tls-ceiling")?, tcp)
         .await?;
     let (_, conn) = tls.get_ref();
     let suite = conn
@@ -339,59 +329,4 @@ async fn recv(
     });
     println!("{result}");
     Ok(())
-}
-
-/// Accepts exactly the certificate whose SHA-256 is `pinned`; signatures are still verified.
-#[derive(Debug)]
-struct PinnedServer {
-    pinned: Fingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of_der(end_entity) == self.pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "server certificate does not match the pinned fingerprint".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

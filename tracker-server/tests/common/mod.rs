@@ -1,8 +1,8 @@
 //! Test harness: a real tracker on an ephemeral loopback port, and reqwest clients that pin its
 //! fingerprint over TLS, with or without a client certificate.
 //!
-//! The pinned verifier lives here rather than being borrowed from the crate, so the tests check
-//! the server with code that is not the server's.
+//! The pinned verifier is the workspace's one ([`torrentguard_trust::PinnedServerCert`], tested
+//! on its own in that crate), so these tests check the tracker with the code its clients run.
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::SignatureScheme;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::api::ErrorBody;
 use torrentguard_protocol::{Fingerprint, HashAlgo, Manifest};
-use torrentguard_tracker::{Identity, RunningTracker, TrackerConfig};
+use torrentguard_tracker::{RunningTracker, TrackerConfig};
+use torrentguard_trust::config::provider;
+use torrentguard_trust::{Identity, Pin, PinnedServerCert};
 
 /// Bound on every test's whole body; single requests have their own, shorter one.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -51,53 +51,6 @@ where
     }
 }
 
-#[derive(Debug)]
-pub struct PinnedServer {
-    pin: Fingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of_der(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// A rustls client configuration pinning `pin`, presenting `cert` and `key` if given.
 pub fn tls_config(
     pin: Fingerprint,
@@ -106,11 +59,8 @@ pub fn tls_config(
         rustls_pki_types::PrivateKeyDer<'static>,
     )>,
 ) -> rustls::ClientConfig {
-    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(PinnedServer {
-        pin,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let provider = provider();
+    let verifier = Arc::new(PinnedServerCert::new(Pin::Exact(pin), &provider));
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions")
@@ -151,16 +101,13 @@ pub fn forged_tls_config(
     cert: CertificateDer<'static>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> rustls::ClientConfig {
-    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = provider();
     let signing_key = provider
         .key_provider
         .load_private_key(key)
         .expect("a generated key loads");
     let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing_key));
-    let verifier = Arc::new(PinnedServer {
-        pin,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(PinnedServerCert::new(Pin::Exact(pin), &provider));
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions")

@@ -1,25 +1,19 @@
-//! Pinned mutual TLS: who we accept is decided by certificate fingerprints, not by a CA.
+//! The rustls configurations of the workspace, all on one provider and the verifiers of
+//! [`crate::verify`]:
 //!
-//! - [`PinnedServerCert`]: the client side accepts a server only if its leaf certificate's
-//!   fingerprint is the pin (the one the tracker listed for that peer, or the tracker's own).
-//! - [`AnyProvenClientCert::mandatory`]: the server side requires a client certificate and
-//!   checks its handshake signature (so the peer holds the key); *which* fingerprints are
-//!   welcome is decided after the handshake, once the `Hello` says which file's swarm to check.
-//!
-//! Both live in the tracker crate (which the agent embeds), so the workspace has one
-//! implementation of identity-by-fingerprint; this module builds the configurations.
-//!
-//! Signatures are always verified: skipping that would let anyone who has seen a certificate
-//! (they are public) impersonate its owner.
+//! - peer links: TLS 1.3 only, a client certificate required both ways, ALPN [`PEER_ALPN`];
+//! - HTTPS (the tracker and its clients): TLS 1.3 or 1.2, client certificate optional on the
+//!   server, ALPN h2 and http/1.1.
 
 use std::sync::Arc;
 
 use rustls::Error;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use torrentguard_protocol::Fingerprint;
-use torrentguard_tracker::identity::Identity;
-pub use torrentguard_tracker::tls::{AnyProvenClientCert, Pin, PinnedServerCert};
+
+use crate::identity::Identity;
+use crate::verify::{AnyProvenClientCert, Pin, PinnedServerCert};
 
 /// The crypto provider of the whole workspace: rustls's aws-lc-rs provider, whose key-exchange
 /// groups put the hybrid post-quantum X25519MLKEM768 first and X25519 next.
@@ -66,24 +60,46 @@ pub fn peer_server_config(identity: &Identity) -> Result<rustls::ServerConfig, E
 /// ALPN of the peer protocol, so a stray HTTPS client is refused in the handshake.
 pub const PEER_ALPN: &[u8] = b"torrentguard/1";
 
-/// Client config for the tracker (HTTPS): TLS 1.3 or 1.2, pinned or recording, with our
-/// certificate as client identity.
-pub fn tracker_client_config(identity: &Identity, pin: Pin) -> Result<rustls::ClientConfig, Error> {
+/// ALPN of the HTTPS endpoints: HTTP/2 first, HTTP/1.1 for simple clients.
+pub const HTTPS_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Server config for an HTTPS endpoint (the tracker): TLS 1.3 and 1.2 (1.2 for older HTTP
+/// clients; peers use 1.3), ALPN h2 and http/1.1, client certificates offered but optional so
+/// curl and browsers can read the public endpoints.
+pub fn https_server_config(identity: &Identity) -> Result<rustls::ServerConfig, Error> {
     let provider = provider();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(pin, &provider)))
-        .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_client_cert_verifier(Arc::new(AnyProvenClientCert::new(&provider)))
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    cfg.alpn_protocols = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
 }
 
-/// The fingerprint of the certificate a TLS connection's peer presented.
-pub fn peer_fingerprint(certs: Option<&[CertificateDer<'_>]>) -> Option<Fingerprint> {
-    certs
-        .and_then(|c| c.first())
-        .map(|c| Fingerprint::of_der(c))
+/// Client config for an HTTPS server (the tracker) pinned (or recorded) by `pin`: TLS 1.3 or
+/// 1.2, with `identity` as client certificate if given, and no ALPN (the caller sets the
+/// protocols its HTTP client speaks).
+pub fn pinned_client_config(
+    pin: Pin,
+    identity: Option<&Identity>,
+) -> Result<rustls::ClientConfig, Error> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(pin, &provider)));
+    match identity {
+        Some(id) => builder.with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key()),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Client config for the tracker's REST API: [`pinned_client_config`] presenting `identity`,
+/// ALPN h2 and http/1.1.
+pub fn tracker_client_config(identity: &Identity, pin: Pin) -> Result<rustls::ClientConfig, Error> {
+    let mut cfg = pinned_client_config(pin, Some(identity))?;
+    cfg.alpn_protocols = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -172,5 +188,63 @@ mod tests {
             )))
             .with_no_client_auth();
         assert!(handshake(anonymous, peer_server_config(&seeder).unwrap()).is_err());
+    }
+
+    #[test]
+    fn https_right_pin_passes_wrong_pin_fails() {
+        let tracker = Identity::generate("tracker").unwrap();
+        let agent = Identity::generate("agent").unwrap();
+        let other = Identity::generate("other").unwrap();
+        let pin = Pin::Exact(tracker.fingerprint);
+        handshake(
+            tracker_client_config(&agent, pin).unwrap(),
+            https_server_config(&tracker).unwrap(),
+        )
+        .unwrap();
+        let err = handshake(
+            tracker_client_config(&agent, Pin::Exact(other.fingerprint)).unwrap(),
+            https_server_config(&tracker).unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidCertificate(_)), "{err:?}");
+    }
+
+    #[test]
+    fn https_client_certificate_is_optional_and_recording_pin_records() {
+        let tracker = Identity::generate("tracker").unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        // Anonymous (curl, healthcheck) and trust-on-first-use: accepted, fingerprint noted.
+        handshake(
+            pinned_client_config(Pin::Record(seen.clone()), None).unwrap(),
+            https_server_config(&tracker).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some(tracker.fingerprint));
+    }
+
+    #[test]
+    fn https_certificate_without_its_key_fails() {
+        let tracker = Identity::generate("tracker").unwrap();
+        let impostor = Identity::generate("impostor").unwrap();
+        let forged = Identity {
+            cert: tracker.cert.clone(),
+            key: impostor.key.clone_key(),
+            fingerprint: tracker.fingerprint,
+        };
+        // rustls may refuse the mismatched pair up front; if not, the handshake must fail.
+        if let Ok(server) = https_server_config(&forged) {
+            let client = pinned_client_config(Pin::Exact(tracker.fingerprint), None).unwrap();
+            assert!(handshake(client, server).is_err());
+        }
+    }
+
+    #[test]
+    fn peer_fingerprint_is_the_leaf_certificates() {
+        let a = Identity::generate("a").unwrap();
+        let b = Identity::generate("b").unwrap();
+        let chain = [a.cert.clone(), b.cert.clone()];
+        assert_eq!(crate::peer_fingerprint(Some(&chain)), Some(a.fingerprint));
+        assert_eq!(crate::peer_fingerprint(Some(&[])), None);
+        assert_eq!(crate::peer_fingerprint(None), None);
     }
 }

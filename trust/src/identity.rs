@@ -1,7 +1,7 @@
 //! A long-lived key pair and self-signed certificate, kept in a data directory.
 //!
-//! Shared by the tracker and the peer agent (which depends on this crate for its embedded
-//! tracker): both are identified by the SHA-256 fingerprint of this certificate.
+//! The tracker and the peer agent both keep one, and are identified by the SHA-256 fingerprint
+//! of its certificate.
 
 use std::fs;
 use std::io::Write;

@@ -1,21 +1,24 @@
-//! The tracker's rustls configuration: its own certificate, and optional client certificates
-//! that are accepted whoever issued them, because a peer is identified by its certificate's
-//! fingerprint, not by a CA.
+//! Pinned verification: who is accepted is decided by certificate fingerprints, not by a CA.
+//!
+//! - [`PinnedServerCert`]: a client accepts a server only if its leaf certificate's fingerprint
+//!   is the pin (the one the tracker listed for that peer, or the tracker's own).
+//! - [`AnyProvenClientCert`]: a server accepts any client certificate whose handshake signature
+//!   checks (so the client holds the key); *which* fingerprints are welcome is decided by the
+//!   application after the handshake (the tracker's allowlist, a seeder's swarm).
+//!
+//! Signatures are always verified: skipping that would let anyone who has seen a certificate
+//! (they are public) impersonate its owner.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use std::sync::Mutex;
-
+use rustls::DigitallySignedStruct;
 use rustls::DistinguishedName;
 use rustls::SignatureScheme;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, ServerConfig};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use torrentguard_protocol::Fingerprint;
-
-use crate::identity::Identity;
 
 /// Accepts any client certificate whose holder proves, by the handshake signature, that it has
 /// the private key. Who that is (the fingerprint) is decided by the application, which then
@@ -93,18 +96,6 @@ impl ClientCertVerifier for AnyProvenClientCert {
     }
 }
 
-/// TLS 1.3 and 1.2 (1.2 for older HTTP clients; peers use 1.3), ALPN h2 and http/1.1.
-pub fn server_config(identity: &Identity) -> Result<ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(AnyProvenClientCert::new(&provider));
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// What a [`PinnedServerCert`] accepts.
 #[derive(Debug, Clone)]
 pub enum Pin {
@@ -178,4 +169,11 @@ impl ServerCertVerifier for PinnedServerCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The fingerprint of the certificate a TLS connection's peer presented.
+pub fn peer_fingerprint(certs: Option<&[CertificateDer<'_>]>) -> Option<Fingerprint> {
+    certs
+        .and_then(|c| c.first())
+        .map(|c| Fingerprint::of_der(c))
 }
