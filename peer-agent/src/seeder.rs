@@ -460,9 +460,13 @@ impl Seeder {
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
-        seeder
-            .tasks
-            .spawn(async move { s.accept_loop(listener, acceptor).await });
+        crate::spawn::spawn_tracked(
+            &seeder.tasks,
+            "accept-loop",
+            tracing::info_span!("seeder", listen = %local_addr),
+            crate::spawn::Failure::Fault,
+            async move { s.accept_loop(listener, acceptor).await },
+        );
         Ok(seeder)
     }
 
@@ -610,23 +614,31 @@ impl Seeder {
             let s = self.clone();
             let acceptor = acceptor.clone();
             let stopping = self.cancel.clone();
-            self.tasks.spawn(async move {
-                let _held = (permit, address_slot);
-                // The connection reacts to the stop itself (Bye); this bounds whatever it might
-                // still be blocked on (a handshake, a peer that reads nothing).
-                let grace_over = async {
-                    stopping.cancelled().await;
-                    tokio::time::sleep(CONNECTION_STOP_GRACE).await;
-                };
-                tokio::select! {
-                    r = s.serve(tcp, addr, acceptor) => if let Err(e) = r {
-                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-                    },
-                    _ = grace_over => {
-                        tracing::debug!(peer = %addr, "peer connection dropped at shutdown");
+            // A peer ending its connection, politely or not, is routine for a seeder.
+            let span = tracing::debug_span!("upload", peer = %addr);
+            let failure = crate::spawn::Failure::Routine;
+            crate::spawn::spawn_tracked(
+                &self.tasks,
+                "peer-connection",
+                span,
+                failure,
+                async move {
+                    let _held = (permit, address_slot);
+                    // The connection reacts to the stop itself (Bye); this bounds whatever it might
+                    // still be blocked on (a handshake, a peer that reads nothing).
+                    let grace_over = async {
+                        stopping.cancelled().await;
+                        tokio::time::sleep(CONNECTION_STOP_GRACE).await;
+                    };
+                    tokio::select! {
+                        r = s.serve(tcp, addr, acceptor) => r,
+                        _ = grace_over => {
+                            tracing::debug!("peer connection dropped at shutdown");
+                            Ok(())
+                        }
                     }
-                }
-            });
+                },
+            );
         }
     }
 
@@ -879,7 +891,10 @@ impl Seeder {
     ) -> (mpsc::Receiver<Result<Frame, String>>, AbortOnDrop) {
         let (frames_tx, frames) = mpsc::channel(self.limits.max_queued_requests);
         let pool = self.pool.clone();
-        let read_task = tokio::spawn(async move {
+        // Called inside the connection's task: its span (the peer's address) carries over.
+        let span = tracing::Span::current();
+        let failure = crate::spawn::Failure::Fault;
+        let read_task = crate::spawn::spawn("upload-reader", span, failure, async move {
             loop {
                 let next = match reader.next(&pool).await {
                     Ok(Some(Incoming::Control(f))) => Ok(f),
