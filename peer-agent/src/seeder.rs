@@ -29,6 +29,7 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_tracker::identity::Identity;
 
 mod limits;
+mod pacer;
 
 use limits::{Admission, PeerSlot, SlotScheduler};
 pub use limits::{Refusal, SeederLimits};
@@ -410,13 +411,11 @@ pub struct Seeder {
     tasks: TaskTracker,
     /// Test hook: serve corrupted data (to exercise the downloader's defences).
     corrupt: AtomicBool,
-    /// Upload limit in bytes per second across all connections (0: none).
-    upload_limit: AtomicU64,
+    /// Upload limit across all connections.
+    pacer: pacer::UploadPacer,
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
     /// connection's address and our listening port.
     advertise: std::sync::OnceLock<Advertise>,
-    /// When the paced upload may send next.
-    pace: tokio::sync::Mutex<Instant>,
 }
 
 impl Seeder {
@@ -454,9 +453,8 @@ impl Seeder {
             cancel,
             tasks: TaskTracker::new(),
             corrupt: AtomicBool::new(false),
-            upload_limit: AtomicU64::new(0),
             advertise: std::sync::OnceLock::new(),
-            pace: tokio::sync::Mutex::new(Instant::now()),
+            pacer: pacer::UploadPacer::new(),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
@@ -543,24 +541,7 @@ impl Seeder {
     }
 
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
-        self.upload_limit.store(bytes_per_sec, Ordering::Relaxed);
-    }
-
-    /// Waits until `len` more bytes fit under the upload limit. Cancel-safe: a stop cut into
-    /// the wait just leaves the bytes unsent.
-    async fn pace(&self, len: usize) {
-        let limit = self.upload_limit.load(Ordering::Relaxed);
-        if limit == 0 {
-            return;
-        }
-        let at = {
-            let mut next = self.pace.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(len as f64 / limit as f64);
-            start
-        };
-        tokio::time::sleep_until(at.into()).await;
+        self.pacer.set_limit(bytes_per_sec);
     }
 
     #[doc(hidden)]
@@ -945,7 +926,7 @@ impl Seeder {
         // abandoned unsent and the caller says `Bye`.
         let slot = async {
             let slot = self.slots.acquire(fp).await;
-            self.pace(len).await;
+            self.pacer.pace(len).await;
             slot
         };
         let _slot = tokio::select! {
