@@ -183,7 +183,9 @@ impl Agent {
             self.seeder.clone(),
             self.cancel.clone(),
         );
-        self.tasks.spawn(async move {
+        let span = tracing::info_span!("announce", file_id = %file.file_id);
+        let failure = crate::spawn::Failure::Fault;
+        crate::spawn::spawn_tracked(&self.tasks, "announce", span, failure, async move {
             // The tracker's own interval from the start: a TTL shorter than our default must
             // not drop us before the first re-announce.
             let mut next = Instant::now() + tracker.announce_interval();

@@ -9,6 +9,7 @@ pub mod events;
 pub mod picker;
 pub mod reach;
 pub mod seeder;
+pub mod spawn;
 pub mod store;
 pub mod tracker_client;
 

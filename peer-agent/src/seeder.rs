@@ -30,6 +30,7 @@ use torrentguard_trust::config::peer_server_config;
 use torrentguard_trust::{Identity, peer_fingerprint};
 
 mod limits;
+mod pacer;
 
 use limits::{Admission, PeerSlot, SlotScheduler};
 pub use limits::{Refusal, SeederLimits};
@@ -410,13 +411,11 @@ pub struct Seeder {
     tasks: TaskTracker,
     /// Test hook: serve corrupted data (to exercise the downloader's defences).
     corrupt: AtomicBool,
-    /// Upload limit in bytes per second across all connections (0: none).
-    upload_limit: AtomicU64,
+    /// Upload limit across all connections.
+    pacer: pacer::UploadPacer,
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
     /// connection's address and our listening port.
     advertise: std::sync::OnceLock<Advertise>,
-    /// When the paced upload may send next.
-    pace: tokio::sync::Mutex<Instant>,
 }
 
 impl Seeder {
@@ -454,15 +453,18 @@ impl Seeder {
             cancel,
             tasks: TaskTracker::new(),
             corrupt: AtomicBool::new(false),
-            upload_limit: AtomicU64::new(0),
             advertise: std::sync::OnceLock::new(),
-            pace: tokio::sync::Mutex::new(Instant::now()),
+            pacer: pacer::UploadPacer::new(),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
-        seeder
-            .tasks
-            .spawn(async move { s.accept_loop(listener, acceptor).await });
+        crate::spawn::spawn_tracked(
+            &seeder.tasks,
+            "accept-loop",
+            tracing::info_span!("seeder", listen = %local_addr),
+            crate::spawn::Failure::Fault,
+            async move { s.accept_loop(listener, acceptor).await },
+        );
         Ok(seeder)
     }
 
@@ -539,24 +541,7 @@ impl Seeder {
     }
 
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
-        self.upload_limit.store(bytes_per_sec, Ordering::Relaxed);
-    }
-
-    /// Waits until `len` more bytes fit under the upload limit. Cancel-safe: a stop cut into
-    /// the wait just leaves the bytes unsent.
-    async fn pace(&self, len: usize) {
-        let limit = self.upload_limit.load(Ordering::Relaxed);
-        if limit == 0 {
-            return;
-        }
-        let at = {
-            let mut next = self.pace.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(len as f64 / limit as f64);
-            start
-        };
-        tokio::time::sleep_until(at.into()).await;
+        self.pacer.set_limit(bytes_per_sec);
     }
 
     #[doc(hidden)]
@@ -610,23 +595,31 @@ impl Seeder {
             let s = self.clone();
             let acceptor = acceptor.clone();
             let stopping = self.cancel.clone();
-            self.tasks.spawn(async move {
-                let _held = (permit, address_slot);
-                // The connection reacts to the stop itself (Bye); this bounds whatever it might
-                // still be blocked on (a handshake, a peer that reads nothing).
-                let grace_over = async {
-                    stopping.cancelled().await;
-                    tokio::time::sleep(CONNECTION_STOP_GRACE).await;
-                };
-                tokio::select! {
-                    r = s.serve(tcp, addr, acceptor) => if let Err(e) = r {
-                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-                    },
-                    _ = grace_over => {
-                        tracing::debug!(peer = %addr, "peer connection dropped at shutdown");
+            // A peer ending its connection, politely or not, is routine for a seeder.
+            let span = tracing::debug_span!("upload", peer = %addr);
+            let failure = crate::spawn::Failure::Routine;
+            crate::spawn::spawn_tracked(
+                &self.tasks,
+                "peer-connection",
+                span,
+                failure,
+                async move {
+                    let _held = (permit, address_slot);
+                    // The connection reacts to the stop itself (Bye); this bounds whatever it might
+                    // still be blocked on (a handshake, a peer that reads nothing).
+                    let grace_over = async {
+                        stopping.cancelled().await;
+                        tokio::time::sleep(CONNECTION_STOP_GRACE).await;
+                    };
+                    tokio::select! {
+                        r = s.serve(tcp, addr, acceptor) => r,
+                        _ = grace_over => {
+                            tracing::debug!("peer connection dropped at shutdown");
+                            Ok(())
+                        }
                     }
-                }
-            });
+                },
+            );
         }
     }
 
@@ -879,7 +872,10 @@ impl Seeder {
     ) -> (mpsc::Receiver<Result<Frame, String>>, AbortOnDrop) {
         let (frames_tx, frames) = mpsc::channel(self.limits.max_queued_requests);
         let pool = self.pool.clone();
-        let read_task = tokio::spawn(async move {
+        // Called inside the connection's task: its span (the peer's address) carries over.
+        let span = tracing::Span::current();
+        let failure = crate::spawn::Failure::Fault;
+        let read_task = crate::spawn::spawn("upload-reader", span, failure, async move {
             loop {
                 let next = match reader.next(&pool).await {
                     Ok(Some(Incoming::Control(f))) => Ok(f),
@@ -930,7 +926,7 @@ impl Seeder {
         // abandoned unsent and the caller says `Bye`.
         let slot = async {
             let slot = self.slots.acquire(fp).await;
-            self.pace(len).await;
+            self.pacer.pace(len).await;
             slot
         };
         let _slot = tokio::select! {

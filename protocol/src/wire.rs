@@ -1,12 +1,16 @@
-//! Peer wire frames and their tokio-util codec.
+//! Peer wire frames: encoding, and the sans-I/O half of decoding.
 //!
 //! A frame is a `u32` big-endian length `L` (type byte + body), the type byte, then the body.
 //! `L` is checked against a bound before anything is reserved for the body, so a hostile peer
 //! cannot make us allocate more than the bound; the bound is 64 KiB until the `Hello`s are
 //! exchanged, then a chunk plus its header (or a whole bitfield, if that is larger).
+//!
+//! There is one decoder, the agent's `FrameReader` (`peer-agent/src/conn.rs`): it reads the
+//! five header bytes, checks them with [`FrameHead`], then reads a `Chunk` body straight into a
+//! pooled buffer or hands a control body to [`Frame::parse`]. Every check lives here; the
+//! reader only moves bytes, and its property tests cover the whole path.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::FileId;
 
@@ -100,15 +104,51 @@ pub enum WireError {
     Io(#[from] std::io::Error),
 }
 
-/// Checks a frame's length field against `max`; called before any allocation for its body.
-pub fn check_frame_len(len: u32, max: u32) -> Result<(), WireError> {
-    if len == 0 {
-        return Err(WireError::Empty);
+/// A frame's length prefix and type byte, checked: what follows is `body_len` bytes of a frame
+/// of a known type, within the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub kind: u8,
+    pub body_len: u32,
+}
+
+impl FrameHead {
+    /// Bytes of the length prefix and type byte.
+    pub const LEN: usize = 5;
+
+    /// Checks the length prefix against `max` and returns `L`: called as soon as its four
+    /// bytes are in, before the type byte is read or anything is reserved for the body.
+    pub fn check_len(prefix: [u8; 4], max: u32) -> Result<u32, WireError> {
+        let len = u32::from_be_bytes(prefix);
+        if len == 0 {
+            return Err(WireError::Empty);
+        }
+        if len > max {
+            return Err(WireError::TooLarge { len, max });
+        }
+        Ok(len)
     }
-    if len > max {
-        return Err(WireError::TooLarge { len, max });
+
+    /// With the type byte: refuses an unknown type, and a `Chunk` too short for its index,
+    /// before the body is read. `len` must come from [`FrameHead::check_len`].
+    pub fn new(len: u32, kind: u8) -> Result<FrameHead, WireError> {
+        if !(ty::HELLO..=ty::BYE).contains(&kind) {
+            return Err(WireError::UnknownType(kind));
+        }
+        let body_len = len.saturating_sub(1);
+        if kind == ty::CHUNK && body_len < 4 {
+            return Err(WireError::Malformed {
+                frame: "Chunk",
+                reason: "shorter than its index",
+            });
+        }
+        Ok(FrameHead { kind, body_len })
     }
-    Ok(())
+
+    /// Bytes of chunk data in a `Chunk` frame (the body less the index).
+    pub fn chunk_data_len(&self) -> Option<usize> {
+        (self.kind == ty::CHUNK).then(|| self.body_len.saturating_sub(4) as usize)
+    }
 }
 
 /// The header of a `Chunk` frame carrying `data_len` bytes of chunk `index`.
@@ -140,7 +180,9 @@ impl Frame {
         }
     }
 
-    /// Parses the type byte and body of one frame (the length is already stripped).
+    /// Parses the type byte and body of one frame (the length is already stripped). The
+    /// connection reads `Chunk` bodies into pooled buffers itself, so at run time this parses
+    /// control frames.
     pub fn parse(kind: u8, mut body: Bytes) -> Result<Frame, WireError> {
         fn need(body: &Bytes, n: usize, frame: &'static str) -> Result<(), WireError> {
             if body.len() != n {
@@ -283,78 +325,35 @@ fn bye_text(text: &str) -> &str {
     &text[..end]
 }
 
-/// Length-prefixed framing with a bound that the connection raises after the `Hello`s.
-#[derive(Debug, Clone)]
-pub struct FrameCodec {
-    max_frame: u32,
-}
-
-impl Default for FrameCodec {
-    fn default() -> Self {
-        FrameCodec {
-            max_frame: PRE_HELLO_MAX_FRAME,
-        }
-    }
-}
-
-impl FrameCodec {
-    pub fn new(max_frame: u32) -> Self {
-        FrameCodec { max_frame }
-    }
-
-    pub fn max_frame(&self) -> u32 {
-        self.max_frame
-    }
-
-    pub fn set_max_frame(&mut self, max: u32) {
-        self.max_frame = max;
-    }
-}
-
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = WireError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        if src.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
-        check_frame_len(len, self.max_frame)?;
-        let total = 4 + len as usize;
-        if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(4);
-        let kind = src.get_u8();
-        let body = src.split_to(len as usize - 1).freeze();
-        Frame::parse(kind, body).map(Some)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        match self.decode(src)? {
-            Some(f) => Ok(Some(f)),
-            None if src.is_empty() => Ok(None),
-            None => Err(WireError::Truncated),
-        }
-    }
-}
-
-impl Encoder<Frame> for FrameCodec {
-    type Error = WireError;
-    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        item.encode(dst);
-        Ok(())
-    }
-}
-
-impl Encoder<&Frame> for FrameCodec {
-    type Error = WireError;
-    fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        item.encode(dst);
-        Ok(())
-    }
+/// Arbitrary well-formed frames, for property tests here and in the crates that decode them.
+#[cfg(any(test, feature = "proptest"))]
+pub fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (any::<u16>(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(v, id, n)| Frame::Hello {
+            version: v,
+            file_id: FileId(id),
+            chunk_count: n
+        }),
+        proptest::collection::vec(any::<u8>(), 0..600).prop_map(|b| Frame::Bitfield(b.into())),
+        any::<u32>().prop_map(Frame::Have),
+        any::<u32>().prop_map(Frame::Request),
+        (
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..3000)
+        )
+            .prop_map(|(index, d)| Frame::Chunk {
+                index,
+                data: d.into()
+            }),
+        (any::<u32>(), 1u8..=3).prop_map(|(index, r)| Frame::Reject {
+            index,
+            // The codes 1..=3 are exactly the known ones.
+            reason: RejectReason::from_code(r).unwrap_or(RejectReason::Invalid)
+        }),
+        any::<u32>().prop_map(Frame::Cancel),
+        (any::<u8>(), "[a-zé ]{0,80}").prop_map(|(reason, text)| Frame::Bye { reason, text }),
+    ]
 }
 
 #[cfg(test)]
@@ -362,108 +361,59 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_frame() -> impl Strategy<Value = Frame> {
-        prop_oneof![
-            (any::<u16>(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(v, id, n)| Frame::Hello {
-                version: v,
-                file_id: FileId(id),
-                chunk_count: n
-            }),
-            proptest::collection::vec(any::<u8>(), 0..600).prop_map(|b| Frame::Bitfield(b.into())),
-            any::<u32>().prop_map(Frame::Have),
-            any::<u32>().prop_map(Frame::Request),
-            (
-                any::<u32>(),
-                proptest::collection::vec(any::<u8>(), 0..3000)
-            )
-                .prop_map(|(index, d)| Frame::Chunk {
-                    index,
-                    data: d.into()
-                }),
-            (any::<u32>(), 1u8..=3).prop_map(|(index, r)| Frame::Reject {
-                index,
-                reason: RejectReason::from_code(r).unwrap()
-            }),
-            any::<u32>().prop_map(Frame::Cancel),
-            (any::<u8>(), "[a-zé ]{0,80}").prop_map(|(reason, text)| Frame::Bye { reason, text }),
-        ]
+    /// One whole frame at the start of `bytes`, decoded by the same checks the connection
+    /// makes, in the same order; `None` if the frame is not all there.
+    fn decode_one(bytes: &[u8], max: u32) -> Result<Option<(Frame, usize)>, WireError> {
+        let Some(prefix) = bytes.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = FrameHead::check_len(*prefix, max)?;
+        let Some(&kind) = bytes.get(4) else {
+            return Ok(None);
+        };
+        let head = FrameHead::new(len, kind)?;
+        let end = FrameHead::LEN + head.body_len as usize;
+        let Some(body) = bytes.get(FrameHead::LEN..end) else {
+            return Ok(None);
+        };
+        let frame = Frame::parse(kind, Bytes::copy_from_slice(body))?;
+        Ok(Some((frame, end)))
     }
 
-    fn decode_all(
-        codec: &mut FrameCodec,
-        bytes: &[u8],
-        splits: &[usize],
-    ) -> Result<Vec<Frame>, WireError> {
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        let mut pos = 0;
-        for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
-            let end = s.clamp(pos, bytes.len());
-            buf.extend_from_slice(&bytes[pos..end]);
-            pos = end;
-            while let Some(f) = codec.decode(&mut buf)? {
-                out.push(f);
-            }
+    fn decoded(bytes: &[u8]) -> Result<Frame, WireError> {
+        match decode_one(bytes, PRE_HELLO_MAX_FRAME)? {
+            Some((f, _)) => Ok(f),
+            None => Err(WireError::Truncated),
         }
-        if let Some(f) = codec.decode_eof(&mut buf)? {
-            out.push(f);
-        }
-        Ok(out)
     }
 
     proptest! {
         #[test]
-        fn frames_round_trip_in_any_split(frames in proptest::collection::vec(arb_frame(), 1..8),
-                                          mut splits in proptest::collection::vec(any::<usize>(), 0..10)) {
+        fn parse_inverts_encode(frame in arb_frame()) {
             let mut buf = BytesMut::new();
-            for f in &frames { f.encode(&mut buf); }
-            let total = buf.len();
-            for s in splits.iter_mut() { *s %= total + 1; }
-            splits.sort_unstable();
-            let mut codec = FrameCodec::new(1 << 20);
-            let got = decode_all(&mut codec, &buf, &splits).unwrap();
-            prop_assert_eq!(got, frames);
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic_nor_overallocate(bytes in proptest::collection::vec(any::<u8>(), 0..4096),
-                                                         max in 1u32..70_000) {
-            let mut codec = FrameCodec::new(max);
-            let mut buf = BytesMut::from(&bytes[..]);
-            loop {
-                let before = buf.capacity().max(bytes.len());
-                match codec.decode(&mut buf) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {
-                        // Nothing reserved past the bound plus the length prefix.
-                        prop_assert!(buf.capacity() <= before.max(4 + max as usize) + 64);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            frame.encode(&mut buf);
+            let (got, used) = decode_one(&buf, 1 << 20).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(got, frame);
         }
     }
 
     #[test]
-    fn oversize_length_errors_before_the_body_arrives() {
-        let mut codec = FrameCodec::default();
-        let mut buf = BytesMut::from(&(PRE_HELLO_MAX_FRAME + 1).to_be_bytes()[..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(WireError::TooLarge { .. })
-        ));
-        assert!(buf.capacity() < 1024, "reserved {} bytes", buf.capacity());
-        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(WireError::TooLarge { .. })
-        ));
+    fn oversize_length_errors_from_the_prefix_alone() {
+        for len in [PRE_HELLO_MAX_FRAME + 1, u32::MAX] {
+            assert!(matches!(
+                FrameHead::check_len(len.to_be_bytes(), PRE_HELLO_MAX_FRAME),
+                Err(WireError::TooLarge { .. })
+            ));
+        }
+        assert_eq!(
+            FrameHead::check_len(PRE_HELLO_MAX_FRAME.to_be_bytes(), PRE_HELLO_MAX_FRAME).unwrap(),
+            PRE_HELLO_MAX_FRAME
+        );
     }
 
     #[test]
     fn named_refusals() {
-        let mut c = FrameCodec::default();
         let cases: &[(&[u8], &str)] = &[
             (&[0, 0, 0, 0], "empty"),
             (&[0, 0, 0, 1, 0x09], "unknown type"),
@@ -480,13 +430,22 @@ mod tests {
             (&[0, 0, 0, 5, ty::HELLO, 0, 1, 0, 0], "short hello"),
         ];
         for (bytes, what) in cases {
-            let mut buf = BytesMut::from(*bytes);
-            assert!(c.decode(&mut buf).is_err(), "{what} was accepted");
+            assert!(
+                !matches!(decoded(bytes), Ok(_) | Err(WireError::Truncated)),
+                "{what} was accepted"
+            );
         }
-        // A frame cut short at EOF is an error; a clean EOF is not.
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 5, ty::HAVE, 0][..]);
-        assert!(matches!(c.decode_eof(&mut buf), Err(WireError::Truncated)));
-        assert!(c.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+        // Refused from the head alone, before the body arrives.
+        assert!(matches!(
+            FrameHead::new(1, 0x09),
+            Err(WireError::UnknownType(0x09))
+        ));
+        assert!(FrameHead::new(4, ty::CHUNK).is_err());
+        assert_eq!(
+            FrameHead::new(5, ty::CHUNK).unwrap().chunk_data_len(),
+            Some(0)
+        );
+        assert_eq!(FrameHead::new(5, ty::HAVE).unwrap().chunk_data_len(), None);
     }
 
     #[test]
@@ -507,8 +466,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let text = "é".repeat(200); // 400 bytes
         Frame::Bye { reason: 1, text }.encode(&mut buf);
-        let f = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
-        match f {
+        match decoded(&buf).unwrap() {
             Frame::Bye { text, .. } => {
                 assert!(text.len() <= MAX_BYE_TEXT && text.chars().all(|c| c == 'é'))
             }

@@ -204,7 +204,9 @@ async fn connect(sh: &Shared, peer: &PeerInfo) -> Result<(Inbox, Writer, Abort),
     let (tx, rx) = mpsc::channel(2);
     let pool = sh.pool.clone();
     let bound = frame_bound(sh.manifest.chunk_size, n);
-    let reader_task = tokio::spawn(async move {
+    let span = tracing::debug_span!("download", peer = %addr, fingerprint = %peer.fingerprint);
+    let failure = crate::spawn::Failure::Fault;
+    let reader_task = crate::spawn::spawn("download-reader", span, failure, async move {
         let mut reader = FrameReader::new(rd);
         let mut hello_seen = false;
         loop {
