@@ -11,7 +11,7 @@ use std::path::Path;
 use torrentguard_agent::reach::Advertise;
 use torrentguard_protocol::Fingerprint;
 
-use crate::ShareArgs;
+use super::args::ShareArgs;
 
 /// Bound on stopping the embedded tracker.
 #[cfg(feature = "embedded-tracker")]
@@ -75,7 +75,7 @@ impl EmbeddedTracker {
 impl EmbeddedTracker {
     /// Without the feature `share` needs `--tracker`: a usage error (exit 2) that says so.
     pub async fn for_share(_args: &ShareArgs, _dir: &Path) -> anyhow::Result<Self> {
-        Err(anyhow::anyhow!(crate::UsageError(
+        Err(anyhow::anyhow!(super::exit::UsageError(
             NO_EMBEDDED_TRACKER.into()
         )))
     }
@@ -113,7 +113,7 @@ pub async fn run_tracker(
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
 
-    use crate::render::print_line;
+    use super::render::print_line;
     let data_dir = config.data_dir.clone();
     let t = torrentguard_tracker::start(config)
         .await
@@ -137,4 +137,36 @@ pub async fn run_tracker(
     tracing::info!(signal, "stopping the tracker");
     t.shutdown().await.context("shutting the tracker down")?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+// Only the build without the embedded tracker has something to check here.
+#[cfg(all(test, not(feature = "embedded-tracker")))]
+mod tests {
+    use super::super::args::{Cli, Command};
+    use super::super::exit::exit_code_of;
+    use super::*;
+    use clap::Parser as _;
+
+    /// Without the embedded tracker, `share` without `--tracker` is a usage error (exit 2)
+    /// naming the flag and the missing feature, before anything is started.
+    #[tokio::test]
+    async fn share_without_a_tracker_is_a_usage_error_without_the_embedded_tracker() {
+        let Command::Share(args) = Cli::try_parse_from(["torrentguard", "share", "f"])
+            .unwrap()
+            .command
+        else {
+            panic!("not parsed as share");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let Err(err) = EmbeddedTracker::for_share(&args, dir.path()).await else {
+            panic!("an embedded tracker started without the feature");
+        };
+        assert_eq!(exit_code_of(&err), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("--tracker") && text.contains("embedded-tracker"),
+            "{text}"
+        );
+        assert!(!dir.path().join("tracker").exists());
+    }
 }

@@ -1,0 +1,437 @@
+//! The command line: clap structs and value parsers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use torrentguard_agent::reach::AdvertiseSpec;
+use torrentguard_agent::seeder::SeederLimits;
+use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
+
+use super::render::print_line;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Share a file; without --tracker an embedded tracker starts on loopback, and the exact
+  # `get` command for other hosts is printed:
+  torrentguard share dataset.tar.zst --tracker-listen 0.0.0.0:8443
+
+  # Prove a share end to end: download it back from this very seeder over TLS, then exit:
+  torrentguard share --self-download ./image.iso
+
+  # Fetch from a deployed tracker, pinning its fingerprint, and keep seeding afterwards:
+  torrentguard get 3f2a…c9 -o ~/Downloads --seed \\
+      --tracker https://tracker.lan:8443 --tracker-fingerprint sha256:…
+
+Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (state saved; rerun to resume).";
+
+#[derive(Parser, Debug)]
+#[command(name = "torrentguard", version, about = "Secure peer-to-peer file sharing: chunked, verified, resumable, over pinned mutual TLS", after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    /// Where this agent keeps its identity (cert.pem, key.pem) and known_trackers.
+    /// [default: the platform data directory, e.g. ~/.local/share/torrentguard]
+    #[arg(long, global = true, env = "TORRENTGUARD_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// Print one JSON event per line on stdout instead of bars and sentences (for scripts);
+    /// logs on stderr become JSON lines too.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Only print results and errors: `share` prints each file id, `get` each final path.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    /// More log detail on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Hash files, register them with the tracker and seed them until interrupted.
+    Share(ShareArgs),
+    /// Download files by id from every peer the tracker lists, verifying every chunk.
+    Get(GetArgs),
+    /// Show what the tracker knows (files, seeders, peers) and local partial downloads.
+    Status(StatusArgs),
+    /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
+    Id,
+    /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
+    /// identity and database in <data-dir>/tracker.
+    #[cfg(feature = "embedded-tracker")]
+    Tracker(torrentguard_tracker::TrackerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TrackerFlags {
+    /// Tracker URL, e.g. https://tracker.lan:8443.
+    #[arg(long, env = "TORRENTGUARD_TRACKER", value_name = "URL")]
+    pub(crate) tracker: Option<String>,
+
+    /// The tracker's certificate fingerprint (sha256:<64 hex>, printed by the tracker at start).
+    /// Without it the fingerprint is trusted on first use and recorded in known_trackers.
+    #[arg(long, env = "TORRENTGUARD_TRACKER_FINGERPRINT", value_name = "FP")]
+    pub(crate) tracker_fingerprint: Option<Fingerprint>,
+
+    /// Token of a private swarm (sent as a bearer token to the tracker).
+    #[arg(
+        long,
+        env = "TORRENTGUARD_SWARM_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) swarm_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ShareArgs {
+    /// Files to share.
+    #[arg(required = true, value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+
+    /// Address for peer connections (IPv6 wildcard also accepts IPv4). Port 0 picks a free one.
+    #[arg(
+        long,
+        env = "TORRENTGUARD_LISTEN",
+        default_value = "[::]:0",
+        value_name = "ADDR"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
+    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
+    /// it sees us connect from.
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    pub(crate) advertise: Option<AdvertiseSpec>,
+
+    /// Without --tracker: where the embedded tracker listens. Loopback by default; use e.g.
+    /// 0.0.0.0:8443 to open it to the LAN.
+    #[cfg(feature = "embedded-tracker")]
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub(crate) tracker_listen: SocketAddr,
+
+    /// Chunk size: a power of two from 16K to 16M (suffixes K, M; plain numbers are bytes).
+    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) chunk_size: u32,
+
+    /// Digest for chunks and the whole file.
+    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
+    pub(crate) hash: HashAlgo,
+
+    /// After sharing, download each file back from this very seeder over the real TLS path
+    /// (as a separate peer identity), compare it with the original, report, and exit.
+    #[arg(long)]
+    pub(crate) self_download: bool,
+
+    /// Directory for --self-download output [default: a temporary directory, removed after].
+    #[arg(short, long, value_name = "DIR", requires = "self_download")]
+    pub(crate) output: Option<PathBuf>,
+
+    /// With --self-download: keep seeding afterwards instead of exiting.
+    #[arg(long, requires = "self_download")]
+    pub(crate) seed: bool,
+
+    /// Limit the upload rate, in bytes per second (suffixes K, M, G). 0 means no limit.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) upload_limit: u64,
+
+    #[command(flatten)]
+    pub(crate) peer_limits: PeerLimitFlags,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GetArgs {
+    /// File ids (64 hex digits), as printed by `share`.
+    #[arg(required = true, value_name = "FILE_ID")]
+    pub(crate) ids: Vec<FileId>,
+
+    /// Output directory.
+    #[arg(short, long, default_value = ".", value_name = "DIR")]
+    pub(crate) output: PathBuf,
+
+    /// Keep seeding after the download completes, until interrupted.
+    #[arg(long)]
+    pub(crate) seed: bool,
+
+    /// Replace an existing output file that differs (its matching chunks are kept, only the
+    /// others are fetched). An identical one is reported done without it.
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Give up (exit 1, partial download kept) when no verified data has arrived for this
+    /// long, e.g. 30s, 5m, 1h, or plain seconds. Without it, wait for peers indefinitely.
+    #[arg(long, value_parser = torrentguard_agent::download::parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Option<std::time::Duration>,
+
+    /// Address for peer connections (others fetch verified chunks from us while we download).
+    #[arg(
+        long,
+        env = "TORRENTGUARD_LISTEN",
+        default_value = "[::]:0",
+        value_name = "ADDR"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
+    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
+    /// it sees us connect from.
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    pub(crate) advertise: Option<AdvertiseSpec>,
+
+    /// Most peers to download from at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) max_peers: usize,
+
+    /// Limit the upload rate, in bytes per second (suffixes K, M, G). 0 means no limit.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) upload_limit: u64,
+
+    #[command(flatten)]
+    pub(crate) peer_limits: PeerLimitFlags,
+
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+}
+
+/// What one peer may hold of our seeding listener.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PeerLimitFlags {
+    /// Most connections one peer certificate may hold to us at once.
+    #[arg(long, default_value_t = SeederLimits::default().max_per_peer, value_name = "N",
+          value_parser = at_least_one)]
+    pub(crate) max_peer_connections: usize,
+
+    /// Most connections one IP address may hold to us at once (before TLS).
+    #[arg(long, default_value_t = SeederLimits::default().max_per_address, value_name = "N",
+          value_parser = at_least_one)]
+    pub(crate) max_address_connections: usize,
+
+    /// Close a peer connection with nothing requested for this long (e.g. 15s, 2m).
+    #[arg(long, default_value = "15s", value_name = "DURATION",
+          value_parser = torrentguard_agent::download::parse_duration)]
+    pub(crate) peer_idle_timeout: std::time::Duration,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of at least 1")),
+    }
+}
+
+impl PeerLimitFlags {
+    pub(crate) fn limits(&self) -> SeederLimits {
+        SeederLimits {
+            max_per_peer: self.max_peer_connections,
+            max_per_address: self.max_address_connections,
+            idle_timeout: self.peer_idle_timeout,
+            ..SeederLimits::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Show one file's manifest summary and peers.
+    #[arg(value_name = "FILE_ID")]
+    pub(crate) file_id: Option<FileId>,
+
+    /// Directory to look in for partial downloads. Without a tracker, only these are shown.
+    #[arg(short, long, default_value = ".", value_name = "DIR")]
+    pub(crate) output: PathBuf,
+
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+}
+
+/// `--hash` takes exactly the algorithms `HashAlgo` knows, listed in `--help` and in errors.
+fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["sha256", "sha1"]).try_map(|s| s.parse::<HashAlgo>())
+}
+
+fn parse_size_u64(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1u64),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let n = parse_size_u64(s)?;
+    let n = u32::try_from(n).map_err(|_| format!("{s:?} is too large"))?;
+    torrentguard_protocol::manifest::check_chunk_size(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// Parses the command line. A usage error of a `--json` invocation is a JSON `error` event on
+/// stdout (exit code 2), so a script reading the stream sees why it ended, and stderr holds no
+/// plain text; help and version print as usual.
+pub(crate) fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let text = e.to_string();
+            // The error proper is the first paragraph (usage and hints follow), on one line.
+            let head = text.split("\n\n").next().unwrap_or_default();
+            let head = head.strip_prefix("error: ").unwrap_or(head);
+            let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
+            print_line(
+                &serde_json::json!({"event": "error", "message": message, "exit_code": 2})
+                    .to_string(),
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256K"), Ok(262144));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("16384"), Ok(16384));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("100K").is_err(), "not a power of two");
+        assert!(parse_size("32M").is_err(), "too large");
+        assert!(parse_size("8K").is_err(), "too small");
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_size_u64("10M"), Ok(10 << 20));
+        assert_eq!(parse_size_u64("0"), Ok(0));
+        Cli::command_for_tests();
+    }
+
+    /// `torrentguard tracker` exists exactly when the embedded tracker is built in.
+    #[test]
+    fn tracker_subcommand_exists_only_with_the_embedded_tracker() {
+        let parsed = Cli::try_parse_from(["torrentguard", "tracker"]);
+        assert_eq!(
+            parsed.is_ok(),
+            cfg!(feature = "embedded-tracker"),
+            "{parsed:?}"
+        );
+    }
+
+    impl Cli {
+        fn command_for_tests() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+
+    /// The one placeholder style of the agent's help: every value-taking argument names its
+    /// value with one of these upper-case words (the tracker's own flags are its own).
+    const PLACEHOLDERS: &[&str] = &[
+        "ADDR",
+        "ADDR[:PORT]",
+        "ALGO",
+        "DIR",
+        "DURATION",
+        "FILE",
+        "FILE_ID",
+        "FP",
+        "N",
+        "RATE",
+        "SIZE",
+        "TOKEN",
+        "URL",
+    ];
+
+    #[test]
+    fn every_value_takes_a_placeholder_of_the_house_style() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        let mut commands = vec![&cli];
+        commands.extend(cli.get_subcommands().filter(|c| c.get_name() != "tracker"));
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                if !arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                    continue;
+                }
+                let names = arg.get_value_names().unwrap_or_default();
+                assert!(
+                    !names.is_empty(),
+                    "{} --{}: no placeholder",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+                for n in names {
+                    assert!(
+                        PLACEHOLDERS.contains(&n.as_str()),
+                        "{} {}: placeholder <{n}> is not one of {PLACEHOLDERS:?}",
+                        cmd.get_name(),
+                        arg.get_id()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} value-taking arguments seen");
+    }
+
+    #[test]
+    fn hash_lists_its_values() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let share = cli.find_subcommand("share").expect("share exists");
+        let hash = share
+            .get_arguments()
+            .find(|a| a.get_id() == "hash")
+            .expect("--hash exists");
+        let values: Vec<String> = hash
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(values, ["sha256", "sha1"]);
+        let help = share.clone().term_width(200).render_help().to_string();
+        assert!(help.contains("[possible values: sha256, sha1]"), "{help}");
+        let err = Cli::try_parse_from(["torrentguard", "share", "--hash", "md5", "f"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        let ok = Cli::try_parse_from(["torrentguard", "share", "--hash", "sha1", "f"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Command::Share(ShareArgs {
+                hash: HashAlgo::Sha1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn default_chunk_size_is_the_protocol_default() {
+        use torrentguard_protocol::manifest::DEFAULT_CHUNK_SIZE;
+        assert_eq!(parse_size("256K"), Ok(DEFAULT_CHUNK_SIZE));
+    }
+}

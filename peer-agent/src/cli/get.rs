@@ -1,0 +1,134 @@
+//! `torrentguard get`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use tokio_util::sync::CancellationToken;
+use torrentguard_agent::agent::Agent;
+use torrentguard_agent::{DownloadError, DownloadOptions, Event};
+
+use super::args::GetArgs;
+use super::exit::{INTERRUPTED, UsageError, report_error};
+use super::interrupt::{forward, unless_stopped, watch_interrupts};
+use super::output::{renderer, report_stopped};
+use super::render::Mode;
+use super::{identity, require_tracker, resolve_advertise};
+
+pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    let tracker = require_tracker(&args.tracker)?;
+    if args.output.exists() && !args.output.is_dir() {
+        bail!(UsageError(format!(
+            "-o {}: is a file, not a directory; name a directory to download into (it is created if missing)",
+            args.output.display()
+        )));
+    }
+    std::fs::create_dir_all(&args.output).with_context(|| {
+        format!(
+            "cannot create the output directory {}",
+            args.output.display()
+        )
+    })?;
+    check_writable(&args.output)?;
+    let advertise = resolve_advertise(&args.advertise).await?;
+    let stop = CancellationToken::new();
+    watch_interrupts(stop.clone())?;
+    let id = identity(dir)?;
+    let (events, out) = renderer(mode);
+    let started = Agent::start_with_limits(
+        id,
+        dir.to_path_buf(),
+        &tracker,
+        args.listen,
+        args.peer_limits.limits(),
+    );
+    let Some(agent) = unless_stopped(&stop, started).await else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    let agent = agent?;
+    agent.seeder.set_upload_limit(args.upload_limit);
+    if let Some(a) = advertise {
+        agent.seeder.set_advertise(a);
+    }
+    forward(&stop, agent.cancel.clone());
+
+    // The same id twice is one download; two ids that would write the same file name are
+    // refused before anything is fetched (they would share one `.part`).
+    let mut ids = args.ids.clone();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    if ids.len() < args.ids.len() && mode != Mode::Quiet {
+        eprintln!("note: a file id was given more than once; each is downloaded once");
+    }
+    let manifests = match torrentguard_agent::download::fetch_manifests(&agent.tracker, &ids).await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            agent.shutdown().await;
+            return Err(match e {
+                DownloadError::NameClash { .. } => anyhow!(UsageError(e.to_string())),
+                e => e.into(),
+            });
+        }
+    };
+    let downloads = ids.iter().zip(manifests).map(|(fid, manifest)| {
+        let mut opts = DownloadOptions::new(args.output.clone());
+        opts.force = args.force;
+        opts.max_peers = args.max_peers;
+        opts.timeout = args.timeout;
+        opts.manifest = manifest;
+        opts.events = events.clone();
+        agent.download(*fid, opts)
+    });
+    let results = futures::future::join_all(downloads).await;
+    let mut first_err = None;
+    let mut reports = Vec::new();
+    for (fid, r) in ids.iter().zip(results) {
+        match r {
+            Ok(rep) => reports.push(rep),
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("download of {fid} failed"));
+                if first_err.is_none() {
+                    first_err = Some(e);
+                } else {
+                    report_error(mode, &e);
+                }
+            }
+        }
+    }
+    if first_err.is_none() && args.seed && !stop.is_cancelled() {
+        for r in &reports {
+            agent.keep_announcing(r.shared.clone(), events.clone());
+            events.emit(Event::Seeding {
+                file_id: r.file_id,
+                name: r.shared.manifest.name.clone(),
+                size: r.bytes,
+                listen: agent.listen_addr(),
+            });
+        }
+        out.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .say("seeding; press Ctrl-C to stop");
+        stop.cancelled().await;
+    }
+    // Every end (done, failed, interrupted) leaves the swarm: `stopped` for each file announced.
+    agent.shutdown().await;
+    if args.seed && first_err.is_none() {
+        let served: Vec<_> = reports.iter().map(|r| r.shared.clone()).collect();
+        report_stopped(&out, &served);
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None if stop.is_cancelled() => Ok(ExitCode::from(INTERRUPTED)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+pub(crate) fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = tempfile::Builder::new()
+        .prefix(".torrentguard-write-test")
+        .tempfile_in(dir);
+    probe
+        .map(|_| ())
+        .with_context(|| format!("the output directory {} is not writable", dir.display()))
+}

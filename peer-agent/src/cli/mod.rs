@@ -1,0 +1,101 @@
+//! The `torrentguard` CLI, by concern.
+
+mod args;
+mod embedded;
+mod exit;
+mod get;
+mod interrupt;
+mod logging;
+mod output;
+mod render;
+mod share;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use torrentguard_agent::agent::{TrackerTarget, load_identity};
+use torrentguard_agent::reach::{Advertise, AdvertiseSpec};
+use torrentguard_trust::Identity;
+
+pub(crate) use args::parse_cli;
+use args::{Cli, Command, TrackerFlags};
+use exit::UsageError;
+pub(crate) use exit::report_failure;
+pub(crate) use logging::init_logging;
+pub(crate) use render::{Mode, print_line};
+
+pub(crate) fn data_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
+    cli_dir.clone().unwrap_or_else(|| {
+        directories::ProjectDirs::from("", "", "torrentguard")
+            .map(|d| d.data_dir().to_path_buf())
+            .unwrap_or_else(|| PathBuf::from(".torrentguard"))
+    })
+}
+
+pub(crate) fn identity(dir: &Path) -> anyhow::Result<Arc<Identity>> {
+    let (id, created) = load_identity(dir)
+        .with_context(|| format!("loading the agent identity from {}", dir.display()))?;
+    if created {
+        tracing::info!(fingerprint = %id.fingerprint, dir = %dir.display(), "created a new agent identity");
+    }
+    Ok(Arc::new(id))
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(&cli.data_dir);
+    let mode = Mode::pick(cli.json, cli.quiet);
+    match cli.command {
+        Command::Id => {
+            let id = identity(&dir)?;
+            if cli.json {
+                print_line(
+                    &serde_json::json!({"event": "identity", "fingerprint": id.fingerprint.to_string(), "data_dir": dir})
+                        .to_string(),
+                );
+            } else {
+                print_line(&id.fingerprint.to_string());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        // The same place the embedded tracker of `share` uses, never the agent's own identity.
+        #[cfg(feature = "embedded-tracker")]
+        Command::Tracker(args) => {
+            embedded::run_tracker(args.into_config(dir.join("tracker")), cli.json).await
+        }
+        Command::Share(args) => share::share(args, &dir, mode).await,
+        Command::Get(args) => get::get(args, &dir, mode).await,
+        Command::Status(args) => status::status(args, &dir, mode).await,
+    }
+}
+
+pub(crate) fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
+    flags.tracker.as_ref().map(|url| TrackerTarget {
+        url: url.clone(),
+        fingerprint: flags.tracker_fingerprint,
+        token: flags.swarm_token.clone(),
+    })
+}
+
+pub(crate) fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
+    target(flags).ok_or_else(|| {
+        anyhow!(UsageError(
+            "no tracker given: pass --tracker URL (and --tracker-fingerprint) or set TORRENTGUARD_TRACKER; \
+             `torrentguard share` prints both"
+                .into()
+        ))
+    })
+}
+
+/// `--advertise`, resolved once at start (a name that does not resolve is an error now, not
+/// a silent bad announce later).
+pub(crate) async fn resolve_advertise(
+    spec: &Option<AdvertiseSpec>,
+) -> anyhow::Result<Option<Advertise>> {
+    match spec {
+        None => Ok(None),
+        Some(s) => Ok(Some(s.resolve().await.context("--advertise")?)),
+    }
+}

@@ -1,0 +1,273 @@
+//! `torrentguard share`, with `--self-download`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use torrentguard_agent::agent::{Agent, TrackerTarget};
+use torrentguard_agent::{DownloadError, DownloadOptions, Event, EventSink};
+use torrentguard_trust::Identity;
+
+use super::args::ShareArgs;
+use super::embedded::EmbeddedTracker;
+use super::exit::{INTERRUPTED, is_interrupted};
+use super::interrupt::{forward, unless_stopped, watch_interrupts};
+use super::output::{Output, renderer, report_stopped};
+use super::render::Mode;
+use super::{identity, resolve_advertise, target};
+
+/// The renderer of `share`: with `-q`, only file ids and self-download verdicts.
+pub(crate) fn share_renderer(mode: Mode) -> (EventSink, Output) {
+    let (sink, out) = renderer(mode);
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .completed_paths_are_not_results();
+    (sink, out)
+}
+
+pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    for f in &args.files {
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", f.display());
+        }
+        std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+    }
+    let advertise = resolve_advertise(&args.advertise).await?;
+    let stop = CancellationToken::new();
+    watch_interrupts(stop.clone())?;
+    let id = identity(dir)?;
+    let (events, out) = share_renderer(mode);
+    let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
+    let json = |v: serde_json::Value| out.lock().unwrap_or_else(|e| e.into_inner()).json(&v);
+
+    // Without --tracker, run one in this process.
+    let (embedded, tracker) = match target(&args.tracker) {
+        Some(t) => (None, t),
+        None => {
+            let t = EmbeddedTracker::for_share(&args, dir).await?;
+            let url = t.url();
+            say(&format!(
+                "embedded tracker on {url}, fingerprint {}",
+                t.fingerprint()
+            ));
+            json(
+                serde_json::json!({"event": "tracker", "url": url, "fingerprint": t.fingerprint().to_string()}),
+            );
+            let target = TrackerTarget {
+                url,
+                fingerprint: Some(t.fingerprint()),
+                token: None,
+            };
+            (Some(t), target)
+        }
+    };
+    let (public_tracker_url, reach_note) = match &embedded {
+        Some(t) => t.public_url(advertise.as_ref()),
+        None => (tracker.url.clone(), None),
+    };
+    if let Some(note) = &reach_note {
+        say(note);
+    }
+    let embedded_stop = |t: Option<EmbeddedTracker>| async move {
+        if let Some(t) = t {
+            t.stop().await;
+        }
+    };
+    let started = Agent::start_with_limits(
+        id.clone(),
+        dir.to_path_buf(),
+        &tracker,
+        args.listen,
+        args.peer_limits.limits(),
+    );
+    let agent = match unless_stopped(&stop, started).await {
+        Some(a) => a?,
+        None => {
+            embedded_stop(embedded).await;
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    };
+    agent.seeder.set_upload_limit(args.upload_limit);
+    if let Some(a) = advertise.clone() {
+        agent.seeder.set_advertise(a);
+    }
+    let served = serve_and_report(
+        &agent,
+        &args,
+        &tracker,
+        &public_tracker_url,
+        &events,
+        &out,
+        &stop,
+    )
+    .await;
+    if !stop.is_cancelled() && !matches!(served, Ok(Served::KeepSeeding)) {
+        // Done (self-download without --seed) or failed: leave without waiting for Ctrl-C.
+        agent.shutdown().await;
+        embedded_stop(embedded).await;
+        return served.map(Served::exit_code);
+    }
+    if matches!(served, Ok(Served::KeepSeeding)) {
+        say("seeding; press Ctrl-C to stop");
+        stop.cancelled().await;
+    }
+    say("stopping: telling peers and the tracker that we leave");
+    agent.shutdown().await;
+    report_stopped(&out, &agent.seeder.files());
+    embedded_stop(embedded).await;
+    match served {
+        Err(e) if !is_interrupted(&e) => Err(e),
+        _ => Ok(ExitCode::from(INTERRUPTED)),
+    }
+}
+
+/// How sharing went before the wait for Ctrl-C.
+pub(crate) enum Served {
+    /// Seed until interrupted.
+    KeepSeeding,
+    /// `--self-download` without `--seed`: exit now, with this code.
+    Done(ExitCode),
+}
+
+impl Served {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Served::KeepSeeding => ExitCode::SUCCESS,
+            Served::Done(code) => code,
+        }
+    }
+}
+
+/// Hashes, registers and serves every file, printing the `get` command for each, then runs the
+/// self-download if asked. Returns early (`KeepSeeding`) if `stop` fires.
+pub(crate) async fn serve_and_report(
+    agent: &Agent,
+    args: &ShareArgs,
+    tracker: &TrackerTarget,
+    public_tracker_url: &str,
+    events: &EventSink,
+    out: &Output,
+    stop: &CancellationToken,
+) -> anyhow::Result<Served> {
+    let mut shared = Vec::new();
+    for f in &args.files {
+        let hashed = agent.share(f, args.chunk_size, args.hash, events);
+        let Some(s) = unless_stopped(stop, hashed).await else {
+            return Ok(Served::KeepSeeding);
+        };
+        let s = s?;
+        out.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .quiet_result(&s.file_id.to_string());
+        out.lock().unwrap_or_else(|e| e.into_inner()).say(&format!(
+            "get it elsewhere with:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
+            s.file_id,
+            public_tracker_url,
+            agent.tracker.fingerprint()
+        ));
+        shared.push(s);
+    }
+    if !args.self_download {
+        return Ok(Served::KeepSeeding);
+    }
+    let code = self_download(agent, tracker, args, &shared, events, stop).await?;
+    Ok(if args.seed {
+        Served::KeepSeeding
+    } else {
+        Served::Done(code)
+    })
+}
+
+pub(crate) async fn self_download(
+    agent: &Agent,
+    tracker: &TrackerTarget,
+    args: &ShareArgs,
+    shared: &[Arc<torrentguard_agent::seeder::SharedFile>],
+    events: &EventSink,
+    stop: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    // A second, throw-away identity: to the tracker and the seeder it is just another peer,
+    // so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
+    let other = Arc::new(Identity::generate("torrentguard-self-download")?);
+    let loopback: SocketAddr = if agent.listen_addr().is_ipv6() {
+        "[::1]:0".parse()?
+    } else {
+        "127.0.0.1:0".parse()?
+    };
+    let Some(downloader) = unless_stopped(
+        stop,
+        Agent::start(other, agent.data_dir.clone(), tracker, loopback),
+    )
+    .await
+    else {
+        return Err(DownloadError::Interrupted.into());
+    };
+    let downloader = downloader?;
+    let tmp;
+    let out_dir = match &args.output {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("torrentguard-self-download")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    forward(stop, downloader.cancel.clone());
+    let mut all_ok = true;
+    for s in shared {
+        let mut opts = DownloadOptions::new(out_dir.clone());
+        opts.events = events.clone();
+        let started = Instant::now();
+        let report = match downloader.download(s.file_id, opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Its `stopped` announces are owed whatever the error.
+                downloader.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let identical = same_content(&s.path(), &report.path)?;
+        all_ok &= identical;
+        events.emit(Event::SelfDownload {
+            file_id: s.file_id,
+            ok: identical,
+            bytes: report.bytes,
+            secs,
+            path: report.path.clone(),
+            seeder: agent.listen_addr(),
+        });
+    }
+    downloader.shutdown().await;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(crate) fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut fa = std::fs::File::open(a)?;
+    let mut fb = std::fs::File::open(b)?;
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `torrentguard status`: the tracker's files and peers, and local partial downloads.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use torrentguard_agent::store::list_partials;
+use torrentguard_protocol::FileId;
+
+use super::args::StatusArgs;
+use super::render::{Mode, cell, human, print_line, printable};
+use super::{identity, target};
+
+pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    let mut partials = list_partials(&args.output);
+    if let Some(fid) = args.file_id {
+        partials.retain(|p| p.file_id == fid);
+    }
+    let Some(tracker) = target(&args.tracker) else {
+        // Local partial downloads need no tracker: show them alone and say what is skipped.
+        if mode == Mode::Json {
+            print_line(
+                &serde_json::json!({"event": "status", "tracker": null, "file_id": args.file_id, "partials": partials})
+                    .to_string(),
+            );
+        } else {
+            print_line(
+                "tracker: skipped (no --tracker given, nor TORRENTGUARD_TRACKER); local part only",
+            );
+            print_partials(&args.output, &partials);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let id = identity(dir)?;
+    let client = torrentguard_agent::tracker_client::TrackerClient::connect(
+        &tracker.url,
+        tracker.fingerprint,
+        &id,
+        dir,
+        tracker.token.clone(),
+    )
+    .await?;
+    match args.file_id {
+        Some(fid) => status_of_file(&client, fid, &partials, mode).await?,
+        None => status_of_tracker(&client, &args.output, &partials, mode).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) type Client = torrentguard_agent::tracker_client::TrackerClient;
+pub(crate) type Partial = torrentguard_agent::store::PartialDownload;
+
+pub(crate) fn ago(t: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format!("{}s ago", (now - t).max(0))
+}
+
+pub(crate) async fn status_of_file(
+    client: &Client,
+    fid: FileId,
+    partials: &[Partial],
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let m = client.manifest(&fid).await?;
+    let peers = client.file_peers(&fid).await?.peers;
+    if mode == Mode::Json {
+        print_line(&serde_json::json!({"event": "file_status", "file_id": fid, "name": m.name, "size": m.size, "chunk_size": m.chunk_size, "chunks": m.chunk_count(), "hash": m.hash, "peers": peers, "partials": partials}).to_string());
+        return Ok(());
+    }
+    print_line(&format!(
+        "file {fid}\n  name   {}\n  size   {} ({} bytes)\n  chunks {} × {} ({})",
+        printable(&m.name),
+        human(m.size),
+        m.size,
+        m.chunk_count(),
+        human(m.chunk_size as u64),
+        m.hash
+    ));
+    print_line(&format!(
+        "\n{:<20} {:<40} {:>12} {:>10}",
+        "PEER", "ADDRESS", "HAVE", "LAST SEEN"
+    ));
+    for p in &peers {
+        let have = if p.complete {
+            "complete".to_string()
+        } else {
+            format!("{}/{}", p.have, m.chunk_count())
+        };
+        print_line(&format!(
+            "{:<20} {:<40} {:>12} {:>10}",
+            p.fingerprint.short(),
+            SocketAddr::new(p.address, p.port).to_string(),
+            have,
+            ago(p.last_seen)
+        ));
+    }
+    if peers.is_empty() {
+        print_line("(no live peers)");
+    }
+    for p in partials {
+        print_line(&format!(
+            "\nlocal partial download: {} ({}/{} chunks verified)",
+            printable(&p.part.display().to_string()),
+            p.chunks_verified,
+            p.chunk_count
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn status_of_tracker(
+    client: &Client,
+    output: &Path,
+    partials: &[Partial],
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let files = client.all_files().await?;
+    let peers = client.peers().await?;
+    if mode == Mode::Json {
+        print_line(&serde_json::json!({"event": "status", "tracker": client.base_url().as_str(), "fingerprint": client.fingerprint().to_string(), "files": files, "peers": peers, "partials": partials}).to_string());
+        return Ok(());
+    }
+    print_line(&format!(
+        "tracker {} ({})\n",
+        client.base_url(),
+        client.fingerprint()
+    ));
+    print_line(&format!(
+        "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+        "FILE ID",
+        cell("NAME", NAME_COLUMNS),
+        "SIZE",
+        "CHUNKS",
+        "SEEDERS",
+        "LEECHERS"
+    ));
+    for f in &files {
+        print_line(&format!(
+            "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+            f.file_id.to_string(),
+            cell(&f.name, NAME_COLUMNS),
+            human(f.size),
+            f.chunk_count,
+            f.seeders,
+            f.leechers
+        ));
+    }
+    if files.is_empty() {
+        print_line("(no files registered)");
+    }
+    print_line(&format!(
+        "\n{:<20} {:<40} {:>6} {:>10}",
+        "PEER", "ADDRESS", "FILES", "LAST SEEN"
+    ));
+    for p in &peers {
+        print_line(&format!(
+            "{:<20} {:<40} {:>6} {:>10}",
+            p.fingerprint.short(),
+            SocketAddr::new(p.address, p.port).to_string(),
+            p.files.len(),
+            ago(p.last_seen)
+        ));
+    }
+    if peers.is_empty() {
+        print_line("(no live peers)");
+    }
+    if !partials.is_empty() {
+        print_line("");
+        print_partials(output, partials);
+    }
+    Ok(())
+}
+
+/// Width of the NAME column of `status`, in terminal columns.
+pub(crate) const NAME_COLUMNS: usize = 24;
+
+pub(crate) fn print_partials(output: &Path, partials: &[Partial]) {
+    if partials.is_empty() {
+        print_line(&format!(
+            "no partial downloads in {}",
+            printable(&output.display().to_string())
+        ));
+        return;
+    }
+    print_line(&format!(
+        "local partial downloads in {}:",
+        printable(&output.display().to_string())
+    ));
+    for p in partials {
+        print_line(&format!(
+            "  {} {}/{} chunks verified ({})",
+            printable(&p.part.display().to_string()),
+            p.chunks_verified,
+            p.chunk_count,
+            p.file_id
+        ));
+    }
+}
