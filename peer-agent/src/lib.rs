@@ -1,6 +1,6 @@
 //! The TorrentGuard peer agent: pinned mutual TLS between peers, seeding, and a verified,
-//! resumable, multi-peer download engine. The `torrentguard` CLI (`main.rs`) is a thin shell
-//! over this library.
+//! resumable, multi-peer download engine. The `torrentguard` CLI (`main.rs`, `cli/`) is a thin
+//! shell over this library.
 
 pub mod agent;
 pub mod conn;

@@ -34,13 +34,13 @@ pub(crate) fn report_error(mode: Mode, e: &anyhow::Error) {
 }
 
 /// `eprintln!` without its panic when stderr is closed: there is nobody left to tell.
-pub(crate) fn eprint_line(line: &str) {
+fn eprint_line(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// The error and its causes on one line.
-pub(crate) fn one_line(e: &anyhow::Error) -> String {
+fn one_line(e: &anyhow::Error) -> String {
     let mut s = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();

@@ -2,34 +2,24 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
 use torrentguard_agent::agent::Agent;
-use torrentguard_agent::{DownloadError, DownloadOptions, Event};
+use torrentguard_agent::{DownloadError, DownloadOptions, DownloadReport, Event, EventSink};
+use torrentguard_protocol::{FileId, Manifest};
 
 use super::args::GetArgs;
 use super::exit::{INTERRUPTED, UsageError, report_error};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
-use super::output::{renderer, report_stopped};
+use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
 use super::{identity, require_tracker, resolve_advertise};
 
 pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     let tracker = require_tracker(&args.tracker)?;
-    if args.output.exists() && !args.output.is_dir() {
-        bail!(UsageError(format!(
-            "-o {}: is a file, not a directory; name a directory to download into (it is created if missing)",
-            args.output.display()
-        )));
-    }
-    std::fs::create_dir_all(&args.output).with_context(|| {
-        format!(
-            "cannot create the output directory {}",
-            args.output.display()
-        )
-    })?;
-    check_writable(&args.output)?;
+    prepare_output(&args.output)?;
     let advertise = resolve_advertise(&args.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;
@@ -52,14 +42,7 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     }
     forward(&stop, agent.cancel.clone());
 
-    // The same id twice is one download; two ids that would write the same file name are
-    // refused before anything is fetched (they would share one `.part`).
-    let mut ids = args.ids.clone();
-    let mut seen = std::collections::HashSet::new();
-    ids.retain(|id| seen.insert(*id));
-    if ids.len() < args.ids.len() && mode != Mode::Quiet {
-        eprintln!("note: a file id was given more than once; each is downloaded once");
-    }
+    let ids = unique_ids(&args.ids, mode);
     let manifests = match torrentguard_agent::download::fetch_manifests(&agent.tracker, &ids).await
     {
         Ok(m) => m,
@@ -71,6 +54,58 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
             });
         }
     };
+    let (reports, first_err) = download_all(&agent, &args, &ids, manifests, &events, mode).await;
+    if first_err.is_none() && args.seed && !stop.is_cancelled() {
+        seed_until_stopped(&agent, &reports, &events, &out, &stop).await;
+    }
+    // Every end (done, failed, interrupted) leaves the swarm: `stopped` for each file announced.
+    agent.shutdown().await;
+    if args.seed && first_err.is_none() {
+        let served: Vec<_> = reports.iter().map(|r| r.shared.clone()).collect();
+        report_stopped(&out, &served);
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None if stop.is_cancelled() => Ok(ExitCode::from(INTERRUPTED)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `-o` must be a directory we can write to; it is created if missing.
+fn prepare_output(output: &Path) -> anyhow::Result<()> {
+    if output.exists() && !output.is_dir() {
+        bail!(UsageError(format!(
+            "-o {}: is a file, not a directory; name a directory to download into (it is created if missing)",
+            output.display()
+        )));
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create the output directory {}", output.display()))?;
+    check_writable(output)
+}
+
+/// The same id twice is one download; two ids that would write the same file name are
+/// refused before anything is fetched (they would share one `.part`).
+fn unique_ids(given: &[FileId], mode: Mode) -> Vec<FileId> {
+    let mut ids = given.to_vec();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    if ids.len() < given.len() && mode != Mode::Quiet {
+        eprintln!("note: a file id was given more than once; each is downloaded once");
+    }
+    ids
+}
+
+/// Runs every download at once. The first failure is returned; later ones are reported as
+/// they are collected, so none goes unsaid.
+async fn download_all(
+    agent: &Agent,
+    args: &GetArgs,
+    ids: &[FileId],
+    manifests: Vec<Option<Arc<Manifest>>>,
+    events: &EventSink,
+    mode: Mode,
+) -> (Vec<DownloadReport>, Option<anyhow::Error>) {
     let downloads = ids.iter().zip(manifests).map(|(fid, manifest)| {
         let mut opts = DownloadOptions::new(args.output.clone());
         opts.force = args.force;
@@ -96,35 +131,33 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
             }
         }
     }
-    if first_err.is_none() && args.seed && !stop.is_cancelled() {
-        for r in &reports {
-            agent.keep_announcing(r.shared.clone(), events.clone());
-            events.emit(Event::Seeding {
-                file_id: r.file_id,
-                name: r.shared.manifest.name.clone(),
-                size: r.bytes,
-                listen: agent.listen_addr(),
-            });
-        }
-        out.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .say("seeding; press Ctrl-C to stop");
-        stop.cancelled().await;
-    }
-    // Every end (done, failed, interrupted) leaves the swarm: `stopped` for each file announced.
-    agent.shutdown().await;
-    if args.seed && first_err.is_none() {
-        let served: Vec<_> = reports.iter().map(|r| r.shared.clone()).collect();
-        report_stopped(&out, &served);
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None if stop.is_cancelled() => Ok(ExitCode::from(INTERRUPTED)),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    (reports, first_err)
 }
 
-pub(crate) fn check_writable(dir: &Path) -> anyhow::Result<()> {
+/// `--seed`: announce every downloaded file and serve it until Ctrl-C.
+async fn seed_until_stopped(
+    agent: &Agent,
+    reports: &[DownloadReport],
+    events: &EventSink,
+    out: &Output,
+    stop: &CancellationToken,
+) {
+    for r in reports {
+        agent.keep_announcing(r.shared.clone(), events.clone());
+        events.emit(Event::Seeding {
+            file_id: r.file_id,
+            name: r.shared.manifest.name.clone(),
+            size: r.bytes,
+            listen: agent.listen_addr(),
+        });
+    }
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .say("seeding; press Ctrl-C to stop");
+    stop.cancelled().await;
+}
+
+fn check_writable(dir: &Path) -> anyhow::Result<()> {
     let probe = tempfile::Builder::new()
         .prefix(".torrentguard-write-test")
         .tempfile_in(dir);

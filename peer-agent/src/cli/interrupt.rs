@@ -10,7 +10,7 @@ use super::exit::INTERRUPTED;
 
 /// After the first Ctrl-C, how long a stop may take before the process exits regardless (the
 /// stop itself is bounded at ~2 s; this also covers blocking work such as hashing).
-pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(3);
+const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Cancels `stop` on the first SIGINT/SIGTERM; a graceful, bounded stop follows. A second
 /// signal, or a stop overrunning [`STOP_DEADLINE`], exits with 130 at once.

@@ -26,7 +26,7 @@ pub(crate) fn init_logging(verbose: u8, quiet: bool, json: bool) {
 
 /// Colours only for a person at a terminal: never when stderr is a file or a pipe, and never
 /// when `NO_COLOR` is set to anything non-empty (https://no-color.org).
-pub(crate) fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 

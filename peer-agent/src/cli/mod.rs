@@ -27,7 +27,7 @@ pub(crate) use exit::report_failure;
 pub(crate) use logging::init_logging;
 pub(crate) use render::{Mode, print_line};
 
-pub(crate) fn data_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
+fn data_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
     cli_dir.clone().unwrap_or_else(|| {
         directories::ProjectDirs::from("", "", "torrentguard")
             .map(|d| d.data_dir().to_path_buf())
@@ -35,7 +35,7 @@ pub(crate) fn data_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
     })
 }
 
-pub(crate) fn identity(dir: &Path) -> anyhow::Result<Arc<Identity>> {
+fn identity(dir: &Path) -> anyhow::Result<Arc<Identity>> {
     let (id, created) = load_identity(dir)
         .with_context(|| format!("loading the agent identity from {}", dir.display()))?;
     if created {
@@ -71,7 +71,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
+fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
     flags.tracker.as_ref().map(|url| TrackerTarget {
         url: url.clone(),
         fingerprint: flags.tracker_fingerprint,
@@ -79,7 +79,7 @@ pub(crate) fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
     })
 }
 
-pub(crate) fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
+fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
     target(flags).ok_or_else(|| {
         anyhow!(UsageError(
             "no tracker given: pass --tracker URL (and --tracker-fingerprint) or set TORRENTGUARD_TRACKER; \
@@ -91,9 +91,7 @@ pub(crate) fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTar
 
 /// `--advertise`, resolved once at start (a name that does not resolve is an error now, not
 /// a silent bad announce later).
-pub(crate) async fn resolve_advertise(
-    spec: &Option<AdvertiseSpec>,
-) -> anyhow::Result<Option<Advertise>> {
+async fn resolve_advertise(spec: &Option<AdvertiseSpec>) -> anyhow::Result<Option<Advertise>> {
     match spec {
         None => Ok(None),
         Some(s) => Ok(Some(s.resolve().await.context("--advertise")?)),

@@ -1,7 +1,7 @@
 //! `torrentguard share`, with `--self-download`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +21,7 @@ use super::render::Mode;
 use super::{identity, resolve_advertise, target};
 
 /// The renderer of `share`: with `-q`, only file ids and self-download verdicts.
-pub(crate) fn share_renderer(mode: Mode) -> (EventSink, Output) {
+fn share_renderer(mode: Mode) -> (EventSink, Output) {
     let (sink, out) = renderer(mode);
     out.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -30,54 +30,20 @@ pub(crate) fn share_renderer(mode: Mode) -> (EventSink, Output) {
 }
 
 pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
-    for f in &args.files {
-        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", f.display());
-        }
-        std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
-    }
+    check_readable(&args.files)?;
     let advertise = resolve_advertise(&args.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = share_renderer(mode);
-    let say = |s: &str| out.lock().unwrap_or_else(|e| e.into_inner()).say(s);
-    let json = |v: serde_json::Value| out.lock().unwrap_or_else(|e| e.into_inner()).json(&v);
-
-    // Without --tracker, run one in this process.
-    let (embedded, tracker) = match target(&args.tracker) {
-        Some(t) => (None, t),
-        None => {
-            let t = EmbeddedTracker::for_share(&args, dir).await?;
-            let url = t.url();
-            say(&format!(
-                "embedded tracker on {url}, fingerprint {}",
-                t.fingerprint()
-            ));
-            json(
-                serde_json::json!({"event": "tracker", "url": url, "fingerprint": t.fingerprint().to_string()}),
-            );
-            let target = TrackerTarget {
-                url,
-                fingerprint: Some(t.fingerprint()),
-                token: None,
-            };
-            (Some(t), target)
-        }
-    };
+    let (embedded, tracker) = pick_tracker(&args, dir, &out).await?;
     let (public_tracker_url, reach_note) = match &embedded {
         Some(t) => t.public_url(advertise.as_ref()),
         None => (tracker.url.clone(), None),
     };
     if let Some(note) = &reach_note {
-        say(note);
+        say(&out, note);
     }
-    let embedded_stop = |t: Option<EmbeddedTracker>| async move {
-        if let Some(t) = t {
-            t.stop().await;
-        }
-    };
     let started = Agent::start_with_limits(
         id.clone(),
         dir.to_path_buf(),
@@ -88,7 +54,7 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     let agent = match unless_stopped(&stop, started).await {
         Some(a) => a?,
         None => {
-            embedded_stop(embedded).await;
+            stop_embedded(embedded).await;
             return Ok(ExitCode::from(INTERRUPTED));
         }
     };
@@ -106,28 +72,88 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
         &stop,
     )
     .await;
+    leave(&agent, embedded, served, &out, &stop).await
+}
+
+/// Refuses what cannot be shared before anything starts.
+fn check_readable(files: &[PathBuf]) -> anyhow::Result<()> {
+    for f in files {
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", f.display());
+        }
+        std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// The tracker of `--tracker`, or without it one run in this process (announced on `out`).
+async fn pick_tracker(
+    args: &ShareArgs,
+    dir: &Path,
+    out: &Output,
+) -> anyhow::Result<(Option<EmbeddedTracker>, TrackerTarget)> {
+    if let Some(t) = target(&args.tracker) {
+        return Ok((None, t));
+    }
+    let t = EmbeddedTracker::for_share(args, dir).await?;
+    let url = t.url();
+    say(
+        out,
+        &format!("embedded tracker on {url}, fingerprint {}", t.fingerprint()),
+    );
+    out.lock().unwrap_or_else(|e| e.into_inner()).json(
+        &serde_json::json!({"event": "tracker", "url": url, "fingerprint": t.fingerprint().to_string()}),
+    );
+    let target = TrackerTarget {
+        url,
+        fingerprint: Some(t.fingerprint()),
+        token: None,
+    };
+    Ok((Some(t), target))
+}
+
+/// Seeds until Ctrl-C if asked, then leaves the swarm and stops the embedded tracker. A
+/// finished self-download (without `--seed`) or a failure leaves at once.
+async fn leave(
+    agent: &Agent,
+    embedded: Option<EmbeddedTracker>,
+    served: anyhow::Result<Served>,
+    out: &Output,
+    stop: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
     if !stop.is_cancelled() && !matches!(served, Ok(Served::KeepSeeding)) {
         // Done (self-download without --seed) or failed: leave without waiting for Ctrl-C.
         agent.shutdown().await;
-        embedded_stop(embedded).await;
+        stop_embedded(embedded).await;
         return served.map(Served::exit_code);
     }
     if matches!(served, Ok(Served::KeepSeeding)) {
-        say("seeding; press Ctrl-C to stop");
+        say(out, "seeding; press Ctrl-C to stop");
         stop.cancelled().await;
     }
-    say("stopping: telling peers and the tracker that we leave");
+    say(out, "stopping: telling peers and the tracker that we leave");
     agent.shutdown().await;
-    report_stopped(&out, &agent.seeder.files());
-    embedded_stop(embedded).await;
+    report_stopped(out, &agent.seeder.files());
+    stop_embedded(embedded).await;
     match served {
         Err(e) if !is_interrupted(&e) => Err(e),
         _ => Ok(ExitCode::from(INTERRUPTED)),
     }
 }
 
+async fn stop_embedded(t: Option<EmbeddedTracker>) {
+    if let Some(t) = t {
+        t.stop().await;
+    }
+}
+
+fn say(out: &Output, line: &str) {
+    out.lock().unwrap_or_else(|e| e.into_inner()).say(line);
+}
+
 /// How sharing went before the wait for Ctrl-C.
-pub(crate) enum Served {
+enum Served {
     /// Seed until interrupted.
     KeepSeeding,
     /// `--self-download` without `--seed`: exit now, with this code.
@@ -145,7 +171,7 @@ impl Served {
 
 /// Hashes, registers and serves every file, printing the `get` command for each, then runs the
 /// self-download if asked. Returns early (`KeepSeeding`) if `stop` fires.
-pub(crate) async fn serve_and_report(
+async fn serve_and_report(
     agent: &Agent,
     args: &ShareArgs,
     tracker: &TrackerTarget,
@@ -183,7 +209,7 @@ pub(crate) async fn serve_and_report(
     })
 }
 
-pub(crate) async fn self_download(
+async fn self_download(
     agent: &Agent,
     tracker: &TrackerTarget,
     args: &ShareArgs,
@@ -191,23 +217,7 @@ pub(crate) async fn self_download(
     events: &EventSink,
     stop: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    // A second, throw-away identity: to the tracker and the seeder it is just another peer,
-    // so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
-    let other = Arc::new(Identity::generate("torrentguard-self-download")?);
-    let loopback: SocketAddr = if agent.listen_addr().is_ipv6() {
-        "[::1]:0".parse()?
-    } else {
-        "127.0.0.1:0".parse()?
-    };
-    let Some(downloader) = unless_stopped(
-        stop,
-        Agent::start(other, agent.data_dir.clone(), tracker, loopback),
-    )
-    .await
-    else {
-        return Err(DownloadError::Interrupted.into());
-    };
-    let downloader = downloader?;
+    let downloader = start_downloader(agent, tracker, stop).await?;
     let tmp;
     let out_dir = match &args.output {
         Some(d) => d.clone(),
@@ -252,7 +262,31 @@ pub(crate) async fn self_download(
     })
 }
 
-pub(crate) fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
+/// A second agent with a throw-away identity: to the tracker and the seeder it is just another
+/// peer, so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
+async fn start_downloader(
+    agent: &Agent,
+    tracker: &TrackerTarget,
+    stop: &CancellationToken,
+) -> anyhow::Result<Agent> {
+    let other = Arc::new(Identity::generate("torrentguard-self-download")?);
+    let loopback: SocketAddr = if agent.listen_addr().is_ipv6() {
+        "[::1]:0".parse()?
+    } else {
+        "127.0.0.1:0".parse()?
+    };
+    let Some(downloader) = unless_stopped(
+        stop,
+        Agent::start(other, agent.data_dir.clone(), tracker, loopback),
+    )
+    .await
+    else {
+        return Err(DownloadError::Interrupted.into());
+    };
+    Ok(downloader?)
+}
+
+fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
     use std::io::Read;
     let mut fa = std::fs::File::open(a)?;
     let mut fb = std::fs::File::open(b)?;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use torrentguard_agent::store::list_partials;
 use torrentguard_protocol::FileId;
+use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary};
 
 use super::args::StatusArgs;
 use super::render::{Mode, cell, human, print_line, printable};
@@ -47,10 +48,10 @@ pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) type Client = torrentguard_agent::tracker_client::TrackerClient;
-pub(crate) type Partial = torrentguard_agent::store::PartialDownload;
+type Client = torrentguard_agent::tracker_client::TrackerClient;
+type Partial = torrentguard_agent::store::PartialDownload;
 
-pub(crate) fn ago(t: i64) -> String {
+fn ago(t: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -58,7 +59,7 @@ pub(crate) fn ago(t: i64) -> String {
     format!("{}s ago", (now - t).max(0))
 }
 
-pub(crate) async fn status_of_file(
+async fn status_of_file(
     client: &Client,
     fid: FileId,
     partials: &[Partial],
@@ -79,27 +80,7 @@ pub(crate) async fn status_of_file(
         human(m.chunk_size as u64),
         m.hash
     ));
-    print_line(&format!(
-        "\n{:<20} {:<40} {:>12} {:>10}",
-        "PEER", "ADDRESS", "HAVE", "LAST SEEN"
-    ));
-    for p in &peers {
-        let have = if p.complete {
-            "complete".to_string()
-        } else {
-            format!("{}/{}", p.have, m.chunk_count())
-        };
-        print_line(&format!(
-            "{:<20} {:<40} {:>12} {:>10}",
-            p.fingerprint.short(),
-            SocketAddr::new(p.address, p.port).to_string(),
-            have,
-            ago(p.last_seen)
-        ));
-    }
-    if peers.is_empty() {
-        print_line("(no live peers)");
-    }
+    print_file_peers(&peers, m.chunk_count());
     for p in partials {
         print_line(&format!(
             "\nlocal partial download: {} ({}/{} chunks verified)",
@@ -111,7 +92,7 @@ pub(crate) async fn status_of_file(
     Ok(())
 }
 
-pub(crate) async fn status_of_tracker(
+async fn status_of_tracker(
     client: &Client,
     output: &Path,
     partials: &[Partial],
@@ -128,6 +109,42 @@ pub(crate) async fn status_of_tracker(
         client.base_url(),
         client.fingerprint()
     ));
+    print_files(&files);
+    print_peers(&peers);
+    if !partials.is_empty() {
+        print_line("");
+        print_partials(output, partials);
+    }
+    Ok(())
+}
+
+/// The peers of one file and how much of it each has.
+fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
+    print_line(&format!(
+        "\n{:<20} {:<40} {:>12} {:>10}",
+        "PEER", "ADDRESS", "HAVE", "LAST SEEN"
+    ));
+    for p in peers {
+        let have = if p.complete {
+            "complete".to_string()
+        } else {
+            format!("{}/{}", p.have, chunk_count)
+        };
+        print_line(&format!(
+            "{:<20} {:<40} {:>12} {:>10}",
+            p.fingerprint.short(),
+            SocketAddr::new(p.address, p.port).to_string(),
+            have,
+            ago(p.last_seen)
+        ));
+    }
+    if peers.is_empty() {
+        print_line("(no live peers)");
+    }
+}
+
+/// The files the tracker lists, one row each.
+fn print_files(files: &[FileSummary]) {
     print_line(&format!(
         "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
         "FILE ID",
@@ -137,7 +154,7 @@ pub(crate) async fn status_of_tracker(
         "SEEDERS",
         "LEECHERS"
     ));
-    for f in &files {
+    for f in files {
         print_line(&format!(
             "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
             f.file_id.to_string(),
@@ -151,11 +168,15 @@ pub(crate) async fn status_of_tracker(
     if files.is_empty() {
         print_line("(no files registered)");
     }
+}
+
+/// The live peers the tracker lists, one row each.
+fn print_peers(peers: &[PeerSummary]) {
     print_line(&format!(
         "\n{:<20} {:<40} {:>6} {:>10}",
         "PEER", "ADDRESS", "FILES", "LAST SEEN"
     ));
-    for p in &peers {
+    for p in peers {
         print_line(&format!(
             "{:<20} {:<40} {:>6} {:>10}",
             p.fingerprint.short(),
@@ -167,17 +188,12 @@ pub(crate) async fn status_of_tracker(
     if peers.is_empty() {
         print_line("(no live peers)");
     }
-    if !partials.is_empty() {
-        print_line("");
-        print_partials(output, partials);
-    }
-    Ok(())
 }
 
 /// Width of the NAME column of `status`, in terminal columns.
-pub(crate) const NAME_COLUMNS: usize = 24;
+const NAME_COLUMNS: usize = 24;
 
-pub(crate) fn print_partials(output: &Path, partials: &[Partial]) {
+fn print_partials(output: &Path, partials: &[Partial]) {
     if partials.is_empty() {
         print_line(&format!(
             "no partial downloads in {}",
