@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
-
 use anyhow::{Context as _, Result, bail, ensure};
 use common::*;
 use torrentguard_protocol::api::ErrorBody;
@@ -101,32 +98,10 @@ async fn early_errors_reach_reqwest_over_h2_and_http1() -> Result<()> {
     .await
 }
 
-/// One curl run: exit status, HTTP status and version, and the body.
-async fn curl(args: &[String], body_file: &Path) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "20", "-X", "POST"])
-        .args(args)
-        .arg("--data-binary")
-        .arg(format!("@{}", body_file.display()))
-        .args(["-w", "\n%{http_code} %{http_version}"])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let detail = format!("{}{}", body, String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), status.to_string(), detail))
-}
-
 #[tokio::test]
 async fn early_errors_reach_curl_over_h2_and_http1() -> Result<()> {
     within(async {
-        if std::process::Command::new("curl")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("curl is not installed: skipping the curl half of this check");
+        if !curl_available() {
             return Ok(());
         }
         let h = Harness::start(|_| {}).await?;
@@ -144,7 +119,14 @@ async fn early_errors_reach_curl_over_h2_and_http1() -> Result<()> {
         ];
         for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
             for case in &CASES {
-                let mut args = vec![flag.to_string(), h.url(case.path)];
+                let mut args = vec![
+                    flag.to_string(),
+                    h.url(case.path),
+                    "-X".into(),
+                    "POST".into(),
+                    "--data-binary".into(),
+                    format!("@{}", body_file.display()),
+                ];
                 if case.with_cert {
                     args.extend(cert_args.iter().cloned());
                 }
@@ -155,7 +137,7 @@ async fn early_errors_reach_curl_over_h2_and_http1() -> Result<()> {
                     None => "content-type:".into(),
                 });
                 for run in 0..CURL_RUNS {
-                    let (ok, status, detail) = curl(&args, &body_file).await?;
+                    let (ok, status, detail) = curl(&args).await?;
                     let want = format!("{} {version}", case.status);
                     if !ok || status != want {
                         bail!(

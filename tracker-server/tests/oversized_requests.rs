@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -199,30 +198,10 @@ async fn a_100_kb_path_over_h2_resets_only_its_stream() -> Result<()> {
     .await
 }
 
-/// One curl run: exit status, `<status> <version>`, and the body.
-async fn curl(args: &[&str]) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "20"])
-        .args(args)
-        .args(["-w", "\n%{http_code} %{http_version}"])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let detail = format!("{}{}", body, String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), status.to_string(), detail))
-}
-
 #[tokio::test]
 async fn long_paths_and_many_headers_get_json_with_curl() -> Result<()> {
     within(async {
-        if std::process::Command::new("curl")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("curl is not installed: skipping the curl half of this check");
+        if !curl_available() {
             return Ok(());
         }
         let h = Harness::start(|_| {}).await?;

@@ -297,3 +297,31 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
             .ok()
     })
 }
+
+/// Whether `curl` can be run here (the curl checks skip with a message when not).
+pub fn curl_available() -> bool {
+    let found = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!("curl is not installed: skipping the curl half of this check");
+    }
+    found
+}
+
+/// One curl run against the tracker (`-k`: these tests pin with their own client, curl only
+/// shows what a user sees): exit status, `<status> <version>`, and the body with curl's stderr.
+pub async fn curl<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<(bool, String, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20"])
+        .args(args)
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let detail = format!("{}{}", body, String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), status.to_string(), detail))
+}
