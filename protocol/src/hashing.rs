@@ -150,14 +150,7 @@ pub fn manifest_from_reader<R: Read>(
     progress: impl FnMut(u64),
 ) -> Result<Manifest, HashError> {
     let d = hash_stream(reader, chunk_size, algo, progress)?;
-    let m = Manifest {
-        name: name.to_string(),
-        size: d.size,
-        chunk_size,
-        hash: algo,
-        chunks: d.chunks,
-        file_hash: d.file_hash,
-    };
+    let m = Manifest::single(name, d.size, chunk_size, algo, d.chunks, d.file_hash);
     m.validate()?;
     Ok(m)
 }

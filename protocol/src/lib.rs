@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod hashing;
 pub mod manifest;
 pub mod name;
+pub mod tree;
 pub mod wire;
 
 pub use bitfield::Bitfield;
@@ -20,3 +21,4 @@ pub use digest::{Digest, HashAlgo};
 pub use fingerprint::Fingerprint;
 pub use manifest::{FileId, Manifest, ManifestError};
 pub use name::{NameError, sanitize_name};
+pub use tree::{ChunkPlace, Entry, EntryKind, TreeError, TreeLayout};

@@ -175,14 +175,14 @@ impl ManifestRow {
             .map(Digest::from_slice)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(&e))?;
-        Ok(Manifest {
-            name: self.name,
-            size: u64::try_from(self.size).map_err(|e| bad(&e))?,
-            chunk_size: u32::try_from(self.chunk_size).map_err(|e| bad(&e))?,
+        Ok(Manifest::single(
+            self.name,
+            u64::try_from(self.size).map_err(|e| bad(&e))?,
+            u32::try_from(self.chunk_size).map_err(|e| bad(&e))?,
             hash,
             chunks,
-            file_hash: Digest::from_slice(&self.file_hash).map_err(|e| bad(&e))?,
-        })
+            Digest::from_slice(&self.file_hash).map_err(|e| bad(&e))?,
+        ))
     }
 }
 
@@ -551,17 +551,16 @@ mod tests {
 
     fn manifest(name: &str, data: &[u8]) -> Manifest {
         let chunk_size = 16 * 1024;
-        Manifest {
-            name: name.into(),
-            size: data.len() as u64,
+        Manifest::single(
+            name,
+            data.len() as u64,
             chunk_size,
-            hash: HashAlgo::Sha256,
-            chunks: data
-                .chunks(chunk_size as usize)
+            HashAlgo::Sha256,
+            data.chunks(chunk_size as usize)
                 .map(|c| HashAlgo::Sha256.digest(c))
                 .collect(),
-            file_hash: HashAlgo::Sha256.digest(data),
-        }
+            HashAlgo::Sha256.digest(data),
+        )
     }
 
     fn fp(n: u8) -> Fingerprint {

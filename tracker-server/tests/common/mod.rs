@@ -220,17 +220,16 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> R
 /// A valid manifest of `data` in 16 KiB chunks, built without the streaming hasher.
 pub fn manifest_for(name: &str, data: &[u8]) -> Manifest {
     let chunk_size = 16 * 1024;
-    Manifest {
-        name: name.into(),
-        size: data.len() as u64,
+    Manifest::single(
+        name,
+        data.len() as u64,
         chunk_size,
-        hash: HashAlgo::Sha256,
-        chunks: data
-            .chunks(chunk_size as usize)
+        HashAlgo::Sha256,
+        data.chunks(chunk_size as usize)
             .map(|c| HashAlgo::Sha256.digest(c))
             .collect(),
-        file_hash: HashAlgo::Sha256.digest(data),
-    }
+        HashAlgo::Sha256.digest(data),
+    )
 }
 
 /// A raw TLS connection to `server` from `local_ip`, no client certificate, offering `alpn`:
