@@ -12,6 +12,7 @@ pub mod seeder;
 pub mod spawn;
 pub mod store;
 pub mod tracker_client;
+pub mod tree_store;
 
 pub use agent::{Agent, AgentError, TrackerTarget};
 pub use download::{DownloadError, DownloadOptions, DownloadReport};
