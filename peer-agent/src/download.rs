@@ -9,44 +9,33 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest, PeerInfo};
-use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
-use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest, sanitize_name};
+use torrentguard_protocol::api::{AnnounceEvent, PeerInfo};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest, sanitize_name};
 use torrentguard_trust::Identity;
-use torrentguard_trust::config::{peer_client_config, peer_server_name};
 
-use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::events::{Event, EventSink};
-use crate::picker::Picker;
-use crate::seeder::{Seeder, SharedFile};
-use crate::store::{ChunkStore, Opened, StoreError};
-use crate::tracker_client::{TrackerClient, TrackerError};
+use crate::peer::BufferPool;
+use crate::peer::Seeder;
+use crate::peer::download::{PeerMemory, run_peer};
+use crate::session::{TrackerClient, TrackerError, announce};
+use crate::torrent::SharedFile;
+use crate::torrent::ordered_hash::OrderedHasher;
+use crate::torrent::picker::Picker;
+use crate::torrent::store::{ChunkStore, Opened, StoreError};
 
-mod ordered_hash;
-mod peer;
-
-use ordered_hash::OrderedHasher;
-pub use peer::{MIN_STALL, STALL_CHUNK_TIMES, stall_after};
-use peer::{PeerMemory, run_peer};
+pub use crate::peer::download::{MIN_STALL, STALL_CHUNK_TIMES, stall_after};
 
 /// Penalty points at which a peer is dropped for the rest of the download.
 pub const BAN_THRESHOLD: u32 = 10;
-const BAD_CHUNK_PENALTY: u32 = 5;
+pub(crate) const BAD_CHUNK_PENALTY: u32 = 5;
 /// Penalty of a protocol violation (bad frame, bad `Hello`, unrequested chunk, out-of-range
 /// index): as much as a bad chunk, so two of them ban the peer.
 pub const VIOLATION_PENALTY: u32 = 5;
@@ -54,13 +43,13 @@ pub const VIOLATION_PENALTY: u32 = 5;
 pub const MID_FRAME_PENALTY: u32 = 2;
 /// Penalty of a stall: five of them ban.
 pub const STALL_PENALTY: u32 = 2;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two `waiting` events with the same reason.
 const WAITING_REPEAT: Duration = Duration::from_secs(5);
 /// Read buffer between the socket and TLS on the receiving side.
-const SOCKET_READ_BUFFER: usize = 256 * 1024;
+pub(crate) const SOCKET_READ_BUFFER: usize = 256 * 1024;
 /// Chunks being hashed/written per connection while the next ones are read.
-const VERIFY_DEPTH: usize = 3;
+pub(crate) const VERIFY_DEPTH: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
@@ -148,23 +137,6 @@ pub struct DownloadReport {
     pub shared: Arc<SharedFile>,
 }
 
-/// Fetches the manifests of `ids` and checks that no two of them would share an output,
-/// `.part` or state file in one directory: before anything is downloaded. A manifest that
-/// cannot be fetched is `None` here; its own download reports why, and the others go on.
-pub async fn fetch_manifests(
-    tracker: &TrackerClient,
-    ids: &[FileId],
-) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
-    let manifests: Vec<_> = futures::future::join_all(ids.iter().map(|id| tracker.manifest(id)))
-        .await
-        .into_iter()
-        .map(|r| r.ok().map(Arc::new))
-        .collect();
-    let known: Vec<_> = manifests.iter().flatten().cloned().collect();
-    check_distinct_outputs(&known)?;
-    Ok(manifests)
-}
-
 /// Refuses two manifests whose download files would collide in one directory: the same name,
 /// or one's name equal to the other's `.part` or state file.
 pub fn check_distinct_outputs(manifests: &[Arc<Manifest>]) -> Result<(), DownloadError> {
@@ -240,35 +212,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// State every peer task of one download shares.
-struct Shared {
-    file_id: FileId,
-    manifest: Arc<Manifest>,
-    store: Arc<ChunkStore>,
-    part_path: PathBuf,
-    shared_file: Arc<SharedFile>,
-    picker: Mutex<Picker>,
-    completions: broadcast::Sender<u32>,
-    hasher: std::sync::mpsc::SyncSender<u32>,
-    bytes_done: AtomicU64,
-    bytes_fetched: AtomicU64,
-    chunks_fetched: AtomicU32,
-    retries: AtomicU32,
-    dirty: AtomicBool,
-    done: Notify,
-    fatal: Mutex<Option<std::io::Error>>,
+pub(crate) struct Shared {
+    pub(crate) file_id: FileId,
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) store: Arc<ChunkStore>,
+    pub(crate) part_path: PathBuf,
+    pub(crate) shared_file: Arc<SharedFile>,
+    pub(crate) picker: Mutex<Picker>,
+    pub(crate) completions: broadcast::Sender<u32>,
+    pub(crate) hasher: std::sync::mpsc::SyncSender<u32>,
+    pub(crate) bytes_done: AtomicU64,
+    pub(crate) bytes_fetched: AtomicU64,
+    pub(crate) chunks_fetched: AtomicU32,
+    pub(crate) retries: AtomicU32,
+    pub(crate) dirty: AtomicBool,
+    pub(crate) done: Notify,
+    pub(crate) fatal: Mutex<Option<std::io::Error>>,
     /// Latest download rate of each connected peer, bytes per second.
-    peer_rates: Mutex<HashMap<Fingerprint, u64>>,
-    pool: BufferPool,
-    events: EventSink,
-    identity: Arc<Identity>,
-    stall_timeout: Duration,
-    cancel: CancellationToken,
+    pub(crate) peer_rates: Mutex<HashMap<Fingerprint, u64>>,
+    pub(crate) pool: BufferPool,
+    pub(crate) events: EventSink,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) cancel: CancellationToken,
     /// Next picker identity of a peer connection.
-    next_slot: AtomicU32,
+    pub(crate) next_slot: AtomicU32,
 }
 
 impl Shared {
-    fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
+    pub(crate) fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
         // A panic while holding the lock cannot leave the picker half-updated: every method
         // finishes its state change before returning.
         self.picker.lock().unwrap_or_else(|e| e.into_inner())
@@ -276,7 +248,7 @@ impl Shared {
 }
 
 #[derive(Debug)]
-enum PeerEnd {
+pub(crate) enum PeerEnd {
     /// The download is complete or stopping.
     Finished,
     Failed(String),
@@ -331,12 +303,12 @@ pub async fn download(
     let shared_file = SharedFile::partial(
         manifest.clone(),
         store.paths.part.clone(),
-        store.file(),
+        store.storage(),
         have.clone(),
     );
     seeder.add(shared_file.clone());
     let pool = BufferPool::new(manifest.chunk_size as usize);
-    let hasher = OrderedHasher::start(store.file(), manifest.clone());
+    let hasher = OrderedHasher::start(store.storage(), manifest.clone());
     for i in have.iter_set() {
         let _ = hasher.tx.send(i);
     }
@@ -460,7 +432,7 @@ async fn already_complete(
     seeder: &Arc<Seeder>,
     manifest: Arc<Manifest>,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     opts: &DownloadOptions,
     started: Instant,
 ) -> Result<DownloadReport, DownloadError> {
@@ -487,26 +459,6 @@ async fn already_complete(
     };
     emit_completed(&opts.events, &report);
     Ok(report)
-}
-
-/// Announces `event` for `file` with its current bitfield, and notes the swarm it hears of.
-pub async fn announce(
-    tracker: &TrackerClient,
-    seeder: &Seeder,
-    file: &SharedFile,
-    event: AnnounceEvent,
-) -> Result<torrentguard_protocol::api::AnnounceResponse, TrackerError> {
-    let (address, port) = seeder.announced_endpoint();
-    let req = AnnounceRequest {
-        file_id: file.file_id,
-        port,
-        event,
-        bitfield: file.have().to_base64(),
-        address,
-    };
-    let resp = tracker.announce(&req).await?;
-    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
-    Ok(resp)
 }
 
 /// Per-peer bookkeeping across reconnects.
@@ -828,18 +780,18 @@ fn emit_progress(sh: &Shared, speed: &mut SpeedMeter, peers: usize, bans: u32) {
 }
 
 /// Bytes-per-second over a sliding few seconds.
-struct SpeedMeter {
+pub(crate) struct SpeedMeter {
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl SpeedMeter {
-    fn new(start: u64) -> Self {
+    pub(crate) fn new(start: u64) -> Self {
         let mut samples = std::collections::VecDeque::new();
         samples.push_back((Instant::now(), start));
         SpeedMeter { samples }
     }
 
-    fn update(&mut self, bytes: u64) -> u64 {
+    pub(crate) fn update(&mut self, bytes: u64) -> u64 {
         let now = Instant::now();
         self.samples.push_back((now, bytes));
         while self.samples.len() > 2

@@ -5,8 +5,31 @@
 //! rate; halfway there it is marked lagging, so end-game copies of its chunks go to peers that
 //! keep up. Protocol violations score the peer like a bad chunk.
 
-use super::*;
-use crate::picker::PeerSlot;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use torrentguard_protocol::api::PeerInfo;
+use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
+use torrentguard_protocol::{Bitfield, Fingerprint};
+use torrentguard_trust::config::{peer_client_config, peer_server_name};
+
+use super::frames::{FrameReader, Incoming, write_frame};
+use crate::download::{
+    BAD_CHUNK_PENALTY, BAN_THRESHOLD, CONNECT_TIMEOUT, MID_FRAME_PENALTY, PeerEnd,
+    SOCKET_READ_BUFFER, STALL_PENALTY, Shared, SpeedMeter, VERIFY_DEPTH, VIOLATION_PENALTY,
+};
+use crate::events::Event;
+use crate::torrent::ChunkStorage;
+use crate::torrent::picker::PeerSlot;
 
 /// How long a chunk a peer answered `Busy` for is not asked of that peer again.
 const BUSY_BACKOFF: Duration = Duration::from_secs(2);
@@ -17,7 +40,7 @@ pub const STALL_CHUNK_TIMES: u32 = 4;
 
 /// How one peer connection failed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum PeerError {
+pub enum PeerError {
     /// Connecting, the TLS handshake or the network failed, or the peer went away between
     /// frames: retried with backoff, not scored.
     #[error("{0}")]
@@ -97,7 +120,7 @@ impl Drop for PeerGuard<'_> {
 }
 
 /// What one peer connection leaves for the next one to the same peer.
-pub(super) struct PeerMemory {
+pub struct PeerMemory {
     pub penalty: u32,
     /// Its last measured rate, bytes per second (0: none yet).
     pub rate: u64,
@@ -105,7 +128,7 @@ pub(super) struct PeerMemory {
 
 /// Runs one peer connection until the download ends or the peer fails. Returns how it ended
 /// and what to remember of the peer.
-pub(super) async fn run_peer(
+pub(crate) async fn run_peer(
     sh: Arc<Shared>,
     peer: PeerInfo,
     mut mem: PeerMemory,
@@ -558,7 +581,7 @@ fn verify_and_write(
         let m = &sh.manifest;
         let ok = m.chunk_matches(index, &data);
         let r = if ok {
-            sh.store.write_chunk(index, &data).map(|_| true)
+            sh.store.storage().write_chunk(index, &data).map(|_| true)
         } else {
             Ok(false)
         };

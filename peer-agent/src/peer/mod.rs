@@ -1,0 +1,10 @@
+//! Connections with other peers, both directions: framing, the TLS handshake with pinned
+//! identities, the upload side (serving shares) and the download side (one peer of a
+//! download). Acts on `torrent/` state; never talks to the tracker.
+
+pub mod download;
+pub mod frames;
+pub mod upload;
+
+pub use frames::{BufferPool, FrameReader, Incoming, write_frame};
+pub use upload::{Refusal, Seeder, SeederLimits};
