@@ -22,35 +22,22 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest, sanitize_na
 use torrentguard_trust::Identity;
 
 use crate::events::{Event, EventSink};
-use crate::peer::BufferPool;
-use crate::peer::Seeder;
-use crate::peer::download::{PeerMemory, run_peer};
+use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
+use crate::peer::{BufferPool, Seeder};
 use crate::session::{TrackerClient, TrackerError, announce};
 use crate::torrent::SharedFile;
+use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::ordered_hash::OrderedHasher;
 use crate::torrent::picker::Picker;
 use crate::torrent::store::{ChunkStore, Opened, StoreError};
 
-pub use crate::peer::download::{MIN_STALL, STALL_CHUNK_TIMES, stall_after};
+pub use crate::peer::download::{
+    BAN_THRESHOLD, MID_FRAME_PENALTY, MIN_STALL, STALL_CHUNK_TIMES, STALL_PENALTY,
+    VIOLATION_PENALTY, stall_after,
+};
 
-/// Penalty points at which a peer is dropped for the rest of the download.
-pub const BAN_THRESHOLD: u32 = 10;
-pub(crate) const BAD_CHUNK_PENALTY: u32 = 5;
-/// Penalty of a protocol violation (bad frame, bad `Hello`, unrequested chunk, out-of-range
-/// index): as much as a bad chunk, so two of them ban the peer.
-pub const VIOLATION_PENALTY: u32 = 5;
-/// Penalty of a connection that ends inside a frame (e.g. mid-chunk): five of them ban.
-pub const MID_FRAME_PENALTY: u32 = 2;
-/// Penalty of a stall: five of them ban.
-pub const STALL_PENALTY: u32 = 2;
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two `waiting` events with the same reason.
 const WAITING_REPEAT: Duration = Duration::from_secs(5);
-/// Read buffer between the socket and TLS on the receiving side.
-pub(crate) const SOCKET_READ_BUFFER: usize = 256 * 1024;
-/// Chunks being hashed/written per connection while the next ones are read.
-pub(crate) const VERIFY_DEPTH: usize = 3;
-
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     pub out_dir: PathBuf,
@@ -211,52 +198,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// State every peer task of one download shares.
-pub(crate) struct Shared {
-    pub(crate) file_id: FileId,
-    pub(crate) manifest: Arc<Manifest>,
-    pub(crate) store: Arc<ChunkStore>,
-    pub(crate) part_path: PathBuf,
-    pub(crate) shared_file: Arc<SharedFile>,
-    pub(crate) picker: Mutex<Picker>,
-    pub(crate) completions: broadcast::Sender<u32>,
-    pub(crate) hasher: std::sync::mpsc::SyncSender<u32>,
-    pub(crate) bytes_done: AtomicU64,
-    pub(crate) bytes_fetched: AtomicU64,
-    pub(crate) chunks_fetched: AtomicU32,
-    pub(crate) retries: AtomicU32,
-    pub(crate) dirty: AtomicBool,
-    pub(crate) done: Notify,
-    pub(crate) fatal: Mutex<Option<std::io::Error>>,
-    /// Latest download rate of each connected peer, bytes per second.
-    pub(crate) peer_rates: Mutex<HashMap<Fingerprint, u64>>,
-    pub(crate) pool: BufferPool,
-    pub(crate) events: EventSink,
-    pub(crate) identity: Arc<Identity>,
-    pub(crate) stall_timeout: Duration,
-    pub(crate) cancel: CancellationToken,
-    /// Next picker identity of a peer connection.
-    pub(crate) next_slot: AtomicU32,
-}
-
-impl Shared {
-    pub(crate) fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
-        // A panic while holding the lock cannot leave the picker half-updated: every method
-        // finishes its state change before returning.
-        self.picker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[derive(Debug)]
-pub(crate) enum PeerEnd {
-    /// The download is complete or stopping.
-    Finished,
-    Failed(String),
-    Banned(String),
-    /// A local write failed: the whole download must stop.
-    Fatal,
-}
-
 /// Downloads `file_id` into `opts.out_dir`, serving verified chunks to others meanwhile.
 pub async fn download(
     identity: Arc<Identity>,
@@ -313,10 +254,10 @@ pub async fn download(
         let _ = hasher.tx.send(i);
     }
     let bytes_have: u64 = have.iter_set().map(|i| manifest.chunk_len(i) as u64).sum();
-    let sh = Arc::new(Shared {
+    let sh = Arc::new(DownloadState {
         file_id,
         manifest: manifest.clone(),
-        store: store.clone(),
+        storage: store.storage(),
         part_path: store.paths.part.clone(),
         shared_file: shared_file.clone(),
         picker: Mutex::new(Picker::new(&have)),
@@ -330,15 +271,18 @@ pub async fn download(
         done: Notify::new(),
         fatal: Mutex::new(None),
         peer_rates: Mutex::new(HashMap::new()),
-        pool,
         events: opts.events.clone(),
-        identity: identity.clone(),
         stall_timeout: opts.stall_timeout,
         cancel: cancel.child_token(),
         next_slot: AtomicU32::new(0),
     });
 
-    let result = run_swarm(&sh, tracker, seeder, &opts, &store).await;
+    let peers = Arc::new(DownloadPeers {
+        state: sh.clone(),
+        identity,
+        pool,
+    });
+    let result = run_swarm(&peers, tracker, seeder, &opts, &store).await;
     sh.cancel.cancel();
     let have_now = sh.picker().have_bitfield();
     let save = |have: &Bitfield| {
@@ -556,13 +500,14 @@ fn waiting_reason(problems: &[crate::events::PeerProblem]) -> String {
 }
 
 async fn run_swarm(
-    sh: &Arc<Shared>,
+    peers: &Arc<DownloadPeers>,
     tracker: &TrackerClient,
     seeder: &Arc<Seeder>,
     opts: &DownloadOptions,
     store: &Arc<ChunkStore>,
 ) -> Result<(), DownloadError> {
-    let own = sh.identity.fingerprint;
+    let sh = &peers.state;
+    let own = peers.identity.fingerprint;
     let mut records: HashMap<Fingerprint, PeerRecord> = HashMap::new();
     let mut connected: HashSet<Fingerprint> = HashSet::new();
     let mut tasks: JoinSet<(Fingerprint, PeerEnd, PeerMemory)> = JoinSet::new();
@@ -655,10 +600,10 @@ async fn run_swarm(
                 penalty: rec.penalty,
                 rate: rec.rate,
             };
-            let (sh2, peer) = (sh.clone(), p.clone());
+            let (peers, peer) = (peers.clone(), p.clone());
             tasks.spawn(async move {
                 let fp = peer.fingerprint;
-                let (end, mem) = run_peer(sh2, peer, prior).await;
+                let (end, mem) = run_peer(peers, peer, prior).await;
                 (fp, end, mem)
             });
         }
@@ -717,13 +662,15 @@ async fn run_swarm(
                 match end {
                     PeerEnd::Finished => {}
                     PeerEnd::Fatal => {}
-                    PeerEnd::Banned(reason) => {
+                    PeerEnd::Banned(e) => {
+                        let reason = e.to_string();
                         rec.banned = true;
                         bans += 1;
                         tracing::warn!(peer = %fp, %reason, "peer banned for the rest of this download");
                         sh.events.emit(Event::PeerBanned { file_id: sh.file_id, fingerprint: fp, reason });
                     }
-                    PeerEnd::Failed(reason) => {
+                    PeerEnd::Failed(e) => {
+                        let reason = e.to_string();
                         rec.failures += 1;
                         rec.last_error = Some(reason.clone());
                         let backoff = Duration::from_millis(500) * 2u32.saturating_pow(rec.failures.min(6));
@@ -749,7 +696,7 @@ async fn run_swarm(
     Ok(())
 }
 
-fn emit_progress(sh: &Shared, speed: &mut SpeedMeter, peers: usize, bans: u32) {
+fn emit_progress(sh: &DownloadState, speed: &mut SpeedMeter, peers: usize, bans: u32) {
     let done = sh.bytes_done.load(Ordering::Relaxed);
     let rate = speed.update(done);
     let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
@@ -777,36 +724,6 @@ fn emit_progress(sh: &Shared, speed: &mut SpeedMeter, peers: usize, bans: u32) {
         retries: sh.retries.load(Ordering::Relaxed),
         bans,
     });
-}
-
-/// Bytes-per-second over a sliding few seconds.
-pub(crate) struct SpeedMeter {
-    samples: std::collections::VecDeque<(Instant, u64)>,
-}
-
-impl SpeedMeter {
-    pub(crate) fn new(start: u64) -> Self {
-        let mut samples = std::collections::VecDeque::new();
-        samples.push_back((Instant::now(), start));
-        SpeedMeter { samples }
-    }
-
-    pub(crate) fn update(&mut self, bytes: u64) -> u64 {
-        let now = Instant::now();
-        self.samples.push_back((now, bytes));
-        while self.samples.len() > 2
-            && now.duration_since(self.samples[0].0) > Duration::from_secs(3)
-        {
-            self.samples.pop_front();
-        }
-        let (t0, b0) = self.samples[0];
-        let dt = now.duration_since(t0).as_secs_f64();
-        if dt <= 0.0 {
-            0
-        } else {
-            ((bytes - b0) as f64 / dt) as u64
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,20 +11,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header, frame_bound,
 };
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint};
+use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
-use torrentguard_trust::{Identity, peer_fingerprint};
 
 mod limits;
 mod pacer;
@@ -32,15 +29,15 @@ mod pacer;
 use limits::{Admission, PeerSlot, SlotScheduler};
 pub use limits::{Refusal, SeederLimits};
 
-use super::frames::{BufferPool, FrameReader, Incoming, write_frame};
+use super::connection::{Hello, PeerConnection, PeerWriter};
+use super::error::{PeerError, Violation};
+use super::frames::{BufferPool, Incoming};
 use crate::reach::Advertise;
 use crate::torrent::{ClaimsGuard, SharedFile, SwarmDirectory, WithdrawReason};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After shutdown begins, how long a connection may take to finish the chunk it is writing and
 /// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.
 pub const CONNECTION_STOP_GRACE: Duration = Duration::from_millis(1000);
-/// Bound on writing a `Bye` and closing the TLS stream.
-const BYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The seeding side of an agent: a TLS listener and the files it serves.
 pub struct Seeder {
@@ -273,16 +270,16 @@ impl Seeder {
         tcp: TcpStream,
         addr: SocketAddr,
         acceptor: TlsAcceptor,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PeerError> {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let Some(peer) = self.admit(tcp, addr, acceptor).await? else {
             return Ok(());
         };
-        let fp = peer.fp;
-        let result = self.serve_requests(conn_id, addr, peer).await;
+        let fp = peer.conn.fingerprint;
+        let result = self.serve_requests(conn_id, peer).await;
         if let Err(e) = &result
-            && e.downcast_ref::<Wasted>().is_some()
+            && e.is_peer_fault()
         {
             // Idle or breaking the protocol: counts toward this certificate's cool-down.
             self.admission.strike(fp);
@@ -297,130 +294,107 @@ impl Seeder {
         tcp: TcpStream,
         addr: SocketAddr,
         acceptor: TlsAcceptor,
-    ) -> anyhow::Result<Option<AdmittedPeer>> {
-        let _ = tcp.set_nodelay(true);
+    ) -> Result<Option<AdmittedPeer>, PeerError> {
         // One deadline for the handshake and the Hello together.
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
-        let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await??;
-        let (_, session) = tls.get_ref();
-        let Some(fp) = peer_fingerprint(session.peer_certificates()) else {
-            anyhow::bail!("no client certificate");
-        };
-        tracing::debug!(peer = %addr, fingerprint = %fp,
-            suite = ?session.negotiated_cipher_suite().map(|s| s.suite()),
-            group = ?session.negotiated_key_exchange_group().map(|g| g.name()),
-            "peer handshake done");
-        let (rd, mut wr) = tokio::io::split(tls);
-        let mut scratch = BytesMut::with_capacity(256);
+        let mut conn = PeerConnection::accept(&acceptor, tcp, addr, deadline).await?;
+        let fp = conn.fingerprint;
         let slot = match self.admission.admit_peer(fp) {
             Ok(slot) => slot,
             Err(refusal) => {
                 tracing::debug!(peer = %addr, fingerprint = %fp, %refusal, "refusing peer connection");
-                say_bye(&mut wr, &mut scratch, 1, &refusal.to_string()).await;
+                conn.writer.bye(1, &refusal.to_string()).await;
                 return Ok(None);
             }
         };
-        let mut reader = FrameReader::new(rd);
-        let hello = tokio::time::timeout_at(deadline, reader.next(&self.pool)).await;
-        let Ok(Ok(Some(Incoming::Control(Frame::Hello {
-            version,
-            file_id,
-            chunk_count,
-        })))) = hello
-        else {
-            // Silent, garbled or not a Hello: it held a place for nothing.
-            self.admission.strike(fp);
-            anyhow::bail!("no Hello from the peer: {hello:?}");
+        let hello = match conn.recv_hello(&self.pool, deadline).await {
+            Ok(hello) => hello,
+            Err(e) => {
+                // Silent, garbled or not a Hello: it held a place for nothing.
+                self.admission.strike(fp);
+                return Err(e);
+            }
         };
-        let refuse = |text: &str| Frame::Bye {
-            reason: 1,
-            text: text.to_string(),
+        let Some(file) = self.check_hello(&mut conn, hello).await else {
+            return Ok(None);
         };
-        if version != PROTOCOL_VERSION {
-            write_frame(
-                &mut wr,
-                &refuse("unsupported protocol version"),
-                &mut scratch,
-            )
-            .await?;
-            anyhow::bail!("peer speaks protocol version {version}");
-        }
-        let Some(file) = self.get(&file_id) else {
-            write_frame(&mut wr, &refuse("file not served here"), &mut scratch).await?;
-            wr.shutdown().await.ok();
-            anyhow::bail!("peer asked for unknown file {file_id}");
-        };
-        if chunk_count != file.manifest.chunk_count() {
-            write_frame(&mut wr, &refuse("chunk count mismatch"), &mut scratch).await?;
-            anyhow::bail!("chunk count mismatch");
-        }
-        if !file.admits(&fp, &*self.swarm).await {
-            tracing::warn!(peer = %addr, fingerprint = %fp, %file_id, "refusing peer: the tracker does not list it in this swarm");
-            self.admission.strike(fp);
-            write_frame(&mut wr, &refuse("not in the swarm"), &mut scratch).await?;
-            wr.shutdown().await.ok();
-            anyhow::bail!("peer not in swarm");
-        }
-        if let Err(reason) = file.check_unchanged() {
-            say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
-            anyhow::bail!("file withdrawn: {}", reason.local);
-        }
         Ok(Some(AdmittedPeer {
-            fp,
+            conn,
             file,
-            reader,
-            wr,
-            scratch,
             _slot: slot,
         }))
     }
 
+    /// The file the peer's `Hello` asks for, if it is served here, to this peer, as that
+    /// Hello describes it; else the peer is told why not.
+    async fn check_hello(
+        &self,
+        conn: &mut PeerConnection,
+        hello: Hello,
+    ) -> Option<Arc<SharedFile>> {
+        let (fp, addr, file_id) = (conn.fingerprint, conn.addr, hello.file_id);
+        let file = self.get(&file_id);
+        let refusal = match &file {
+            _ if hello.version != PROTOCOL_VERSION => Some("unsupported protocol version"),
+            None => Some("file not served here"),
+            Some(f) if hello.chunk_count != f.manifest.chunk_count() => {
+                Some("chunk count mismatch")
+            }
+            Some(f) if !f.admits(&fp, &*self.swarm).await => {
+                tracing::warn!(peer = %addr, fingerprint = %fp, %file_id, "refusing peer: the tracker does not list it in this swarm");
+                self.admission.strike(fp);
+                Some("not in the swarm")
+            }
+            Some(_) => None,
+        };
+        if let Some(text) = refusal {
+            tracing::debug!(peer = %addr, fingerprint = %fp, ?hello, reason = text, "refusing peer");
+            conn.writer.bye(1, text).await;
+            return None;
+        }
+        let file = file?;
+        if let Err(reason) = file.check_unchanged() {
+            tracing::debug!(peer = %addr, reason = %reason.local, "refusing peer: file withdrawn");
+            conn.writer.bye(1, &withdrawn_text(&reason)).await;
+            return None;
+        }
+        Some(file)
+    }
+
     /// Answers the admitted peer's requests until it leaves, idles, breaks the protocol, or
     /// the file or the seeder stops.
-    async fn serve_requests(
-        &self,
-        conn_id: u64,
-        addr: SocketAddr,
-        peer: AdmittedPeer,
-    ) -> anyhow::Result<()> {
+    async fn serve_requests(&self, conn_id: u64, peer: AdmittedPeer) -> Result<(), PeerError> {
         let AdmittedPeer {
-            fp,
+            mut conn,
             file,
-            mut reader,
-            mut wr,
-            mut scratch,
             _slot,
         } = peer;
+        let (fp, addr) = (conn.fingerprint, conn.addr);
         let _claims = ClaimsGuard::new(file.clone(), conn_id);
         let m = file.manifest.clone();
+        let n = m.chunk_count();
         let mut haves = file.subscribe_haves();
-        let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
-            file_id: file.file_id,
-            chunk_count: m.chunk_count(),
-        };
-        write_frame(&mut wr, &hello, &mut scratch).await?;
-        let bitfield = Frame::Bitfield(file.have().as_bytes().to_vec().into());
-        write_frame(&mut wr, &bitfield, &mut scratch).await?;
-        wr.flush().await?;
-        reader.set_max_frame(frame_bound(m.chunk_size, m.chunk_count()));
-
-        let (mut frames, _abort) = self.spawn_reader(reader);
+        let hello = Hello::ours(file.file_id, n);
+        conn.writer.send_handshake(hello, &file.have()).await?;
+        conn.reader.set_max_frame(frame_bound(m.chunk_size, n));
+        // Called inside the connection's task: its span (the peer's address) carries over.
+        let span = tracing::Span::current();
+        let depth = self.limits.max_queued_requests;
+        let (mut wr, mut frames, _reader) =
+            conn.spawn_reader("upload-reader", span, self.pool.clone(), depth);
 
         let idle = self.limits.idle_timeout;
         let mut queue: VecDeque<u32> = VecDeque::new();
         let mut last_active = Instant::now();
-        let n = m.chunk_count();
         loop {
             // Take every frame already received before serving, so Cancels win races.
             loop {
-                let f = if queue.is_empty() {
+                let msg = if queue.is_empty() {
                     tokio::select! {
                         f = frames.recv() => f,
                         h = haves.recv() => {
                             if let Ok(i) = h {
-                                write_frame(&mut wr, &Frame::Have(i), &mut scratch).await?;
-                                wr.flush().await?;
+                                wr.send_now(&Frame::Have(i)).await?;
                                 // Something new to ask for: the peer gets a full idle period.
                                 last_active = Instant::now();
                             }
@@ -428,17 +402,18 @@ impl Seeder {
                         }
                         _ = tokio::time::sleep_until((last_active + idle).into()) => {
                             let text = format!("idle: no request for {}s", idle.as_secs());
-                            say_bye(&mut wr, &mut scratch, 1, &text).await;
+                            wr.bye(1, &text).await;
                             self.idle_closes.fetch_add(1, Ordering::Relaxed);
-                            return Err(Wasted("idle with nothing requested".into()).into());
+                            return Err(PeerError::Idle { after: idle });
                         }
                         _ = self.cancel.cancelled() => {
-                            say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
+                            wr.bye(0, SHUTTING_DOWN).await;
                             return Ok(());
                         }
                         _ = file.withdrawal() => {
-                            say_bye(&mut wr, &mut scratch, 1, &withdrawn_text_of(file.withdraw_reason())).await;
-                            anyhow::bail!("file withdrawn");
+                            let reason = file.withdraw_reason();
+                            wr.bye(1, &withdrawn_text_of(reason.clone())).await;
+                            return Err(withdrawn(reason));
                         }
                     }
                 } else {
@@ -449,27 +424,42 @@ impl Seeder {
                     }
                 };
                 // The reader ended (EOF or error): so does the connection.
-                let f = match f {
-                    Some(Ok(f)) => f,
-                    Some(Err(e)) => return Err(Wasted(e).into()),
-                    None => return Ok(()),
+                let f = match msg {
+                    Some(Ok(Some(Incoming::Control(f)))) => f,
+                    Some(Ok(Some(Incoming::Chunk { data, .. }))) => {
+                        self.pool.give(data);
+                        let when = "from a downloader";
+                        return Err(Violation::Unexpected {
+                            frame: "Chunk",
+                            when,
+                        }
+                        .into());
+                    }
+                    Some(Err(e)) => {
+                        let e = PeerError::from(e);
+                        if !e.is_peer_fault() {
+                            // A stream that breaks under its reader (cut mid-frame, reset)
+                            // held a place for nothing too: it counts toward the cool-down.
+                            self.admission.strike(fp);
+                        }
+                        return Err(e);
+                    }
+                    Some(Ok(None)) | None => return Ok(()),
                 };
                 match f {
                     Frame::Request(i) if i >= n => {
-                        let bye = Frame::Bye {
-                            reason: 3,
-                            text: "chunk index out of range".into(),
-                        };
-                        write_frame(&mut wr, &bye, &mut scratch).await.ok();
-                        return Err(Wasted("request out of range".into()).into());
+                        wr.bye(3, "chunk index out of range").await;
+                        return Err(Violation::OutOfRange {
+                            index: i,
+                            chunks: n,
+                        }
+                        .into());
                     }
                     Frame::Request(i) => {
                         last_active = Instant::now();
                         match self.refusal(&file, i, queue.len(), conn_id, fp) {
                             Some(reason) => {
-                                let reject = Frame::Reject { index: i, reason };
-                                write_frame(&mut wr, &reject, &mut scratch).await?;
-                                wr.flush().await?;
+                                wr.send_now(&Frame::Reject { index: i, reason }).await?;
                             }
                             None => queue.push_back(i),
                         }
@@ -482,21 +472,22 @@ impl Seeder {
                         return Ok(());
                     }
                     other => {
-                        let e = format!("unexpected {} frame from a downloader", other.name());
-                        return Err(Wasted(e).into());
+                        let frame = other.name();
+                        let when = "from a downloader";
+                        return Err(Violation::Unexpected { frame, when }.into());
                     }
                 }
             }
             // Between chunks: a stop or a change on disk ends the connection with a reason,
             // however many requests the peer keeps queued.
             if self.cancel.is_cancelled() {
-                say_bye(&mut wr, &mut scratch, 0, SHUTTING_DOWN).await;
+                wr.bye(0, SHUTTING_DOWN).await;
                 return Ok(());
             }
             // The flag, not a stat per chunk: the announcer stats the file every few seconds.
             if let Some(reason) = file.withdraw_reason() {
-                say_bye(&mut wr, &mut scratch, 1, &withdrawn_text(&reason)).await;
-                anyhow::bail!("file withdrawn: {}", reason.local);
+                wr.bye(1, &withdrawn_text(&reason)).await;
+                return Err(withdrawn(Some(reason)));
             }
             if let Some(i) = queue.pop_front() {
                 self.send_chunk(&file, fp, i, &mut wr).await?;
@@ -504,36 +495,6 @@ impl Seeder {
             }
         }
     }
-
-    /// Reads the peer's frames in their own task (a read cut short by `select!` would lose
-    /// stream bytes); the last item is the error that ended the stream, if any. No timeout
-    /// there: a peer silent (or stuck mid-frame) with nothing queued meets the idle timeout.
-    fn spawn_reader(
-        &self,
-        mut reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
-    ) -> (mpsc::Receiver<Result<Frame, String>>, AbortOnDrop) {
-        let (frames_tx, frames) = mpsc::channel(self.limits.max_queued_requests);
-        let pool = self.pool.clone();
-        // Called inside the connection's task: its span (the peer's address) carries over.
-        let span = tracing::Span::current();
-        let failure = crate::spawn::Failure::Fault;
-        let read_task = crate::spawn::spawn("upload-reader", span, failure, async move {
-            loop {
-                let next = match reader.next(&pool).await {
-                    Ok(Some(Incoming::Control(f))) => Ok(f),
-                    Ok(Some(Incoming::Chunk { .. })) => Err("peer sent a chunk to a seeder".into()),
-                    Ok(None) => return,
-                    Err(e) => Err(e.to_string()),
-                };
-                let last = next.is_err();
-                if frames_tx.send(next).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        (frames, AbortOnDrop(read_task.abort_handle()))
-    }
-
     /// Why a request for chunk `i` is not queued, if it is not.
     fn refusal(
         &self,
@@ -554,13 +515,13 @@ impl Seeder {
         }
     }
 
-    async fn send_chunk<W: tokio::io::AsyncWrite + Unpin>(
+    async fn send_chunk(
         &self,
         file: &SharedFile,
         fp: Fingerprint,
         i: u32,
-        wr: &mut W,
-    ) -> anyhow::Result<()> {
+        wr: &mut PeerWriter,
+    ) -> Result<(), PeerError> {
         let m = &file.manifest;
         let len = m.chunk_len(i) as usize;
         // Slot first, in turn by certificate, then the pacer: under a rate limit the bytes go
@@ -588,13 +549,15 @@ impl Seeder {
             }
             Ok(buf)
         })
-        .await??;
+        .await
+        .map_err(std::io::Error::other)??;
         buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(i, len as u32));
-        tokio::time::timeout(WRITE_TIMEOUT, async {
-            wr.write_all(&buf).await?;
-            wr.flush().await
-        })
-        .await??;
+        tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&buf))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                step: format!("writing chunk {i}"),
+                after: WRITE_TIMEOUT,
+            })??;
         file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
         self.pool.give(buf);
         Ok(())
@@ -605,20 +568,11 @@ const SHUTTING_DOWN: &str = "seeder shutting down";
 
 /// A peer admitted to a file's swarm, its `Hello` read, not yet answered.
 struct AdmittedPeer {
-    fp: Fingerprint,
+    conn: PeerConnection,
     file: Arc<SharedFile>,
-    reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
-    wr: WriteHalf<TlsStream<TcpStream>>,
-    scratch: BytesMut,
     /// Its place under the per-certificate cap, held as long as the connection.
     _slot: PeerSlot,
 }
-
-/// A connection ended by the peer's fault (idle, protocol broken): it counts toward the
-/// certificate's cool-down.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Wasted(String);
 
 fn withdrawn_text(reason: &WithdrawReason) -> String {
     format!("file withdrawn: {}", reason.remote)
@@ -628,30 +582,10 @@ fn withdrawn_text_of(reason: Option<WithdrawReason>) -> String {
     reason.map_or_else(|| "file withdrawn".to_string(), |r| withdrawn_text(&r))
 }
 
-/// Tells the peer why we close, then closes the TLS stream. Bounded: a peer that reads
-/// nothing must not hold up a stop.
-async fn say_bye<W: tokio::io::AsyncWrite + Unpin>(
-    wr: &mut W,
-    scratch: &mut BytesMut,
-    reason: u8,
-    text: &str,
-) {
-    let bye = Frame::Bye {
-        reason,
-        text: text.to_string(),
-    };
-    let _ = tokio::time::timeout(BYE_TIMEOUT, async {
-        write_frame(wr, &bye, scratch).await?;
-        wr.flush().await?;
-        wr.shutdown().await
-    })
-    .await;
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// How a connection ends when its file is withdrawn: the local reason, for the log.
+fn withdrawn(reason: Option<WithdrawReason>) -> PeerError {
+    PeerError::Withdrawn {
+        reason: reason.map_or_else(|| "changed on disk".to_string(), |r| r.local),
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`storage`]). Networking (`peer/`) and the tracker (`session`) act on this state; this
 //! module never touches either.
 
+pub mod download;
 pub mod ordered_hash;
 pub mod picker;
 pub mod share;
