@@ -15,7 +15,7 @@ use torrentguard_trust::{Identity, IdentityError};
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, download};
 use crate::events::{Event, EventSink};
 use crate::peer::{Seeder, SeederLimits};
-use crate::session::{Announcer, TrackerClient, TrackerError, announce, leave_swarms};
+use crate::session::{Announcer, Session, TrackerClient, TrackerError, leave_swarms};
 use crate::torrent::SharedFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,8 @@ pub struct Agent {
     pub seeder: Arc<Seeder>,
     pub data_dir: PathBuf,
     pub cancel: CancellationToken,
+    /// The tracker and the listener together, for announces.
+    session: Session,
     tasks: TaskTracker,
 }
 
@@ -107,6 +109,7 @@ impl Agent {
         })?;
         Ok(Agent {
             identity,
+            session: Session::new(client.clone(), seeder.clone()),
             tracker: client,
             seeder,
             data_dir,
@@ -148,7 +151,9 @@ impl Agent {
         }
         tracing::info!(file_id = %resp.file_id, created = resp.created, "manifest registered");
         self.seeder.add(shared.clone());
-        announce(&self.tracker, &self.seeder, &shared, AnnounceEvent::Started).await?;
+        self.session
+            .announce(&shared, AnnounceEvent::Started)
+            .await?;
         events.emit(Event::Seeding {
             file_id: shared.file_id,
             name: shared.manifest.name.clone(),
@@ -167,7 +172,7 @@ impl Agent {
     ) -> Result<DownloadReport, AgentError> {
         Ok(download(
             self.identity.clone(),
-            &self.tracker,
+            &self.session,
             &self.seeder,
             id,
             opts,
@@ -180,8 +185,7 @@ impl Agent {
     /// soon as it changes on disk (see [`Announcer`]).
     pub fn keep_announcing(&self, file: Arc<SharedFile>, events: EventSink) {
         let announcer = Announcer {
-            tracker: self.tracker.clone(),
-            seeder: self.seeder.clone(),
+            session: self.session.clone(),
             cancel: self.cancel.clone(),
         };
         announcer.keep_announcing(&self.tasks, file, events);

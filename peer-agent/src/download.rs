@@ -24,7 +24,7 @@ use torrentguard_trust::Identity;
 use crate::events::{Event, EventSink};
 use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
 use crate::peer::{BufferPool, Seeder};
-use crate::session::{TrackerClient, TrackerError, announce};
+use crate::session::{Session, TrackerError};
 use crate::torrent::SharedFile;
 use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::ordered_hash::OrderedHasher;
@@ -201,7 +201,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Downloads `file_id` into `opts.out_dir`, serving verified chunks to others meanwhile.
 pub async fn download(
     identity: Arc<Identity>,
-    tracker: &TrackerClient,
+    session: &Session,
     seeder: &Arc<Seeder>,
     file_id: FileId,
     opts: DownloadOptions,
@@ -210,7 +210,7 @@ pub async fn download(
     let started = Instant::now();
     let manifest = match &opts.manifest {
         Some(m) if m.file_id() == file_id => m.clone(),
-        _ => Arc::new(tracker.manifest(&file_id).await?),
+        _ => Arc::new(session.manifest(&file_id).await?),
     };
     let (out_dir, m, force) = (opts.out_dir.clone(), manifest.clone(), opts.force);
     let opened = tokio::task::spawn_blocking(move || ChunkStore::open(&out_dir, m, force))
@@ -219,7 +219,7 @@ pub async fn download(
     let opened = match opened {
         Opened::Partial(p) => p,
         Opened::Complete { path, file } => {
-            return already_complete(tracker, seeder, manifest, path, file, &opts, started).await;
+            return already_complete(session, seeder, manifest, path, file, &opts, started).await;
         }
     };
     let store = Arc::new(opened.store);
@@ -282,7 +282,7 @@ pub async fn download(
         identity,
         pool,
     });
-    let result = run_swarm(&peers, tracker, seeder, &opts, &store).await;
+    let result = run_swarm(&peers, session, &opts, &store).await;
     sh.cancel.cancel();
     let have_now = sh.picker().have_bitfield();
     let save = |have: &Bitfield| {
@@ -292,7 +292,8 @@ pub async fn download(
     };
     if let Err(e) = result {
         save(&have_now);
-        announce(tracker, seeder, &sh.shared_file, AnnounceEvent::Stopped)
+        session
+            .announce(&sh.shared_file, AnnounceEvent::Stopped)
             .await
             .ok();
         seeder.remove(&file_id);
@@ -330,7 +331,10 @@ pub async fn download(
         return Err(e.into());
     }
     shared_file.promote(store.paths.dest.clone());
-    if let Err(e) = announce(tracker, seeder, &shared_file, AnnounceEvent::Completed).await {
+    if let Err(e) = session
+        .announce(&shared_file, AnnounceEvent::Completed)
+        .await
+    {
         tracing::warn!(error = %e, "could not announce completion");
     }
     let report = DownloadReport {
@@ -372,7 +376,7 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
 /// The destination already holds this very file (verified by `ChunkStore::open`): nothing to
 /// fetch. It is served as complete from now on, like a finished download.
 async fn already_complete(
-    tracker: &TrackerClient,
+    session: &Session,
     seeder: &Arc<Seeder>,
     manifest: Arc<Manifest>,
     path: PathBuf,
@@ -388,7 +392,7 @@ async fn already_complete(
         }
     })?;
     seeder.add(shared.clone());
-    if let Err(e) = announce(tracker, seeder, &shared, AnnounceEvent::Started).await {
+    if let Err(e) = session.announce(&shared, AnnounceEvent::Started).await {
         tracing::warn!(error = %e, "could not announce the complete file");
     }
     let report = DownloadReport {
@@ -501,8 +505,7 @@ fn waiting_reason(problems: &[crate::events::PeerProblem]) -> String {
 
 async fn run_swarm(
     peers: &Arc<DownloadPeers>,
-    tracker: &TrackerClient,
-    seeder: &Arc<Seeder>,
+    session: &Session,
     opts: &DownloadOptions,
     store: &Arc<ChunkStore>,
 ) -> Result<(), DownloadError> {
@@ -515,7 +518,7 @@ async fn run_swarm(
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     let mut persist = tokio::time::interval(Duration::from_secs(1));
     let mut speed = SpeedMeter::new(sh.bytes_done.load(Ordering::Relaxed));
-    let mut announce_interval = tracker.announce_interval();
+    let mut announce_interval = session.announce_interval();
     let mut next_announce = Instant::now();
     let mut first = true;
     let mut waiting_backoff = Duration::from_secs(1);
@@ -551,11 +554,11 @@ async fn run_swarm(
             } else {
                 AnnounceEvent::Progress
             };
-            match announce(tracker, seeder, &sh.shared_file, event).await {
+            match session.announce(&sh.shared_file, event).await {
                 Ok(resp) => {
                     first = false;
                     known = resp.peers;
-                    announce_interval = tracker.announce_interval();
+                    announce_interval = session.announce_interval();
                     // Other downloaders in the swarm: spread our requests over the file so we
                     // hold chunks they lack (and they ours), instead of all asking the seeder
                     // for the same first chunks. Alone with seeders, stay sequential: the

@@ -75,12 +75,43 @@ pub async fn fetch_manifests(
     Ok(manifests)
 }
 
-/// What keeps a shared file announced: the tracker, the listener whose endpoint is announced,
-/// and the agent's stop.
+/// The agent's standing with its tracker, as shares and downloads use it: announces carry the
+/// endpoint of this agent's listener and feed each share's swarm cache.
+#[derive(Clone)]
+pub struct Session {
+    tracker: TrackerClient,
+    seeder: Arc<Seeder>,
+}
+
+impl Session {
+    pub fn new(tracker: TrackerClient, seeder: Arc<Seeder>) -> Self {
+        Session { tracker, seeder }
+    }
+
+    /// Announces `event` for `file` (see [`announce`]).
+    pub async fn announce(
+        &self,
+        file: &SharedFile,
+        event: AnnounceEvent,
+    ) -> Result<AnnounceResponse, TrackerError> {
+        announce(&self.tracker, &self.seeder, file, event).await
+    }
+
+    /// The manifest of `id`, checked against the id by the client.
+    pub async fn manifest(&self, id: &FileId) -> Result<Manifest, TrackerError> {
+        self.tracker.manifest(id).await
+    }
+
+    /// The tracker's re-announce interval, as it last said.
+    pub fn announce_interval(&self) -> Duration {
+        self.tracker.announce_interval()
+    }
+}
+
+/// What keeps a shared file announced: the session and the agent's stop.
 #[derive(Clone)]
 pub struct Announcer {
-    pub tracker: TrackerClient,
-    pub seeder: Arc<Seeder>,
+    pub session: Session,
     pub cancel: CancellationToken,
 }
 
@@ -97,7 +128,7 @@ impl Announcer {
     }
 
     async fn announce_loop(&self, file: &SharedFile, events: &EventSink) {
-        let (tracker, seeder, cancel) = (&self.tracker, &self.seeder, &self.cancel);
+        let (tracker, seeder, cancel) = (&self.session.tracker, &self.session.seeder, &self.cancel);
         // The tracker's own interval from the start: a TTL shorter than our default must
         // not drop us before the first re-announce.
         let mut next = Instant::now() + tracker.announce_interval();
