@@ -317,3 +317,128 @@ fn unexpected(frame: &Frame, when: &'static str) -> PeerError {
     }
     .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use torrentguard_trust::config::peer_server_config;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn id(name: &str) -> Identity {
+        Identity::generate(name).unwrap()
+    }
+
+    /// A listener on loopback whose first inbound connection is accepted as `server` and then
+    /// handed to `then`.
+    async fn serve_one<F, Fut>(server: Identity, then: F) -> SocketAddr
+    where
+        F: FnOnce(Result<PeerConnection, PeerError>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(peer_server_config(&server).unwrap()));
+        tokio::spawn(async move {
+            let (tcp, from) = listener.accept().await.unwrap();
+            let deadline = Instant::now() + WAIT;
+            then(PeerConnection::accept(&acceptor, tcp, from, deadline).await).await;
+        });
+        addr
+    }
+
+    /// Both directions use the same type: each learns the other's pinned identity, and the
+    /// `Hello`/`Bitfield` handshake goes through in both directions.
+    #[tokio::test]
+    async fn both_directions_handshake_through_one_connection_type() {
+        let (seeder, leecher) = (id("seeder"), id("leecher"));
+        let (seeder_fp, leecher_fp) = (seeder.fingerprint, leecher.fingerprint);
+        let file_id = FileId([7; 32]);
+        let pool = BufferPool::new(64);
+        let server_pool = pool.clone();
+        let addr = serve_one(seeder, move |conn| async move {
+            let mut conn = conn.unwrap();
+            assert_eq!(conn.fingerprint, leecher_fp);
+            let deadline = Instant::now() + WAIT;
+            let hello = conn.recv_hello(&server_pool, deadline).await.unwrap();
+            assert_eq!(hello, Hello::ours(file_id, 10));
+            let mut have = Bitfield::new(10);
+            have.set(3);
+            conn.writer.send_handshake(hello, &have).await.unwrap();
+            let theirs = conn
+                .recv_bitfield(&server_pool, 10, deadline)
+                .await
+                .unwrap();
+            assert_eq!(theirs.count(), 0);
+        })
+        .await;
+        let mut conn = PeerConnection::connect(&leecher, addr, seeder_fp)
+            .await
+            .unwrap();
+        assert_eq!(conn.fingerprint, seeder_fp);
+        let ours = Hello::ours(file_id, 10);
+        conn.writer
+            .send_handshake(ours, &Bitfield::new(10))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        assert_eq!(conn.recv_hello(&pool, deadline).await.unwrap(), ours);
+        let has = conn.recv_bitfield(&pool, 10, deadline).await.unwrap();
+        assert!(has.get(3) && has.count() == 1);
+    }
+
+    /// A seeder whose certificate is not the pinned one fails as a TLS error, not a protocol
+    /// or network one.
+    #[tokio::test]
+    async fn a_certificate_that_is_not_the_pin_is_a_tls_failure() {
+        let (seeder, impostor, leecher) = (id("seeder"), id("impostor"), id("leecher"));
+        let addr = serve_one(impostor, |_| async {}).await;
+        let Err(e) = PeerConnection::connect(&leecher, addr, seeder.fingerprint).await else {
+            panic!("an impostor was accepted");
+        };
+        assert!(matches!(e, PeerError::Tls { .. }), "{e:?}");
+        assert!(e.to_string().contains("TLS handshake"), "{e}");
+    }
+
+    /// A `Bye` in place of the `Hello` is the peer refusing, with its reason; a `Chunk` there
+    /// is a protocol violation.
+    #[tokio::test]
+    async fn a_bye_instead_of_hello_is_a_refusal_and_a_chunk_a_violation() {
+        for refuse in [true, false] {
+            let (seeder, leecher) = (id("seeder"), id("leecher"));
+            let seeder_fp = seeder.fingerprint;
+            let addr = serve_one(seeder, move |conn| async move {
+                let mut conn = conn.unwrap();
+                if refuse {
+                    conn.writer.bye(1, "busy: too many connections").await;
+                } else {
+                    let chunk = Frame::Chunk {
+                        index: 0,
+                        data: vec![1, 2, 3].into(),
+                    };
+                    conn.writer.send_now(&chunk).await.unwrap();
+                    // Held open until the client has read it.
+                    let _ = conn
+                        .recv_hello(&BufferPool::new(64), Instant::now() + WAIT)
+                        .await;
+                }
+            })
+            .await;
+            let mut conn = PeerConnection::connect(&leecher, addr, seeder_fp)
+                .await
+                .unwrap();
+            let deadline = Instant::now() + WAIT;
+            let e = conn.recv_hello(&BufferPool::new(64), deadline).await;
+            match e {
+                Err(PeerError::Refused { reason }) if refuse => {
+                    assert_eq!(reason, "busy: too many connections");
+                }
+                Err(e @ PeerError::Protocol(Violation::Unexpected { .. })) if !refuse => {
+                    assert!(e.is_peer_fault());
+                }
+                other => panic!("refuse: {refuse}: {other:?}"),
+            }
+        }
+    }
+}
