@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,7 @@ use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::ordered_hash::OrderedHasher;
 use crate::torrent::picker::Picker;
 use crate::torrent::store::{ChunkStore, Opened, StoreError};
+use crate::torrent::swarm::{PeerRecord, StallClock, peer_problems, waiting_reason};
 
 pub use crate::peer::download::{
     BAN_THRESHOLD, MID_FRAME_PENALTY, MIN_STALL, STALL_CHUNK_TIMES, STALL_PENALTY,
@@ -409,100 +409,6 @@ async fn already_complete(
     Ok(report)
 }
 
-/// Per-peer bookkeeping across reconnects.
-#[derive(Default)]
-struct PeerRecord {
-    penalty: u32,
-    /// Last measured rate, bytes per second: a reconnection is held to its stall timeout.
-    rate: u64,
-    failures: u32,
-    retry_at: Option<Instant>,
-    banned: bool,
-    /// Why its last connection ended, shown while no peer is usable.
-    last_error: Option<String>,
-}
-
-/// Watches for verified data arriving; `get --timeout` gives up when none has for its length.
-struct StallClock {
-    bytes: u64,
-    since: Instant,
-    limit: Option<Duration>,
-}
-
-impl StallClock {
-    fn new(bytes: u64, limit: Option<Duration>) -> Self {
-        StallClock {
-            bytes,
-            since: Instant::now(),
-            limit,
-        }
-    }
-
-    /// Notes the verified byte count now; returns the limit if it has passed without any.
-    fn expired(&mut self, bytes: u64) -> Option<Duration> {
-        if bytes != self.bytes {
-            self.bytes = bytes;
-            self.since = Instant::now();
-        }
-        self.limit.filter(|l| self.since.elapsed() >= *l)
-    }
-}
-
-/// Each known peer with why it cannot be used right now.
-fn peer_problems(
-    known: &[PeerInfo],
-    records: &HashMap<Fingerprint, PeerRecord>,
-    own: Fingerprint,
-) -> Vec<crate::events::PeerProblem> {
-    let now = Instant::now();
-    known
-        .iter()
-        .filter(|p| p.fingerprint != own)
-        .map(|p| {
-            let rec = records.get(&p.fingerprint);
-            let error = match rec {
-                Some(r) if r.banned => "banned for this download".to_string(),
-                Some(PeerRecord {
-                    last_error: Some(e),
-                    ..
-                }) => e.clone(),
-                _ => "not tried yet".to_string(),
-            };
-            crate::events::PeerProblem {
-                fingerprint: p.fingerprint,
-                address: SocketAddr::new(p.address, p.port),
-                last_error: error,
-                retry_in_secs: rec
-                    .and_then(|r| r.retry_at)
-                    .map_or(0, |t| t.saturating_duration_since(now).as_secs()),
-            }
-        })
-        .collect()
-}
-
-/// One line saying why no peer is usable: the count and each peer's last error.
-fn waiting_reason(problems: &[crate::events::PeerProblem]) -> String {
-    if problems.is_empty() {
-        return "no peer has this file right now".to_string();
-    }
-    let each: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            format!(
-                "{} at {}: {}",
-                p.fingerprint.short(),
-                p.address,
-                p.last_error
-            )
-        })
-        .collect();
-    format!(
-        "{} known peer(s), none usable right now ({})",
-        problems.len(),
-        each.join("; ")
-    )
-}
-
 async fn run_swarm(
     peers: &Arc<DownloadPeers>,
     session: &Session,
@@ -530,7 +436,7 @@ async fn run_swarm(
 
     loop {
         if sh.picker().is_done() {
-            emit_progress(sh, &mut speed, connected.len(), bans);
+            sh.emit_progress(&mut speed, connected.len(), bans);
             break;
         }
         if let Some(after) = stall.expired(sh.bytes_done.load(Ordering::Relaxed)) {
@@ -643,7 +549,7 @@ async fn run_swarm(
                 next_announce = Instant::now();
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = progress.tick() => emit_progress(sh, &mut speed, connected.len(), bans),
+            _ = progress.tick() => sh.emit_progress(&mut speed, connected.len(), bans),
             _ = persist.tick() => {
                 if sh.dirty.swap(false, Ordering::Relaxed) {
                     let have = sh.picker().have_bitfield();
@@ -697,36 +603,6 @@ async fn run_swarm(
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-fn emit_progress(sh: &DownloadState, speed: &mut SpeedMeter, peers: usize, bans: u32) {
-    let done = sh.bytes_done.load(Ordering::Relaxed);
-    let rate = speed.update(done);
-    let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
-    let left = sh.manifest.size.saturating_sub(done);
-    let peer_rates = sh
-        .peer_rates
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(fp, bps)| crate::events::PeerRate {
-            fingerprint: *fp,
-            bps: *bps,
-        })
-        .collect();
-    sh.events.emit(Event::Progress {
-        file_id: sh.file_id,
-        bytes_done: done,
-        bytes_total: sh.manifest.size,
-        chunks_done,
-        chunks_total: sh.manifest.chunk_count(),
-        speed_bps: rate,
-        eta_secs: (rate > 0).then(|| left / rate),
-        peers: peers as u32,
-        peer_rates,
-        retries: sh.retries.load(Ordering::Relaxed),
-        bans,
-    });
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use torrentguard_protocol::{FileId, Fingerprint, Manifest};
 use super::picker::Picker;
 use super::share::SharedFile;
 use super::storage::ChunkStorage;
-use crate::events::EventSink;
+use crate::events::{Event, EventSink, PeerRate};
 
 /// State every peer task of one download shares: what is had, fetched and in flight, and the
 /// signals between the tasks. No sockets: the peer tasks in `peer/` act on it.
@@ -49,6 +49,38 @@ impl DownloadState {
         // A panic while holding the lock cannot leave the picker half-updated: every method
         // finishes its state change before returning.
         self.picker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Emits a `Progress` event: bytes, chunks, speed over `speed`, `peers` connected.
+    pub fn emit_progress(&self, speed: &mut SpeedMeter, peers: usize, bans: u32) {
+        let sh = self;
+        let done = sh.bytes_done.load(Ordering::Relaxed);
+        let rate = speed.update(done);
+        let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
+        let left = sh.manifest.size.saturating_sub(done);
+        let peer_rates = sh
+            .peer_rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(fp, bps)| PeerRate {
+                fingerprint: *fp,
+                bps: *bps,
+            })
+            .collect();
+        sh.events.emit(Event::Progress {
+            file_id: sh.file_id,
+            bytes_done: done,
+            bytes_total: sh.manifest.size,
+            chunks_done,
+            chunks_total: sh.manifest.chunk_count(),
+            speed_bps: rate,
+            eta_secs: (rate > 0).then(|| left / rate),
+            peers: peers as u32,
+            peer_rates,
+            retries: sh.retries.load(Ordering::Relaxed),
+            bans,
+        });
     }
 }
 

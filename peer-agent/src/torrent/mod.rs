@@ -9,6 +9,7 @@ pub mod picker;
 pub mod share;
 pub mod storage;
 pub mod store;
+pub mod swarm;
 
 pub use share::{ClaimsGuard, SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 pub use storage::{ChunkStorage, SingleFile};
