@@ -62,6 +62,37 @@ fn peer_never_reaches_the_tracker_and_torrent_never_touches_a_socket() {
     assert!(found.is_empty(), "boundary broken:\n{}", found.join("\n"));
 }
 
+/// The session is the only caller of the tracker: outside `session/`, only the agent that
+/// connects the client and hands it over (`agent.rs`) and the CLI name it.
+#[test]
+fn only_the_session_and_its_owner_name_the_tracker_client() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = ["session", "cli", "agent.rs"];
+    let others = Rule {
+        dir: "",
+        forbidden: &["tracker_client", "TrackerClient"],
+        modules: &[],
+        why: "only the session talks to the tracker",
+    };
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        let shown = file.strip_prefix(&src).unwrap();
+        let top = shown.components().next().unwrap().as_os_str();
+        if allowed.iter().any(|a| top == *a) {
+            continue;
+        }
+        let text = fs::read_to_string(&file).unwrap();
+        for (line, what) in violations(&others, &text) {
+            found.push(format!("src/{}:{line}: {what}", shown.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "tracker client outside the session:\n{}",
+        found.join("\n")
+    );
+}
+
 /// The checker itself: a forbidden `use` is caught, with its line, in each of its forms.
 #[test]
 fn forbidden_imports_are_caught_with_their_line() {
