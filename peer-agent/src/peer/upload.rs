@@ -1,9 +1,10 @@
-//! Serving chunks to other peers over mutual TLS.
+//! The upload side: serving chunks to other peers over mutual TLS.
 //!
-//! One listener serves every file this agent holds, complete (shared) or partial (being
+//! One listener serves every share this agent holds, complete (shared) or partial (being
 //! downloaded). A connecting peer must present a certificate whose fingerprint the tracker lists
-//! in the swarm of the file its `Hello` names; chunks are read with positional reads straight
-//! from the file into a pooled buffer and written as one TLS write.
+//! in the swarm of the share its `Hello` names (asked through `SwarmDirectory`, never the
+//! tracker itself); chunks are read through the share's storage straight into a pooled buffer
+//! behind their frame header and written as one TLS write.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
 use crate::reach::Advertise;
 use crate::torrent::{ClaimsGuard, SharedFile, SwarmDirectory, WithdrawReason};
+
+/// Bound on writing one chunk to a peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After shutdown begins, how long a connection may take to finish the chunk it is writing and
 /// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.

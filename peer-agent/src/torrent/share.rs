@@ -69,7 +69,7 @@ pub struct SharedFile {
 }
 
 /// Most claims one certificate holds at once (see `SharedFile::claim`).
-const CLAIMS_PER_PEER: usize = 16;
+pub const CLAIMS_PER_PEER: usize = 16;
 
 #[derive(Default)]
 struct Claims {

@@ -1,5 +1,6 @@
-//! The chunk store of one download: `<name>.part`, written with positional writes, and a
-//! sidecar state file listing the verified chunks, replaced atomically.
+//! The output of one download: `<name>.part`, whose chunks are read and written through its
+//! [`SingleFile`] storage, and a sidecar state file listing the verified chunks, replaced
+//! atomically; then the final verify and rename.
 //!
 //! The state file is a hint, not a truth: on open, every chunk it claims is hashed again and
 //! only the ones that still match the manifest are kept, so a crash, a torn write or a tampered
