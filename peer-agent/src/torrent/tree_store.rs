@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, Entry, FileId, Manifest, sanitize_name};
 use torrentguard_trust::identity::write_atomically;
 
-use crate::store::{StoreError, io_at};
+use super::store::{StoreError, io_at};
 
 /// Open files kept per tree: enough for a few concurrent chunks of large files, far below the
 /// descriptor limit whatever the tree holds.
