@@ -27,8 +27,11 @@ use crate::session::{Session, TrackerError};
 use crate::torrent::SharedFile;
 use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::ordered_hash::OrderedHasher;
+use crate::torrent::output::{Output, OutputOpened, PartialOutput};
 use crate::torrent::picker::Picker;
-use crate::torrent::store::{ChunkStore, Opened, StoreError};
+use crate::torrent::reuse::{ReuseError, ReuseReport, reuse_local};
+use crate::torrent::storage::ChunkStorage;
+use crate::torrent::store::StoreError;
 use crate::torrent::swarm::{PeerRecord, StallClock, peer_problems, waiting_reason};
 
 pub use crate::peer::download::{
@@ -55,6 +58,10 @@ pub struct DownloadOptions {
     pub timeout: Option<Duration>,
     /// The manifest, if the caller fetched it already (it is checked against the id).
     pub manifest: Option<Arc<Manifest>>,
+    /// Files of a directory share to fetch (`--only GLOB`); empty: all.
+    pub only: Vec<String>,
+    /// Local files or folders to take matching chunks from before fetching (`--reuse PATH`).
+    pub reuse: Vec<PathBuf>,
     pub events: EventSink,
 }
 
@@ -68,6 +75,8 @@ impl DownloadOptions {
             max_retry_interval: Duration::from_secs(5),
             timeout: None,
             manifest: None,
+            only: Vec::new(),
+            reuse: Vec::new(),
             events: EventSink::none(),
         }
     }
@@ -79,6 +88,8 @@ pub enum DownloadError {
     Tracker(#[from] TrackerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Reuse(#[from] ReuseError),
     #[error(
         "every chunk matched but the whole file does not hash to the manifest's file_hash: the manifest is inconsistent"
     )]
@@ -121,6 +132,8 @@ pub struct DownloadReport {
     /// Bytes of the chunks fetched from peers in this run (not those found on disk).
     pub bytes_fetched: u64,
     pub chunks_reused: u32,
+    /// Bytes held before fetching began: resumed, found in an existing output or reused.
+    pub bytes_reused: u64,
     pub shared: Arc<SharedFile>,
 }
 
@@ -133,11 +146,19 @@ pub fn check_distinct_outputs(manifests: &[Arc<Manifest>]) -> Result<(), Downloa
         let Ok(name) = sanitize_name(&m.name) else {
             continue; // refused with its own error when its download starts
         };
-        let files = [
-            name.to_string(),
-            format!("{name}.part"),
-            format!("{name}.part.tgstate"),
-        ];
+        let files = if m.is_tree() {
+            [
+                name.to_string(),
+                format!(".{name}.part"),
+                format!(".{name}.part.tgstate"),
+            ]
+        } else {
+            [
+                name.to_string(),
+                format!("{name}.part"),
+                format!("{name}.part.tgstate"),
+            ]
+        };
         for f in &files {
             if let Some((other, other_name)) = taken.get(f)
                 && *other != id
@@ -212,58 +233,89 @@ pub async fn download(
         Some(m) if m.file_id() == file_id => m.clone(),
         _ => Arc::new(session.manifest(&file_id).await?),
     };
-    let (out_dir, m, force) = (opts.out_dir.clone(), manifest.clone(), opts.force);
-    let opened = tokio::task::spawn_blocking(move || ChunkStore::open(&out_dir, m, force))
+    let (out_dir, m, force, only) = (
+        opts.out_dir.clone(),
+        manifest.clone(),
+        opts.force,
+        opts.only.clone(),
+    );
+    let opened = tokio::task::spawn_blocking(move || Output::open(&out_dir, m, &only, force))
         .await
-        .expect("store open does not panic")?;
-    let opened = match opened {
-        Opened::Partial(p) => p,
-        Opened::Complete { path, file } => {
-            return already_complete(session, seeder, manifest, path, file, &opts, started).await;
+        .expect("output open does not panic")?;
+    let mut opened = match opened {
+        OutputOpened::Partial(p) => *p,
+        OutputOpened::Complete {
+            path,
+            storage,
+            file,
+        } => {
+            let done = Complete {
+                path,
+                storage,
+                file,
+            };
+            return already_complete(session, seeder, manifest, done, &opts, started).await;
         }
     };
-    let store = Arc::new(opened.store);
-    let _release = ReleaseLock(store.clone());
-    let have = opened.have;
-    let reused = have.count();
     if opened.discarded > 0 {
         tracing::warn!(
             discarded = opened.discarded,
             "chunks claimed by the state file failed verification and will be fetched again"
         );
     }
+    let reused = reuse_local_chunks(&manifest, &mut opened, &opts).await?;
+    let output = Arc::new(opened.output);
+    let _release = ReleaseLock(output.clone());
+    let (have, wanted) = (opened.have, opened.wanted);
+    let chunks_reused = have.count();
     opts.events.emit(Event::Started {
         file_id,
         name: manifest.name.clone(),
         size: manifest.size,
-        chunks_total: manifest.chunk_count(),
-        chunks_have: reused,
+        chunks_total: wanted.count(),
+        chunks_have: chunks_reused,
         discarded: opened.discarded,
+        bytes_reused: reused.bytes,
     });
 
     let shared_file = SharedFile::partial(
         manifest.clone(),
-        store.paths.part.clone(),
-        store.storage(),
+        output.part().to_path_buf(),
+        output.storage(),
         have.clone(),
     );
     seeder.add(shared_file.clone());
     let pool = BufferPool::new(manifest.chunk_size as usize);
-    let hasher = OrderedHasher::start(store.storage(), manifest.clone());
-    for i in have.iter_set() {
-        let _ = hasher.tx.send(i);
+    // A single file's whole-file digest is checked at the end; a tree's content digest is
+    // its chunk digests', each verified as it lands.
+    let hasher = (!manifest.is_tree()).then(|| {
+        let h = OrderedHasher::start(output.storage(), manifest.clone());
+        for i in have.iter_set() {
+            let _ = h.tx.send(i);
+        }
+        h
+    });
+    let bytes_of =
+        |b: &Bitfield| -> u64 { b.iter_set().map(|i| manifest.chunk_len(i) as u64).sum() };
+    // The picker sees chunks outside the selection as done: they are never asked for, and
+    // never announced (the share's bitfield holds only verified chunks).
+    let mut picker_have = have.clone();
+    for i in (0..manifest.chunk_count()).filter(|i| !wanted.get(*i)) {
+        picker_have.set(i);
     }
-    let bytes_have: u64 = have.iter_set().map(|i| manifest.chunk_len(i) as u64).sum();
     let sh = Arc::new(DownloadState {
         file_id,
         manifest: manifest.clone(),
-        storage: store.storage(),
-        part_path: store.paths.part.clone(),
+        storage: output.storage(),
+        part_path: output.part().to_path_buf(),
         shared_file: shared_file.clone(),
-        picker: Mutex::new(Picker::new(&have)),
+        picker: Mutex::new(Picker::new(&picker_have)),
         completions: broadcast::channel(4096).0,
-        hasher: hasher.tx.clone(),
-        bytes_done: AtomicU64::new(bytes_have),
+        hasher: hasher.as_ref().map(|h| h.tx.clone()),
+        bytes_done: AtomicU64::new(bytes_of(&have)),
+        bytes_total: bytes_of(&wanted),
+        chunks_total: wanted.count(),
+        wanted: wanted.clone(),
         bytes_fetched: AtomicU64::new(0),
         chunks_fetched: AtomicU32::new(0),
         retries: AtomicU32::new(0),
@@ -282,55 +334,50 @@ pub async fn download(
         identity,
         pool,
     });
-    let result = run_swarm(&peers, session, &opts, &store).await;
+    let result = run_swarm(&peers, session, &opts, &output).await;
     sh.cancel.cancel();
-    let have_now = sh.picker().have_bitfield();
-    let save = |have: &Bitfield| {
-        if let Err(e) = store.save_state(have) {
+    let have_now = sh.verified();
+    let fail = |e: DownloadError| {
+        if let Err(e) = output.save_state(&have_now) {
             tracing::warn!(error = %e, "could not save download state");
         }
+        seeder.remove(&file_id);
+        e
     };
     if let Err(e) = result {
-        save(&have_now);
+        let e = fail(e);
         session
             .announce(&sh.shared_file, AnnounceEvent::Stopped)
             .await
             .ok();
-        seeder.remove(&file_id);
         return Err(e);
     }
 
-    // Every chunk verified: hash the whole `.part` as it is on disk, make it durable, and move
-    // that very file into place (`finish` checks it is the same inode before and after).
-    let digest = hasher.finish().await;
-    match digest {
-        Ok(d) if d == manifest.file_hash => {}
-        Ok(_) => {
-            save(&have_now);
-            seeder.remove(&file_id);
-            return Err(DownloadError::FileHashMismatch);
-        }
-        Err(source) => {
-            save(&have_now);
-            seeder.remove(&file_id);
-            return Err(DownloadError::Write {
-                path: store.paths.part.clone(),
-                source,
-            });
+    // Every chunk verified: a single file is hashed whole as it is on disk; then the output is
+    // made durable and that very file or tree is moved into place (`finish` checks it is the
+    // same inode before and after).
+    if let Some(hasher) = hasher {
+        match hasher.finish().await {
+            Ok(d) if d == manifest.file_hash => {}
+            Ok(_) => return Err(fail(DownloadError::FileHashMismatch)),
+            Err(source) => {
+                return Err(fail(DownloadError::Write {
+                    path: output.part().to_path_buf(),
+                    source,
+                }));
+            }
         }
     }
     let finish = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.finish(force))
+        let output = output.clone();
+        tokio::task::spawn_blocking(move || output.finish(force))
             .await
             .expect("finish does not panic")
     };
     if let Err(e) = finish {
-        save(&have_now);
-        seeder.remove(&file_id);
-        return Err(e.into());
+        return Err(fail(e.into()));
     }
-    shared_file.promote(store.paths.dest.clone());
+    shared_file.promote(output.dest().to_path_buf());
     if let Err(e) = session
         .announce(&shared_file, AnnounceEvent::Completed)
         .await
@@ -339,21 +386,65 @@ pub async fn download(
     }
     let report = DownloadReport {
         file_id,
-        path: store.paths.dest.clone(),
-        bytes: manifest.size,
+        path: output.dest().to_path_buf(),
+        bytes: sh.bytes_total,
         secs: started.elapsed().as_secs_f64(),
         chunks_fetched: sh.chunks_fetched.load(Ordering::Relaxed),
         bytes_fetched: sh.bytes_fetched.load(Ordering::Relaxed),
-        chunks_reused: reused,
+        chunks_reused,
+        bytes_reused: bytes_of(&have),
         shared: shared_file,
     };
     emit_completed(&opts.events, &report);
     Ok(report)
 }
 
-/// Releases the `.part` lock when `download` returns, however it ends, even if a blocking task
-/// still holds the store for a moment: a rerun in this process may start at once.
-struct ReleaseLock(Arc<ChunkStore>);
+/// Fills what it can of the output from local files before any peer is asked: `--reuse`
+/// paths (an old version of the file or folder). Each chunk found is verified by its digest
+/// like a fetched one; the state is saved so a crash does not lose the work.
+async fn reuse_local_chunks(
+    manifest: &Arc<Manifest>,
+    opened: &mut PartialOutput,
+    opts: &DownloadOptions,
+) -> Result<ReuseReport, DownloadError> {
+    if opts.reuse.is_empty() {
+        return Ok(ReuseReport::default());
+    }
+    let mut need = opened.wanted.clone();
+    for i in opened.have.iter_set() {
+        need.clear(i);
+    }
+    let storage = opened.output.storage();
+    let skip = vec![
+        opened.output.part().to_path_buf(),
+        opened.output.dest().to_path_buf(),
+    ];
+    let (m, sources) = (manifest.clone(), opts.reuse.clone());
+    let (report, found) = tokio::task::spawn_blocking(move || {
+        let write = |i: u32, data: &[u8]| storage.write_chunk(i, data);
+        reuse_local(&m, &need, &sources, &skip, &write)
+    })
+    .await
+    .expect("reuse does not panic")?;
+    for i in found.iter_set() {
+        opened.have.set(i);
+    }
+    if report.chunks > 0 {
+        opened.output.save_state(&opened.have)?;
+    }
+    tracing::info!(
+        chunks = report.chunks,
+        bytes = report.bytes,
+        scanned = report.scanned,
+        files = report.files,
+        "reused chunks found on this host"
+    );
+    Ok(report)
+}
+
+/// Releases the output's lock when `download` returns, however it ends, even if a blocking
+/// task still holds the store for a moment: a rerun in this process may start at once.
+struct ReleaseLock(Arc<Output>);
 
 impl Drop for ReleaseLock {
     fn drop(&mut self) {
@@ -370,27 +461,40 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
         chunks_fetched: r.chunks_fetched,
         bytes_fetched: r.bytes_fetched,
         chunks_reused: r.chunks_reused,
+        bytes_reused: r.bytes_reused,
     });
 }
 
-/// The destination already holds this very file (verified by `ChunkStore::open`): nothing to
-/// fetch. It is served as complete from now on, like a finished download.
+/// A destination that already holds the share.
+struct Complete {
+    path: PathBuf,
+    storage: Arc<dyn ChunkStorage>,
+    file: Option<Arc<File>>,
+}
+
+/// The destination already holds this very share (verified when the output was opened):
+/// nothing to fetch. It is served as complete from now on, like a finished download.
 async fn already_complete(
     session: &Session,
     seeder: &Arc<Seeder>,
     manifest: Arc<Manifest>,
-    path: PathBuf,
-    file: Arc<File>,
+    done: Complete,
     opts: &DownloadOptions,
     started: Instant,
 ) -> Result<DownloadReport, DownloadError> {
     let n = manifest.chunk_count();
-    let shared = SharedFile::complete(manifest.clone(), path.clone(), file).map_err(|source| {
-        DownloadError::Write {
-            path: path.clone(),
-            source,
+    let path = done.path;
+    let shared = match done.file {
+        Some(file) => {
+            SharedFile::complete(manifest.clone(), path.clone(), file).map_err(|source| {
+                DownloadError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?
         }
-    })?;
+        None => SharedFile::complete_tree(manifest.clone(), path.clone(), done.storage),
+    };
     seeder.add(shared.clone());
     if let Err(e) = session.announce(&shared, AnnounceEvent::Started).await {
         tracing::warn!(error = %e, "could not announce the complete file");
@@ -403,6 +507,7 @@ async fn already_complete(
         chunks_fetched: 0,
         bytes_fetched: 0,
         chunks_reused: n,
+        bytes_reused: manifest.size,
         shared,
     };
     emit_completed(&opts.events, &report);
@@ -413,7 +518,7 @@ async fn run_swarm(
     peers: &Arc<DownloadPeers>,
     session: &Session,
     opts: &DownloadOptions,
-    store: &Arc<ChunkStore>,
+    output: &Arc<Output>,
 ) -> Result<(), DownloadError> {
     let sh = &peers.state;
     let own = peers.identity.fingerprint;
@@ -552,10 +657,10 @@ async fn run_swarm(
             _ = progress.tick() => sh.emit_progress(&mut speed, connected.len(), bans),
             _ = persist.tick() => {
                 if sh.dirty.swap(false, Ordering::Relaxed) {
-                    let have = sh.picker().have_bitfield();
+                    let have = sh.verified();
                     // fsync + rename: off the reactor.
-                    let store = store.clone();
-                    let r = tokio::task::spawn_blocking(move || store.save_state(&have)).await;
+                    let output = output.clone();
+                    let r = tokio::task::spawn_blocking(move || output.save_state(&have)).await;
                     if let Ok(Err(e)) = r {
                         tracing::warn!(error = %e, "could not save download state");
                     }

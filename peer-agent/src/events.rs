@@ -34,6 +34,8 @@ pub enum Event {
         chunks_total: u32,
         chunks_have: u32,
         discarded: u32,
+        /// Bytes taken from local files (`--reuse`) before fetching.
+        bytes_reused: u64,
     },
     Progress {
         file_id: FileId,
@@ -41,6 +43,13 @@ pub enum Event {
         bytes_total: u64,
         chunks_done: u32,
         chunks_total: u32,
+        /// A directory share: files complete and wanted, and the first one still incomplete.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        files_done: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        files_total: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current_file: Option<String>,
         /// Bytes per second over the last few seconds.
         speed_bps: u64,
         eta_secs: Option<u64>,
@@ -94,6 +103,9 @@ pub enum Event {
         chunks_fetched: u32,
         bytes_fetched: u64,
         chunks_reused: u32,
+        /// Bytes not fetched because they were already on this host (resumed, an existing
+        /// output, `--reuse`).
+        bytes_reused: u64,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
     /// the original.

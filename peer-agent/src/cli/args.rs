@@ -171,6 +171,16 @@ pub(crate) struct GetArgs {
     #[arg(long, value_parser = torrentguard_agent::download::parse_duration, value_name = "DURATION")]
     pub(crate) timeout: Option<std::time::Duration>,
 
+    /// Of a directory share, fetch only the files whose relative path matches GLOB (repeatable;
+    /// `*` stays within one folder, `**` crosses folders, a folder's name selects all under it).
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) only: Vec<String>,
+
+    /// Before fetching, take every chunk that matches from PATH, an old version of the file or
+    /// folder (repeatable; each chunk is verified by its digest like a fetched one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) reuse: Vec<PathBuf>,
+
     /// Address for peer connections (others fetch verified chunks from us while we download).
     #[arg(
         long,
@@ -359,7 +369,9 @@ mod tests {
         "FILE",
         "FILE_ID",
         "FP",
+        "GLOB",
         "N",
+        "PATH",
         "RATE",
         "SIZE",
         "TOKEN",

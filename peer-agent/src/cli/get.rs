@@ -110,6 +110,8 @@ async fn download_all(
         opts.force = args.force;
         opts.max_peers = args.max_peers;
         opts.timeout = args.timeout;
+        opts.only = args.only.clone();
+        opts.reuse = args.reuse.clone();
         opts.manifest = manifest;
         opts.events = events.clone();
         agent.download(*fid, opts)

@@ -288,9 +288,16 @@ impl Renderer {
                 chunks_total,
                 chunks_have,
                 discarded,
+                bytes_reused,
             } => {
                 let name = printable(name).into_owned();
                 self.names.insert(file_id.to_string(), name.clone());
+                if *bytes_reused > 0 {
+                    self.say(&format!(
+                        "reused {} of {name} from local files (--reuse), each chunk verified",
+                        human(*bytes_reused)
+                    ));
+                }
                 if *chunks_have > 0 || *discarded > 0 {
                     self.say(&format!(
                         "resuming {name}: {chunks_have}/{chunks_total} chunks verified on disk{}",
@@ -349,11 +356,12 @@ impl Renderer {
                 chunks_fetched,
                 bytes_fetched,
                 chunks_reused,
+                bytes_reused,
             } => {
                 self.finish_bar(&file_id.to_string());
-                if *chunks_fetched == 0 {
+                if *chunks_fetched == 0 && *bytes_reused == *bytes {
                     self.say(&format!(
-                        "done: {} ({}) was already complete, nothing fetched; every chunk and the whole file verified",
+                        "done: {} ({}) was already complete, nothing fetched; every chunk verified",
                         path.display(),
                         human(*bytes)
                     ));
@@ -366,7 +374,10 @@ impl Renderer {
                     0
                 };
                 let reused = if *chunks_reused > 0 {
-                    format!(" ({chunks_reused} chunks were already on disk)")
+                    format!(
+                        ", reused {} ({chunks_reused} chunks already on this host)",
+                        human(*bytes_reused)
+                    )
                 } else {
                     String::new()
                 };
@@ -374,11 +385,12 @@ impl Renderer {
                     self.quiet_result(&printable(&path.display().to_string()));
                 }
                 self.say(&format!(
-                    "done: {} ({}) in {:.2} s, {}/s, {chunks_fetched} chunks fetched{reused}, verified",
+                    "done: {} ({}) in {:.2} s, {}/s, fetched {} ({chunks_fetched} chunks){reused}, verified",
                     printable(&path.display().to_string()),
                     human(*bytes),
                     secs,
-                    human(rate)
+                    human(rate),
+                    human(*bytes_fetched)
                 ));
             }
             Event::Seeding {
@@ -452,13 +464,26 @@ fn progress_text(e: &Event) -> String {
         peers,
         retries,
         bans,
+        files_done,
+        files_total,
+        current_file,
         ..
     } = e
     else {
         return String::new();
     };
+    let files = match (files_done, files_total) {
+        (Some(d), Some(t)) => format!(
+            ", files {d}/{t}{}",
+            current_file
+                .as_deref()
+                .map(|f| format!(" ({})", printable(f)))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{chunks_done}/{chunks_total} chunks, {}/{}, {}/s, ETA {}, {peers} peer{}{}",
+        "{chunks_done}/{chunks_total} chunks, {}/{}, {}/s, ETA {}, {peers} peer{}{}{files}",
         human(*bytes_done),
         human(*bytes_total),
         human(*speed_bps),
@@ -570,6 +595,9 @@ mod tests {
             bytes_total,
             chunks_done,
             chunks_total,
+            files_done: None,
+            files_total: None,
+            current_file: None,
             speed_bps: 1 << 20,
             eta_secs: Some(3),
             peers: 2,
@@ -641,6 +669,21 @@ mod tests {
         assert_eq!(
             progress_text(&e),
             "1/4 chunks, 16.00 KiB/64.00 KiB, 1.00 MiB/s, ETA 3s, 2 peers"
+        );
+        let mut tree = progress(1, 4, 16384, 65536);
+        if let Event::Progress {
+            files_done,
+            files_total,
+            current_file,
+            ..
+        } = &mut tree
+        {
+            (*files_done, *files_total) = (Some(3), Some(9));
+            *current_file = Some("data/b\u{1b}.bin".into());
+        }
+        assert_eq!(
+            progress_text(&tree),
+            "1/4 chunks, 16.00 KiB/64.00 KiB, 1.00 MiB/s, ETA 3s, 2 peers, files 3/9 (data/b\\u{1b}.bin)"
         );
     }
 }

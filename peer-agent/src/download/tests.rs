@@ -10,6 +10,7 @@ use crate::agent::{Agent, AgentError, TrackerTarget};
 use crate::events::EventSink;
 use crate::session::fetch_manifests;
 use crate::torrent::ChunkStorage;
+use crate::torrent::store::{ChunkStore, Opened};
 use std::os::unix::fs::FileExt;
 use tokio::sync::mpsc;
 

@@ -484,7 +484,9 @@ fn verify_and_write(
             // Verified and on disk: the in-order hasher reads it back from the file, so the
             // whole-file digest covers the bytes that will be renamed into place. Nothing to do
             // if it is gone (the download is ending).
-            let _ = sh.hasher.send(index);
+            if let Some(h) = &sh.hasher {
+                let _ = h.send(index);
+            }
         }
         (index, r)
     })

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
-use torrentguard_protocol::{FileId, Fingerprint, Manifest};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 
 use super::picker::Picker;
 use super::share::SharedFile;
@@ -27,8 +27,13 @@ pub struct DownloadState {
     pub shared_file: Arc<SharedFile>,
     pub picker: Mutex<Picker>,
     pub completions: broadcast::Sender<u32>,
-    pub hasher: std::sync::mpsc::SyncSender<u32>,
+    /// The in-order whole-file hasher of a single file (a tree has none).
+    pub hasher: Option<std::sync::mpsc::SyncSender<u32>>,
     pub bytes_done: AtomicU64,
+    /// Bytes and chunks this download wants (the `--only` selection, or everything).
+    pub bytes_total: u64,
+    pub chunks_total: u32,
+    pub wanted: Bitfield,
     pub bytes_fetched: AtomicU64,
     pub chunks_fetched: AtomicU32,
     pub retries: AtomicU32,
@@ -51,13 +56,26 @@ impl DownloadState {
         self.picker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The chunks verified and written (the picker's view, without the unwanted ones it
+    /// treats as done).
+    pub fn verified(&self) -> Bitfield {
+        let mut have = self.picker().have_bitfield();
+        for i in 0..have.len() {
+            if !self.wanted.get(i) {
+                have.clear(i);
+            }
+        }
+        have
+    }
+
     /// Emits a `Progress` event: bytes, chunks, speed over `speed`, `peers` connected.
     pub fn emit_progress(&self, speed: &mut SpeedMeter, peers: usize, bans: u32) {
         let sh = self;
         let done = sh.bytes_done.load(Ordering::Relaxed);
         let rate = speed.update(done);
-        let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
-        let left = sh.manifest.size.saturating_sub(done);
+        let chunks_done = sh.chunks_total - sh.picker().remaining();
+        let left = sh.bytes_total.saturating_sub(done);
+        let files = self.files_progress();
         let peer_rates = sh
             .peer_rates
             .lock()
@@ -71,9 +89,12 @@ impl DownloadState {
         sh.events.emit(Event::Progress {
             file_id: sh.file_id,
             bytes_done: done,
-            bytes_total: sh.manifest.size,
+            bytes_total: sh.bytes_total,
             chunks_done,
-            chunks_total: sh.manifest.chunk_count(),
+            chunks_total: sh.chunks_total,
+            files_done: files.as_ref().map(|f| f.0),
+            files_total: files.as_ref().map(|f| f.1),
+            current_file: files.and_then(|f| f.2),
             speed_bps: rate,
             eta_secs: (rate > 0).then(|| left / rate),
             peers: peers as u32,
@@ -81,6 +102,29 @@ impl DownloadState {
             retries: sh.retries.load(Ordering::Relaxed),
             bans,
         });
+    }
+}
+
+impl DownloadState {
+    /// For a tree: files complete, files wanted, and the first one still incomplete.
+    fn files_progress(&self) -> Option<(u32, u32, Option<String>)> {
+        let layout = self.manifest.tree_layout()?;
+        let entries = self.manifest.entries();
+        let picker = self.picker();
+        let (mut done, mut total, mut current) = (0, 0, None);
+        for span in layout.spans() {
+            let range = span.first_chunk..span.first_chunk + span.chunks;
+            if !self.wanted.get(span.first_chunk) {
+                continue;
+            }
+            total += 1;
+            if range.clone().all(|i| picker.has(i)) {
+                done += 1;
+            } else if current.is_none() {
+                current = Some(entries[span.entry].path.clone());
+            }
+        }
+        Some((done, total, current))
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod download;
 pub mod ordered_hash;
+pub mod output;
 pub mod picker;
 pub mod reuse;
 pub mod share;

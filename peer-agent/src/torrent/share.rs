@@ -149,6 +149,16 @@ impl SharedFile {
         Ok(Self::build(manifest, path, storage, have, on_disk))
     }
 
+    /// A complete directory share, read through `storage` (its files under `path`).
+    pub fn complete_tree(
+        manifest: Arc<Manifest>,
+        path: PathBuf,
+        storage: Arc<dyn ChunkStorage>,
+    ) -> Arc<Self> {
+        let have = Bitfield::full(manifest.chunk_count());
+        Self::build(manifest, path, storage, have, None)
+    }
+
     /// A partial download: serves the chunks in `have` as they are verified.
     pub fn partial(
         manifest: Arc<Manifest>,
@@ -201,7 +211,10 @@ impl SharedFile {
 
     /// The download finished and was renamed into place: serve it as a complete file now.
     pub fn promote(&self, path: PathBuf) {
-        let meta = std::fs::metadata(&path).ok();
+        // A tree's directory changes as its files do; only a single file is watched.
+        let meta = std::fs::metadata(&path)
+            .ok()
+            .filter(|_| !self.manifest.is_tree());
         *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
         *self.on_disk.lock().unwrap_or_else(|e| e.into_inner()) =
             meta.and_then(|m| Some((m.len(), m.modified().ok()?)));

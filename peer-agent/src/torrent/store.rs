@@ -43,6 +43,10 @@ pub enum StoreError {
     Replaced(PathBuf),
     #[error("unsafe file name in manifest: {0}")]
     Name(#[from] torrentguard_protocol::NameError),
+    #[error(transparent)]
+    Selection(#[from] super::tree_store::SelectionError),
+    #[error("--only selects files of a directory share; {0} is a single file")]
+    OnlyForTrees(String),
     #[error("output directory {0} is not a directory")]
     NotADir(PathBuf),
     #[error(

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, Entry, FileId, Manifest, sanitize_name};
 use torrentguard_trust::identity::write_atomically;
 
+use super::storage::ChunkStorage;
 use super::store::{StoreError, io_at};
 
 /// Open files kept per tree: enough for a few concurrent chunks of large files, far below the
@@ -137,6 +138,28 @@ impl TreeFiles {
             .cloned()
             .collect();
         open.iter().try_for_each(|f| f.sync_data())
+    }
+}
+
+impl ChunkStorage for TreeFiles {
+    fn chunk_count(&self) -> u32 {
+        self.manifest.chunk_count()
+    }
+
+    fn chunk_len(&self, index: u32) -> u32 {
+        self.manifest.chunk_len(index)
+    }
+
+    fn read_chunk(&self, index: u32, buf: &mut [u8]) -> io::Result<()> {
+        TreeFiles::read_chunk(self, index, buf)
+    }
+
+    fn write_chunk(&self, index: u32, data: &[u8]) -> io::Result<()> {
+        TreeFiles::write_chunk(self, index, data)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.sync()
     }
 }
 
@@ -275,7 +298,7 @@ struct TreeState {
 /// One tree download: a locked `.<name>.part/` and the chunks verified in it.
 pub struct TreeStore {
     pub paths: TreePaths,
-    pub files: TreeFiles,
+    pub files: Arc<TreeFiles>,
     lock: File,
     keep: Vec<bool>,
     file_id: FileId,
@@ -371,7 +394,7 @@ impl TreeStore {
                 make_sized_file(&path, e.size)?;
             }
         }
-        let files = TreeFiles::new(m, root, true);
+        let files = Arc::new(TreeFiles::new(m, root, true));
         Ok(TreeStore {
             paths,
             files,
