@@ -701,6 +701,20 @@ mod tests {
         assert!(page_limit(&q(Some(1001))).is_err());
     }
 
+    /// A tree at the protocol's bounds (1 Mi entries with 100-byte paths and 10-digit sizes,
+    /// 1 Mi SHA-256 chunks) must fit one `POST /files` body.
+    #[test]
+    fn the_body_limit_fits_a_tree_at_the_protocol_bounds() {
+        use torrentguard_protocol::tree::MAX_ENTRIES;
+        let entry = Entry::file("p".repeat(100), 1_000_000_000, 0o644);
+        let per_entry = serde_json::to_string(&entry).unwrap().len() + 1;
+        let chunk = HashAlgo::Sha256.digest(b"");
+        let per_chunk = serde_json::to_string(&chunk).unwrap().len() + 1;
+        let chunks = torrentguard_protocol::manifest::MAX_CHUNKS as usize;
+        let body = per_entry * MAX_ENTRIES + per_chunk * chunks + 1024;
+        assert!(body < MAX_MANIFEST_BODY, "{body} bytes");
+    }
+
     #[test]
     fn token_comparison() {
         let a = sha256(b"secret");
