@@ -17,11 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::Fingerprint;
 use torrentguard_protocol::api::{
-    API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, AssembleError, ErrorBody,
-    FilePeers, FileSummary, Health, MAX_ENTRIES_PAGE, ManifestResponse, Page, PeerSummary,
-    RegisterResponse, TreeAssembler,
+    API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, ErrorBody, FilePeers,
+    FileSummary, Health, Page, PeerSummary, RegisterResponse,
 };
-use torrentguard_protocol::{Entry, FileId, Manifest, ManifestError};
+use torrentguard_protocol::{FileId, Manifest, ManifestError};
 use torrentguard_trust::Pin;
 use torrentguard_trust::config::tracker_client_config;
 use torrentguard_trust::identity::{Identity, write_atomically};
@@ -325,6 +324,7 @@ impl TrackerClient {
     /// Fetches a manifest and checks that it hashes to `id`. A large tree comes in pages
     /// (`GET /files/{id}/entries`), put back together before the check.
     pub async fn manifest(&self, id: &FileId) -> Result<Manifest, TrackerError> {
+        use torrentguard_protocol::api::{AssembleError, ManifestResponse, TreeAssembler};
         let head: ManifestResponse = self.get(&format!("files/{id}")).await?;
         let bad = |e: AssembleError| TrackerError::BadAnswer(format!("manifest of {id}: {e}"));
         let mut tree = TreeAssembler::new(head).map_err(bad)?;
@@ -337,7 +337,12 @@ impl TrackerClient {
     }
 
     /// One page of a tree's entries, from `cursor` on.
-    async fn entries_page(&self, id: &FileId, cursor: &str) -> Result<Page<Entry>, TrackerError> {
+    async fn entries_page(
+        &self,
+        id: &FileId,
+        cursor: &str,
+    ) -> Result<Page<torrentguard_protocol::Entry>, TrackerError> {
+        use torrentguard_protocol::api::MAX_ENTRIES_PAGE;
         let mut u = self.api(&format!("files/{id}/entries"));
         u.query_pairs_mut()
             .append_pair("cursor", cursor)
