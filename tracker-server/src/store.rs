@@ -875,6 +875,49 @@ mod tests {
         assert!(counts.contains(&1) && counts.contains(&4500), "{counts:?}");
     }
 
+    /// A database written before trees existed opens with its files intact: single files,
+    /// counted as one file each.
+    #[sqlx::test(migrations = false)]
+    async fn a_database_from_before_trees_upgrades_in_place(pool: SqlitePool) {
+        let old = tempfile::tempdir().unwrap();
+        let first = "20250101000000_initial.sql";
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(first);
+        std::fs::copy(src, old.path().join(first)).unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let m = manifest("old.bin", &[9u8; 20_000]);
+        let chunks: Vec<u8> = m
+            .chunks
+            .iter()
+            .flat_map(|c| c.as_bytes().to_vec())
+            .collect();
+        sqlx::query(
+            "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count, chunks,
+                                file_hash, registered_at)
+             VALUES ($1, 'old.bin', 20000, 16384, 'sha256', 2, $2, $3, 7)",
+        )
+        .bind(m.file_id().to_string())
+        .bind(chunks)
+        .bind(m.file_hash.as_bytes())
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        assert_eq!(store.manifest(m.file_id()).await.unwrap(), Some(m));
+        let listed = store.list_files(None, 10, 0).await.unwrap();
+        assert_eq!(listed.items[0].file_count, 1);
+        let t = tree(1, 3);
+        assert!(store.register_file(t.file_id(), &t, 8).await.unwrap());
+        assert_eq!(store.manifest(t.file_id()).await.unwrap(), Some(t));
+    }
+
     /// An empty directory share is a tree too: it keeps its own id, not a single file's.
     #[sqlx::test(migrations = false)]
     async fn an_empty_tree_stays_a_tree(pool: SqlitePool) {
