@@ -7,9 +7,17 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FileId, Fingerprint};
+use crate::tree::{Entry, MAX_ENTRIES};
+use crate::{FileId, Fingerprint, Manifest, ManifestError};
 
 pub const API_PREFIX: &str = "/api/v1";
+
+/// Most entries of a tree that `GET /files/{id}` carries in its `files`; the rest are paged by
+/// `GET /files/{id}/entries`. Keeps one answer to a few MB whatever the tree's size.
+pub const MAX_INLINE_ENTRIES: u32 = 10_000;
+/// Most entries in one page of `GET /files/{id}/entries`, and the page size when no `limit` is
+/// given.
+pub const MAX_ENTRIES_PAGE: u32 = 10_000;
 
 /// `POST /files` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +38,28 @@ pub struct FileSummary {
     pub leechers: u32,
     /// Unix seconds when the manifest was registered.
     pub registered_at: i64,
+    /// Regular files the share holds: 1 for a single file. Absent from trackers that predate
+    /// directory shares, which only held single files.
+    #[serde(default = "one")]
+    pub file_count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `GET /files/{id}` answer: the manifest as registered, except that a tree of more than
+/// [`MAX_INLINE_ENTRIES`] entries carries only its first ones in `files` and the cursor for the
+/// rest in `entries_next`. Without a continuation the JSON is exactly the manifest's, so single
+/// files are served as they were before trees existed. [`TreeAssembler`] puts a paged tree back
+/// together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestResponse {
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    /// Cursor for `GET /files/{id}/entries?cursor=…`; absent when `files` is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_next: Option<String>,
 }
 
 /// A page of a list; `next` is the cursor for the following page, if any.
@@ -86,6 +116,70 @@ fn empty_or_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D
         }
     }
     d.deserialize_any(V)
+}
+
+/// Why a paged tree from a tracker could not be put back together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssembleError {
+    #[error("the tracker sent a continuation for a manifest that is not a directory share")]
+    NotATree,
+    #[error("the tracker sent more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("the tracker sent an empty page of entries with a cursor for more")]
+    EmptyPage,
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// Reassembles a manifest served as [`ManifestResponse`] plus pages of `GET /files/{id}/entries`,
+/// then checks it against the id asked for: the tracker is not trusted with the content, and a
+/// page lost, repeated or reordered changes the id.
+#[derive(Debug)]
+pub struct TreeAssembler {
+    manifest: Manifest,
+    next: Option<String>,
+}
+
+impl TreeAssembler {
+    pub fn new(head: ManifestResponse) -> Result<Self, AssembleError> {
+        if head.entries_next.is_some() && !head.manifest.is_tree() {
+            return Err(AssembleError::NotATree);
+        }
+        if head.manifest.entries().len() > MAX_ENTRIES {
+            return Err(AssembleError::TooManyEntries);
+        }
+        Ok(TreeAssembler {
+            manifest: head.manifest,
+            next: head.entries_next,
+        })
+    }
+
+    /// The cursor of the page to fetch next, `None` once every entry is in.
+    pub fn next_cursor(&self) -> Option<&str> {
+        self.next.as_deref()
+    }
+
+    /// Appends the page fetched with [`Self::next_cursor`]. Bounded: a tracker cannot make the
+    /// caller hold more than [`MAX_ENTRIES`] entries or loop on empty pages.
+    pub fn push(&mut self, page: Page<Entry>) -> Result<(), AssembleError> {
+        if page.items.is_empty() && page.next.is_some() {
+            return Err(AssembleError::EmptyPage);
+        }
+        // `new` refused a continuation without `files`, so this is the tree's list.
+        let files = self.manifest.files.get_or_insert_with(Vec::new);
+        if files.len() + page.items.len() > MAX_ENTRIES {
+            return Err(AssembleError::TooManyEntries);
+        }
+        files.extend(page.items);
+        self.next = page.next;
+        Ok(())
+    }
+
+    /// The whole manifest, validated and hashing to `id`.
+    pub fn finish(self, id: &FileId) -> Result<Manifest, ManifestError> {
+        self.manifest.verify(id)?;
+        Ok(self.manifest)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,6 +279,143 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HashAlgo;
+
+    /// A tree of `n` one-byte files (a chunk each) in canonical order.
+    fn tree(n: usize) -> Manifest {
+        let entries: Vec<Entry> = (0..n)
+            .map(|i| Entry::file(format!("f{i:07}"), 1, 0o644))
+            .collect();
+        let chunks = (0..n)
+            .map(|i| HashAlgo::Sha256.digest(&[(i % 251) as u8]))
+            .collect();
+        Manifest::tree("t", 16 * 1024, HashAlgo::Sha256, entries, chunks)
+    }
+
+    /// What the tracker does: the first `inline` entries, the rest in pages of `page`.
+    fn served(m: &Manifest, inline: usize, page: usize) -> (ManifestResponse, Vec<Page<Entry>>) {
+        let all = m.entries();
+        let mut head = m.clone();
+        if m.is_tree() {
+            head.files = Some(all[..inline.min(all.len())].to_vec());
+        }
+        let rest: Vec<&[Entry]> = all.get(inline..).unwrap_or(&[]).chunks(page).collect();
+        let pages = rest
+            .iter()
+            .enumerate()
+            .map(|(i, items)| Page {
+                items: items.to_vec(),
+                next: (i + 1 < rest.len()).then(|| format!("c{}", i + 1)),
+            })
+            .collect();
+        let entries_next = (!rest.is_empty()).then(|| "c0".to_string());
+        (
+            ManifestResponse {
+                manifest: head,
+                entries_next,
+            },
+            pages,
+        )
+    }
+
+    fn assemble(
+        head: ManifestResponse,
+        pages: Vec<Page<Entry>>,
+    ) -> Result<Manifest, AssembleError> {
+        let mut a = TreeAssembler::new(head)?;
+        let mut pages = pages.into_iter();
+        while a.next_cursor().is_some() {
+            a.push(pages.next().expect("a page for every cursor"))?;
+        }
+        let id = a.manifest.file_id();
+        Ok(a.finish(&id)?)
+    }
+
+    #[test]
+    fn a_paged_tree_reassembles_and_verifies() {
+        let m = tree(25);
+        let (head, pages) = served(&m, 10, 4);
+        assert_eq!(pages.len(), 4);
+        let json = serde_json::to_string(&head).unwrap();
+        assert!(json.contains(r#""entries_next":"c0""#), "{json}");
+        let head: ManifestResponse = serde_json::from_str(&json).unwrap();
+        let mut a = TreeAssembler::new(head).unwrap();
+        for p in pages {
+            assert!(a.next_cursor().is_some());
+            a.push(p).unwrap();
+        }
+        assert_eq!(a.next_cursor(), None);
+        assert_eq!(a.finish(&m.file_id()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_lost_or_repeated_page_fails_the_id_check() {
+        let m = tree(25);
+        let (head, mut pages) = served(&m, 10, 4);
+        pages.remove(1);
+        let mut a = TreeAssembler::new(head.clone()).unwrap();
+        for p in pages {
+            a.push(p).unwrap();
+        }
+        assert!(a.finish(&m.file_id()).is_err());
+        let (_, mut pages) = served(&m, 10, 4);
+        pages.insert(1, pages[1].clone());
+        let mut a = TreeAssembler::new(head).unwrap();
+        for p in pages {
+            a.push(p).unwrap();
+        }
+        assert!(a.finish(&m.file_id()).is_err());
+    }
+
+    #[test]
+    fn hostile_continuations_are_refused() {
+        let single = crate::manifest::tests::manifest_for("s", b"x", 16384, HashAlgo::Sha256);
+        let head = ManifestResponse {
+            manifest: single,
+            entries_next: Some("0".into()),
+        };
+        assert_eq!(
+            TreeAssembler::new(head).unwrap_err(),
+            AssembleError::NotATree
+        );
+        let (head, _) = served(&tree(3), 1, 1);
+        let mut a = TreeAssembler::new(head).unwrap();
+        let empty = Page {
+            items: vec![],
+            next: Some("again".into()),
+        };
+        assert_eq!(a.push(empty).unwrap_err(), AssembleError::EmptyPage);
+        let huge = Page {
+            items: vec![Entry::file("x", 0, 0o644); MAX_ENTRIES],
+            next: None,
+        };
+        assert_eq!(a.push(huge).unwrap_err(), AssembleError::TooManyEntries);
+    }
+
+    #[test]
+    fn a_complete_manifest_is_served_as_plain_manifest_json() {
+        let single = crate::manifest::tests::manifest_for("s", b"x", 16384, HashAlgo::Sha256);
+        let small = tree(3);
+        for m in [single, small] {
+            let (head, pages) = served(&m, 10, 4);
+            assert!(pages.is_empty());
+            assert_eq!(
+                serde_json::to_string(&head).unwrap(),
+                serde_json::to_string(&m).unwrap()
+            );
+            assert_eq!(assemble(head, pages).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn file_summaries_from_older_trackers_count_one_file() {
+        let id = "a".repeat(64);
+        let old = format!(
+            r#"{{"file_id":"{id}","name":"n","size":1,"chunk_size":16384,"chunk_count":1,"seeders":0,"leechers":0,"registered_at":5}}"#
+        );
+        let s: FileSummary = serde_json::from_str(&old).unwrap();
+        assert_eq!(s.file_count, 1);
+    }
 
     #[test]
     fn page_query_limit_takes_numbers_strings_and_nothing() {

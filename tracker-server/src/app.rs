@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use torrentguard_protocol::api::{
-    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, Page, PageQuery, PeerInfo,
-    PeerSummary, RegisterResponse,
+    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, MAX_ENTRIES_PAGE,
+    MAX_INLINE_ENTRIES, ManifestResponse, Page, PageQuery, PeerInfo, PeerSummary, RegisterResponse,
 };
-use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
+use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Manifest};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
@@ -50,14 +50,16 @@ impl<S: Send + Sync> FromRequestParts<S> for LocalAddr {
     }
 }
 
-/// Largest `POST /files` body: a manifest at the 1M-chunk limit is about 70 MB of JSON.
-pub const MAX_MANIFEST_BODY: usize = 80 * 1024 * 1024;
+/// Largest `POST /files` body: 256 MiB. The 1 Mi chunk digests at the protocol's limit take
+/// about 70 MB of JSON; the rest holds a tree's entries (~35 bytes of JSON each besides the
+/// path), so a tree at the 1 Mi entry limit fits with paths of ~140 bytes on average.
+pub const MAX_MANIFEST_BODY: usize = 256 * 1024 * 1024;
 /// Largest `POST /announce` body: the bitfield of 1M chunks is 128 KiB, 171 KiB as base64.
 pub const MAX_ANNOUNCE_BODY: usize = 256 * 1024;
 /// Every other body (none of the other routes reads one).
 pub const MAX_OTHER_BODY: usize = 16 * 1024;
-/// Manifests parsed at once. Each may hold ~80 MB of body plus its parsed form in memory, so a
-/// burst of registrations queues here instead of exhausting memory.
+/// Manifests parsed at once. Each may hold up to 256 MiB of body plus its parsed form in memory,
+/// so a burst of registrations queues here instead of exhausting memory.
 const CONCURRENT_REGISTRATIONS: usize = 4;
 /// Peers returned by one announce: enough to saturate a download, small enough to answer fast.
 pub const MAX_ANNOUNCE_PEERS: u32 = 200;
@@ -162,6 +164,7 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         .route("/files/{id}", get(get_file))
+        .route("/files/{id}/entries", get(file_entries))
         .route("/files/{id}/peers", get(file_peers))
         .route(
             "/announce",
@@ -362,15 +365,61 @@ async fn list_files(
     ))
 }
 
+/// The manifest; a tree's entries past the first [`MAX_INLINE_ENTRIES`] are left to
+/// [`file_entries`], with the cursor to start from.
 async fn get_file(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
-) -> Result<Json<Manifest>, ApiError> {
+) -> Result<Json<ManifestResponse>, ApiError> {
     let id = parse_file_id(&id)?;
-    match state.0.store.manifest(id).await? {
-        Some(m) => Ok(Json(m)),
-        None => Err(ApiError::NotFound(format!("no file {id}"))),
+    let Some(head) = state.0.store.manifest_head(id, MAX_INLINE_ENTRIES).await? else {
+        return Err(ApiError::NotFound(format!("no file {id}")));
+    };
+    let shown = head.manifest.entries().len();
+    let entries_next =
+        (shown > 0 && (shown as u64) < u64::from(head.entry_count)).then(|| shown.to_string());
+    Ok(Json(ManifestResponse {
+        manifest: head.manifest,
+        entries_next,
+    }))
+}
+
+fn entries_limit(q: &PageQuery) -> Result<u32, ApiError> {
+    match q.limit {
+        None => Ok(MAX_ENTRIES_PAGE),
+        Some(n @ 1..=MAX_ENTRIES_PAGE) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit {n} is out of range 1..={MAX_ENTRIES_PAGE}"
+        ))),
     }
+}
+
+/// A page of a tree's entries. The cursor is the index of the page's first entry; a single file
+/// has no entries, so it answers an empty page and refuses every cursor.
+async fn file_entries(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Page<Entry>>, ApiError> {
+    let id = parse_file_id(&id)?;
+    let limit = entries_limit(&q)?;
+    let start = cursor::<u32>(&q)?;
+    let Some(slice) = state.0.store.entries(id, start.unwrap_or(0), limit).await? else {
+        return Err(ApiError::NotFound(format!("no file {id}")));
+    };
+    if let Some(c) = start.filter(|&c| c >= slice.entry_count) {
+        return Err(ApiError::BadRequest(format!(
+            "cursor {c} is past the end: file {id} has {} entries",
+            slice.entry_count
+        )));
+    }
+    let end = u64::from(start.unwrap_or(0)) + slice.items.len() as u64;
+    let next =
+        (!slice.items.is_empty() && end < u64::from(slice.entry_count)).then(|| end.to_string());
+    Ok(Json(Page {
+        items: slice.items,
+        next,
+    }))
 }
 
 async fn file_peers(
@@ -650,6 +699,20 @@ mod tests {
         assert_eq!(page_limit(&q(Some(1000))).unwrap(), 1000);
         assert!(page_limit(&q(Some(0))).is_err());
         assert!(page_limit(&q(Some(1001))).is_err());
+    }
+
+    /// A tree at the protocol's bounds (1 Mi entries with 100-byte paths and 10-digit sizes,
+    /// 1 Mi SHA-256 chunks) must fit one `POST /files` body.
+    #[test]
+    fn the_body_limit_fits_a_tree_at_the_protocol_bounds() {
+        use torrentguard_protocol::tree::MAX_ENTRIES;
+        let entry = Entry::file("p".repeat(100), 1_000_000_000, 0o644);
+        let per_entry = serde_json::to_string(&entry).unwrap().len() + 1;
+        let chunk = HashAlgo::Sha256.digest(b"");
+        let per_chunk = serde_json::to_string(&chunk).unwrap().len() + 1;
+        let chunks = torrentguard_protocol::manifest::MAX_CHUNKS as usize;
+        let body = per_entry * MAX_ENTRIES + per_chunk * chunks + 1024;
+        assert!(body < MAX_MANIFEST_BODY, "{body} bytes");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
 use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
-use torrentguard_protocol::{Digest, FileId, Fingerprint, HashAlgo, Manifest};
+use torrentguard_protocol::{Digest, Entry, EntryKind, FileId, Fingerprint, HashAlgo, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +49,22 @@ pub struct AnnounceRecord {
     pub now: i64,
 }
 
+/// A manifest with at most the first few of its entries (all of them for a single file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub manifest: Manifest,
+    /// Entries the whole tree has (0 for a single file); more than `manifest.files` holds if
+    /// the list was cut.
+    pub entry_count: u32,
+}
+
+/// Consecutive entries of a tree, and how many it has in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySlice {
+    pub items: Vec<Entry>,
+    pub entry_count: u32,
+}
+
 /// Sizes for the metrics endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -71,7 +87,30 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    fn manifest(&self, id: FileId) -> BoxFuture<'_, Result<Option<Manifest>, StoreError>>;
+    /// A known manifest, whole: a tree with every entry.
+    fn manifest(&self, id: FileId) -> BoxFuture<'_, Result<Option<Manifest>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .manifest_head(id, u32::MAX)
+                .await?
+                .map(|head| head.manifest))
+        })
+    }
+
+    /// A known manifest with at most its first `max_entries` entries.
+    fn manifest_head(
+        &self,
+        id: FileId,
+        max_entries: u32,
+    ) -> BoxFuture<'_, Result<Option<ManifestHead>, StoreError>>;
+
+    /// Up to `limit` entries of a known file from index `start` on (none for a single file).
+    fn entries(
+        &self,
+        id: FileId,
+        start: u32,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Option<EntrySlice>, StoreError>>;
 
     /// The chunk count of a known file, `None` for an unknown id.
     fn chunk_count(&self, id: FileId) -> BoxFuture<'_, Result<Option<u32>, StoreError>>;
@@ -159,10 +198,24 @@ struct ManifestRow {
     hash_algo: String,
     chunks: Vec<u8>,
     file_hash: Vec<u8>,
+    /// Set for a tree only.
+    tree_no: Option<i64>,
+    entry_count: Option<i64>,
 }
 
 impl ManifestRow {
-    fn into_manifest(self) -> Result<Manifest, StoreError> {
+    /// The manifest with `entries` as its list if the row is a tree's (`Manifest::tree` would
+    /// derive size and content digest again; the stored ones are what the id was checked on).
+    fn into_manifest(self, entries: Vec<Entry>) -> Result<Manifest, StoreError> {
+        let is_tree = self.tree_no.is_some();
+        let mut m = self.into_single()?;
+        if is_tree {
+            m.files = Some(entries);
+        }
+        Ok(m)
+    }
+
+    fn into_single(self) -> Result<Manifest, StoreError> {
         let bad = |d: &dyn std::fmt::Display| corrupt("files", d.to_string());
         let hash = HashAlgo::from_str(&self.hash_algo).map_err(|e| bad(&e))?;
         let len = hash.digest_len();
@@ -196,6 +249,7 @@ struct FileSummaryRow {
     registered_at: i64,
     seeders: i64,
     leechers: i64,
+    file_count: i64,
 }
 
 impl TryFrom<FileSummaryRow> for FileSummary {
@@ -211,8 +265,67 @@ impl TryFrom<FileSummaryRow> for FileSummary {
             seeders: u32::try_from(r.seeders).map_err(|e| bad(e.to_string()))?,
             leechers: u32::try_from(r.leechers).map_err(|e| bad(e.to_string()))?,
             registered_at: r.registered_at,
+            file_count: u64::try_from(r.file_count).map_err(|e| bad(e.to_string()))?,
         })
     }
+}
+
+#[derive(FromRow)]
+struct EntryRow {
+    path: String,
+    is_dir: bool,
+    size: i64,
+    mode: i64,
+}
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = StoreError;
+    fn try_from(r: EntryRow) -> Result<Self, StoreError> {
+        let bad = |d: String| corrupt("tree_entries", d);
+        Ok(Entry {
+            kind: if r.is_dir {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            },
+            size: u64::try_from(r.size).map_err(|e| bad(e.to_string()))?,
+            mode: u32::try_from(r.mode).map_err(|e| bad(e.to_string()))?,
+            path: r.path,
+        })
+    }
+}
+
+/// Rows per `INSERT` of tree entries: 6 bound values each stays far below SQLite's 32 766.
+const ENTRY_ROWS_PER_INSERT: usize = 1000;
+
+/// Stores a tree's entries under `tree_no`, in batches.
+async fn insert_entries(
+    tx: &mut sqlx::SqliteConnection,
+    tree_no: i64,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
+    // Validated entries have sizes ≤ 16 TiB; checked here so the casts below cannot wrap.
+    if let Some(e) = entries.iter().find(|e| i64::try_from(e.size).is_err()) {
+        return Err(corrupt(
+            "tree_entries",
+            format!("size {} of {:?}", e.size, e.path),
+        ));
+    }
+    for (batch, rows) in entries.chunks(ENTRY_ROWS_PER_INSERT).enumerate() {
+        let first = batch * ENTRY_ROWS_PER_INSERT;
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO tree_entries (tree_no, idx, path, is_dir, size, mode) ");
+        q.push_values(rows.iter().enumerate(), |mut b, (i, e)| {
+            b.push_bind(tree_no)
+                .push_bind((first + i) as i64)
+                .push_bind(e.path.as_str())
+                .push_bind(e.is_dir())
+                .push_bind(e.size as i64)
+                .push_bind(i64::from(e.mode));
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 #[derive(FromRow)]
@@ -287,6 +400,29 @@ fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) 
     Page { items, next }
 }
 
+impl SqliteStore {
+    /// Up to `limit` entries of tree `tree_no` from index `start` on, in order.
+    async fn entry_rows(
+        &self,
+        tree_no: i64,
+        start: u32,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT path, is_dir, size, mode FROM tree_entries
+             WHERE tree_no = $1 AND idx >= $2
+             ORDER BY idx
+             LIMIT $3",
+        )
+        .bind(tree_no)
+        .bind(i64::from(start))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Entry::try_from).collect()
+    }
+}
+
 impl Store for SqliteStore {
     fn register_file<'a>(
         &'a self,
@@ -301,10 +437,14 @@ impl Store for SqliteStore {
             }
             // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
             let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
+            let file_count =
+                i64::try_from(manifest.file_count()).map_err(|e| corrupt("files", e))?;
+            // One transaction: a tree is visible with all of its entries or not at all.
+            let mut tx = self.pool.begin().await?;
             let done = sqlx::query(
                 "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
-                                    chunks, file_hash, registered_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                    chunks, file_hash, registered_at, file_count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (file_id) DO NOTHING",
             )
             .bind(id.to_string())
@@ -316,22 +456,84 @@ impl Store for SqliteStore {
             .bind(chunks)
             .bind(manifest.file_hash.as_bytes())
             .bind(now)
-            .execute(&self.pool)
+            .bind(file_count)
+            .execute(&mut *tx)
             .await?;
-            Ok(done.rows_affected() == 1)
+            let created = done.rows_affected() == 1;
+            if let (true, Some(entries)) = (created, &manifest.files) {
+                let tree_no: i64 = sqlx::query_scalar(
+                    "INSERT INTO trees (file_id, entry_count) VALUES ($1, $2) RETURNING tree_no",
+                )
+                .bind(id.to_string())
+                .bind(entries.len() as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+                insert_entries(&mut tx, tree_no, entries).await?;
+            }
+            tx.commit().await?;
+            Ok(created)
         })
     }
 
-    fn manifest(&self, id: FileId) -> BoxFuture<'_, Result<Option<Manifest>, StoreError>> {
+    fn manifest_head(
+        &self,
+        id: FileId,
+        max_entries: u32,
+    ) -> BoxFuture<'_, Result<Option<ManifestHead>, StoreError>> {
         Box::pin(async move {
             let row: Option<ManifestRow> = sqlx::query_as(
-                "SELECT name, size, chunk_size, hash_algo, chunks, file_hash
-                 FROM files WHERE file_id = $1",
+                "SELECT f.name, f.size, f.chunk_size, f.hash_algo, f.chunks, f.file_hash,
+                        t.tree_no, t.entry_count
+                 FROM files f LEFT JOIN trees t ON t.file_id = f.file_id
+                 WHERE f.file_id = $1",
             )
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-            row.map(ManifestRow::into_manifest).transpose()
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let entry_count = row
+                .entry_count
+                .map_or(Ok(0), u32::try_from)
+                .map_err(|e| corrupt("trees", e))?;
+            let entries = match row.tree_no {
+                Some(tree_no) => self.entry_rows(tree_no, 0, max_entries).await?,
+                None => Vec::new(),
+            };
+            Ok(Some(ManifestHead {
+                manifest: row.into_manifest(entries)?,
+                entry_count,
+            }))
+        })
+    }
+
+    fn entries(
+        &self,
+        id: FileId,
+        start: u32,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Option<EntrySlice>, StoreError>> {
+        Box::pin(async move {
+            let tree: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT t.tree_no, t.entry_count
+                 FROM files f LEFT JOIN trees t ON t.file_id = f.file_id
+                 WHERE f.file_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(tree) = tree else {
+                return Ok(None);
+            };
+            let (items, entry_count) = match tree {
+                (Some(tree_no), Some(count)) => (
+                    self.entry_rows(tree_no, start, limit).await?,
+                    u32::try_from(count).map_err(|e| corrupt("trees", e))?,
+                ),
+                _ => (Vec::new(), 0),
+            };
+            Ok(Some(EntrySlice { items, entry_count }))
         })
     }
 
@@ -359,6 +561,7 @@ impl Store for SqliteStore {
             let after = after.map(|a| a.to_string()).unwrap_or_default();
             let rows: Vec<FileSummaryRow> = sqlx::query_as(
                 "SELECT f.file_id, f.name, f.size, f.chunk_size, f.chunk_count, f.registered_at,
+                        f.file_count,
                         (SELECT COUNT(*) FROM peer_files pf
                           WHERE pf.file_id = f.file_id AND pf.last_seen >= $1
                             AND pf.complete = 1) AS seeders,
@@ -604,6 +807,130 @@ mod tests {
         assert!(store.register_file(sha1.file_id(), &sha1, 1).await.unwrap());
         assert_eq!(store.manifest(sha1.file_id()).await.unwrap(), Some(sha1));
         store.ping().await.unwrap();
+    }
+
+    /// A tree of `dirs` directories with `per_dir` one-byte files each.
+    fn tree(dirs: usize, per_dir: usize) -> Manifest {
+        let mut entries = Vec::new();
+        for d in 0..dirs {
+            entries.push(Entry::dir(format!("d{d:04}"), 0o755));
+            for f in 0..per_dir {
+                entries.push(Entry::file(format!("d{d:04}/f{f:04}"), 1, 0o600));
+            }
+        }
+        let chunks = (0..dirs * per_dir)
+            .map(|i| HashAlgo::Sha256.digest(&i.to_be_bytes()))
+            .collect();
+        Manifest::tree("t", 16 * 1024, HashAlgo::Sha256, entries, chunks)
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn trees_round_trip_whole_and_in_slices(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = tree(3, 1500); // 4503 entries: several insert batches
+        m.validate().unwrap();
+        let id = m.file_id();
+        assert!(store.register_file(id, &m, 1).await.unwrap());
+        assert!(!store.register_file(id, &m, 2).await.unwrap());
+        let back = store.manifest(id).await.unwrap().unwrap();
+        assert_eq!(back, m);
+        back.verify(&id).unwrap();
+
+        let head = store.manifest_head(id, 10).await.unwrap().unwrap();
+        assert_eq!(head.entry_count, 4503);
+        assert_eq!(head.manifest.entries(), &m.entries()[..10]);
+        assert_eq!(
+            (head.manifest.size, head.manifest.chunks.len()),
+            (4500, 4500)
+        );
+        let slice = store.entries(id, 4500, 100).await.unwrap().unwrap();
+        assert_eq!(slice.items, &m.entries()[4500..]);
+        assert_eq!(slice.entry_count, 4503);
+
+        let files = store.list_files(None, 10, 0).await.unwrap();
+        assert_eq!(files.items[0].file_count, 4500);
+        let single = manifest("s", b"x");
+        store
+            .register_file(single.file_id(), &single, 3)
+            .await
+            .unwrap();
+        let s = store
+            .entries(single.file_id(), 0, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.items.is_empty() && s.entry_count == 0);
+        let head = store.manifest_head(single.file_id(), 10).await.unwrap();
+        assert_eq!(head.map(|h| h.manifest), Some(single.clone()));
+        let unknown = manifest("u", b"u").file_id();
+        assert!(store.entries(unknown, 0, 10).await.unwrap().is_none());
+        let counts: Vec<u64> = store
+            .list_files(None, 10, 0)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|f| f.file_count)
+            .collect();
+        assert!(counts.contains(&1) && counts.contains(&4500), "{counts:?}");
+    }
+
+    /// A database written before trees existed opens with its files intact: single files,
+    /// counted as one file each.
+    #[sqlx::test(migrations = false)]
+    async fn a_database_from_before_trees_upgrades_in_place(pool: SqlitePool) {
+        let old = tempfile::tempdir().unwrap();
+        let first = "20250101000000_initial.sql";
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(first);
+        std::fs::copy(src, old.path().join(first)).unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let m = manifest("old.bin", &[9u8; 20_000]);
+        let chunks: Vec<u8> = m
+            .chunks
+            .iter()
+            .flat_map(|c| c.as_bytes().to_vec())
+            .collect();
+        sqlx::query(
+            "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count, chunks,
+                                file_hash, registered_at)
+             VALUES ($1, 'old.bin', 20000, 16384, 'sha256', 2, $2, $3, 7)",
+        )
+        .bind(m.file_id().to_string())
+        .bind(chunks)
+        .bind(m.file_hash.as_bytes())
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        assert_eq!(store.manifest(m.file_id()).await.unwrap(), Some(m));
+        let listed = store.list_files(None, 10, 0).await.unwrap();
+        assert_eq!(listed.items[0].file_count, 1);
+        let t = tree(1, 3);
+        assert!(store.register_file(t.file_id(), &t, 8).await.unwrap());
+        assert_eq!(store.manifest(t.file_id()).await.unwrap(), Some(t));
+    }
+
+    /// An empty directory share is a tree too: it keeps its own id, not a single file's.
+    #[sqlx::test(migrations = false)]
+    async fn an_empty_tree_stays_a_tree(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = Manifest::tree("empty", 16 * 1024, HashAlgo::Sha256, vec![], vec![]);
+        store.register_file(m.file_id(), &m, 1).await.unwrap();
+        let back = store.manifest(m.file_id()).await.unwrap().unwrap();
+        assert!(back.is_tree());
+        back.verify(&m.file_id()).unwrap();
+        assert_eq!(
+            store.list_files(None, 1, 0).await.unwrap().items[0].file_count,
+            0
+        );
     }
 
     #[sqlx::test(migrations = false)]

@@ -476,7 +476,7 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_written() -> Result<
             "payload_too_large",
         )
         .await?;
-        let enormous = vec![b' '; 81 * 1024 * 1024];
+        let enormous = vec![b' '; torrentguard_tracker::app::MAX_MANIFEST_BODY + 1];
         expect_error(
             alice
                 .post(files(&h))

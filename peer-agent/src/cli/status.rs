@@ -146,9 +146,10 @@ fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
 /// The files the tracker lists, one row each.
 fn print_files(files: &[FileSummary]) {
     print_line(&format!(
-        "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+        "{:<64}  {} {:>7} {:>11} {:>7} {:>7} {:>8}",
         "FILE ID",
         cell("NAME", NAME_COLUMNS),
+        "FILES",
         "SIZE",
         "CHUNKS",
         "SEEDERS",
@@ -156,9 +157,10 @@ fn print_files(files: &[FileSummary]) {
     ));
     for f in files {
         print_line(&format!(
-            "{:<64}  {} {:>11} {:>7} {:>7} {:>8}",
+            "{:<64}  {} {:>7} {:>11} {:>7} {:>7} {:>8}",
             f.file_id.to_string(),
             cell(&f.name, NAME_COLUMNS),
+            f.file_count,
             human(f.size),
             f.chunk_count,
             f.seeders,

@@ -321,12 +321,33 @@ impl TrackerClient {
         self.post("files", manifest).await
     }
 
-    /// Fetches a manifest and checks that it hashes to `id`.
+    /// Fetches a manifest and checks that it hashes to `id`. A large tree comes in pages
+    /// (`GET /files/{id}/entries`), put back together before the check.
     pub async fn manifest(&self, id: &FileId) -> Result<Manifest, TrackerError> {
-        let m: Manifest = self.get(&format!("files/{id}")).await?;
-        m.verify(id)
-            .map_err(|source| TrackerError::BadManifest { id: *id, source })?;
-        Ok(m)
+        use torrentguard_protocol::api::{AssembleError, ManifestResponse, TreeAssembler};
+        let head: ManifestResponse = self.get(&format!("files/{id}")).await?;
+        let bad = |e: AssembleError| TrackerError::BadAnswer(format!("manifest of {id}: {e}"));
+        let mut tree = TreeAssembler::new(head).map_err(bad)?;
+        while let Some(cursor) = tree.next_cursor().map(str::to_owned) {
+            tree.push(self.entries_page(id, &cursor).await?)
+                .map_err(bad)?;
+        }
+        tree.finish(id)
+            .map_err(|source| TrackerError::BadManifest { id: *id, source })
+    }
+
+    /// One page of a tree's entries, from `cursor` on.
+    async fn entries_page(
+        &self,
+        id: &FileId,
+        cursor: &str,
+    ) -> Result<Page<torrentguard_protocol::Entry>, TrackerError> {
+        use torrentguard_protocol::api::MAX_ENTRIES_PAGE;
+        let mut u = self.api(&format!("files/{id}/entries"));
+        u.query_pairs_mut()
+            .append_pair("cursor", cursor)
+            .append_pair("limit", &MAX_ENTRIES_PAGE.to_string());
+        self.send(self.http.get(u)).await
     }
 
     /// Announces `req`. Files announced are remembered until a `stopped` for them succeeds
@@ -653,6 +674,31 @@ mod tests {
             "the new identity was recorded: {records:?}"
         );
         second.shutdown().await.unwrap();
+    }
+
+    /// A tree of more than one response's worth of entries comes back whole and verified.
+    #[tokio::test]
+    async fn a_paged_tree_is_reassembled_and_verified() {
+        use torrentguard_protocol::api::MAX_INLINE_ENTRIES;
+        use torrentguard_protocol::{Entry, HashAlgo};
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::generate("agent").unwrap();
+        let t = tracker_on("127.0.0.1:0".parse().unwrap(), &dir.path().join("t")).await;
+        let url = format!("https://127.0.0.1:{}", t.local_addr.port());
+        let c = TrackerClient::connect(&url, Some(t.fingerprint), &me, dir.path(), None)
+            .await
+            .unwrap();
+        let n = MAX_INLINE_ENTRIES as usize * 2 + 1; // three pieces: head and two pages
+        let entries = (0..n)
+            .map(|i| Entry::file(format!("f{i:06}"), 1, 0o644))
+            .collect();
+        let chunks = (0..n)
+            .map(|i| HashAlgo::Sha256.digest(&i.to_be_bytes()))
+            .collect();
+        let m = Manifest::tree("big", 16 * 1024, HashAlgo::Sha256, entries, chunks);
+        c.register(&m).await.unwrap();
+        assert_eq!(c.manifest(&m.file_id()).await.unwrap(), m);
+        t.shutdown().await.unwrap();
     }
 
     /// Trusting `localhost:P` on first use records its addresses too, so a later
