@@ -8,6 +8,7 @@ pub mod download;
 pub mod events;
 pub mod picker;
 pub mod reach;
+pub mod scan;
 pub mod seeder;
 pub mod spawn;
 pub mod store;
