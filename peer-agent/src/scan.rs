@@ -524,7 +524,7 @@ mod tests {
         let d = t.path().join("case");
         write(&d.join("Read.me"), 1, 1, 0o644);
         write(&d.join("READ.ME"), 1, 1, 0o644);
-        let e = scan(&[d.clone()], &opts(), &never).unwrap_err();
+        let e = scan(std::slice::from_ref(&d), &opts(), &never).unwrap_err();
         match &e {
             ScanError::Refused {
                 path,
@@ -536,7 +536,7 @@ mod tests {
 
         let d = t.path().join("ctl");
         write(&d.join("sub/bad\nname"), 1, 1, 0o644);
-        let e = scan(&[d.clone()], &opts(), &never).unwrap_err();
+        let e = scan(std::slice::from_ref(&d), &opts(), &never).unwrap_err();
         assert!(
             matches!(&e, ScanError::Refused { path, source: TreeError::Component { .. } }
                 if *path == d.join("sub/bad\nname")),
@@ -565,7 +565,7 @@ mod tests {
         write(&d.join("f"), 3, 1, 0o644);
         symlink("f", d.join("link")).unwrap();
         let _listener = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
-        let s = scan(&[d.clone()], &opts(), &no_progress).unwrap();
+        let s = scan(std::slice::from_ref(&d), &opts(), &no_progress).unwrap();
         assert_eq!(paths(&s), ["f"]);
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         assert!(s.warnings.contains(&ScanWarning::Skipped {
@@ -594,7 +594,7 @@ mod tests {
             follow_symlinks: true,
             ..opts()
         };
-        let s = scan(&[d.clone()], &o, &no_progress).unwrap();
+        let s = scan(std::slice::from_ref(&d), &o, &no_progress).unwrap();
         assert_eq!(
             paths(&s),
             ["real", "real/f", "to-dir", "to-dir/f", "to-file"]
@@ -663,7 +663,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("nothing");
         std::fs::create_dir(&d).unwrap();
-        let s = scan(&[d.clone()], &opts(), &no_progress).unwrap();
+        let s = scan(std::slice::from_ref(&d), &opts(), &no_progress).unwrap();
         assert!(s.manifest.entries().is_empty());
         assert_eq!((s.manifest.size, s.manifest.chunk_count()), (0, 0));
         s.manifest.validate().unwrap();
@@ -672,7 +672,7 @@ mod tests {
             ..opts()
         };
         assert!(matches!(
-            scan(&[d.clone()], &bad, &no_progress),
+            scan(std::slice::from_ref(&d), &bad, &no_progress),
             Err(ScanError::Manifest(ManifestError::ChunkSize(1000)))
         ));
         assert!(matches!(
