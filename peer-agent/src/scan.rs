@@ -269,19 +269,32 @@ impl Work<'_> {
                 break;
             };
             let entry = unit.entry;
-            let file = match open.take() {
-                Some((entry, f)) if entry == unit.entry => f,
-                _ => File::open(&self.sources[unit.entry])
-                    .map_err(|e| ScanError::io(&self.sources[unit.entry], e))?,
-            };
-            let result = self.hash_unit(&file, unit, &mut buf);
-            if let Err(e) = result {
-                self.failed.store(true, Ordering::Relaxed);
-                return Err(e);
+            match self.open_and_hash(open.take(), unit, &mut buf) {
+                Ok(file) => open = Some((entry, file)),
+                Err(e) => {
+                    // The others stop at their next unit: the scan has failed.
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
-            open = Some((entry, file));
         }
         Ok(())
+    }
+
+    /// Hashes `unit`, reusing `open` if it is the unit's file; returns the file, still open.
+    fn open_and_hash(
+        &self,
+        open: Option<(usize, File)>,
+        unit: Unit<'_>,
+        buf: &mut [u8],
+    ) -> Result<File, ScanError> {
+        let path = &self.sources[unit.entry];
+        let file = match open {
+            Some((entry, f)) if entry == unit.entry => f,
+            _ => File::open(path).map_err(|e| ScanError::io(path, e))?,
+        };
+        self.hash_unit(&file, unit, buf)?;
+        Ok(file)
     }
 
     /// Hashes one unit's chunks into its slots, checking the file's size before and after.
