@@ -40,7 +40,9 @@ pub const BUF_SIZE: usize = 1 << 20;
 pub struct ScanOptions {
     pub chunk_size: u32,
     pub hash: HashAlgo,
-    /// Follow symbolic links whose target stays inside the shared directory.
+    /// Follow symbolic links whose target stays inside the shared directory (with several
+    /// paths: the top-level directory the link was found under) and is not one of the link's
+    /// own parents.
     pub follow_symlinks: bool,
     /// The tree's name; by default the first path's file name.
     pub name: Option<String>,
