@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
+use torrentguard_protocol::api::AnnounceEvent;
 use torrentguard_protocol::hashing::{HashError, manifest_from_reader};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo, Manifest, sanitize_name};
 use torrentguard_trust::{Identity, IdentityError};
 
-use crate::download::{DownloadError, DownloadOptions, DownloadReport, announce, download};
+use crate::download::{DownloadError, DownloadOptions, DownloadReport, download};
 use crate::events::{Event, EventSink};
-use crate::seeder::{Seeder, SeederLimits, SharedFile, WithdrawReason};
-use crate::tracker_client::{TrackerClient, TrackerError};
+use crate::peer::{Seeder, SeederLimits};
+use crate::session::{Announcer, Session, TrackerClient, TrackerError, leave_swarms};
+use crate::torrent::SharedFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -60,6 +61,8 @@ pub struct Agent {
     pub seeder: Arc<Seeder>,
     pub data_dir: PathBuf,
     pub cancel: CancellationToken,
+    /// The tracker and the listener together, for announces.
+    session: Session,
     tasks: TaskTracker,
 }
 
@@ -95,7 +98,7 @@ impl Agent {
         let seeder = Seeder::start_with_limits(
             listen,
             &identity,
-            client.clone(),
+            Arc::new(client.clone()),
             cancel.child_token(),
             limits,
         )
@@ -106,6 +109,7 @@ impl Agent {
         })?;
         Ok(Agent {
             identity,
+            session: Session::new(client.clone(), seeder.clone()),
             tracker: client,
             seeder,
             data_dir,
@@ -147,7 +151,9 @@ impl Agent {
         }
         tracing::info!(file_id = %resp.file_id, created = resp.created, "manifest registered");
         self.seeder.add(shared.clone());
-        announce(&self.tracker, &self.seeder, &shared, AnnounceEvent::Started).await?;
+        self.session
+            .announce(&shared, AnnounceEvent::Started)
+            .await?;
         events.emit(Event::Seeding {
             file_id: shared.file_id,
             name: shared.manifest.name.clone(),
@@ -166,7 +172,7 @@ impl Agent {
     ) -> Result<DownloadReport, AgentError> {
         Ok(download(
             self.identity.clone(),
-            &self.tracker,
+            &self.session,
             &self.seeder,
             id,
             opts,
@@ -175,56 +181,14 @@ impl Agent {
         .await?)
     }
 
-    /// Keeps `file` announced on the tracker's interval until shutdown. Withdraws it as soon
-    /// as it changes on disk: stops serving it, announces `stopped` for it at once and says so.
+    /// Keeps `file` announced on the tracker's interval until shutdown, and withdraws it as
+    /// soon as it changes on disk (see [`Announcer`]).
     pub fn keep_announcing(&self, file: Arc<SharedFile>, events: EventSink) {
-        let (tracker, seeder, cancel) = (
-            self.tracker.clone(),
-            self.seeder.clone(),
-            self.cancel.clone(),
-        );
-        let span = tracing::info_span!("announce", file_id = %file.file_id);
-        let failure = crate::spawn::Failure::Fault;
-        crate::spawn::spawn_tracked(&self.tasks, "announce", span, failure, async move {
-            // The tracker's own interval from the start: a TTL shorter than our default must
-            // not drop us before the first re-announce.
-            let mut next = Instant::now() + tracker.announce_interval();
-            let mut backoff = Duration::from_secs(1);
-            // A stat every few seconds catches a change even when no downloader comes by.
-            let mut look = tokio::time::interval(WITHDRAW_CHECK);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next.into()) => {}
-                    _ = look.tick() => {
-                        let _ = file.check_unchanged();
-                        continue;
-                    }
-                    _ = file.withdrawal() => {}
-                    _ = cancel.cancelled() => return,
-                }
-                if let Err(reason) = file.check_unchanged() {
-                    withdraw(&tracker, &seeder, &file, reason, &events).await;
-                    return;
-                }
-                let progress = announce(&tracker, &seeder, &file, AnnounceEvent::Progress);
-                let result = tokio::select! {
-                    r = progress => r,
-                    _ = cancel.cancelled() => return,
-                };
-                match result {
-                    Ok(_) => {
-                        next = Instant::now() + tracker.announce_interval();
-                        backoff = Duration::from_secs(1);
-                    }
-                    Err(e) => {
-                        tracing::warn!(file_id = %file.file_id, error = %e, "re-announce failed; retrying");
-                        next = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                    }
-                }
-            }
-            // `stopped` is announced by `shutdown`, for every file alike.
-        });
+        let announcer = Announcer {
+            session: self.session.clone(),
+            cancel: self.cancel.clone(),
+        };
+        announcer.keep_announcing(&self.tasks, file, events);
     }
 
     /// Stops everything, in at most [`STOP_BUDGET`] whatever is in flight: connections finish or
@@ -238,12 +202,7 @@ impl Agent {
             self.tasks.wait().await;
             self.seeder.shutdown().await;
         };
-        let leave = futures::future::join_all(
-            self.tracker
-                .announced()
-                .into_iter()
-                .map(|req| announce_stopped(&self.tracker, req)),
-        );
+        let leave = leave_swarms(&self.tracker);
         let stop = futures::future::join(connections, leave);
         if tokio::time::timeout(STOP_BUDGET, stop).await.is_err() {
             tracing::warn!(budget = ?STOP_BUDGET, "stopping took too long; leaving the rest");
@@ -251,40 +210,8 @@ impl Agent {
     }
 }
 
-/// How often a shared file's size and modification time are checked.
-const WITHDRAW_CHECK: Duration = Duration::from_secs(2);
 /// Bound on [`Agent::shutdown`].
 pub const STOP_BUDGET: Duration = Duration::from_millis(1800);
-
-/// Stops serving a file that changed on disk and tells the tracker and the user at once.
-async fn withdraw(
-    tracker: &TrackerClient,
-    seeder: &Seeder,
-    file: &SharedFile,
-    reason: WithdrawReason,
-    events: &EventSink,
-) {
-    seeder.remove(&file.file_id);
-    events.emit(Event::Withdrawn {
-        file_id: file.file_id,
-        reason: reason.local,
-    });
-    if let Err(e) = announce(tracker, seeder, file, AnnounceEvent::Stopped).await {
-        tracing::warn!(file_id = %file.file_id, error = %e, "could not announce that the file is withdrawn");
-    }
-}
-
-/// Announces `stopped` for what `last` announced (bounded by the client's stopped timeout).
-async fn announce_stopped(tracker: &TrackerClient, last: AnnounceRequest) {
-    let file_id = last.file_id;
-    let req = AnnounceRequest {
-        event: AnnounceEvent::Stopped,
-        ..last
-    };
-    if let Err(e) = tracker.announce(&req).await {
-        tracing::warn!(%file_id, error = %e, "could not announce stopped");
-    }
-}
 
 /// Hashes a file into a manifest (on a blocking thread), emitting `Hashing` events.
 pub async fn hash_file(

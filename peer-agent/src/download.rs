@@ -8,60 +8,36 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest, PeerInfo};
-use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, RejectReason, WireError, frame_bound};
-use torrentguard_protocol::{Bitfield, Digest, FileId, Fingerprint, Manifest, sanitize_name};
+use torrentguard_protocol::api::{AnnounceEvent, PeerInfo};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest, sanitize_name};
 use torrentguard_trust::Identity;
-use torrentguard_trust::config::{peer_client_config, peer_server_name};
 
-use crate::conn::{BufferPool, FrameReader, Incoming, write_frame};
 use crate::events::{Event, EventSink};
-use crate::picker::Picker;
-use crate::seeder::{Seeder, SharedFile};
-use crate::store::{ChunkStore, Opened, StoreError};
-use crate::tracker_client::{TrackerClient, TrackerError};
+use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
+use crate::peer::{BufferPool, Seeder};
+use crate::session::{Session, TrackerError};
+use crate::torrent::SharedFile;
+use crate::torrent::download::{DownloadState, SpeedMeter};
+use crate::torrent::ordered_hash::OrderedHasher;
+use crate::torrent::picker::Picker;
+use crate::torrent::store::{ChunkStore, Opened, StoreError};
+use crate::torrent::swarm::{PeerRecord, StallClock, peer_problems, waiting_reason};
 
-mod ordered_hash;
-mod peer;
+pub use crate::peer::download::{
+    BAN_THRESHOLD, MID_FRAME_PENALTY, MIN_STALL, STALL_CHUNK_TIMES, STALL_PENALTY,
+    VIOLATION_PENALTY, stall_after,
+};
 
-use ordered_hash::OrderedHasher;
-pub use peer::{MIN_STALL, STALL_CHUNK_TIMES, stall_after};
-use peer::{PeerMemory, run_peer};
-
-/// Penalty points at which a peer is dropped for the rest of the download.
-pub const BAN_THRESHOLD: u32 = 10;
-const BAD_CHUNK_PENALTY: u32 = 5;
-/// Penalty of a protocol violation (bad frame, bad `Hello`, unrequested chunk, out-of-range
-/// index): as much as a bad chunk, so two of them ban the peer.
-pub const VIOLATION_PENALTY: u32 = 5;
-/// Penalty of a connection that ends inside a frame (e.g. mid-chunk): five of them ban.
-pub const MID_FRAME_PENALTY: u32 = 2;
-/// Penalty of a stall: five of them ban.
-pub const STALL_PENALTY: u32 = 2;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two `waiting` events with the same reason.
 const WAITING_REPEAT: Duration = Duration::from_secs(5);
-/// Read buffer between the socket and TLS on the receiving side.
-const SOCKET_READ_BUFFER: usize = 256 * 1024;
-/// Chunks being hashed/written per connection while the next ones are read.
-const VERIFY_DEPTH: usize = 3;
-
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     pub out_dir: PathBuf,
@@ -148,23 +124,6 @@ pub struct DownloadReport {
     pub shared: Arc<SharedFile>,
 }
 
-/// Fetches the manifests of `ids` and checks that no two of them would share an output,
-/// `.part` or state file in one directory: before anything is downloaded. A manifest that
-/// cannot be fetched is `None` here; its own download reports why, and the others go on.
-pub async fn fetch_manifests(
-    tracker: &TrackerClient,
-    ids: &[FileId],
-) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
-    let manifests: Vec<_> = futures::future::join_all(ids.iter().map(|id| tracker.manifest(id)))
-        .await
-        .into_iter()
-        .map(|r| r.ok().map(Arc::new))
-        .collect();
-    let known: Vec<_> = manifests.iter().flatten().cloned().collect();
-    check_distinct_outputs(&known)?;
-    Ok(manifests)
-}
-
 /// Refuses two manifests whose download files would collide in one directory: the same name,
 /// or one's name equal to the other's `.part` or state file.
 pub fn check_distinct_outputs(manifests: &[Arc<Manifest>]) -> Result<(), DownloadError> {
@@ -239,56 +198,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// State every peer task of one download shares.
-struct Shared {
-    file_id: FileId,
-    manifest: Arc<Manifest>,
-    store: Arc<ChunkStore>,
-    part_path: PathBuf,
-    shared_file: Arc<SharedFile>,
-    picker: Mutex<Picker>,
-    completions: broadcast::Sender<u32>,
-    hasher: std::sync::mpsc::SyncSender<u32>,
-    bytes_done: AtomicU64,
-    bytes_fetched: AtomicU64,
-    chunks_fetched: AtomicU32,
-    retries: AtomicU32,
-    dirty: AtomicBool,
-    done: Notify,
-    fatal: Mutex<Option<std::io::Error>>,
-    /// Latest download rate of each connected peer, bytes per second.
-    peer_rates: Mutex<HashMap<Fingerprint, u64>>,
-    pool: BufferPool,
-    events: EventSink,
-    identity: Arc<Identity>,
-    stall_timeout: Duration,
-    cancel: CancellationToken,
-    /// Next picker identity of a peer connection.
-    next_slot: AtomicU32,
-}
-
-impl Shared {
-    fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
-        // A panic while holding the lock cannot leave the picker half-updated: every method
-        // finishes its state change before returning.
-        self.picker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[derive(Debug)]
-enum PeerEnd {
-    /// The download is complete or stopping.
-    Finished,
-    Failed(String),
-    Banned(String),
-    /// A local write failed: the whole download must stop.
-    Fatal,
-}
-
 /// Downloads `file_id` into `opts.out_dir`, serving verified chunks to others meanwhile.
 pub async fn download(
     identity: Arc<Identity>,
-    tracker: &TrackerClient,
+    session: &Session,
     seeder: &Arc<Seeder>,
     file_id: FileId,
     opts: DownloadOptions,
@@ -297,7 +210,7 @@ pub async fn download(
     let started = Instant::now();
     let manifest = match &opts.manifest {
         Some(m) if m.file_id() == file_id => m.clone(),
-        _ => Arc::new(tracker.manifest(&file_id).await?),
+        _ => Arc::new(session.manifest(&file_id).await?),
     };
     let (out_dir, m, force) = (opts.out_dir.clone(), manifest.clone(), opts.force);
     let opened = tokio::task::spawn_blocking(move || ChunkStore::open(&out_dir, m, force))
@@ -306,7 +219,7 @@ pub async fn download(
     let opened = match opened {
         Opened::Partial(p) => p,
         Opened::Complete { path, file } => {
-            return already_complete(tracker, seeder, manifest, path, file, &opts, started).await;
+            return already_complete(session, seeder, manifest, path, file, &opts, started).await;
         }
     };
     let store = Arc::new(opened.store);
@@ -331,20 +244,20 @@ pub async fn download(
     let shared_file = SharedFile::partial(
         manifest.clone(),
         store.paths.part.clone(),
-        store.file(),
+        store.storage(),
         have.clone(),
     );
     seeder.add(shared_file.clone());
     let pool = BufferPool::new(manifest.chunk_size as usize);
-    let hasher = OrderedHasher::start(store.file(), manifest.clone());
+    let hasher = OrderedHasher::start(store.storage(), manifest.clone());
     for i in have.iter_set() {
         let _ = hasher.tx.send(i);
     }
     let bytes_have: u64 = have.iter_set().map(|i| manifest.chunk_len(i) as u64).sum();
-    let sh = Arc::new(Shared {
+    let sh = Arc::new(DownloadState {
         file_id,
         manifest: manifest.clone(),
-        store: store.clone(),
+        storage: store.storage(),
         part_path: store.paths.part.clone(),
         shared_file: shared_file.clone(),
         picker: Mutex::new(Picker::new(&have)),
@@ -358,15 +271,18 @@ pub async fn download(
         done: Notify::new(),
         fatal: Mutex::new(None),
         peer_rates: Mutex::new(HashMap::new()),
-        pool,
         events: opts.events.clone(),
-        identity: identity.clone(),
         stall_timeout: opts.stall_timeout,
         cancel: cancel.child_token(),
         next_slot: AtomicU32::new(0),
     });
 
-    let result = run_swarm(&sh, tracker, seeder, &opts, &store).await;
+    let peers = Arc::new(DownloadPeers {
+        state: sh.clone(),
+        identity,
+        pool,
+    });
+    let result = run_swarm(&peers, session, &opts, &store).await;
     sh.cancel.cancel();
     let have_now = sh.picker().have_bitfield();
     let save = |have: &Bitfield| {
@@ -376,7 +292,8 @@ pub async fn download(
     };
     if let Err(e) = result {
         save(&have_now);
-        announce(tracker, seeder, &sh.shared_file, AnnounceEvent::Stopped)
+        session
+            .announce(&sh.shared_file, AnnounceEvent::Stopped)
             .await
             .ok();
         seeder.remove(&file_id);
@@ -414,7 +331,10 @@ pub async fn download(
         return Err(e.into());
     }
     shared_file.promote(store.paths.dest.clone());
-    if let Err(e) = announce(tracker, seeder, &shared_file, AnnounceEvent::Completed).await {
+    if let Err(e) = session
+        .announce(&shared_file, AnnounceEvent::Completed)
+        .await
+    {
         tracing::warn!(error = %e, "could not announce completion");
     }
     let report = DownloadReport {
@@ -456,11 +376,11 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
 /// The destination already holds this very file (verified by `ChunkStore::open`): nothing to
 /// fetch. It is served as complete from now on, like a finished download.
 async fn already_complete(
-    tracker: &TrackerClient,
+    session: &Session,
     seeder: &Arc<Seeder>,
     manifest: Arc<Manifest>,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     opts: &DownloadOptions,
     started: Instant,
 ) -> Result<DownloadReport, DownloadError> {
@@ -472,7 +392,7 @@ async fn already_complete(
         }
     })?;
     seeder.add(shared.clone());
-    if let Err(e) = announce(tracker, seeder, &shared, AnnounceEvent::Started).await {
+    if let Err(e) = session.announce(&shared, AnnounceEvent::Started).await {
         tracing::warn!(error = %e, "could not announce the complete file");
     }
     let report = DownloadReport {
@@ -489,128 +409,14 @@ async fn already_complete(
     Ok(report)
 }
 
-/// Announces `event` for `file` with its current bitfield, and notes the swarm it hears of.
-pub async fn announce(
-    tracker: &TrackerClient,
-    seeder: &Seeder,
-    file: &SharedFile,
-    event: AnnounceEvent,
-) -> Result<torrentguard_protocol::api::AnnounceResponse, TrackerError> {
-    let (address, port) = seeder.announced_endpoint();
-    let req = AnnounceRequest {
-        file_id: file.file_id,
-        port,
-        event,
-        bitfield: file.have().to_base64(),
-        address,
-    };
-    let resp = tracker.announce(&req).await?;
-    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
-    Ok(resp)
-}
-
-/// Per-peer bookkeeping across reconnects.
-#[derive(Default)]
-struct PeerRecord {
-    penalty: u32,
-    /// Last measured rate, bytes per second: a reconnection is held to its stall timeout.
-    rate: u64,
-    failures: u32,
-    retry_at: Option<Instant>,
-    banned: bool,
-    /// Why its last connection ended, shown while no peer is usable.
-    last_error: Option<String>,
-}
-
-/// Watches for verified data arriving; `get --timeout` gives up when none has for its length.
-struct StallClock {
-    bytes: u64,
-    since: Instant,
-    limit: Option<Duration>,
-}
-
-impl StallClock {
-    fn new(bytes: u64, limit: Option<Duration>) -> Self {
-        StallClock {
-            bytes,
-            since: Instant::now(),
-            limit,
-        }
-    }
-
-    /// Notes the verified byte count now; returns the limit if it has passed without any.
-    fn expired(&mut self, bytes: u64) -> Option<Duration> {
-        if bytes != self.bytes {
-            self.bytes = bytes;
-            self.since = Instant::now();
-        }
-        self.limit.filter(|l| self.since.elapsed() >= *l)
-    }
-}
-
-/// Each known peer with why it cannot be used right now.
-fn peer_problems(
-    known: &[PeerInfo],
-    records: &HashMap<Fingerprint, PeerRecord>,
-    own: Fingerprint,
-) -> Vec<crate::events::PeerProblem> {
-    let now = Instant::now();
-    known
-        .iter()
-        .filter(|p| p.fingerprint != own)
-        .map(|p| {
-            let rec = records.get(&p.fingerprint);
-            let error = match rec {
-                Some(r) if r.banned => "banned for this download".to_string(),
-                Some(PeerRecord {
-                    last_error: Some(e),
-                    ..
-                }) => e.clone(),
-                _ => "not tried yet".to_string(),
-            };
-            crate::events::PeerProblem {
-                fingerprint: p.fingerprint,
-                address: SocketAddr::new(p.address, p.port),
-                last_error: error,
-                retry_in_secs: rec
-                    .and_then(|r| r.retry_at)
-                    .map_or(0, |t| t.saturating_duration_since(now).as_secs()),
-            }
-        })
-        .collect()
-}
-
-/// One line saying why no peer is usable: the count and each peer's last error.
-fn waiting_reason(problems: &[crate::events::PeerProblem]) -> String {
-    if problems.is_empty() {
-        return "no peer has this file right now".to_string();
-    }
-    let each: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            format!(
-                "{} at {}: {}",
-                p.fingerprint.short(),
-                p.address,
-                p.last_error
-            )
-        })
-        .collect();
-    format!(
-        "{} known peer(s), none usable right now ({})",
-        problems.len(),
-        each.join("; ")
-    )
-}
-
 async fn run_swarm(
-    sh: &Arc<Shared>,
-    tracker: &TrackerClient,
-    seeder: &Arc<Seeder>,
+    peers: &Arc<DownloadPeers>,
+    session: &Session,
     opts: &DownloadOptions,
     store: &Arc<ChunkStore>,
 ) -> Result<(), DownloadError> {
-    let own = sh.identity.fingerprint;
+    let sh = &peers.state;
+    let own = peers.identity.fingerprint;
     let mut records: HashMap<Fingerprint, PeerRecord> = HashMap::new();
     let mut connected: HashSet<Fingerprint> = HashSet::new();
     let mut tasks: JoinSet<(Fingerprint, PeerEnd, PeerMemory)> = JoinSet::new();
@@ -618,7 +424,7 @@ async fn run_swarm(
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     let mut persist = tokio::time::interval(Duration::from_secs(1));
     let mut speed = SpeedMeter::new(sh.bytes_done.load(Ordering::Relaxed));
-    let mut announce_interval = tracker.announce_interval();
+    let mut announce_interval = session.announce_interval();
     let mut next_announce = Instant::now();
     let mut first = true;
     let mut waiting_backoff = Duration::from_secs(1);
@@ -630,7 +436,7 @@ async fn run_swarm(
 
     loop {
         if sh.picker().is_done() {
-            emit_progress(sh, &mut speed, connected.len(), bans);
+            sh.emit_progress(&mut speed, connected.len(), bans);
             break;
         }
         if let Some(after) = stall.expired(sh.bytes_done.load(Ordering::Relaxed)) {
@@ -654,11 +460,11 @@ async fn run_swarm(
             } else {
                 AnnounceEvent::Progress
             };
-            match announce(tracker, seeder, &sh.shared_file, event).await {
+            match session.announce(&sh.shared_file, event).await {
                 Ok(resp) => {
                     first = false;
                     known = resp.peers;
-                    announce_interval = tracker.announce_interval();
+                    announce_interval = session.announce_interval();
                     // Other downloaders in the swarm: spread our requests over the file so we
                     // hold chunks they lack (and they ours), instead of all asking the seeder
                     // for the same first chunks. Alone with seeders, stay sequential: the
@@ -703,10 +509,10 @@ async fn run_swarm(
                 penalty: rec.penalty,
                 rate: rec.rate,
             };
-            let (sh2, peer) = (sh.clone(), p.clone());
+            let (peers, peer) = (peers.clone(), p.clone());
             tasks.spawn(async move {
                 let fp = peer.fingerprint;
-                let (end, mem) = run_peer(sh2, peer, prior).await;
+                let (end, mem) = run_peer(peers, peer, prior).await;
                 (fp, end, mem)
             });
         }
@@ -743,7 +549,7 @@ async fn run_swarm(
                 next_announce = Instant::now();
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = progress.tick() => emit_progress(sh, &mut speed, connected.len(), bans),
+            _ = progress.tick() => sh.emit_progress(&mut speed, connected.len(), bans),
             _ = persist.tick() => {
                 if sh.dirty.swap(false, Ordering::Relaxed) {
                     let have = sh.picker().have_bitfield();
@@ -765,13 +571,15 @@ async fn run_swarm(
                 match end {
                     PeerEnd::Finished => {}
                     PeerEnd::Fatal => {}
-                    PeerEnd::Banned(reason) => {
+                    PeerEnd::Banned(e) => {
+                        let reason = e.to_string();
                         rec.banned = true;
                         bans += 1;
                         tracing::warn!(peer = %fp, %reason, "peer banned for the rest of this download");
                         sh.events.emit(Event::PeerBanned { file_id: sh.file_id, fingerprint: fp, reason });
                     }
-                    PeerEnd::Failed(reason) => {
+                    PeerEnd::Failed(e) => {
+                        let reason = e.to_string();
                         rec.failures += 1;
                         rec.last_error = Some(reason.clone());
                         let backoff = Duration::from_millis(500) * 2u32.saturating_pow(rec.failures.min(6));
@@ -795,66 +603,6 @@ async fn run_swarm(
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-fn emit_progress(sh: &Shared, speed: &mut SpeedMeter, peers: usize, bans: u32) {
-    let done = sh.bytes_done.load(Ordering::Relaxed);
-    let rate = speed.update(done);
-    let chunks_done = sh.manifest.chunk_count() - sh.picker().remaining();
-    let left = sh.manifest.size.saturating_sub(done);
-    let peer_rates = sh
-        .peer_rates
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(fp, bps)| crate::events::PeerRate {
-            fingerprint: *fp,
-            bps: *bps,
-        })
-        .collect();
-    sh.events.emit(Event::Progress {
-        file_id: sh.file_id,
-        bytes_done: done,
-        bytes_total: sh.manifest.size,
-        chunks_done,
-        chunks_total: sh.manifest.chunk_count(),
-        speed_bps: rate,
-        eta_secs: (rate > 0).then(|| left / rate),
-        peers: peers as u32,
-        peer_rates,
-        retries: sh.retries.load(Ordering::Relaxed),
-        bans,
-    });
-}
-
-/// Bytes-per-second over a sliding few seconds.
-struct SpeedMeter {
-    samples: std::collections::VecDeque<(Instant, u64)>,
-}
-
-impl SpeedMeter {
-    fn new(start: u64) -> Self {
-        let mut samples = std::collections::VecDeque::new();
-        samples.push_back((Instant::now(), start));
-        SpeedMeter { samples }
-    }
-
-    fn update(&mut self, bytes: u64) -> u64 {
-        let now = Instant::now();
-        self.samples.push_back((now, bytes));
-        while self.samples.len() > 2
-            && now.duration_since(self.samples[0].0) > Duration::from_secs(3)
-        {
-            self.samples.pop_front();
-        }
-        let (t0, b0) = self.samples[0];
-        let dt = now.duration_since(t0).as_secs_f64();
-        if dt <= 0.0 {
-            0
-        } else {
-            ((bytes - b0) as f64 / dt) as u64
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,16 +3,14 @@
 //! shell over this library.
 
 pub mod agent;
-pub mod conn;
 pub mod download;
 pub mod events;
-pub mod picker;
+pub mod peer;
 pub mod reach;
 pub mod scan;
-pub mod seeder;
+pub mod session;
 pub mod spawn;
-pub mod store;
-pub mod tracker_client;
+pub mod torrent;
 
 pub use agent::{Agent, AgentError, TrackerTarget};
 pub use download::{DownloadError, DownloadOptions, DownloadReport};

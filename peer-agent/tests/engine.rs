@@ -478,7 +478,7 @@ async fn simultaneous_downloaders_are_admitted_at_once() {
 /// another certificate for the same address is a hard error that names the file to edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_trusted_on_first_use_then_pinned() {
-    use torrentguard_agent::tracker_client::{KNOWN_TRACKERS_FILE, TrackerClient, TrackerError};
+    use torrentguard_agent::session::{KNOWN_TRACKERS_FILE, TrackerClient, TrackerError};
     let s = Swarm::new().await;
     let data = s.dir.path().join("tofu");
     std::fs::create_dir_all(&data).unwrap();

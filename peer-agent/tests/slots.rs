@@ -18,10 +18,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use torrentguard_agent::conn::{BufferPool, FrameReader, Incoming, write_frame};
-use torrentguard_agent::download::announce;
-use torrentguard_agent::seeder::{SeederLimits, SharedFile};
-use torrentguard_agent::tracker_client::TrackerClient;
+use torrentguard_agent::peer::SeederLimits;
+use torrentguard_agent::peer::{BufferPool, FrameReader, Incoming, write_frame};
+use torrentguard_agent::session::TrackerClient;
+use torrentguard_agent::session::announce;
+use torrentguard_agent::torrent::{SharedFile, SingleFile};
 use torrentguard_agent::{Agent, DownloadOptions, EventSink, TrackerTarget};
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
 use torrentguard_protocol::hashing::manifest_from_reader;
@@ -455,8 +456,10 @@ async fn a_downloader_closed_as_idle_reconnects_and_finishes() {
     for i in 0..n / 2 {
         have.set(i);
     }
+    let manifest = Arc::new(manifest);
     let file = Arc::new(std::fs::File::open(&path).unwrap());
-    let shared = SharedFile::partial(Arc::new(manifest), path.clone(), file, have);
+    let storage = Arc::new(SingleFile::new(file, manifest.clone()));
+    let shared = SharedFile::partial(manifest, path.clone(), storage, have);
     seeder.seeder.add(shared.clone());
     announce(
         &seeder.tracker,

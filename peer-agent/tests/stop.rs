@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use torrentguard_agent::download::announce;
-use torrentguard_agent::seeder::SharedFile;
+use torrentguard_agent::session::announce;
+use torrentguard_agent::torrent::SharedFile;
 use torrentguard_agent::{Agent, DownloadError, DownloadOptions, TrackerTarget};
 use torrentguard_protocol::api::AnnounceEvent;
 use torrentguard_protocol::hashing::manifest_from_reader;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use torrentguard_agent::peer::SeederLimits;
 use torrentguard_agent::reach::AdvertiseSpec;
-use torrentguard_agent::seeder::SeederLimits;
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
 
 use super::render::print_line;

@@ -43,8 +43,7 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     forward(&stop, agent.cancel.clone());
 
     let ids = unique_ids(&args.ids, mode);
-    let manifests = match torrentguard_agent::download::fetch_manifests(&agent.tracker, &ids).await
-    {
+    let manifests = match torrentguard_agent::session::fetch_manifests(&agent.tracker, &ids).await {
         Ok(m) => m,
         Err(e) => {
             agent.shutdown().await;

@@ -19,7 +19,7 @@ pub(crate) fn renderer(mode: Mode) -> (EventSink, Output) {
 
 /// One `stopped` event per file served: what it uploaded, and how many requests were answered
 /// `Busy` (deferred to another downloader holding the chunk).
-pub(crate) fn report_stopped(out: &Output, files: &[Arc<torrentguard_agent::seeder::SharedFile>]) {
+pub(crate) fn report_stopped(out: &Output, files: &[Arc<torrentguard_agent::torrent::SharedFile>]) {
     let r = out.lock().unwrap_or_else(|e| e.into_inner());
     for f in files {
         let uploaded = f.uploaded.load(std::sync::atomic::Ordering::Relaxed);

@@ -213,7 +213,7 @@ async fn self_download(
     agent: &Agent,
     tracker: &TrackerTarget,
     args: &ShareArgs,
-    shared: &[Arc<torrentguard_agent::seeder::SharedFile>],
+    shared: &[Arc<torrentguard_agent::torrent::SharedFile>],
     events: &EventSink,
     stop: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {

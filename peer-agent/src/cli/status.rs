@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use torrentguard_agent::store::list_partials;
+use torrentguard_agent::torrent::store::list_partials;
 use torrentguard_protocol::FileId;
 use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary};
 
@@ -33,7 +33,7 @@ pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::
         return Ok(ExitCode::SUCCESS);
     };
     let id = identity(dir)?;
-    let client = torrentguard_agent::tracker_client::TrackerClient::connect(
+    let client = torrentguard_agent::session::TrackerClient::connect(
         &tracker.url,
         tracker.fingerprint,
         &id,
@@ -48,8 +48,8 @@ pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-type Client = torrentguard_agent::tracker_client::TrackerClient;
-type Partial = torrentguard_agent::store::PartialDownload;
+type Client = torrentguard_agent::session::TrackerClient;
+type Partial = torrentguard_agent::torrent::store::PartialDownload;
 
 fn ago(t: i64) -> String {
     let now = std::time::SystemTime::now()

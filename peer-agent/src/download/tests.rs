@@ -8,6 +8,10 @@ use torrentguard_protocol::HashAlgo;
 use super::*;
 use crate::agent::{Agent, AgentError, TrackerTarget};
 use crate::events::EventSink;
+use crate::session::fetch_manifests;
+use crate::torrent::ChunkStorage;
+use std::os::unix::fs::FileExt;
+use tokio::sync::mpsc;
 
 const CHUNK: u32 = 16 * 1024;
 const STEP: Duration = Duration::from_secs(60);
@@ -92,7 +96,10 @@ fn leave_partial(out: &Path, m: &Arc<Manifest>, data: &[u8], n: u32) {
     for i in 0..n {
         let off = m.chunk_offset(i) as usize;
         let len = m.chunk_len(i) as usize;
-        p.store.write_chunk(i, &data[off..off + len]).unwrap();
+        p.store
+            .storage()
+            .write_chunk(i, &data[off..off + len])
+            .unwrap();
         have.set(i);
     }
     p.store.save_state(&have).unwrap();

@@ -1,19 +1,23 @@
 //! The whole-file digest, computed in file order while the download runs.
 
-use super::*;
+use std::sync::Arc;
+
+use torrentguard_protocol::{Bitfield, Digest, Manifest};
+
+use super::storage::ChunkStorage;
 
 /// Hashes the file in order, reading it back from disk as contiguous verified chunks become
 /// available, on its own thread. Reading the file (not the buffers that were written) makes the
 /// digest cover exactly the bytes that will be renamed into place; right after the write they
 /// come from the page cache.
-pub(super) struct OrderedHasher {
+pub struct OrderedHasher {
     /// Indices of chunks verified and written (or found on disk).
-    pub(super) tx: std::sync::mpsc::SyncSender<u32>,
+    pub tx: std::sync::mpsc::SyncSender<u32>,
     handle: std::thread::JoinHandle<std::io::Result<Digest>>,
 }
 
 impl OrderedHasher {
-    pub(super) fn start(file: Arc<File>, m: Arc<Manifest>) -> Self {
+    pub fn start(storage: Arc<dyn ChunkStorage>, m: Arc<Manifest>) -> Self {
         // Indices are small: a deep queue keeps writers from waiting on the hasher, which
         // only falls behind while it reads and hashes a long contiguous run.
         let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(4096);
@@ -35,8 +39,8 @@ impl OrderedHasher {
                         ready.set(i);
                     }
                     while next < n && ready.get(next) {
-                        let len = m.chunk_len(next) as usize;
-                        file.read_exact_at(&mut buf[..len], m.chunk_offset(next))?;
+                        let len = storage.chunk_len(next) as usize;
+                        storage.read_chunk(next, &mut buf[..len])?;
                         hasher.update(&buf[..len]);
                         next += 1;
                     }
@@ -47,7 +51,7 @@ impl OrderedHasher {
         OrderedHasher { tx, handle }
     }
 
-    pub(super) async fn finish(self) -> std::io::Result<Digest> {
+    pub async fn finish(self) -> std::io::Result<Digest> {
         drop(self.tx);
         tokio::task::spawn_blocking(move || {
             self.handle
@@ -62,6 +66,9 @@ impl OrderedHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::torrent::storage::SingleFile;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
     use torrentguard_protocol::HashAlgo;
     use torrentguard_protocol::hashing::manifest_from_reader;
 
@@ -82,7 +89,7 @@ mod tests {
                 file.write_all_at(b"other download's bytes", 20_000)
                     .unwrap();
             }
-            let h = OrderedHasher::start(file, m.clone());
+            let h = OrderedHasher::start(Arc::new(SingleFile::new(file, m.clone())), m.clone());
             for i in (0..m.chunk_count()).rev() {
                 h.tx.send(i).unwrap();
             }

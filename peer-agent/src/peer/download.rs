@@ -1,13 +1,42 @@
-//! One peer connection of a download: connect with the pinned fingerprint, exchange `Hello`s
-//! and bitfields, keep a window of requests out, verify and write what arrives.
+//! The download side of a peer connection: one peer of a download. Connects with the pinned
+//! fingerprint, exchanges `Hello`s and bitfields, keeps a window of requests out, verifies and
+//! writes what arrives.
 //!
 //! A peer that stops sending loses its requests after a stall timeout adapted to its measured
 //! rate; halfway there it is marked lagging, so end-game copies of its chunks go to peers that
 //! keep up. Protocol violations score the peer like a bad chunk.
 
-use super::*;
-use crate::picker::PeerSlot;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use torrentguard_protocol::api::PeerInfo;
+use torrentguard_protocol::wire::{Frame, RejectReason, WireError, frame_bound};
+use torrentguard_protocol::{Bitfield, Fingerprint};
+use torrentguard_trust::Identity;
+
+use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerConnection, PeerWriter};
+use super::error::{PeerError, Violation};
+use super::frames::{BufferPool, Incoming};
+use crate::events::Event;
+use crate::torrent::download::{DownloadState, SpeedMeter};
+use crate::torrent::picker::PeerSlot;
+
+/// Penalty points at which a peer is dropped for the rest of the download.
+pub const BAN_THRESHOLD: u32 = 10;
+const BAD_CHUNK_PENALTY: u32 = 5;
+/// Penalty of a protocol violation (bad frame, bad `Hello`, unrequested chunk, out-of-range
+/// index): as much as a bad chunk, so two of them ban the peer.
+pub const VIOLATION_PENALTY: u32 = 5;
+/// Penalty of a connection that ends inside a frame (e.g. mid-chunk): five of them ban.
+pub const MID_FRAME_PENALTY: u32 = 2;
+/// Penalty of a stall: five of them ban.
+pub const STALL_PENALTY: u32 = 2;
+/// Chunks being hashed/written per connection while the next ones are read.
+const VERIFY_DEPTH: usize = 3;
 /// How long a chunk a peer answered `Busy` for is not asked of that peer again.
 const BUSY_BACKOFF: Duration = Duration::from_secs(2);
 /// Least stall timeout, however fast the peer was.
@@ -15,57 +44,35 @@ pub const MIN_STALL: Duration = Duration::from_secs(2);
 /// Stall timeout in multiples of the time one chunk takes at the peer's measured rate.
 pub const STALL_CHUNK_TIMES: u32 = 4;
 
-/// How one peer connection failed.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum PeerError {
-    /// Connecting, the TLS handshake or the network failed, or the peer went away between
-    /// frames: retried with backoff, not scored.
-    #[error("{0}")]
-    Network(String),
-    /// The peer broke the protocol (bad frame, bad `Hello`, unrequested chunk, out-of-range
-    /// index): scored like a bad chunk.
-    #[error("protocol violation: {0}")]
-    Violation(String),
-    /// The connection ended inside a frame, typically mid-chunk: scored lightly, so a peer
-    /// that keeps doing it is banned while one that restarts once is not.
-    #[error("connection dropped in the middle of a frame")]
-    MidFrame,
-}
-
-impl PeerError {
-    /// Penalty points this failure costs the peer.
-    fn penalty(&self) -> u32 {
-        match self {
-            PeerError::Network(_) => 0,
-            PeerError::Violation(_) => VIOLATION_PENALTY,
-            PeerError::MidFrame => MID_FRAME_PENALTY,
-        }
+/// Penalty points a connection that ended in `e` costs the peer. Network trouble and clean
+/// disconnects cost nothing (retried with backoff); a drop inside a frame costs a little, so
+/// a peer that keeps doing it is banned while one that restarts once is not.
+fn penalty(e: &PeerError) -> u32 {
+    match e {
+        PeerError::Protocol(_) => VIOLATION_PENALTY,
+        PeerError::MidFrame => MID_FRAME_PENALTY,
+        // A stall and bad chunks are scored where they are seen (the connection may go on).
+        _ => 0,
     }
 }
 
-impl From<WireError> for PeerError {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::Truncated => PeerError::MidFrame,
-            // A peer killed between frames: rustls reports the missing close_notify with a
-            // link to its manual; the user needs only to know the connection dropped.
-            WireError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                PeerError::Network("connection dropped by the peer (no orderly close)".into())
-            }
-            WireError::Io(e) => PeerError::Network(e.to_string()),
-            other => PeerError::Violation(other.to_string()),
-        }
-    }
+/// How one peer connection of a download ended.
+#[derive(Debug)]
+pub enum PeerEnd {
+    /// The download is complete or stopping.
+    Finished,
+    Failed(PeerError),
+    Banned(PeerError),
+    /// A local write failed: the whole download must stop.
+    Fatal,
 }
 
-impl From<std::io::Error> for PeerError {
-    fn from(e: std::io::Error) -> Self {
-        PeerError::Network(e.to_string())
-    }
-}
-
-fn violation(what: impl Into<String>) -> PeerError {
-    PeerError::Violation(what.into())
+/// What every peer task of one download shares: the download's state, and what the network
+/// side adds to it (the identity it connects as, the pool its readers fill).
+pub struct DownloadPeers {
+    pub state: Arc<DownloadState>,
+    pub identity: Arc<Identity>,
+    pub pool: BufferPool,
 }
 
 /// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
@@ -81,7 +88,7 @@ pub fn stall_after(chunk_size: u32, rate_bps: u64, cap: Duration) -> Duration {
 
 /// Releases a peer's outstanding requests and availability however its task ends.
 struct PeerGuard<'a> {
-    sh: &'a Shared,
+    sh: &'a DownloadState,
     slot: PeerSlot,
     inflight: Vec<(u32, Instant)>,
     has: Bitfield,
@@ -97,7 +104,7 @@ impl Drop for PeerGuard<'_> {
 }
 
 /// What one peer connection leaves for the next one to the same peer.
-pub(super) struct PeerMemory {
+pub struct PeerMemory {
     pub penalty: u32,
     /// Its last measured rate, bytes per second (0: none yet).
     pub rate: u64,
@@ -105,172 +112,79 @@ pub(super) struct PeerMemory {
 
 /// Runs one peer connection until the download ends or the peer fails. Returns how it ended
 /// and what to remember of the peer.
-pub(super) async fn run_peer(
-    sh: Arc<Shared>,
+pub async fn run_peer(
+    peers: Arc<DownloadPeers>,
     peer: PeerInfo,
     mut mem: PeerMemory,
 ) -> (PeerEnd, PeerMemory) {
-    let end = match peer_session(&sh, &peer, &mut mem).await {
+    let end = match peer_session(&peers, &peer, &mut mem).await {
         Ok(e) => e,
         Err(e) => {
-            mem.penalty += e.penalty();
-            PeerEnd::Failed(e.to_string())
+            mem.penalty += penalty(&e);
+            PeerEnd::Failed(e)
         }
     };
     let end = match end {
-        PeerEnd::Failed(r) if mem.penalty >= BAN_THRESHOLD => PeerEnd::Banned(r),
+        PeerEnd::Failed(e) if mem.penalty >= BAN_THRESHOLD => PeerEnd::Banned(e),
         other => other,
     };
     (end, mem)
 }
 
-type Inbox = mpsc::Receiver<Result<Option<Incoming>, WireError>>;
-type Writer =
-    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>>;
-
-/// Aborts the reader task when the session ends.
-struct Abort(tokio::task::AbortHandle);
-
-impl Drop for Abort {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Connects to `peer` over pinned TLS and sends our `Hello` and bitfield.
-async fn connect(sh: &Shared, peer: &PeerInfo) -> Result<(Inbox, Writer, Abort), PeerError> {
+/// Connects to `peer` over pinned TLS and runs the handshake: our `Hello` and bitfield, then
+/// theirs. Returns the peer's bitfield and the connection with its reader running.
+async fn connect(
+    peers: &DownloadPeers,
+    peer: &PeerInfo,
+) -> Result<(Bitfield, PeerWriter, Inbox, super::connection::ReaderGuard), PeerError> {
+    let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
-    let net = |what: String| PeerError::Network(what);
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(r) => r.map_err(|e| net(format!("connecting to {addr}: {e}")))?,
-        Err(_) => {
-            return Err(net(format!(
-                "connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}"
-            )));
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let config = peer_client_config(&sh.identity, peer.fingerprint)
-        .map_err(|e| net(format!("TLS configuration: {e}")))?;
-    let tls = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TlsConnector::from(Arc::new(config)).connect(
-            peer_server_name(),
-            // rustls asks the socket for at most 4 KiB at a time; a large read buffer below it
-            // turns ~260 000 read syscalls per GiB into ~4 000.
-            tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp),
-        ),
-    )
-    .await
-    .map_err(|_| {
-        net(format!(
-            "TLS handshake with {addr}: no answer within {CONNECT_TIMEOUT:?}"
-        ))
-    })?
-    .map_err(|e| net(format!("TLS handshake with {addr} failed: {e}")))?;
-    let (_, session) = tls.get_ref();
-    let cipher = session
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
-    let group = session
-        .negotiated_key_exchange_group()
-        .map(|g| format!("{:?}", g.name()))
-        .unwrap_or_default();
-    tracing::debug!(peer = %addr, fingerprint = %peer.fingerprint, %cipher, %group, "connected to peer");
+    let mut conn = PeerConnection::connect(&peers.identity, addr, peer.fingerprint).await?;
     sh.events.emit(Event::PeerConnected {
         file_id: sh.file_id,
         fingerprint: peer.fingerprint,
         address: addr,
-        cipher,
-        group,
+        cipher: conn.negotiated.cipher.clone(),
+        group: conn.negotiated.group.clone(),
     });
-
-    let (rd, mut wr) = tokio::io::split(tls);
-    let mut scratch = BytesMut::with_capacity(256);
     let n = sh.manifest.chunk_count();
-    let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        file_id: sh.file_id,
-        chunk_count: n,
-    };
-    write_frame(&mut wr, &hello, &mut scratch).await?;
-    let own = Frame::Bitfield(sh.shared_file.have().as_bytes().to_vec().into());
-    write_frame(&mut wr, &own, &mut scratch).await?;
-    wr.flush().await?;
-
-    // The reader runs in its own task (select! must never cut a read short); the small channel
-    // bounds how many chunk buffers can be queued. `Ok(None)` is a clean close between frames.
-    let (tx, rx) = mpsc::channel(2);
-    let pool = sh.pool.clone();
-    let bound = frame_bound(sh.manifest.chunk_size, n);
-    let span = tracing::debug_span!("download", peer = %addr, fingerprint = %peer.fingerprint);
-    let failure = crate::spawn::Failure::Fault;
-    let reader_task = crate::spawn::spawn("download-reader", span, failure, async move {
-        let mut reader = FrameReader::new(rd);
-        let mut hello_seen = false;
-        loop {
-            let r = reader.next(&pool).await;
-            let stop = !matches!(r, Ok(Some(_)));
-            if let Ok(Some(Incoming::Control(Frame::Hello { .. }))) = &r
-                && !hello_seen
-            {
-                hello_seen = true;
-                reader.set_max_frame(bound);
-            }
-            if tx.send(r).await.is_err() || stop {
-                return;
-            }
-        }
-    });
-    Ok((rx, wr, Abort(reader_task.abort_handle())))
-}
-
-/// Reads the peer's `Hello` and bitfield.
-async fn handshake(sh: &Shared, rx: &mut Inbox) -> Result<Bitfield, PeerError> {
-    let n = sh.manifest.chunk_count();
-    let mut next = async || -> Result<Frame, PeerError> {
-        let msg = tokio::time::timeout(CONNECT_TIMEOUT, rx.recv())
-            .await
-            .map_err(|_| PeerError::Network(format!("no handshake within {CONNECT_TIMEOUT:?}")))?;
-        match msg {
-            Some(Ok(Some(Incoming::Control(Frame::Bye { text, .. })))) => {
-                Err(PeerError::Network(format!("peer refused: {text}")))
-            }
-            Some(Ok(Some(Incoming::Control(f)))) => Ok(f),
-            Some(Ok(Some(Incoming::Chunk { .. }))) => Err(violation("chunk before handshake")),
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok(None)) | None => Err(PeerError::Network(
-                "connection closed during handshake".into(),
-            )),
-        }
-    };
-    match next().await? {
-        Frame::Hello {
+    let ours = Hello::ours(sh.file_id, n);
+    conn.writer
+        .send_handshake(ours, &sh.shared_file.have())
+        .await?;
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let hello = conn.recv_hello(&peers.pool, deadline).await?;
+    if hello != ours {
+        let Hello {
             version,
             file_id,
             chunk_count,
-        } if version == PROTOCOL_VERSION && file_id == sh.file_id && chunk_count == n => {}
-        other => return Err(violation(format!("bad Hello: {other:?}"))),
-    }
-    match next().await? {
-        Frame::Bitfield(b) => {
-            Bitfield::from_bytes(&b, n).map_err(|e| violation(format!("bad Bitfield: {e}")))
+        } = hello;
+        return Err(Violation::BadHello {
+            version,
+            file_id,
+            chunk_count,
         }
-        other => Err(violation(format!(
-            "expected Bitfield, got {}",
-            other.name()
-        ))),
+        .into());
     }
+    conn.reader
+        .set_max_frame(frame_bound(sh.manifest.chunk_size, n));
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let has = conn.recv_bitfield(&peers.pool, n, deadline).await?;
+    // The reader runs in its own task (select! must never cut a read short); the small
+    // channel bounds how many chunk buffers can be queued.
+    let span = tracing::debug_span!("download", peer = %addr, fingerprint = %peer.fingerprint);
+    let (wr, rx, guard) = conn.spawn_reader("download-reader", span, peers.pool.clone(), 2);
+    Ok((has, wr, rx, guard))
 }
 
 /// Per-connection state of the request loop.
 struct Session<'a> {
-    sh: &'a Arc<Shared>,
+    sh: &'a Arc<DownloadState>,
+    pool: &'a BufferPool,
     fp: Fingerprint,
     g: PeerGuard<'a>,
-    wr: Writer,
-    scratch: BytesMut,
+    wr: PeerWriter,
     /// Chunks cancelled after another peer delivered them; their data may still come.
     cancelled: Vec<u32>,
     /// Chunks this peer answered `Busy` for, not to be asked of it again until the instant.
@@ -285,12 +199,12 @@ struct Session<'a> {
 }
 
 async fn peer_session(
-    sh: &Arc<Shared>,
+    peers: &DownloadPeers,
     peer: &PeerInfo,
     mem: &mut PeerMemory,
 ) -> Result<PeerEnd, PeerError> {
-    let (mut rx, wr, _abort) = connect(sh, peer).await?;
-    let has = handshake(sh, &mut rx).await?;
+    let sh = &peers.state;
+    let (has, wr, mut rx, _reader) = connect(peers, peer).await?;
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
         let mut p = sh.picker();
@@ -300,6 +214,7 @@ async fn peer_session(
     }
     let mut s = Session {
         sh,
+        pool: &peers.pool,
         fp: peer.fingerprint,
         g: PeerGuard {
             sh,
@@ -308,7 +223,6 @@ async fn peer_session(
             has,
         },
         wr,
-        scratch: BytesMut::with_capacity(256),
         cancelled: Vec::new(),
         deferred: Vec::new(),
         verifying: FuturesOrdered::new(),
@@ -348,7 +262,7 @@ impl Session<'_> {
                 self.last_progress = now;
             }
             self.g.inflight.push((i, now));
-            write_frame(&mut self.wr, &Frame::Request(i), &mut self.scratch).await?;
+            self.wr.send(&Frame::Request(i)).await?;
             wrote = true;
         }
         if wrote {
@@ -410,14 +324,7 @@ impl Session<'_> {
     }
 
     async fn bye(&mut self, text: &str) {
-        let bye = Frame::Bye {
-            reason: 0,
-            text: text.into(),
-        };
-        write_frame(&mut self.wr, &bye, &mut self.scratch)
-            .await
-            .ok();
-        self.wr.shutdown().await.ok();
+        self.wr.bye(0, text).await;
     }
 
     /// No data for `after` with requests out: the requests go elsewhere (the guard releases
@@ -435,7 +342,7 @@ impl Session<'_> {
         }
         sh.retries
             .fetch_add(self.g.inflight.len() as u32, Ordering::Relaxed);
-        PeerEnd::Failed(format!("stalled: no data for {after:?}"))
+        PeerEnd::Failed(PeerError::Stalled { after })
     }
 
     /// Another peer delivered chunk `i` first (end game): cancel ours.
@@ -443,8 +350,7 @@ impl Session<'_> {
         if let Some(pos) = self.g.inflight.iter().position(|(x, _)| *x == i) {
             self.g.inflight.swap_remove(pos);
             self.cancelled.push(i);
-            write_frame(&mut self.wr, &Frame::Cancel(i), &mut self.scratch).await?;
-            self.wr.flush().await?;
+            self.wr.send_now(&Frame::Cancel(i)).await?;
         }
         Ok(())
     }
@@ -460,7 +366,7 @@ impl Session<'_> {
             }
             Some(Ok(Some(Incoming::Control(f)))) => self.on_control(f),
             Some(Err(e)) => Err(e.into()),
-            Some(Ok(None)) | None => Err(PeerError::Network("connection closed".into())),
+            Some(Ok(None)) | None => Err(PeerError::Disconnected),
         }
     }
 
@@ -489,15 +395,15 @@ impl Session<'_> {
             {
                 return Ok(Some(end));
             }
-            self.verifying.push_back(verify_and_write(sh, index, data));
+            let pool = self.pool.clone();
+            self.verifying
+                .push_back(verify_and_write(sh, pool, index, data));
         } else if let Some(pos) = self.cancelled.iter().position(|i| *i == index) {
             self.cancelled.swap_remove(pos);
-            sh.pool.give(data);
+            self.pool.give(data);
         } else {
-            sh.pool.give(data);
-            return Err(violation(format!(
-                "sent chunk {index}, which was not requested"
-            )));
+            self.pool.give(data);
+            return Err(Violation::Unrequested(index).into());
         }
         Ok(None)
     }
@@ -512,12 +418,22 @@ impl Session<'_> {
                     sh.picker().add_have(i);
                 }
             }
-            Frame::Have(i) => return Err(violation(format!("Have({i}) beyond the {n} chunks"))),
+            Frame::Have(i) => {
+                return Err(Violation::OutOfRange {
+                    index: i,
+                    chunks: n,
+                }
+                .into());
+            }
             Frame::Reject { index, reason } => self.on_reject(index, reason),
             Frame::Bye { text, .. } => {
-                return Ok(Some(PeerEnd::Failed(format!("peer closed: {text}"))));
+                return Ok(Some(PeerEnd::Failed(PeerError::Closed { reason: text })));
             }
-            other => return Err(violation(format!("unexpected {} frame", other.name()))),
+            other => {
+                let frame = other.name();
+                let when = "from a seeder";
+                return Err(Violation::Unexpected { frame, when }.into());
+            }
         }
         Ok(None)
     }
@@ -549,7 +465,8 @@ type Verified = (u32, Result<bool, std::io::Error>);
 
 /// Hashes chunk `index` on the blocking pool and writes it if it matches.
 fn verify_and_write(
-    sh: &Arc<Shared>,
+    sh: &Arc<DownloadState>,
+    pool: BufferPool,
     index: u32,
     data: Vec<u8>,
 ) -> tokio::task::JoinHandle<Verified> {
@@ -558,11 +475,11 @@ fn verify_and_write(
         let m = &sh.manifest;
         let ok = m.chunk_matches(index, &data);
         let r = if ok {
-            sh.store.write_chunk(index, &data).map(|_| true)
+            sh.storage.write_chunk(index, &data).map(|_| true)
         } else {
             Ok(false)
         };
-        sh.pool.give(data);
+        pool.give(data);
         if matches!(r, Ok(true)) {
             // Verified and on disk: the in-order hasher reads it back from the file, so the
             // whole-file digest covers the bytes that will be renamed into place. Nothing to do
@@ -575,7 +492,7 @@ fn verify_and_write(
 
 /// Applies a verification result. Returns how the peer ends, if it must.
 fn settle(
-    sh: &Shared,
+    sh: &DownloadState,
     r: Result<Verified, tokio::task::JoinError>,
     penalty: &mut u32,
     fp: Fingerprint,
@@ -583,7 +500,7 @@ fn settle(
 ) -> Option<PeerEnd> {
     let (index, r) = match r {
         Ok(x) => x,
-        Err(e) => return Some(PeerEnd::Failed(format!("verification task failed: {e}"))),
+        Err(e) => return Some(PeerEnd::Failed(std::io::Error::other(e).into())),
     };
     match r {
         Ok(true) => {
@@ -613,11 +530,7 @@ fn settle(
                 fingerprint: fp,
                 reason: "digest mismatch".into(),
             });
-            (*penalty >= BAN_THRESHOLD).then(|| {
-                PeerEnd::Banned(format!(
-                    "sent chunks that fail verification (chunk {index})"
-                ))
-            })
+            (*penalty >= BAN_THRESHOLD).then_some(PeerEnd::Banned(PeerError::BadChunk { index }))
         }
         Err(e) => {
             sh.picker().release(index, slot);

@@ -1,5 +1,6 @@
-//! The chunk store of one download: `<name>.part`, written with positional writes, and a
-//! sidecar state file listing the verified chunks, replaced atomically.
+//! The output of one download: `<name>.part`, whose chunks are read and written through its
+//! [`SingleFile`] storage, and a sidecar state file listing the verified chunks, replaced
+//! atomically; then the final verify and rename.
 //!
 //! The state file is a hint, not a truth: on open, every chunk it claims is hashed again and
 //! only the ones that still match the manifest are kept, so a crash, a torn write or a tampered
@@ -7,13 +8,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, FileId, Manifest, sanitize_name};
 use torrentguard_trust::identity::write_atomically;
+
+use super::storage::{ChunkStorage, SingleFile, chunk_verifies};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -138,12 +140,12 @@ impl DownloadPaths {
 /// the same file.
 pub struct ChunkStore {
     pub paths: DownloadPaths,
+    /// The `.part` itself: its lock, its durability, its identity (device and inode).
     file: Arc<File>,
+    /// Its chunks: every read and write at an offset goes through here.
+    storage: Arc<SingleFile>,
     manifest: Arc<Manifest>,
     file_id: FileId,
-    /// The `.part` was created empty by this open: every byte not written since is a hole that
-    /// reads as zeros, so an all-zero chunk need not be written at all.
-    fresh: bool,
 }
 
 impl Drop for ChunkStore {
@@ -156,7 +158,7 @@ impl Drop for ChunkStore {
 pub enum Opened {
     /// The destination already holds exactly this file: every chunk and the whole-file digest
     /// were verified against the manifest. Nothing was created.
-    Complete { path: PathBuf, file: File },
+    Complete { path: PathBuf, file: Arc<File> },
     /// A `.part` to download into, with the chunks already verified in it.
     Partial(PartialStore),
 }
@@ -173,7 +175,8 @@ pub struct PartialStore {
 
 /// An existing destination compared with the manifest, chunk by chunk and as a whole.
 struct Existing {
-    file: File,
+    file: Arc<File>,
+    storage: SingleFile,
     /// Chunks that match the manifest (all of them only if the scan was not cut short).
     matching: Bitfield,
     /// Why it is not this file, if it is not.
@@ -292,25 +295,25 @@ impl ChunkStore {
                 None
             }
         };
+        let file = Arc::new(file);
+        // Created empty by this open: every byte not written since is a hole.
+        let storage = match len {
+            0 => SingleFile::fresh(file.clone(), manifest.clone()),
+            _ => SingleFile::new(file.clone(), manifest.clone()),
+        };
         let store = ChunkStore {
             paths,
-            file: Arc::new(file),
+            file,
+            storage: Arc::new(storage),
             manifest: manifest.clone(),
             file_id,
-            fresh: len == 0,
         };
         let mut have = Bitfield::new(manifest.chunk_count());
         let mut discarded = 0;
         if let Some(claimed) = claimed {
             let mut buf = vec![0u8; manifest.chunk_size as usize];
             for i in claimed.iter_set() {
-                let len = manifest.chunk_len(i) as usize;
-                let ok = store
-                    .file
-                    .read_exact_at(&mut buf[..len], manifest.chunk_offset(i))
-                    .is_ok()
-                    && manifest.chunk_matches(i, &buf[..len]);
-                if ok {
+                if chunk_verifies(&*store.storage, &manifest, i, &mut buf) {
                     have.set(i);
                 } else {
                     discarded += 1;
@@ -332,13 +335,9 @@ impl ChunkStore {
             }
             let len = m.chunk_len(i) as usize;
             // Read and hashed again: the file may have changed since the scan.
-            let ok = e
-                .file
-                .read_exact_at(&mut buf[..len], m.chunk_offset(i))
-                .is_ok()
-                && m.chunk_matches(i, &buf[..len]);
-            if ok {
-                self.write_chunk(i, &buf[..len])
+            if chunk_verifies(&e.storage, m, i, &mut buf) {
+                self.storage
+                    .write_chunk(i, &buf[..len])
                     .map_err(io_at(&self.paths.part))?;
                 have.set(i);
                 taken += 1;
@@ -350,8 +349,9 @@ impl ChunkStore {
         Ok(taken)
     }
 
-    pub fn file(&self) -> Arc<File> {
-        self.file.clone()
+    /// The chunks of the `.part`.
+    pub fn storage(&self) -> Arc<SingleFile> {
+        self.storage.clone()
     }
 
     /// Releases the `.part` lock. Other holders of the same descriptor (a seeder connection
@@ -365,20 +365,10 @@ impl ChunkStore {
         &self.manifest
     }
 
-    /// Writes verified chunk `index`. In a fresh `.part` an all-zero chunk is left as the hole
-    /// it already is, so sparse files stay sparse.
-    pub fn write_chunk(&self, index: u32, data: &[u8]) -> io::Result<()> {
-        if self.fresh && data.iter().all(|b| *b == 0) {
-            return Ok(());
-        }
-        self.file
-            .write_all_at(data, self.manifest.chunk_offset(index))
-    }
-
     /// Records `have` in the state file: data first made durable, then the state replaced
     /// atomically, so the state never claims bytes that are not on disk.
     pub fn save_state(&self, have: &Bitfield) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(io_at(&self.paths.part))?;
+        self.storage.flush().map_err(io_at(&self.paths.part))?;
         let state = StateFile {
             version: 1,
             file_id: self.file_id,
@@ -438,7 +428,11 @@ impl ChunkStore {
 
 /// Compares the regular file at `path` with `manifest`: every chunk, then the whole-file
 /// digest. With `stop_early`, the first difference ends the scan.
-fn check_existing(path: &Path, m: &Manifest, stop_early: bool) -> Result<Existing, StoreError> {
+fn check_existing(
+    path: &Path,
+    m: &Arc<Manifest>,
+    stop_early: bool,
+) -> Result<Existing, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
         .read(true)
@@ -447,7 +441,9 @@ fn check_existing(path: &Path, m: &Manifest, stop_early: bool) -> Result<Existin
         .map_err(io_at(path))?;
     let len = file.metadata().map_err(io_at(path))?.len();
     let n = m.chunk_count();
+    let file = Arc::new(file);
     let mut existing = Existing {
+        storage: SingleFile::new(file.clone(), m.clone()),
         file,
         matching: Bitfield::new(n),
         differs: None,
@@ -463,10 +459,7 @@ fn check_existing(path: &Path, m: &Manifest, stop_early: bool) -> Result<Existin
     let mut differing = 0u32;
     for i in 0..n {
         let clen = m.chunk_len(i) as usize;
-        let read = existing
-            .file
-            .read_exact_at(&mut buf[..clen], m.chunk_offset(i));
-        if read.is_ok() && m.chunk_matches(i, &buf[..clen]) {
+        if chunk_verifies(&existing.storage, m, i, &mut buf) {
             existing.matching.set(i);
             whole.update(&buf[..clen]);
             continue;
@@ -553,6 +546,8 @@ pub fn list_partials(dir: &Path) -> Vec<PartialDownload> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Tests tamper with the `.part` behind the store's back, at offsets of their own.
+    use std::os::unix::fs::FileExt;
     use torrentguard_protocol::HashAlgo;
     use torrentguard_protocol::hashing::manifest_from_reader;
 
@@ -674,7 +669,7 @@ mod tests {
         assert!(matches!(err, StoreError::Locked(_)), "{err}");
         assert!(err.to_string().contains("another download"), "{err}");
         // A handle to the file outliving the store (a seeder connection) keeps no lock.
-        let lingering = first.store.file();
+        let lingering = first.store.storage();
         drop(first);
         partial(ChunkStore::open(dir.path(), m, false));
         drop(lingering);
@@ -762,6 +757,7 @@ mod tests {
         for i in 0..m.chunk_count() {
             let off = m.chunk_offset(i) as usize;
             o.store
+                .storage()
                 .write_chunk(i, &bytes[off..off + m.chunk_len(i) as usize])
                 .unwrap();
         }
@@ -784,7 +780,7 @@ mod tests {
         let (a, b) = (data(40_000), data(50_000));
         let (ma, mb) = (manifest(&a), manifest(&b));
         let o = partial(ChunkStore::open(dir.path(), ma.clone(), false));
-        o.store.write_chunk(0, &a[..16384]).unwrap();
+        o.store.storage().write_chunk(0, &a[..16384]).unwrap();
         let mut have = o.have;
         have.set(0);
         o.store.save_state(&have).unwrap();

@@ -1,0 +1,608 @@
+//! The upload side: serving chunks to other peers over mutual TLS.
+//!
+//! One listener serves every share this agent holds, complete (shared) or partial (being
+//! downloaded). A connecting peer must present a certificate whose fingerprint the tracker lists
+//! in the swarm of the share its `Hello` names (asked through `SwarmDirectory`, never the
+//! tracker itself); chunks are read through the share's storage straight into a pooled buffer
+//! behind their frame header and written as one TLS write.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use torrentguard_protocol::wire::{
+    self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header, frame_bound,
+};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint};
+use torrentguard_trust::Identity;
+use torrentguard_trust::config::peer_server_config;
+
+mod limits;
+mod pacer;
+
+use limits::{Admission, PeerSlot, SlotScheduler};
+pub use limits::{Refusal, SeederLimits};
+
+use super::connection::{Hello, PeerConnection, PeerWriter};
+use super::error::{PeerError, Violation};
+use super::frames::{BufferPool, Incoming};
+use crate::reach::Advertise;
+use crate::torrent::{ClaimsGuard, SharedFile, SwarmDirectory, WithdrawReason};
+
+/// Bound on writing one chunk to a peer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After shutdown begins, how long a connection may take to finish the chunk it is writing and
+/// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.
+pub const CONNECTION_STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// The seeding side of an agent: a TLS listener and the files it serves.
+pub struct Seeder {
+    files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
+    /// Who is in each swarm (the session's tracker client, behind a trait).
+    swarm: Arc<dyn SwarmDirectory>,
+    local_addr: SocketAddr,
+    limits: SeederLimits,
+    admission: Arc<Admission>,
+    /// Upload slots, granted in turn by certificate.
+    slots: Arc<SlotScheduler>,
+    /// Connections closed for having nothing requested for the idle timeout.
+    idle_closes: AtomicU64,
+    pool: BufferPool,
+    /// Stops accepting; connections end with it.
+    pub cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Test hook: serve corrupted data (to exercise the downloader's defences).
+    corrupt: AtomicBool,
+    /// Upload limit across all connections.
+    pacer: pacer::UploadPacer,
+    /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
+    /// connection's address and our listening port.
+    advertise: std::sync::OnceLock<Advertise>,
+}
+
+impl Seeder {
+    /// Binds `listen` and starts accepting, with the default [`SeederLimits`].
+    pub async fn start(
+        listen: SocketAddr,
+        identity: &Identity,
+        swarm: Arc<dyn SwarmDirectory>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Seeder>> {
+        Self::start_with_limits(listen, identity, swarm, cancel, SeederLimits::default()).await
+    }
+
+    /// Binds `listen` and starts accepting, within `limits`.
+    pub async fn start_with_limits(
+        listen: SocketAddr,
+        identity: &Identity,
+        swarm: Arc<dyn SwarmDirectory>,
+        cancel: CancellationToken,
+        limits: SeederLimits,
+    ) -> std::io::Result<Arc<Seeder>> {
+        let config = peer_server_config(identity).map_err(std::io::Error::other)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = bind_dual_stack(listen)?;
+        let local_addr = listener.local_addr()?;
+        let seeder = Arc::new(Seeder {
+            files: RwLock::new(HashMap::new()),
+            swarm,
+            local_addr,
+            admission: Admission::new(limits.clone()),
+            slots: SlotScheduler::new(limits.upload_slots),
+            idle_closes: AtomicU64::new(0),
+            limits,
+            pool: BufferPool::new(CHUNK_HEADER_LEN + wire::PRE_HELLO_MAX_FRAME as usize * 4),
+            cancel,
+            tasks: TaskTracker::new(),
+            corrupt: AtomicBool::new(false),
+            advertise: std::sync::OnceLock::new(),
+            pacer: pacer::UploadPacer::new(),
+        });
+        tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
+        let s = seeder.clone();
+        crate::spawn::spawn_tracked(
+            &seeder.tasks,
+            "accept-loop",
+            tracing::info_span!("seeder", listen = %local_addr),
+            crate::spawn::Failure::Fault,
+            async move { s.accept_loop(listener, acceptor).await },
+        );
+        Ok(seeder)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn limits(&self) -> &SeederLimits {
+        &self.limits
+    }
+
+    /// Connections refused so far: over the per-address or per-certificate cap, or from a
+    /// certificate in its cool-down.
+    pub fn refused_connections(&self) -> u64 {
+        self.admission.refused()
+    }
+
+    /// Connections closed so far for having nothing requested for the idle timeout.
+    pub fn idle_closes(&self) -> u64 {
+        self.idle_closes.load(Ordering::Relaxed)
+    }
+
+    pub fn add(&self, f: Arc<SharedFile>) {
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(f.file_id, f);
+    }
+
+    pub fn remove(&self, id: &FileId) {
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Every file served.
+    pub fn files(&self) -> Vec<Arc<SharedFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Limits the total upload rate (bytes per second; 0 lifts the limit).
+    /// Sets the address announced to the tracker instead of the connection's (once, at start).
+    pub fn set_advertise(&self, advertise: Advertise) {
+        if self.advertise.set(advertise).is_err() {
+            tracing::warn!("advertised address already set; keeping the first");
+        }
+    }
+
+    /// The address and port to announce: the `--advertise` ones, else none (the tracker takes
+    /// the connection's address) and the listening port.
+    pub fn announced_endpoint(&self) -> (Option<std::net::IpAddr>, u16) {
+        match self.advertise.get() {
+            Some(a) => (Some(a.ip), a.port.unwrap_or(self.local_addr.port())),
+            None => (None, self.local_addr.port()),
+        }
+    }
+
+    pub fn set_upload_limit(&self, bytes_per_sec: u64) {
+        self.pacer.set_limit(bytes_per_sec);
+    }
+
+    #[doc(hidden)]
+    pub fn set_corrupt_for_tests(&self, on: bool) {
+        self.corrupt.store(on, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and waits for connections to end: each finishes or abandons its chunk
+    /// and says `Bye` within [`CONNECTION_STOP_GRACE`], or is dropped.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        for f in self.files() {
+            tracing::info!(file_id = %f.file_id, uploaded = f.uploaded.load(Ordering::Relaxed),
+                busy_refusals = f.busy_refusals(), size = f.manifest.size, "stopped serving");
+        }
+        tracing::info!(
+            refused_connections = self.refused_connections(),
+            idle_closes = self.idle_closes(),
+            "seeding listener closed"
+        );
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        let limit = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            // Take the permit before accepting, so a flood waits in the kernel's backlog.
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = self.cancel.cancelled() => return,
+            };
+            let (tcp, addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => { backoff = Duration::from_millis(10); x }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                _ = self.cancel.cancelled() => return,
+            };
+            // Before any TLS work: one address cannot fill the connection limit.
+            let Some(address_slot) = self.admission.admit_address(addr.ip().to_canonical()) else {
+                tracing::debug!(peer = %addr, "refusing connection: too many from this address");
+                continue;
+            };
+            let s = self.clone();
+            let acceptor = acceptor.clone();
+            let stopping = self.cancel.clone();
+            // A peer ending its connection, politely or not, is routine for a seeder.
+            let span = tracing::debug_span!("upload", peer = %addr);
+            let failure = crate::spawn::Failure::Routine;
+            crate::spawn::spawn_tracked(
+                &self.tasks,
+                "peer-connection",
+                span,
+                failure,
+                async move {
+                    let _held = (permit, address_slot);
+                    // The connection reacts to the stop itself (Bye); this bounds whatever it might
+                    // still be blocked on (a handshake, a peer that reads nothing).
+                    let grace_over = async {
+                        stopping.cancelled().await;
+                        tokio::time::sleep(CONNECTION_STOP_GRACE).await;
+                    };
+                    tokio::select! {
+                        r = s.serve(tcp, addr, acceptor) => r,
+                        _ = grace_over => {
+                            tracing::debug!("peer connection dropped at shutdown");
+                            Ok(())
+                        }
+                    }
+                },
+            );
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> Result<(), PeerError> {
+        static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+        let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let Some(peer) = self.admit(tcp, addr, acceptor).await? else {
+            return Ok(());
+        };
+        let fp = peer.conn.fingerprint;
+        let result = self.serve_requests(conn_id, peer).await;
+        if let Err(e) = &result
+            && e.is_peer_fault()
+        {
+            // Idle or breaking the protocol: counts toward this certificate's cool-down.
+            self.admission.strike(fp);
+        }
+        result
+    }
+
+    /// TLS handshake, `Hello` and the checks before serving: caps and cool-down of the
+    /// certificate, the file, the swarm. `None`: refused (the peer was told why).
+    async fn admit(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> Result<Option<AdmittedPeer>, PeerError> {
+        // One deadline for the handshake and the Hello together.
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        let mut conn = PeerConnection::accept(&acceptor, tcp, addr, deadline).await?;
+        let fp = conn.fingerprint;
+        let slot = match self.admission.admit_peer(fp) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(peer = %addr, fingerprint = %fp, %refusal, "refusing peer connection");
+                conn.writer.bye(1, &refusal.to_string()).await;
+                return Ok(None);
+            }
+        };
+        let hello = match conn.recv_hello(&self.pool, deadline).await {
+            Ok(hello) => hello,
+            Err(e) => {
+                // Silent, garbled or not a Hello: it held a place for nothing.
+                self.admission.strike(fp);
+                return Err(e);
+            }
+        };
+        let Some(file) = self.check_hello(&mut conn, hello).await else {
+            return Ok(None);
+        };
+        Ok(Some(AdmittedPeer {
+            conn,
+            file,
+            _slot: slot,
+        }))
+    }
+
+    /// The file the peer's `Hello` asks for, if it is served here, to this peer, as that
+    /// Hello describes it; else the peer is told why not.
+    async fn check_hello(
+        &self,
+        conn: &mut PeerConnection,
+        hello: Hello,
+    ) -> Option<Arc<SharedFile>> {
+        let (fp, addr, file_id) = (conn.fingerprint, conn.addr, hello.file_id);
+        let file = self.get(&file_id);
+        let refusal = match &file {
+            _ if hello.version != PROTOCOL_VERSION => Some("unsupported protocol version"),
+            None => Some("file not served here"),
+            Some(f) if hello.chunk_count != f.manifest.chunk_count() => {
+                Some("chunk count mismatch")
+            }
+            Some(f) if !f.admits(&fp, &*self.swarm).await => {
+                tracing::warn!(peer = %addr, fingerprint = %fp, %file_id, "refusing peer: the tracker does not list it in this swarm");
+                self.admission.strike(fp);
+                Some("not in the swarm")
+            }
+            Some(_) => None,
+        };
+        if let Some(text) = refusal {
+            tracing::debug!(peer = %addr, fingerprint = %fp, ?hello, reason = text, "refusing peer");
+            conn.writer.bye(1, text).await;
+            return None;
+        }
+        let file = file?;
+        if let Err(reason) = file.check_unchanged() {
+            tracing::debug!(peer = %addr, reason = %reason.local, "refusing peer: file withdrawn");
+            conn.writer.bye(1, &withdrawn_text(&reason)).await;
+            return None;
+        }
+        Some(file)
+    }
+
+    /// Answers the admitted peer's requests until it leaves, idles, breaks the protocol, or
+    /// the file or the seeder stops.
+    async fn serve_requests(&self, conn_id: u64, peer: AdmittedPeer) -> Result<(), PeerError> {
+        let AdmittedPeer {
+            mut conn,
+            file,
+            _slot,
+        } = peer;
+        let (fp, addr) = (conn.fingerprint, conn.addr);
+        let _claims = ClaimsGuard::new(file.clone(), conn_id);
+        let m = file.manifest.clone();
+        let n = m.chunk_count();
+        let mut haves = file.subscribe_haves();
+        let hello = Hello::ours(file.file_id, n);
+        conn.writer.send_handshake(hello, &file.have()).await?;
+        conn.reader.set_max_frame(frame_bound(m.chunk_size, n));
+        // Called inside the connection's task: its span (the peer's address) carries over.
+        let span = tracing::Span::current();
+        let depth = self.limits.max_queued_requests;
+        let (mut wr, mut frames, _reader) =
+            conn.spawn_reader("upload-reader", span, self.pool.clone(), depth);
+
+        let idle = self.limits.idle_timeout;
+        let mut queue: VecDeque<u32> = VecDeque::new();
+        let mut last_active = Instant::now();
+        loop {
+            // Take every frame already received before serving, so Cancels win races.
+            loop {
+                let msg = if queue.is_empty() {
+                    tokio::select! {
+                        f = frames.recv() => f,
+                        h = haves.recv() => {
+                            if let Ok(i) = h {
+                                wr.send_now(&Frame::Have(i)).await?;
+                                // Something new to ask for: the peer gets a full idle period.
+                                last_active = Instant::now();
+                            }
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until((last_active + idle).into()) => {
+                            let text = format!("idle: no request for {}s", idle.as_secs());
+                            wr.bye(1, &text).await;
+                            self.idle_closes.fetch_add(1, Ordering::Relaxed);
+                            return Err(PeerError::Idle { after: idle });
+                        }
+                        _ = self.cancel.cancelled() => {
+                            wr.bye(0, SHUTTING_DOWN).await;
+                            return Ok(());
+                        }
+                        _ = file.withdrawal() => {
+                            let reason = file.withdraw_reason();
+                            wr.bye(1, &withdrawn_text_of(reason.clone())).await;
+                            return Err(withdrawn(reason));
+                        }
+                    }
+                } else {
+                    match frames.try_recv() {
+                        Ok(f) => Some(f),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                // The reader ended (EOF or error): so does the connection.
+                let f = match msg {
+                    Some(Ok(Some(Incoming::Control(f)))) => f,
+                    Some(Ok(Some(Incoming::Chunk { data, .. }))) => {
+                        self.pool.give(data);
+                        let when = "from a downloader";
+                        return Err(Violation::Unexpected {
+                            frame: "Chunk",
+                            when,
+                        }
+                        .into());
+                    }
+                    Some(Err(e)) => {
+                        let e = PeerError::from(e);
+                        if !e.is_peer_fault() {
+                            // A stream that breaks under its reader (cut mid-frame, reset)
+                            // held a place for nothing too: it counts toward the cool-down.
+                            self.admission.strike(fp);
+                        }
+                        return Err(e);
+                    }
+                    Some(Ok(None)) | None => return Ok(()),
+                };
+                match f {
+                    Frame::Request(i) if i >= n => {
+                        wr.bye(3, "chunk index out of range").await;
+                        return Err(Violation::OutOfRange {
+                            index: i,
+                            chunks: n,
+                        }
+                        .into());
+                    }
+                    Frame::Request(i) => {
+                        last_active = Instant::now();
+                        match self.refusal(&file, i, queue.len(), conn_id, fp) {
+                            Some(reason) => {
+                                wr.send_now(&Frame::Reject { index: i, reason }).await?;
+                            }
+                            None => queue.push_back(i),
+                        }
+                    }
+                    Frame::Cancel(i) => queue.retain(|q| *q != i),
+                    Frame::Have(i) if i < n => {}
+                    Frame::Bitfield(b) if Bitfield::from_bytes(&b, n).is_ok() => {}
+                    Frame::Bye { text, .. } => {
+                        tracing::debug!(peer = %addr, %text, "peer said bye");
+                        return Ok(());
+                    }
+                    other => {
+                        let frame = other.name();
+                        let when = "from a downloader";
+                        return Err(Violation::Unexpected { frame, when }.into());
+                    }
+                }
+            }
+            // Between chunks: a stop or a change on disk ends the connection with a reason,
+            // however many requests the peer keeps queued.
+            if self.cancel.is_cancelled() {
+                wr.bye(0, SHUTTING_DOWN).await;
+                return Ok(());
+            }
+            // The flag, not a stat per chunk: the announcer stats the file every few seconds.
+            if let Some(reason) = file.withdraw_reason() {
+                wr.bye(1, &withdrawn_text(&reason)).await;
+                return Err(withdrawn(Some(reason)));
+            }
+            if let Some(i) = queue.pop_front() {
+                self.send_chunk(&file, fp, i, &mut wr).await?;
+                last_active = Instant::now();
+            }
+        }
+    }
+    /// Why a request for chunk `i` is not queued, if it is not.
+    fn refusal(
+        &self,
+        file: &SharedFile,
+        i: u32,
+        queued: usize,
+        conn_id: u64,
+        fp: Fingerprint,
+    ) -> Option<RejectReason> {
+        if !file.holds(i) {
+            Some(RejectReason::NotHeld)
+        } else if queued >= self.limits.max_queued_requests
+            || !file.claim(i, conn_id, fp, |c| self.admission.is_cooling(c))
+        {
+            Some(RejectReason::Busy)
+        } else {
+            None
+        }
+    }
+
+    async fn send_chunk(
+        &self,
+        file: &SharedFile,
+        fp: Fingerprint,
+        i: u32,
+        wr: &mut PeerWriter,
+    ) -> Result<(), PeerError> {
+        let m = &file.manifest;
+        let len = m.chunk_len(i) as usize;
+        // Slot first, in turn by certificate, then the pacer: under a rate limit the bytes go
+        // round robin too. Both waits give way to a stop or a withdrawal: the chunk is
+        // abandoned unsent and the caller says `Bye`.
+        let slot = async {
+            let slot = self.slots.acquire(fp).await;
+            self.pacer.pace(len).await;
+            slot
+        };
+        let _slot = tokio::select! {
+            s = slot => s,
+            _ = self.cancel.cancelled() => return Ok(()),
+            _ = file.withdrawal() => return Ok(()),
+        };
+        let mut buf = self.pool.take();
+        buf.resize(CHUNK_HEADER_LEN + len, 0);
+        let storage = file.storage().clone();
+        let corrupt = self.corrupt.load(Ordering::Relaxed);
+        // Read off the reactor: a cold page cache means real disk latency.
+        let mut buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            storage.read_chunk(i, &mut buf[CHUNK_HEADER_LEN..])?;
+            if corrupt {
+                buf[CHUNK_HEADER_LEN] ^= 0xff;
+            }
+            Ok(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(i, len as u32));
+        tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&buf))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                step: format!("writing chunk {i}"),
+                after: WRITE_TIMEOUT,
+            })??;
+        file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
+        self.pool.give(buf);
+        Ok(())
+    }
+}
+
+const SHUTTING_DOWN: &str = "seeder shutting down";
+
+/// A peer admitted to a file's swarm, its `Hello` read, not yet answered.
+struct AdmittedPeer {
+    conn: PeerConnection,
+    file: Arc<SharedFile>,
+    /// Its place under the per-certificate cap, held as long as the connection.
+    _slot: PeerSlot,
+}
+
+fn withdrawn_text(reason: &WithdrawReason) -> String {
+    format!("file withdrawn: {}", reason.remote)
+}
+
+fn withdrawn_text_of(reason: Option<WithdrawReason>) -> String {
+    reason.map_or_else(|| "file withdrawn".to_string(), |r| withdrawn_text(&r))
+}
+
+/// How a connection ends when its file is withdrawn: the local reason, for the log.
+fn withdrawn(reason: Option<WithdrawReason>) -> PeerError {
+    PeerError::Withdrawn {
+        reason: reason.map_or_else(|| "changed on disk".to_string(), |r| r.local),
+    }
+}
+
+/// Binds `addr`; for the IPv6 wildcard, accepts IPv4 too (dual stack), falling back to the IPv4
+/// wildcard on hosts without IPv6.
+pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let std_listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            tracing::debug!(error = %e, "IPv6 wildcard unavailable; listening on IPv4 only");
+            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))?
+        }
+        Err(e) => return Err(e),
+    };
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}
