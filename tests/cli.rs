@@ -455,3 +455,162 @@ fn status_table_aligns_wide_names() -> Result<()> {
     );
     Ok(())
 }
+
+/// `torrentguard --json hash ARGS…` run to its end: the `hashed` event and every line seen.
+fn hash_json(data_dir: &Path, args: &[&Path], extra: &[&str]) -> Result<(Value, Proc)> {
+    let mut cmd = agent(data_dir);
+    cmd.arg("hash")
+        .args(args)
+        .args(["--chunk-size", CHUNK])
+        .args(extra);
+    let mut proc = Proc::spawn("hash", cmd)?;
+    let hashed = proc.wait_event("hashed", |_| true)?;
+    proc.expect_exit(0)?;
+    Ok((hashed, proc))
+}
+
+/// Issue 11: `hash FILE` computes offline, without a tracker, the very id `share FILE`
+/// announces (a single file keeps its single-file manifest).
+#[test]
+fn hash_of_one_file_is_the_id_share_announces() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    let file = root.join("one.bin");
+    write_random_file(&file, 70_000, 21)?;
+    let (hashed, _) = hash_json(&root.join("h"), &[&file], &[])?;
+    ensure!(
+        hashed["kind"] == "file" && hashed["files"] == 1 && hashed["size"] == 70_000,
+        "{hashed}"
+    );
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let (_seeder, id) = share("seeder", &root.join("s"), &file, &tracker, &[])?;
+    ensure!(
+        hashed["file_id"] == id.as_str(),
+        "hash {hashed}, share {id}"
+    );
+    Ok(())
+}
+
+/// The tree id of `entries` (path, contents; `None` for a directory), computed here from the
+/// protocol's types alone: modes 0o644 for files and 0o755 for directories.
+fn expected_tree_id(name: &str, entries: &[(&str, Option<&[u8]>)]) -> String {
+    use torrentguard_protocol::{Entry, HashAlgo, Manifest};
+    let mut list = Vec::new();
+    let mut chunks = Vec::new();
+    for (path, data) in entries {
+        match data {
+            None => list.push(Entry::dir(*path, 0o755)),
+            Some(d) => {
+                list.push(Entry::file(*path, d.len() as u64, 0o644));
+                chunks.extend(
+                    d.chunks(CHUNK_BYTES as usize)
+                        .map(|c| HashAlgo::Sha256.digest(c)),
+                );
+            }
+        }
+    }
+    let m = Manifest::tree(name, CHUNK_BYTES as u32, HashAlgo::Sha256, list, chunks);
+    m.file_id().to_string()
+}
+
+/// Issue 11: `hash DIR` is one tree id over every file and directory (empty ones too), prints
+/// files count and size, and names each symlink it skips; `--follow-symlinks` takes a link
+/// that stays inside; `-q` prints the id alone.
+#[test]
+fn hash_of_a_directory_is_one_tree_id_and_names_what_it_skips() -> Result<()> {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tmp()?;
+    let d = dir.path().join("release");
+    std::fs::create_dir_all(d.join("docs/empty"))?;
+    let big = write_random_file(&d.join("data.bin"), 3 * CHUNK_BYTES as usize + 5, 1)?;
+    let small = write_random_file(&d.join("docs/a.txt"), 100, 2)?;
+    for (p, mode) in [
+        ("", 0o755),
+        ("docs", 0o755),
+        ("docs/empty", 0o755),
+        ("data.bin", 0o644),
+        ("docs/a.txt", 0o644),
+    ] {
+        std::fs::set_permissions(d.join(p), std::fs::Permissions::from_mode(mode))?;
+    }
+    symlink("docs/a.txt", d.join("link"))?;
+    let data = dir.path().join("data");
+
+    let (hashed, proc) = hash_json(&data, &[&d], &[])?;
+    let want = expected_tree_id(
+        "release",
+        &[
+            ("data.bin", Some(&big)),
+            ("docs", None),
+            ("docs/a.txt", Some(&small)),
+            ("docs/empty", None),
+        ],
+    );
+    ensure!(
+        hashed["file_id"] == want.as_str()
+            && hashed["kind"] == "tree"
+            && hashed["files"] == 2
+            && hashed["dirs"] == 2
+            && hashed["size"] == (big.len() + small.len()) as u64,
+        "{hashed}, want {want}"
+    );
+    let warnings = proc.events("warning");
+    ensure!(
+        warnings.len() == 1
+            && warnings[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("link")),
+        "{warnings:?}"
+    );
+
+    let (followed, proc) = hash_json(&data, &[&d], &["--follow-symlinks"])?;
+    ensure!(followed["files"] == 3, "{followed}");
+    ensure!(proc.events("warning").is_empty(), "{}", proc.transcript());
+    ensure!(followed["file_id"] != want.as_str(), "{followed}");
+
+    let output = plain(&data, &["-q", "hash", "--chunk-size", CHUNK])
+        .arg(&d)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(output.status.success(), "{output:?}");
+    ensure!(
+        String::from_utf8(output.stdout)? == format!("{want}\n"),
+        "-q prints the id alone"
+    );
+    let stderr = String::from_utf8(output.stderr)?;
+    ensure!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: skipped") && l.contains("link")),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// Issue 11: names a downloader would refuse stop `hash` with one error naming the path, exit 1.
+#[test]
+fn hash_refuses_case_colliding_names_naming_the_path() -> Result<()> {
+    let dir = tmp()?;
+    let d = dir.path().join("tree");
+    std::fs::create_dir_all(&d)?;
+    std::fs::write(d.join("Notes.txt"), b"1")?;
+    std::fs::write(d.join("notes.txt"), b"2")?;
+    let output = plain(&dir.path().join("data"), &["hash"])
+        .arg(&d)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(output.status.code() == Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr)?;
+    ensure!(
+        stderr.contains("error: ")
+            && stderr.contains("case-insensitive")
+            && stderr.contains(&*d.to_string_lossy()),
+        "{stderr}"
+    );
+    ensure!(
+        output.stdout.is_empty(),
+        "printed a result: {:?}",
+        output.stdout
+    );
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod download;
 pub mod events;
 pub mod peer;
 pub mod reach;
+pub mod scan;
 pub mod session;
 pub mod spawn;
 pub mod torrent;

@@ -59,6 +59,10 @@ pub(crate) enum Command {
     Get(GetArgs),
     /// Show what the tracker knows (files, seeders, peers) and local partial downloads.
     Status(StatusArgs),
+    /// Print the id a file, a directory or several paths would be shared as, without a
+    /// tracker: one file keeps the id `share FILE` announces, a directory or several paths make
+    /// one tree.
+    Hash(HashArgs),
     /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
     Id,
     /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
@@ -145,6 +149,32 @@ pub(crate) struct ShareArgs {
 
     #[command(flatten)]
     pub(crate) peer_limits: PeerLimitFlags,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HashArgs {
+    /// Files or directories. A single directory's contents make the tree; several paths are
+    /// each a top-level entry of it.
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+
+    /// Name of the tree [default: the first path's name]. With one file, makes it a tree of
+    /// that file under this name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+
+    /// Chunk size: a power of two from 16K to 16M (suffixes K, M; plain numbers are bytes).
+    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) chunk_size: u32,
+
+    /// Digest for chunks and the whole file.
+    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
+    pub(crate) hash: HashAlgo,
+
+    /// Follow symbolic links whose target stays inside the directory; links that leave it,
+    /// and every link without this flag, are skipped with a warning.
+    #[arg(long)]
+    pub(crate) follow_symlinks: bool,
 }
 
 #[derive(Args, Debug)]
@@ -371,6 +401,7 @@ mod tests {
         "FP",
         "GLOB",
         "N",
+        "NAME",
         "PATH",
         "RATE",
         "SIZE",
@@ -439,6 +470,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn hash_takes_several_paths_and_its_options() {
+        let cli = Cli::try_parse_from([
+            "torrentguard",
+            "hash",
+            "a",
+            "b/",
+            "--name",
+            "rel",
+            "--follow-symlinks",
+            "--chunk-size",
+            "1M",
+        ])
+        .unwrap();
+        let Command::Hash(h) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(h.paths, [PathBuf::from("a"), PathBuf::from("b/")]);
+        assert_eq!(h.name.as_deref(), Some("rel"));
+        assert!(h.follow_symlinks);
+        assert_eq!(h.chunk_size, 1 << 20);
+        assert!(Cli::try_parse_from(["torrentguard", "hash"]).is_err());
     }
 
     #[test]

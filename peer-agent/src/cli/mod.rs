@@ -4,6 +4,7 @@ mod args;
 mod embedded;
 mod exit;
 mod get;
+mod hash;
 mod interrupt;
 mod logging;
 mod output;
@@ -67,6 +68,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Share(args) => share::share(args, &dir, mode).await,
         Command::Get(args) => get::get(args, &dir, mode).await,
+        Command::Hash(args) => hash::hash(args, mode).await,
         Command::Status(args) => status::status(args, &dir, mode).await,
     }
 }
