@@ -15,8 +15,10 @@ use torrentguard_trust::{Identity, IdentityError};
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, download};
 use crate::events::{Event, EventSink};
 use crate::peer::{Seeder, SeederLimits};
+use crate::scan::Scanned;
 use crate::session::{Announcer, Session, TrackerClient, TrackerError, leave_swarms};
 use crate::torrent::SharedFile;
+use crate::torrent::tree_store::{TreeFiles, TreeRoot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -150,6 +152,33 @@ impl Agent {
             });
         }
         tracing::info!(file_id = %resp.file_id, created = resp.created, "manifest registered");
+        self.serve(shared.clone(), events).await?;
+        Ok(shared)
+    }
+
+    /// Shares a directory (or several paths) already scanned into one tree manifest: registers
+    /// it, serves its files from where they were found, announces it.
+    pub async fn share_tree(
+        &self,
+        scanned: Scanned,
+        events: &EventSink,
+    ) -> Result<Arc<SharedFile>, AgentError> {
+        let manifest = Arc::new(scanned.manifest);
+        let resp = self.tracker.register(&manifest).await?;
+        tracing::info!(file_id = %resp.file_id, created = resp.created, files = manifest.file_count(), "tree manifest registered");
+        let path = scanned.sources.first().cloned().unwrap_or_default();
+        let storage = TreeFiles::new(
+            manifest.clone(),
+            TreeRoot::Listed(Arc::new(scanned.sources)),
+            false,
+        );
+        let shared = SharedFile::complete_tree(manifest, path, Arc::new(storage));
+        self.serve(shared.clone(), events).await?;
+        Ok(shared)
+    }
+
+    /// Serves a registered share, announces it and keeps announcing it.
+    async fn serve(&self, shared: Arc<SharedFile>, events: &EventSink) -> Result<(), AgentError> {
         self.seeder.add(shared.clone());
         self.session
             .announce(&shared, AnnounceEvent::Started)
@@ -160,8 +189,8 @@ impl Agent {
             size: shared.manifest.size,
             listen: self.listen_addr(),
         });
-        self.keep_announcing(shared.clone(), events.clone());
-        Ok(shared)
+        self.keep_announcing(shared, events.clone());
+        Ok(())
     }
 
     /// Downloads `id` (resuming if a `.part` exists).

@@ -94,9 +94,19 @@ pub(crate) struct TrackerFlags {
 
 #[derive(Args, Debug)]
 pub(crate) struct ShareArgs {
-    /// Files to share.
-    #[arg(required = true, value_name = "FILE")]
+    /// Files or folders to share: each is one share (a folder is one tree with one id), or all
+    /// of them one tree with --name.
+    #[arg(required = true, value_name = "PATH")]
     pub(crate) files: Vec<PathBuf>,
+
+    /// Share every PATH as one tree named NAME (each PATH a top-level entry of it).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+
+    /// In a shared folder, follow symbolic links whose target stays inside it (others are
+    /// skipped with a warning naming each). Without it every link is skipped so.
+    #[arg(long)]
+    pub(crate) follow_symlinks: bool,
 
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,

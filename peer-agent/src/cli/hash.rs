@@ -75,7 +75,7 @@ fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result
 
 /// A progress callback for any thread: a `hashing` event at most every `PROGRESS_EVERY`, and
 /// always the last one.
-fn throttled(name: String, events: &EventSink) -> impl Fn(u64, u64) + Sync {
+pub(crate) fn throttled(name: String, events: &EventSink) -> impl Fn(u64, u64) + Sync {
     let events = events.clone();
     let last = Mutex::new(None::<Instant>);
     move |done, total| {
@@ -92,7 +92,7 @@ fn throttled(name: String, events: &EventSink) -> impl Fn(u64, u64) + Sync {
     }
 }
 
-fn display_name(path: &Path) -> String {
+pub(crate) fn display_name(path: &Path) -> String {
     let name = path.file_name().map(PathBuf::from);
     name.unwrap_or_else(|| path.to_path_buf())
         .to_string_lossy()
@@ -101,7 +101,7 @@ fn display_name(path: &Path) -> String {
 
 /// What was left out: `warning` events in JSON mode, else one line each on stderr (even with
 /// `-q`: a skipped file changes what the id stands for).
-fn report_warnings(out: &Output, mode: Mode, warnings: &[ScanWarning]) {
+pub(crate) fn report_warnings(out: &Output, mode: Mode, warnings: &[ScanWarning]) {
     let r = out.lock().unwrap_or_else(|e| e.into_inner());
     for w in warnings {
         let message = printable(&w.to_string()).into_owned();

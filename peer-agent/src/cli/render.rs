@@ -143,6 +143,10 @@ const PROGRESS_TEMPLATE: &str = "{prefix} [{bar:30}] {percent:>3}% {msg}";
 const LINE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Renderer {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     pub fn new(mode: Mode) -> Self {
         Renderer::with_target(
             mode,

@@ -12,9 +12,13 @@ use torrentguard_agent::agent::{Agent, TrackerTarget};
 use torrentguard_agent::{DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_trust::Identity;
 
+use torrentguard_agent::scan::{ScanOptions, scan};
+use torrentguard_agent::torrent::SharedFile;
+
 use super::args::ShareArgs;
 use super::embedded::EmbeddedTracker;
 use super::exit::{INTERRUPTED, is_interrupted};
+use super::hash::{display_name, report_warnings, throttled};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
@@ -79,12 +83,61 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
 fn check_readable(files: &[PathBuf]) -> anyhow::Result<()> {
     for f in files {
         let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if meta.is_dir() {
+            std::fs::read_dir(f).with_context(|| format!("cannot read {}", f.display()))?;
+            continue;
+        }
         if !meta.is_file() {
-            bail!("{} is not a regular file", f.display());
+            bail!("{} is neither a regular file nor a folder", f.display());
         }
         std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     Ok(())
+}
+
+/// What `share` makes of its paths: each file one share, each folder one tree, or with
+/// `--name` all of them one tree.
+fn share_units(args: &ShareArgs) -> Vec<Vec<PathBuf>> {
+    if args.name.is_some() {
+        return vec![args.files.clone()];
+    }
+    args.files.iter().map(|p| vec![p.clone()]).collect()
+}
+
+/// Shares one unit: a regular file alone (its single-file id), else a scanned tree.
+async fn share_unit(
+    agent: &Agent,
+    args: &ShareArgs,
+    paths: &[PathBuf],
+    events: &EventSink,
+    out: &Output,
+) -> anyhow::Result<Arc<SharedFile>> {
+    if let [file] = paths
+        && args.name.is_none()
+        && std::fs::metadata(file).is_ok_and(|m| m.is_file())
+    {
+        return Ok(agent
+            .share(file, args.chunk_size, args.hash, events)
+            .await?);
+    }
+    let opts = ScanOptions {
+        chunk_size: args.chunk_size,
+        hash: args.hash,
+        follow_symlinks: args.follow_symlinks,
+        name: args.name.clone(),
+        workers: None,
+    };
+    let (paths, progress_events) = (paths.to_vec(), events.clone());
+    let name = args.name.clone().unwrap_or_else(|| display_name(&paths[0]));
+    let scanned = tokio::task::spawn_blocking(move || {
+        let progress = throttled(name, &progress_events);
+        scan(&paths, &opts, &|done, total| progress(done, total))
+    })
+    .await
+    .context("the hashing task failed")??;
+    let mode = out.lock().unwrap_or_else(|e| e.into_inner()).mode();
+    report_warnings(out, mode, &scanned.warnings);
+    Ok(agent.share_tree(scanned, events).await?)
 }
 
 /// The tracker of `--tracker`, or without it one run in this process (announced on `out`).
@@ -181,8 +234,8 @@ async fn serve_and_report(
     stop: &CancellationToken,
 ) -> anyhow::Result<Served> {
     let mut shared = Vec::new();
-    for f in &args.files {
-        let hashed = agent.share(f, args.chunk_size, args.hash, events);
+    for unit in share_units(args) {
+        let hashed = share_unit(agent, args, &unit, events, out);
         let Some(s) = unless_stopped(stop, hashed).await else {
             return Ok(Served::KeepSeeding);
         };
@@ -213,7 +266,7 @@ async fn self_download(
     agent: &Agent,
     tracker: &TrackerTarget,
     args: &ShareArgs,
-    shared: &[Arc<torrentguard_agent::torrent::SharedFile>],
+    shared: &[Arc<SharedFile>],
     events: &EventSink,
     stop: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
@@ -243,7 +296,7 @@ async fn self_download(
             }
         };
         let secs = started.elapsed().as_secs_f64();
-        let identical = same_content(&s.path(), &report.path)?;
+        let identical = same_content(s, &report.shared, &report.path)?;
         all_ok &= identical;
         events.emit(Event::SelfDownload {
             file_id: s.file_id,
@@ -286,22 +339,34 @@ async fn start_downloader(
     Ok(downloader?)
 }
 
-fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
-    use std::io::Read;
-    let mut fa = std::fs::File::open(a)?;
-    let mut fb = std::fs::File::open(b)?;
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let n = fa.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
+/// Whether the copy holds the original's bytes: every chunk read back from both sides and
+/// compared, and for a tree every entry present with its kind.
+fn same_content(
+    original: &SharedFile,
+    copy: &SharedFile,
+    copy_path: &Path,
+) -> anyhow::Result<bool> {
+    let m = &original.manifest;
+    for e in m.entries() {
+        let at = e
+            .path
+            .split('/')
+            .fold(copy_path.to_path_buf(), |p, c| p.join(c));
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() == e.is_dir() => {}
+            _ => return Ok(false),
         }
-        fb.read_exact(&mut bb[..n])?;
-        if ba[..n] != bb[..n] {
+    }
+    let (a, b) = (original.storage(), copy.storage());
+    let mut ba = vec![0u8; m.chunk_size as usize];
+    let mut bb = vec![0u8; m.chunk_size as usize];
+    for i in 0..m.chunk_count() {
+        let len = m.chunk_len(i) as usize;
+        a.read_chunk(i, &mut ba[..len])?;
+        b.read_chunk(i, &mut bb[..len])?;
+        if ba[..len] != bb[..len] {
             return Ok(false);
         }
     }
+    Ok(true)
 }

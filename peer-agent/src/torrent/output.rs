@@ -51,6 +51,9 @@ impl Output {
         only: &[String],
         force: bool,
     ) -> Result<OutputOpened, StoreError> {
+        // Whoever handed us the manifest, nothing is created for one that breaks a rule
+        // (a path escaping the directory, a case collision, bounds).
+        m.validate()?;
         if !m.is_tree() {
             if !only.is_empty() {
                 return Err(StoreError::OnlyForTrees(m.name.clone()));
@@ -140,5 +143,72 @@ impl Output {
             Output::File(s) => s.unlock(),
             Output::Tree(t) => t.unlock(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torrentguard_protocol::{Entry, HashAlgo};
+
+    const CS: u32 = 16 * 1024;
+
+    /// A tree of empty files at `paths` (no chunks), unchecked.
+    fn tree(paths: &[&str]) -> Arc<Manifest> {
+        let entries = paths.iter().map(|p| Entry::file(*p, 0, 0o644)).collect();
+        Arc::new(Manifest::tree(
+            "set",
+            CS,
+            HashAlgo::Sha256,
+            entries,
+            Vec::new(),
+        ))
+    }
+
+    #[test]
+    fn hostile_trees_are_refused_with_nothing_written() {
+        let many: Vec<String> = (0..=torrentguard_protocol::tree::MAX_ENTRIES)
+            .map(|i| format!("{i:08}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cases: [(&str, Vec<&str>); 5] = [
+            ("dot-dot", vec!["../escape"]),
+            ("absolute", vec!["/etc/passwd"]),
+            ("nested dot-dot", vec!["a/../../b"]),
+            ("case collision", vec!["README", "readme"]),
+            ("huge count", many),
+        ];
+        for (what, paths) in cases {
+            let parent = tempfile::tempdir().unwrap();
+            let out = parent.path().join("out");
+            let err = Output::open(&out, tree(&paths), &[], false)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(matches!(err, StoreError::Manifest(_)), "{what}: {err}");
+            assert!(!out.exists(), "{what}: the output directory was created");
+            assert_eq!(
+                std::fs::read_dir(parent.path()).unwrap().count(),
+                0,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_is_for_trees() {
+        let out = tempfile::tempdir().unwrap();
+        let data = b"abc";
+        let m = Manifest::single(
+            "f",
+            3,
+            CS,
+            HashAlgo::Sha256,
+            vec![HashAlgo::Sha256.digest(data)],
+            HashAlgo::Sha256.digest(data),
+        );
+        let err = Output::open(out.path(), Arc::new(m), &["*".into()], false)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::OnlyForTrees(_)), "{err}");
     }
 }

@@ -45,6 +45,8 @@ pub enum StoreError {
     Name(#[from] torrentguard_protocol::NameError),
     #[error(transparent)]
     Selection(#[from] super::tree_store::SelectionError),
+    #[error("refusing the manifest before writing anything: {0}")]
+    Manifest(#[from] torrentguard_protocol::ManifestError),
     #[error("--only selects files of a directory share; {0} is a single file")]
     OnlyForTrees(String),
     #[error("output directory {0} is not a directory")]

@@ -29,23 +29,20 @@ const OPEN_FILES: usize = 64;
 /// Where each file of a tree is on this host.
 #[derive(Debug, Clone)]
 pub enum TreeRoot {
-    /// The tree's entries live under one directory (a shared folder, or a download).
+    /// The tree's entries live under one directory (a download, or a shared folder).
     Dir(PathBuf),
-    /// A share of several paths: each top-level name maps to the path it came from.
-    Tops(HashMap<String, PathBuf>),
+    /// Each entry's own local path, index for index (a share scanned from one or several
+    /// paths, see `scan::Scanned::sources`).
+    Listed(Arc<Vec<PathBuf>>),
 }
 
 impl TreeRoot {
-    /// The local path of the entry with relative path `rel` (components already validated).
-    pub fn path_of(&self, rel: &str) -> PathBuf {
+    /// The local path of entry number `entry`, whose relative path is `rel` (components
+    /// already validated).
+    pub fn path_of(&self, entry: usize, rel: &str) -> PathBuf {
         match self {
             TreeRoot::Dir(root) => rel.split('/').fold(root.clone(), |p, c| p.join(c)),
-            TreeRoot::Tops(tops) => {
-                let mut parts = rel.split('/');
-                let top = parts.next().unwrap_or_default();
-                let base = tops.get(top).cloned().unwrap_or_else(|| PathBuf::from(top));
-                parts.fold(base, |p, c| p.join(c))
-            }
+            TreeRoot::Listed(paths) => paths.get(entry).cloned().unwrap_or_default(),
         }
     }
 }
@@ -75,7 +72,10 @@ impl TreeFiles {
     /// The local path of entry `entry`.
     pub fn path_of(&self, entry: usize) -> PathBuf {
         let rel = &self.manifest.entries()[entry].path;
-        self.root.lock().expect("tree root lock").path_of(rel)
+        self.root
+            .lock()
+            .expect("tree root lock")
+            .path_of(entry, rel)
     }
 
     /// Moves the tree (after a rename): later reads open files under `root`.
@@ -386,8 +386,14 @@ impl TreeStore {
             Err(fs::TryLockError::Error(e)) => return Err(io_at(&paths.part)(e)),
         }
         let root = TreeRoot::Dir(paths.part.clone());
-        for (e, _) in m.entries().iter().zip(&keep).filter(|(_, k)| **k) {
-            let path = root.path_of(&e.path);
+        for (i, (e, _)) in m
+            .entries()
+            .iter()
+            .zip(&keep)
+            .enumerate()
+            .filter(|(_, (_, k))| **k)
+        {
+            let path = root.path_of(i, &e.path);
             if e.is_dir() {
                 make_real_dir(&path)?;
             } else {
@@ -534,10 +540,10 @@ impl TreeStore {
     fn apply_modes(&self) -> Result<(), StoreError> {
         let entries = self.files.manifest().entries();
         let root = TreeRoot::Dir(self.paths.part.clone());
-        let selected = entries.iter().zip(&self.keep).filter(|(_, k)| **k);
-        let (dirs, files): (Vec<_>, Vec<_>) = selected.map(|(e, _)| e).partition(|e| e.is_dir());
-        for e in files.into_iter().chain(dirs.into_iter().rev()) {
-            let path = root.path_of(&e.path);
+        let selected = entries.iter().enumerate().filter(|(i, _)| self.keep[*i]);
+        let (dirs, files): (Vec<_>, Vec<_>) = selected.partition(|(_, e)| e.is_dir());
+        for (i, e) in files.into_iter().chain(dirs.into_iter().rev()) {
+            let path = root.path_of(i, &e.path);
             fs::set_permissions(&path, fs::Permissions::from_mode(e.mode)).map_err(io_at(&path))?;
         }
         Ok(())

@@ -238,11 +238,15 @@ fn a_second_download_of_the_same_tree_is_refused_while_locked() {
 }
 
 #[test]
-fn roots_of_a_multi_path_share() {
-    let tops = HashMap::from([("photos".to_string(), PathBuf::from("/home/u/Pictures"))]);
-    let root = TreeRoot::Tops(tops);
+fn roots_of_a_scanned_share() {
+    let root = TreeRoot::Listed(Arc::new(vec![
+        PathBuf::from("/home/u/Pictures"),
+        PathBuf::from("/home/u/Pictures/a.jpg"),
+    ]));
     assert_eq!(
-        root.path_of("photos/2024/a.jpg"),
-        PathBuf::from("/home/u/Pictures/2024/a.jpg")
+        root.path_of(1, "photos/a.jpg"),
+        PathBuf::from("/home/u/Pictures/a.jpg")
     );
+    let dir = TreeRoot::Dir(PathBuf::from("/out/.set.part"));
+    assert_eq!(dir.path_of(7, "a/b"), PathBuf::from("/out/.set.part/a/b"));
 }
