@@ -25,11 +25,11 @@ use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
 use crate::peer::{BufferPool, Seeder};
 use crate::session::{Session, TrackerError};
 use crate::torrent::SharedFile;
-use crate::torrent::download::{DownloadState, SpeedMeter};
+use crate::torrent::download::{DownloadState, SpeedMeter, identical_chunks};
 use crate::torrent::ordered_hash::OrderedHasher;
 use crate::torrent::output::{Output, OutputOpened, PartialOutput};
 use crate::torrent::picker::Picker;
-use crate::torrent::reuse::{ReuseError, ReuseReport, reuse_local};
+use crate::torrent::reuse::{ReuseError, ReuseReport, reuse_local, reuse_shared};
 use crate::torrent::storage::ChunkStorage;
 use crate::torrent::store::StoreError;
 use crate::torrent::swarm::{PeerRecord, StallClock, peer_problems, waiting_reason};
@@ -263,7 +263,8 @@ pub async fn download(
             "chunks claimed by the state file failed verification and will be fetched again"
         );
     }
-    let reused = reuse_local_chunks(&manifest, &mut opened, &opts).await?;
+    let shares = seeder.files();
+    let reused = reuse_local_chunks(&manifest, &mut opened, &opts, shares).await?;
     let output = Arc::new(opened.output);
     let _release = ReleaseLock(output.clone());
     let (have, wanted) = (opened.have, opened.wanted);
@@ -315,6 +316,7 @@ pub async fn download(
         bytes_done: AtomicU64::new(bytes_of(&have)),
         bytes_total: bytes_of(&wanted),
         chunks_total: wanted.count(),
+        copies: identical_chunks(&manifest, &wanted),
         wanted: wanted.clone(),
         bytes_fetched: AtomicU64::new(0),
         chunks_fetched: AtomicU32::new(0),
@@ -399,20 +401,22 @@ pub async fn download(
     Ok(report)
 }
 
-/// Fills what it can of the output from local files before any peer is asked: `--reuse`
-/// paths (an old version of the file or folder). Each chunk found is verified by its digest
-/// like a fetched one; the state is saved so a crash does not lose the work.
+/// Fills what it can of the output from this host before any peer is asked: the shares this
+/// agent serves (through their manifests), then `--reuse` paths (an old version of the file or
+/// folder, hashed). Each chunk found is verified by its digest like a fetched one; the state is
+/// saved so a crash does not lose the work.
 async fn reuse_local_chunks(
     manifest: &Arc<Manifest>,
     opened: &mut PartialOutput,
     opts: &DownloadOptions,
+    shares: Vec<Arc<SharedFile>>,
 ) -> Result<ReuseReport, DownloadError> {
-    if opts.reuse.is_empty() {
-        return Ok(ReuseReport::default());
-    }
     let mut need = opened.wanted.clone();
     for i in opened.have.iter_set() {
         need.clear(i);
+    }
+    if need.count() == 0 {
+        return Ok(ReuseReport::default());
     }
     let storage = opened.output.storage();
     let skip = vec![
@@ -422,7 +426,27 @@ async fn reuse_local_chunks(
     let (m, sources) = (manifest.clone(), opts.reuse.clone());
     let (report, found) = tokio::task::spawn_blocking(move || {
         let write = |i: u32, data: &[u8]| storage.write_chunk(i, data);
-        reuse_local(&m, &need, &sources, &skip, &write)
+        let others: Vec<_> = shares
+            .into_iter()
+            .filter(|s| s.file_id != m.file_id())
+            .collect();
+        let (mut report, found) = reuse_shared(&m, &need, &others, &write)?;
+        for i in found.iter_set() {
+            need.clear(i);
+        }
+        let (local, more) = match sources.is_empty() {
+            true => (ReuseReport::default(), Bitfield::new(m.chunk_count())),
+            false => reuse_local(&m, &need, &sources, &skip, &write)?,
+        };
+        report.chunks += local.chunks;
+        report.bytes += local.bytes;
+        report.scanned += local.scanned;
+        report.files += local.files;
+        let mut all = found;
+        for i in more.iter_set() {
+            all.set(i);
+        }
+        Ok::<_, ReuseError>((report, all))
     })
     .await
     .expect("reuse does not panic")?;
@@ -431,14 +455,14 @@ async fn reuse_local_chunks(
     }
     if report.chunks > 0 {
         opened.output.save_state(&opened.have)?;
+        tracing::info!(
+            chunks = report.chunks,
+            bytes = report.bytes,
+            scanned = report.scanned,
+            files = report.files,
+            "reused chunks found on this host"
+        );
     }
-    tracing::info!(
-        chunks = report.chunks,
-        bytes = report.bytes,
-        scanned = report.scanned,
-        files = report.files,
-        "reused chunks found on this host"
-    );
     Ok(report)
 }
 

@@ -57,7 +57,11 @@ impl Swarm {
     fn write(&self, name: &str, len: usize, seed: u8) -> PathBuf {
         let p = self.dir.path().join(name);
         let data: Vec<u8> = (0..len)
-            .map(|i| ((i * 7 + seed as usize * 13) % 251) as u8)
+            // Never periodic at chunk scale: identical chunks would be fetched once and copied.
+            .map(|i| {
+                ((i as u64 + seed as u64 * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56)
+                    as u8
+            })
             .collect();
         std::fs::write(&p, data).unwrap();
         p

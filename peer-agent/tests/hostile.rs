@@ -58,7 +58,8 @@ impl Swarm {
     fn write(&self, name: &str, chunks: u32) -> (PathBuf, Arc<Vec<u8>>) {
         let p = self.dir.path().join(name);
         let data: Vec<u8> = (0..chunks * CHUNK - 33)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            // Never periodic at chunk scale: identical chunks would be fetched once and copied.
+            .map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
             .collect();
         std::fs::write(&p, &data).unwrap();
         (p, Arc::new(data))

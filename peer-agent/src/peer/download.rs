@@ -479,6 +479,15 @@ fn verify_and_write(
         } else {
             Ok(false)
         };
+        // The same verified bytes are every identical chunk's too.
+        let r = match (r, sh.copies.get(&index)) {
+            (Ok(true), Some(copies)) => copies
+                .iter()
+                .filter(|j| !sh.picker().has(**j))
+                .try_for_each(|j| sh.storage.write_chunk(*j, &data))
+                .map(|_| true),
+            (r, _) => r,
+        };
         pool.give(data);
         if matches!(r, Ok(true)) {
             // Verified and on disk: the in-order hasher reads it back from the file, so the
@@ -493,6 +502,21 @@ fn verify_and_write(
 }
 
 /// Applies a verification result. Returns how the peer ends, if it must.
+/// Marks the identical copies of verified chunk `index` done: written with it, never fetched.
+fn complete_copies(sh: &DownloadState, index: u32) {
+    for &j in sh.copies.get(&index).into_iter().flatten() {
+        if sh.picker().complete(j) {
+            if let Some(h) = &sh.hasher {
+                let _ = h.send(j);
+            }
+            sh.shared_file.add_chunk(j);
+            let _ = sh.completions.send(j);
+            let len = sh.manifest.chunk_len(j) as u64;
+            sh.bytes_done.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+}
+
 fn settle(
     sh: &DownloadState,
     r: Result<Verified, tokio::task::JoinError>,
@@ -515,6 +539,7 @@ fn settle(
                 sh.bytes_done.fetch_add(len, Ordering::Relaxed);
                 sh.bytes_fetched.fetch_add(len, Ordering::Relaxed);
                 sh.dirty.store(true, Ordering::Relaxed);
+                complete_copies(sh, index);
                 if sh.picker().is_done() {
                     sh.done.notify_one();
                 }

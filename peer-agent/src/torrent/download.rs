@@ -34,6 +34,9 @@ pub struct DownloadState {
     pub bytes_total: u64,
     pub chunks_total: u32,
     pub wanted: Bitfield,
+    /// For a chunk whose digest other wanted chunks share (identical files, repeated blocks):
+    /// those other indices. One fetch fills them all.
+    pub copies: HashMap<u32, Vec<u32>>,
     pub bytes_fetched: AtomicU64,
     pub chunks_fetched: AtomicU32,
     pub retries: AtomicU32,
@@ -103,6 +106,21 @@ impl DownloadState {
             bans,
         });
     }
+}
+
+/// The wanted chunks that share a digest, each mapped to the others.
+pub fn identical_chunks(m: &Manifest, wanted: &Bitfield) -> HashMap<u32, Vec<u32>> {
+    let mut by_digest: HashMap<_, Vec<u32>> = HashMap::new();
+    for i in wanted.iter_set() {
+        by_digest.entry(m.chunks[i as usize]).or_default().push(i);
+    }
+    let mut copies = HashMap::new();
+    for group in by_digest.into_values().filter(|g| g.len() > 1) {
+        for &i in &group {
+            copies.insert(i, group.iter().copied().filter(|j| *j != i).collect());
+        }
+    }
+    copies
 }
 
 impl DownloadState {

@@ -1,5 +1,6 @@
 //! Reusing chunks already on this host before fetching them: an old version of the file or
-//! folder (`get --reuse PATH`), files this agent shares, a previous download.
+//! folder (`get --reuse PATH`, [`reuse_local`]), and the shares this agent serves
+//! ([`reuse_shared`], found through their manifests without hashing anything).
 //!
 //! Every candidate file is read at chunk-aligned offsets (chunks start at offset 0 of each file,
 //! so a file edited in place keeps its unchanged chunks where they were) and each window is
@@ -13,10 +14,12 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use torrentguard_protocol::{Bitfield, Digest, Manifest};
+
+use super::share::SharedFile;
 
 /// Chunks one work unit covers: big enough to amortise a file open, small enough that one big
 /// file keeps every worker busy.
@@ -216,6 +219,55 @@ impl Scan<'_> {
     }
 }
 
+/// Fills `need` from the shares this agent already serves: their manifests list the digest of
+/// every chunk they hold, so a match costs no hashing until it is found; the chunk is then read
+/// from that share's storage and verified against `m` before `write`. Returns what was reused
+/// and the chunks now had.
+pub fn reuse_shared(
+    m: &Manifest,
+    need: &Bitfield,
+    shares: &[Arc<SharedFile>],
+    write: &dyn Fn(u32, &[u8]) -> io::Result<()>,
+) -> Result<(ReuseReport, Bitfield), ReuseError> {
+    let mut found = Bitfield::new(m.chunk_count());
+    let mut report = ReuseReport::default();
+    if need.count() == 0 {
+        return Ok((report, found));
+    }
+    let needed = Needed::new(m, need);
+    let mut buf = vec![0u8; m.chunk_size as usize];
+    for share in shares
+        .iter()
+        .filter(|s| s.manifest.hash == m.hash && !s.is_withdrawn())
+    {
+        report.files += 1;
+        for (j, d) in share.manifest.chunks.iter().enumerate() {
+            let j = j as u32;
+            let Some(indices) = needed.by_digest.get(d) else {
+                continue;
+            };
+            if found.get(indices[0]) || !share.holds(j) {
+                continue;
+            }
+            let len = share.manifest.chunk_len(j) as usize;
+            if len != m.chunk_len(indices[0]) as usize
+                || share.storage().read_chunk(j, &mut buf[..len]).is_err()
+                || !m.chunk_matches(indices[0], &buf[..len])
+            {
+                continue;
+            }
+            report.scanned += len as u64;
+            for &i in indices {
+                write(i, &buf[..len]).map_err(ReuseError::Write)?;
+                found.set(i);
+                report.chunks += 1;
+                report.bytes += len as u64;
+            }
+        }
+    }
+    Ok((report, found))
+}
+
 /// Regular files under `sources`, skipping links, special files and `skip`.
 fn candidates(sources: &[PathBuf], skip: &[PathBuf]) -> Result<Vec<Candidate>, ReuseError> {
     let skip: Vec<PathBuf> = skip
@@ -372,5 +424,35 @@ mod tests {
         let m = manifest(&new);
         let (_, found, _) = run(&m, &[p], &[]);
         assert_eq!(found.iter_set().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn a_share_of_this_agent_gives_its_chunks_without_hashing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = data(10 * CS as usize, 6);
+        let mut new = old.clone();
+        new[4 * CS as usize] ^= 1;
+        let p = dir.path().join("served");
+        fs::write(&p, &old).unwrap();
+        let served =
+            SharedFile::complete(Arc::new(manifest(&old)), p.clone(), File::open(&p).unwrap())
+                .unwrap();
+        let m = manifest(&new);
+        let out = Mutex::new(vec![0u8; new.len()]);
+        let write = |i: u32, bytes: &[u8]| {
+            let off = m.chunk_offset(i) as usize;
+            out.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        };
+        let need = Bitfield::full(m.chunk_count());
+        let (r, found) = reuse_shared(&m, &need, std::slice::from_ref(&served), &write).unwrap();
+        assert_eq!(r.chunks, 9);
+        assert!(!found.get(4));
+        let copy = out.into_inner().unwrap();
+        assert_eq!(copy[..4 * CS as usize], new[..4 * CS as usize]);
+        // A share whose file changed since is read, fails verification, and gives nothing.
+        fs::write(&p, vec![0u8; old.len()]).unwrap();
+        let (r, _) = reuse_shared(&m, &need, &[served], &|_, _| Ok(())).unwrap();
+        assert_eq!(r.chunks, 0);
     }
 }
