@@ -288,9 +288,11 @@ impl TreePaths {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+/// The same shape as a single file's state, so `status` lists partial trees too.
 struct TreeState {
     version: u32,
     file_id: FileId,
+    chunk_size: u32,
     chunk_count: u32,
     verified: String,
 }
@@ -465,6 +467,7 @@ impl TreeStore {
         let state = TreeState {
             version: 1,
             file_id: self.file_id,
+            chunk_size: self.files.manifest().chunk_size,
             chunk_count: have.len(),
             verified: have.to_base64(),
         };

@@ -116,6 +116,10 @@ fn an_interrupted_tree_resumes_with_only_verified_chunks() {
         }
         p.store.save_state(&p.have).unwrap();
     }
+    let listed = crate::torrent::store::list_partials(out.path());
+    assert_eq!(listed.len(), 1, "status lists the partial tree");
+    assert_eq!(listed[0].chunks_verified, 3);
+    assert!(listed[0].part.ends_with(".set.part"));
     // Tamper with one claimed chunk on disk.
     let a = out.path().join(".set.part/a.bin");
     let f = OpenOptions::new().write(true).open(&a).unwrap();
