@@ -245,3 +245,37 @@ fn reuse_of_an_old_version_fetches_only_changed_chunks() -> Result<()> {
     seeder.kill()?;
     Ok(())
 }
+
+/// `share --follow-symlinks`: a link to a file inside the folder is shared (and served) as that
+/// file; a link leaving the folder is skipped with a warning naming it.
+#[test]
+fn followed_links_inside_the_folder_are_shared_as_files() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("set/real"))?;
+    let data = write_random_file(&root.join("set/real/data.bin"), 50_000, 5)?;
+    std::os::unix::fs::symlink("real/data.bin", root.join("set/alias.bin"))?;
+    std::os::unix::fs::symlink("/etc/hostname", root.join("set/outside"))?;
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let (mut seeder, id) = share(
+        "seeder",
+        &root.join("s"),
+        &root.join("set"),
+        &tracker,
+        &["--follow-symlinks"],
+    )?;
+    let warned = seeder.events("warning");
+    ensure!(
+        warned.len() == 1 && warned[0]["message"].to_string().contains("outside"),
+        "{warned:?}"
+    );
+    let out = root.join("out");
+    let mut g = get("get", &root.join("d"), &id, &out, &tracker, &[])?;
+    g.wait_event("completed", |_| true)?;
+    g.expect_exit(0)?;
+    assert_same(&out.join("set/alias.bin"), &data)?;
+    assert_same(&out.join("set/real/data.bin"), &data)?;
+    ensure!(!out.join("set/alias.bin").is_symlink() && !out.join("set/outside").exists());
+    seeder.kill()?;
+    Ok(())
+}

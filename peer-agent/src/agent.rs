@@ -167,11 +167,14 @@ impl Agent {
         let resp = self.tracker.register(&manifest).await?;
         tracing::info!(file_id = %resp.file_id, created = resp.created, files = manifest.file_count(), "tree manifest registered");
         let path = scanned.sources.first().cloned().unwrap_or_default();
-        let storage = TreeFiles::new(
+        let storage = TreeFiles::shared(
             manifest.clone(),
             TreeRoot::Listed(Arc::new(scanned.sources)),
-            false,
-        );
+        )
+        .map_err(|source| AgentError::File {
+            path: path.clone(),
+            source,
+        })?;
         let shared = SharedFile::complete_tree(manifest, path, Arc::new(storage));
         self.serve(shared.clone(), events).await?;
         Ok(shared)

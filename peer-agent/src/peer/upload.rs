@@ -34,6 +34,7 @@ use super::connection::{Hello, PeerConnection, PeerWriter};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
 use crate::reach::Advertise;
+use crate::torrent::tree_store::FileChanged;
 use crate::torrent::{ClaimsGuard, SharedFile, SwarmDirectory, WithdrawReason};
 
 /// Bound on writing one chunk to a peer.
@@ -545,7 +546,7 @@ impl Seeder {
         let storage = file.storage().clone();
         let corrupt = self.corrupt.load(Ordering::Relaxed);
         // Read off the reactor: a cold page cache means real disk latency.
-        let mut buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             storage.read_chunk(i, &mut buf[CHUNK_HEADER_LEN..])?;
             if corrupt {
                 buf[CHUNK_HEADER_LEN] ^= 0xff;
@@ -553,7 +554,11 @@ impl Seeder {
             Ok(buf)
         })
         .await
-        .map_err(std::io::Error::other)??;
+        .map_err(std::io::Error::other)?;
+        let mut buf = match read {
+            Ok(buf) => buf,
+            Err(e) => return refuse_changed(file, i, e, wr).await,
+        };
         buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(i, len as u32));
         tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&buf))
             .await
@@ -570,6 +575,31 @@ impl Seeder {
 const SHUTTING_DOWN: &str = "seeder shutting down";
 
 /// A peer admitted to a file's swarm, its `Hello` read, not yet answered.
+/// A chunk that could not be read: if its file of a shared tree changed on disk, that file's
+/// chunks are dropped from the share and the request is answered `NotHeld` (the rest of the
+/// tree is still served); any other read error ends the connection.
+async fn refuse_changed(
+    file: &SharedFile,
+    i: u32,
+    e: std::io::Error,
+    wr: &mut PeerWriter,
+) -> Result<(), PeerError> {
+    let Some(changed) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<FileChanged>())
+    else {
+        return Err(e.into());
+    };
+    tracing::warn!(file_id = %file.file_id, error = %changed, "no longer serving a file of the tree");
+    file.forget_file(changed.entry);
+    wr.send_now(&Frame::Reject {
+        index: i,
+        reason: RejectReason::NotHeld,
+    })
+    .await?;
+    Ok(())
+}
+
 struct AdmittedPeer {
     conn: PeerConnection,
     file: Arc<SharedFile>,

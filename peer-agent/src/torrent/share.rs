@@ -234,6 +234,18 @@ impl SharedFile {
         let _ = self.haves.send(i);
     }
 
+    /// One file of a shared tree changed on disk: its chunks are no longer held (announced
+    /// with the next bitfield, refused `NotHeld` meanwhile); the rest of the tree is served.
+    pub fn forget_file(&self, entry: usize) {
+        let Some(span) = self.manifest.tree_layout().and_then(|l| l.span_of(entry)) else {
+            return;
+        };
+        let mut have = self.have.write().unwrap_or_else(|e| e.into_inner());
+        for i in span.first_chunk..span.first_chunk + span.chunks {
+            have.clear(i);
+        }
+    }
+
     pub fn is_withdrawn(&self) -> bool {
         self.withdrawn.is_cancelled()
     }
@@ -574,5 +586,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(f.withdraw_reason(), Some(reason));
+    }
+
+    #[test]
+    fn a_changed_file_of_a_tree_is_no_longer_held() {
+        use torrentguard_protocol::{Entry, HashAlgo};
+        let d = |b: &[u8]| HashAlgo::Sha256.digest(b);
+        let entries = vec![Entry::file("a", 20_000, 0o644), Entry::file("b", 1, 0o644)];
+        let chunks = vec![d(b"a0"), d(b"a1"), d(b"b")];
+        let m = Arc::new(Manifest::tree(
+            "t",
+            16384,
+            HashAlgo::Sha256,
+            entries,
+            chunks,
+        ));
+        let storage = Arc::new(crate::torrent::tree_store::TreeFiles::new(
+            m.clone(),
+            crate::torrent::tree_store::TreeRoot::Dir("/nonexistent".into()),
+            false,
+        ));
+        let f = SharedFile::complete_tree(m, "/nonexistent".into(), storage);
+        f.forget_file(0);
+        assert_eq!(f.have().iter_set().collect::<Vec<_>>(), vec![2]);
+        f.forget_file(7);
+        assert_eq!(f.have().count(), 1);
     }
 }

@@ -13,6 +13,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,19 @@ pub struct TreeFiles {
     manifest: Arc<Manifest>,
     root: Mutex<TreeRoot>,
     writable: bool,
+    /// For a share: each file's size and modification time when it was shared (`None` for a
+    /// directory). Set, reads follow links (the sharer chose them) and check the file is
+    /// unchanged; unset, links are never followed (a download's tree, an existing output).
+    shared_as: Option<Vec<Option<(u64, SystemTime)>>>,
     open: Mutex<HashMap<usize, Arc<File>>>,
+}
+
+/// A file of a shared tree changed on disk after it was shared: its chunks are not served.
+#[derive(Debug, thiserror::Error)]
+#[error("{} changed on disk after it was shared", .path.display())]
+pub struct FileChanged {
+    pub path: PathBuf,
+    pub entry: usize,
 }
 
 impl TreeFiles {
@@ -61,8 +74,42 @@ impl TreeFiles {
             manifest,
             root: Mutex::new(root),
             writable,
+            shared_as: None,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The files of a tree this agent shares, as they are now (call right after hashing):
+    /// from then on a read of a file whose size or modification time moved fails with
+    /// [`FileChanged`].
+    pub fn shared(manifest: Arc<Manifest>, root: TreeRoot) -> io::Result<Self> {
+        let mut files = Self::new(manifest, root, false);
+        let seen = (0..files.manifest.entries().len())
+            .map(|i| match files.manifest.entries()[i].is_dir() {
+                true => Ok(None),
+                false => {
+                    let meta = fs::metadata(files.path_of(i))?;
+                    Ok(Some((meta.len(), meta.modified()?)))
+                }
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        files.shared_as = Some(seen);
+        Ok(files)
+    }
+
+    /// Whether entry `entry` still has the size and modification time it was shared with.
+    fn check_unchanged(&self, entry: usize, f: &File) -> io::Result<()> {
+        let Some(Some(want)) = self.shared_as.as_ref().map(|s| s[entry]) else {
+            return Ok(());
+        };
+        let meta = f.metadata()?;
+        if (meta.len(), meta.modified()?) == want {
+            return Ok(());
+        }
+        Err(io::Error::other(FileChanged {
+            path: self.path_of(entry),
+            entry,
+        }))
     }
 
     pub fn manifest(&self) -> &Arc<Manifest> {
@@ -90,13 +137,17 @@ impl TreeFiles {
             return Ok(f.clone());
         }
         let path = self.path_of(entry);
-        // Never through a symlink: a link planted in the tree must not redirect a read or a
-        // write outside it.
+        // Never through a symlink (a link planted in a download's tree must not redirect a read
+        // or a write outside it), except in a share, whose links the sharer chose to follow.
+        let nofollow = match self.shared_as {
+            Some(_) => 0,
+            None => libc::O_NOFOLLOW,
+        };
         let f = Arc::new(
             OpenOptions::new()
                 .read(true)
                 .write(self.writable)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(nofollow)
                 .open(&path)?,
         );
         if open.len() >= OPEN_FILES {
@@ -109,7 +160,10 @@ impl TreeFiles {
     /// Reads chunk `index` into `buf` (exactly its length).
     pub fn read_chunk(&self, index: u32, buf: &mut [u8]) -> io::Result<()> {
         let place = self.place(index, buf.len())?;
-        self.file(place.entry)?.read_exact_at(buf, place.offset)
+        let f = self.file(place.entry)?;
+        f.read_exact_at(buf, place.offset)?;
+        // After the read: bytes changed before it show in the modification time.
+        self.check_unchanged(place.entry, &f)
     }
 
     /// Writes verified chunk `index`.

@@ -254,3 +254,42 @@ fn roots_of_a_scanned_share() {
     let dir = TreeRoot::Dir(PathBuf::from("/out/.set.part"));
     assert_eq!(dir.path_of(7, "a/b"), PathBuf::from("/out/.set.part/a/b"));
 }
+
+#[test]
+fn a_shared_file_that_changes_is_no_longer_read() {
+    let src = tempfile::tempdir().unwrap();
+    let (m, files) = sample();
+    let mut sources = Vec::new();
+    for e in m.entries() {
+        let p = src.path().join(e.path.replace('/', "_"));
+        match files.iter().find(|f| f.0 == e.path) {
+            Some(f) => fs::write(&p, &f.1).unwrap(),
+            None => fs::create_dir_all(&p).unwrap(),
+        }
+        sources.push(p);
+    }
+    let shared = TreeFiles::shared(m.clone(), TreeRoot::Listed(Arc::new(sources.clone()))).unwrap();
+    let mut buf = vec![0u8; m.chunk_len(0) as usize];
+    shared.read_chunk(0, &mut buf).unwrap();
+    assert!(m.chunk_matches(0, &buf));
+    // Same size, other bytes, a later modification time.
+    let a = &sources[0];
+    let later = fs::metadata(a).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::write(a, vec![0u8; files[0].1.len()]).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(a)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let err = shared.read_chunk(0, &mut buf).unwrap_err();
+    let changed = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<FileChanged>())
+        .unwrap();
+    assert_eq!((changed.entry, &changed.path), (0, a));
+    // The other files are still served.
+    let last = m.chunk_count() - 1;
+    let mut buf = vec![0u8; m.chunk_len(last) as usize];
+    shared.read_chunk(last, &mut buf).unwrap();
+}
