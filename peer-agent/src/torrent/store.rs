@@ -375,18 +375,7 @@ impl ChunkStore {
     /// atomically, so the state never claims bytes that are not on disk.
     pub fn save_state(&self, have: &Bitfield) -> Result<(), StoreError> {
         self.storage.flush().map_err(io_at(&self.paths.part))?;
-        let state = StateFile {
-            version: 1,
-            file_id: self.file_id,
-            chunk_size: self.manifest.chunk_size,
-            chunk_count: self.manifest.chunk_count(),
-            verified: have.to_base64(),
-        };
-        let json = serde_json::to_vec(&state).expect("state serialises");
-        write_atomically(&self.paths.state, &json, 0o644).map_err(|e| StoreError::Io {
-            path: self.paths.state.clone(),
-            source: io::Error::other(e.to_string()),
-        })
+        write_state(&self.paths.state, &self.file_id, &self.manifest, have)
     }
 
     /// Makes the finished file durable and moves it into place; removes the state file. The
@@ -486,8 +475,30 @@ fn check_existing(
     Ok(existing)
 }
 
+/// Replaces the state file at `path` atomically with `have` (a file's or a tree's: the same
+/// shape, so `status` lists both). The caller made the data durable first.
+pub(crate) fn write_state(
+    path: &Path,
+    id: &FileId,
+    m: &Manifest,
+    have: &Bitfield,
+) -> Result<(), StoreError> {
+    let state = StateFile {
+        version: 1,
+        file_id: *id,
+        chunk_size: m.chunk_size,
+        chunk_count: m.chunk_count(),
+        verified: have.to_base64(),
+    };
+    let json = serde_json::to_vec(&state).expect("state serialises");
+    write_atomically(path, &json, 0o644).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
 /// What a state file says.
-enum Claimed {
+pub(crate) enum Claimed {
     /// No usable state: every chunk is fetched.
     Nothing,
     Chunks(Bitfield),
@@ -495,7 +506,7 @@ enum Claimed {
     Other(FileId),
 }
 
-fn read_state(path: &Path, id: &FileId, m: &Manifest) -> Claimed {
+pub(crate) fn read_state(path: &Path, id: &FileId, m: &Manifest) -> Claimed {
     let Ok(bytes) = fs::read(path) else {
         return Claimed::Nothing;
     };

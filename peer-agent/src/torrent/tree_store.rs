@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, Entry, FileId, Manifest, sanitize_name};
-use torrentguard_trust::identity::write_atomically;
 
 use super::storage::ChunkStorage;
-use super::store::{StoreError, io_at};
+use super::store::{Claimed, StoreError, io_at, read_state, write_state};
 
 /// Open files kept per tree: enough for a few concurrent chunks of large files, far below the
 /// descriptor limit whatever the tree holds.
@@ -341,16 +339,6 @@ impl TreePaths {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-/// The same shape as a single file's state, so `status` lists partial trees too.
-struct TreeState {
-    version: u32,
-    file_id: FileId,
-    chunk_size: u32,
-    chunk_count: u32,
-    verified: String,
-}
-
 /// One tree download: a locked `.<name>.part/` and the chunks verified in it.
 pub struct TreeStore {
     pub paths: TreePaths,
@@ -404,7 +392,7 @@ impl TreeStore {
             });
         }
         let file_id = m.file_id();
-        if let Some(other) = state_of_other(&paths.state, &file_id)
+        if let Claimed::Other(other) = read_state(&paths.state, &file_id, &m)
             && !force
         {
             return Err(StoreError::OtherPartial {
@@ -470,7 +458,7 @@ impl TreeStore {
     fn reverify_claimed(&self, wanted: &Bitfield) -> (Bitfield, u32) {
         let m = self.files.manifest();
         let mut have = Bitfield::new(m.chunk_count());
-        let Some(claimed) = read_tree_state(&self.paths.state, &self.file_id, m) else {
+        let Claimed::Chunks(claimed) = read_state(&self.paths.state, &self.file_id, m) else {
             return (have, 0);
         };
         let mut buf = vec![0u8; m.chunk_size as usize];
@@ -518,18 +506,12 @@ impl TreeStore {
     /// Records `have`: data made durable first, then the state replaced atomically.
     pub fn save_state(&self, have: &Bitfield) -> Result<(), StoreError> {
         self.files.sync().map_err(io_at(&self.paths.part))?;
-        let state = TreeState {
-            version: 1,
-            file_id: self.file_id,
-            chunk_size: self.files.manifest().chunk_size,
-            chunk_count: have.len(),
-            verified: have.to_base64(),
-        };
-        let json = serde_json::to_vec(&state).expect("state serialises");
-        write_atomically(&self.paths.state, &json, 0o644).map_err(|e| StoreError::Io {
-            path: self.paths.state.clone(),
-            source: io::Error::other(e.to_string()),
-        })
+        write_state(
+            &self.paths.state,
+            &self.file_id,
+            self.files.manifest(),
+            have,
+        )
     }
 
     /// Applies the modes, makes the tree durable and renames it to `DIR/<name>/` (replacing an
@@ -745,19 +727,6 @@ fn shape_difference(files: &TreeFiles, keep: &[bool]) -> Option<String> {
 
 fn kind_name(e: &Entry) -> &'static str {
     if e.is_dir() { "directory" } else { "file" }
-}
-
-fn state_of_other(path: &Path, id: &FileId) -> Option<FileId> {
-    let s: TreeState = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
-    (s.file_id != *id).then_some(s.file_id)
-}
-
-fn read_tree_state(path: &Path, id: &FileId, m: &Manifest) -> Option<Bitfield> {
-    let s: TreeState = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
-    if s.version != 1 || s.file_id != *id || s.chunk_count != m.chunk_count() {
-        return None;
-    }
-    Bitfield::from_base64(&s.verified, m.chunk_count()).ok()
 }
 
 #[cfg(test)]
