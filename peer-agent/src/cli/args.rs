@@ -161,15 +161,15 @@ pub(crate) struct ShareArgs {
     pub(crate) peer_limits: PeerLimitFlags,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct HashArgs {
-    /// Files or directories. A single directory's contents make the tree; several paths are
-    /// each a top-level entry of it.
+    /// Files or directories, as `share` takes them: each one id (a directory's contents make
+    /// its tree), or all of them one tree with --name.
     #[arg(required = true, value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,
 
-    /// Name of the tree [default: the first path's name]. With one file, makes it a tree of
-    /// that file under this name.
+    /// Hash every PATH as one tree named NAME, each a top-level entry of it (with one file: a
+    /// tree of that file under this name).
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
 

@@ -19,33 +19,44 @@ use super::render::{Mode, human, printable};
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) async fn hash(args: HashArgs, mode: Mode) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let (events, out) = renderer(mode);
-    let (manifest, warnings) = tokio::task::spawn_blocking(move || hash_blocking(&args, &events))
-        .await
-        .context("the hashing task failed")??;
-    let secs = started.elapsed().as_secs_f64();
-    report_warnings(&out, mode, &warnings);
-    report(&out, &manifest, secs);
+    for unit in units(&args.paths, args.name.is_some()) {
+        let started = Instant::now();
+        let (a, e) = (args.clone(), events.clone());
+        let (manifest, warnings) =
+            tokio::task::spawn_blocking(move || hash_blocking(&a, &unit, &e))
+                .await
+                .context("the hashing task failed")??;
+        let secs = started.elapsed().as_secs_f64();
+        report_warnings(&out, mode, &warnings);
+        report(&out, &manifest, secs);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `hash` and `share` make of their paths: each PATH one share (a file, or a folder's
+/// tree), or with `--name` (`joined`) all of them one tree.
+pub(crate) fn units(paths: &[PathBuf], joined: bool) -> Vec<Vec<PathBuf>> {
+    if joined {
+        return vec![paths.to_vec()];
+    }
+    paths.iter().map(|p| vec![p.clone()]).collect()
+}
+
 /// One regular file (without `--name`) keeps its single-file manifest, so its id is the one
-/// `share FILE` announces; a directory or several paths make one tree.
+/// `share FILE` announces; a directory, or several paths with `--name`, make one tree.
 fn hash_blocking(
     args: &HashArgs,
+    paths: &[PathBuf],
     events: &EventSink,
 ) -> anyhow::Result<(Manifest, Vec<ScanWarning>)> {
-    if let [file] = args.paths.as_slice()
+    if let [file] = paths
         && args.name.is_none()
         && std::fs::metadata(file).is_ok_and(|m| m.is_file())
     {
         return Ok((hash_file(file, args, events)?, Vec::new()));
     }
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| display_name(&args.paths[0]));
+    let name = args.name.clone().unwrap_or_else(|| display_name(&paths[0]));
     let opts = ScanOptions {
         chunk_size: args.chunk_size,
         hash: args.hash,
@@ -54,7 +65,7 @@ fn hash_blocking(
         workers: None,
     };
     let progress = throttled(name, events);
-    let scanned = scan(&args.paths, &opts, &|done, total| progress(done, total))?;
+    let scanned = scan(paths, &opts, &|done, total| progress(done, total))?;
     Ok((scanned.manifest, scanned.warnings))
 }
 
@@ -156,5 +167,20 @@ fn count(n: usize, noun: &str) -> String {
         (1, _) => format!("1 {noun}"),
         (_, Some(stem)) => format!("{n} {stem}ies"),
         (_, None) => format!("{n} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_path_is_one_share_unless_joined_by_name() {
+        let paths = [PathBuf::from("a.bin"), PathBuf::from("dir")];
+        assert_eq!(
+            units(&paths, false),
+            [vec![PathBuf::from("a.bin")], vec![PathBuf::from("dir")]]
+        );
+        assert_eq!(units(&paths, true), [paths.to_vec()]);
     }
 }

@@ -18,7 +18,7 @@ use torrentguard_agent::torrent::SharedFile;
 use super::args::ShareArgs;
 use super::embedded::EmbeddedTracker;
 use super::exit::{INTERRUPTED, is_interrupted};
-use super::hash::{display_name, report_warnings, throttled};
+use super::hash::{display_name, report_warnings, throttled, units};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
@@ -93,15 +93,6 @@ fn check_readable(files: &[PathBuf]) -> anyhow::Result<()> {
         std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     Ok(())
-}
-
-/// What `share` makes of its paths: each file one share, each folder one tree, or with
-/// `--name` all of them one tree.
-fn share_units(args: &ShareArgs) -> Vec<Vec<PathBuf>> {
-    if args.name.is_some() {
-        return vec![args.files.clone()];
-    }
-    args.files.iter().map(|p| vec![p.clone()]).collect()
 }
 
 /// Shares one unit: a regular file alone (its single-file id), else a scanned tree.
@@ -234,7 +225,7 @@ async fn serve_and_report(
     stop: &CancellationToken,
 ) -> anyhow::Result<Served> {
     let mut shared = Vec::new();
-    for unit in share_units(args) {
+    for unit in units(&args.files, args.name.is_some()) {
         let hashed = share_unit(agent, args, &unit, events, out);
         let Some(s) = unless_stopped(stop, hashed).await else {
             return Ok(Served::KeepSeeding);
