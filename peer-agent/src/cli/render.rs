@@ -298,11 +298,11 @@ impl Renderer {
                 self.names.insert(file_id.to_string(), name.clone());
                 if *bytes_reused > 0 {
                     self.say(&format!(
-                        "reused {} of {name} from local files (--reuse), each chunk verified",
+                        "downloading {name} ({}, {chunks_total} chunks): {chunks_have} already on this host, {} of them reused from local files, each verified",
+                        human(*size),
                         human(*bytes_reused)
                     ));
-                }
-                if *chunks_have > 0 || *discarded > 0 {
+                } else if *chunks_have > 0 || *discarded > 0 {
                     self.say(&format!(
                         "resuming {name}: {chunks_have}/{chunks_total} chunks verified on disk{}",
                         if *discarded > 0 {
