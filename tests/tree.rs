@@ -279,3 +279,87 @@ fn followed_links_inside_the_folder_are_shared_as_files() -> Result<()> {
     seeder.kill()?;
     Ok(())
 }
+
+/// Issue 12 §1 (the chain of trust): a download checks every chunk before writing it and says
+/// so; `--verify-full` also hashes the file whole; `torrentguard verify PATH ID` checks what is
+/// on disk later, file or folder, and says what differs.
+#[test]
+fn verify_checks_what_is_on_disk_against_the_manifest() -> Result<()> {
+    let dir = tmp()?;
+    let root = dir.path();
+    dataset(root)?;
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let (mut tree_seeder, tree_id) = share(
+        "seeder-tree",
+        &root.join("s1"),
+        &root.join("set"),
+        &tracker,
+        &[],
+    )?;
+    let (mut file_seeder, file_id) = share(
+        "seeder-file",
+        &root.join("s2"),
+        &root.join("set/big.bin"),
+        &tracker,
+        &[],
+    )?;
+    let out = root.join("out");
+    let mut g = get("get", &root.join("d"), &file_id, &out, &tracker, &[])?;
+    let plain = g.wait_event("completed", |_| true)?;
+    g.expect_exit(0)?;
+    ensure!(plain["whole_file_checked"] == false, "{plain}");
+    let full_out = root.join("full");
+    let mut g = get(
+        "get-full",
+        &root.join("d"),
+        &file_id,
+        &full_out,
+        &tracker,
+        &["--verify-full"],
+    )?;
+    let full = g.wait_event("completed", |_| true)?;
+    g.expect_exit(0)?;
+    ensure!(full["whole_file_checked"] == true, "{full}");
+    let mut g = get("get-tree", &root.join("d"), &tree_id, &out, &tracker, &[])?;
+    g.wait_event("completed", |_| true)?;
+    g.expect_exit(0)?;
+
+    let verify = |path: &Path, id: &str| -> Result<std::process::Output> {
+        let mut cmd = agent(&root.join("d"));
+        cmd.arg("verify").arg(path).arg(id).args(tracker.args());
+        Ok(cmd.output()?)
+    };
+    let ok = verify(&out.join("big.bin"), &file_id)?;
+    ensure!(
+        ok.status.code() == Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let ok = verify(&out.join("set"), &tree_id)?;
+    ensure!(
+        ok.status.code() == Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // One byte changed in each, and a file removed from the tree.
+    for p in [out.join("big.bin"), out.join("set/docs/a.txt")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+        let f = std::fs::OpenOptions::new().write(true).open(&p)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"!", 100)?;
+    }
+    std::fs::remove_file(out.join("set/empty.txt"))?;
+    for (path, id, says) in [
+        (out.join("big.bin"), &file_id, r#""bad":[0]"#),
+        (out.join("set"), &tree_id, "empty.txt is missing"),
+    ] {
+        let bad = verify(&path, id)?;
+        let text = String::from_utf8_lossy(&bad.stdout);
+        ensure!(
+            bad.status.code() == Some(1) && text.contains(r#""ok":false"#) && text.contains(says),
+            "{path:?}: {text}"
+        );
+    }
+    tree_seeder.kill()?;
+    file_seeder.kill()?;
+    Ok(())
+}

@@ -62,6 +62,10 @@ pub struct DownloadOptions {
     pub only: Vec<String>,
     /// Local files or folders to take matching chunks from before fetching (`--reuse PATH`).
     pub reuse: Vec<PathBuf>,
+    /// Also hash a single file whole as it lies on disk at the end and compare with the
+    /// manifest's `file_hash` (`get --verify-full`). Without it the chain id → manifest → chunk
+    /// digests → bytes, each chunk checked before it is written, is the verification.
+    pub verify_full: bool,
     pub events: EventSink,
 }
 
@@ -77,6 +81,7 @@ impl DownloadOptions {
             manifest: None,
             only: Vec::new(),
             reuse: Vec::new(),
+            verify_full: false,
             events: EventSink::none(),
         }
     }
@@ -134,6 +139,8 @@ pub struct DownloadReport {
     pub chunks_reused: u32,
     /// Bytes held before fetching began: resumed, found in an existing output or reused.
     pub bytes_reused: u64,
+    /// A single file was also hashed whole from disk (`--verify-full`, or an existing output).
+    pub whole_file_checked: bool,
     pub shared: Arc<SharedFile>,
 }
 
@@ -287,9 +294,10 @@ pub async fn download(
     );
     seeder.add(shared_file.clone());
     let pool = BufferPool::new(manifest.chunk_size as usize);
-    // A single file's whole-file digest is checked at the end; a tree's content digest is
-    // its chunk digests', each verified as it lands.
-    let hasher = (!manifest.is_tree()).then(|| {
+    // Every chunk is verified before it is written: with the id committing to the manifest and
+    // the manifest to every chunk digest, that verifies the whole. `--verify-full` also hashes a
+    // single file whole, read back from disk, against its content digest.
+    let hasher = (opts.verify_full && !manifest.is_tree()).then(|| {
         let h = OrderedHasher::start(output.storage(), manifest.clone());
         for i in have.iter_set() {
             let _ = h.tx.send(i);
@@ -355,9 +363,10 @@ pub async fn download(
         return Err(e);
     }
 
-    // Every chunk verified: a single file is hashed whole as it is on disk; then the output is
-    // made durable and that very file or tree is moved into place (`finish` checks it is the
-    // same inode before and after).
+    // Every chunk verified (and with --verify-full a single file hashed whole as it is on
+    // disk); then the output is made durable and that very file or tree is moved into place
+    // (`finish` checks it is the same inode before and after).
+    let whole_file_checked = hasher.is_some();
     if let Some(hasher) = hasher {
         match hasher.finish().await {
             Ok(d) if d == manifest.file_hash => {}
@@ -395,6 +404,7 @@ pub async fn download(
         bytes_fetched: sh.bytes_fetched.load(Ordering::Relaxed),
         chunks_reused,
         bytes_reused: bytes_of(&have),
+        whole_file_checked,
         shared: shared_file,
     };
     emit_completed(&opts.events, &report);
@@ -486,6 +496,7 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
         bytes_fetched: r.bytes_fetched,
         chunks_reused: r.chunks_reused,
         bytes_reused: r.bytes_reused,
+        whole_file_checked: r.whole_file_checked,
     });
 }
 
@@ -532,6 +543,8 @@ async fn already_complete(
         bytes_fetched: 0,
         chunks_reused: n,
         bytes_reused: manifest.size,
+        // An existing single file was hashed whole when the output was opened.
+        whole_file_checked: !manifest.is_tree(),
         shared,
     };
     emit_completed(&opts.events, &report);

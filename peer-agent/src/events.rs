@@ -106,6 +106,9 @@ pub enum Event {
         /// Bytes not fetched because they were already on this host (resumed, an existing
         /// output, `--reuse`).
         bytes_reused: u64,
+        /// A single file was also hashed whole from disk (`--verify-full`, or an identical
+        /// file already there) besides every chunk.
+        whole_file_checked: bool,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
     /// the original.

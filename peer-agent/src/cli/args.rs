@@ -60,9 +60,12 @@ pub(crate) enum Command {
     /// Show what the tracker knows (files, seeders, peers) and local partial downloads.
     Status(StatusArgs),
     /// Print the id a file, a directory or several paths would be shared as, without a
-    /// tracker: one file keeps the id `share FILE` announces, a directory or several paths make
-    /// one tree.
+    /// tracker: one file keeps the id `share FILE` announces, a directory makes one tree, and
+    /// several paths make one tree with --name.
     Hash(HashArgs),
+    /// Check a file or folder on disk against a share's manifest from the tracker: every chunk,
+    /// and a file's whole-content digest (what `sha256sum` prints).
+    Verify(VerifyArgs),
     /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
     Id,
     /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
@@ -221,6 +224,12 @@ pub(crate) struct GetArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) reuse: Vec<PathBuf>,
 
+    /// Besides every chunk (always checked before it is written), hash a downloaded file whole
+    /// as it lies on disk and compare with the digest `sha256sum` would print: one more SHA-256
+    /// pass over the file.
+    #[arg(long)]
+    pub(crate) verify_full: bool,
+
     /// Address for peer connections (others fetch verified chunks from us while we download).
     #[arg(
         long,
@@ -297,6 +306,20 @@ pub(crate) struct StatusArgs {
     /// Directory to look in for partial downloads. Without a tracker, only these are shown.
     #[arg(short, long, default_value = ".", value_name = "DIR")]
     pub(crate) output: PathBuf,
+
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// The downloaded file, or the folder a directory share was downloaded as.
+    #[arg(value_name = "PATH")]
+    pub(crate) path: PathBuf,
+
+    /// The share's id.
+    #[arg(value_name = "FILE_ID")]
+    pub(crate) file_id: FileId,
 
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,

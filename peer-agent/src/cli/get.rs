@@ -112,6 +112,7 @@ async fn download_all(
         opts.timeout = args.timeout;
         opts.only = args.only.clone();
         opts.reuse = args.reuse.clone();
+        opts.verify_full = args.verify_full;
         opts.manifest = manifest;
         opts.events = events.clone();
         agent.download(*fid, opts)

@@ -11,6 +11,7 @@ mod output;
 mod render;
 mod share;
 mod status;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get::get(args, &dir, mode).await,
         Command::Hash(args) => hash::hash(args, mode).await,
         Command::Status(args) => status::status(args, &dir, mode).await,
+        Command::Verify(args) => verify::verify(args, &dir, mode).await,
     }
 }
 

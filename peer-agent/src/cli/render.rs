@@ -361,11 +361,16 @@ impl Renderer {
                 bytes_fetched,
                 chunks_reused,
                 bytes_reused,
+                whole_file_checked,
             } => {
                 self.finish_bar(&file_id.to_string());
+                let verified = match whole_file_checked {
+                    true => "every chunk and the whole file verified",
+                    false => "every chunk verified",
+                };
                 if *chunks_fetched == 0 && *bytes_reused == *bytes {
                     self.say(&format!(
-                        "done: {} ({}) was already complete, nothing fetched; every chunk verified",
+                        "done: {} ({}) was already complete, nothing fetched; {verified}",
                         path.display(),
                         human(*bytes)
                     ));
@@ -389,7 +394,7 @@ impl Renderer {
                     self.quiet_result(&printable(&path.display().to_string()));
                 }
                 self.say(&format!(
-                    "done: {} ({}) in {:.2} s, {}/s, fetched {} ({chunks_fetched} chunks){reused}, verified",
+                    "done: {} ({}) in {:.2} s, {}/s, fetched {} ({chunks_fetched} chunks){reused}, {verified}",
                     printable(&path.display().to_string()),
                     human(*bytes),
                     secs,
@@ -418,7 +423,7 @@ impl Renderer {
             } => {
                 let rate = (*bytes as f64 / secs.max(1e-9)) as u64;
                 self.result(&format!(
-                    "self-download {}: {} in {secs:.2} s ({}/s) over TLS from {seeder}, every chunk and the whole file verified, {} the original",
+                    "self-download {}: {} in {secs:.2} s ({}/s) over TLS from {seeder}, every chunk verified, {} the original",
                     if *ok { "OK" } else { "FAILED" },
                     human(*bytes),
                     human(rate),

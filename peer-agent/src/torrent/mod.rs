@@ -13,6 +13,7 @@ pub mod storage;
 pub mod store;
 pub mod swarm;
 pub mod tree_store;
+pub mod verify;
 
 pub use share::{ClaimsGuard, SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 pub use storage::{ChunkStorage, SingleFile};
