@@ -481,9 +481,9 @@ fn verify_and_write(
         };
         // The same verified bytes are every identical chunk's too.
         let r = match (r, sh.copies.get(&index)) {
-            (Ok(true), Some(copies)) => copies
+            (Ok(true), Some(group)) => group
                 .iter()
-                .filter(|j| !sh.picker().has(**j))
+                .filter(|j| **j != index && !sh.picker().has(**j))
                 .try_for_each(|j| sh.storage.write_chunk(*j, &data))
                 .map(|_| true),
             (r, _) => r,
@@ -504,8 +504,8 @@ fn verify_and_write(
 /// Applies a verification result. Returns how the peer ends, if it must.
 /// Marks the identical copies of verified chunk `index` done: written with it, never fetched.
 fn complete_copies(sh: &DownloadState, index: u32) {
-    for &j in sh.copies.get(&index).into_iter().flatten() {
-        if sh.picker().complete(j) {
+    for &j in sh.copies.get(&index).into_iter().flat_map(|g| g.iter()) {
+        if j != index && sh.picker().complete(j) {
             if let Some(h) = &sh.hasher {
                 let _ = h.send(j);
             }

@@ -35,8 +35,8 @@ pub struct DownloadState {
     pub chunks_total: u32,
     pub wanted: Bitfield,
     /// For a chunk whose digest other wanted chunks share (identical files, repeated blocks):
-    /// those other indices. One fetch fills them all.
-    pub copies: HashMap<u32, Vec<u32>>,
+    /// its group, itself included. One fetch fills them all.
+    pub copies: HashMap<u32, Arc<[u32]>>,
     pub bytes_fetched: AtomicU64,
     pub chunks_fetched: AtomicU32,
     pub retries: AtomicU32,
@@ -108,16 +108,23 @@ impl DownloadState {
     }
 }
 
-/// The wanted chunks that share a digest, each mapped to the others.
-pub fn identical_chunks(m: &Manifest, wanted: &Bitfield) -> HashMap<u32, Vec<u32>> {
-    let mut by_digest: HashMap<_, Vec<u32>> = HashMap::new();
-    for i in wanted.iter_set() {
-        by_digest.entry(m.chunks[i as usize]).or_default().push(i);
-    }
+/// The wanted chunks that share a digest, each mapped to its group (itself included, shared by
+/// the whole group, so a file of a million identical chunks costs a million indices, not a
+/// million squared). Sorting indices by digest costs 4 bytes a chunk.
+pub fn identical_chunks(m: &Manifest, wanted: &Bitfield) -> HashMap<u32, Arc<[u32]>> {
+    let mut order: Vec<u32> = wanted.iter_set().collect();
+    order.sort_unstable_by(|a, b| {
+        m.chunks[*a as usize]
+            .as_bytes()
+            .cmp(m.chunks[*b as usize].as_bytes())
+    });
     let mut copies = HashMap::new();
-    for group in by_digest.into_values().filter(|g| g.len() > 1) {
-        for &i in &group {
-            copies.insert(i, group.iter().copied().filter(|j| *j != i).collect());
+    for group in order.chunk_by(|a, b| m.chunks[*a as usize] == m.chunks[*b as usize]) {
+        if group.len() > 1 {
+            let shared: Arc<[u32]> = group.into();
+            for &i in group {
+                copies.insert(i, shared.clone());
+            }
         }
     }
     copies
@@ -173,5 +180,42 @@ impl SpeedMeter {
         } else {
             ((bytes - b0) as f64 / dt) as u64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torrentguard_protocol::HashAlgo;
+
+    #[test]
+    fn identical_chunks_share_one_group_each() {
+        // 1000 zero chunks, then two distinct ones, then one more zero chunk unwanted.
+        let cs = 16 * 1024;
+        let data: Vec<u8> = [
+            vec![0u8; 1000 * cs],
+            vec![1u8; cs],
+            vec![2u8; cs],
+            vec![0u8; cs],
+        ]
+        .concat();
+        let m = Manifest::single(
+            "z",
+            data.len() as u64,
+            cs as u32,
+            HashAlgo::Sha256,
+            data.chunks(cs)
+                .map(|c| HashAlgo::Sha256.digest(c))
+                .collect(),
+            HashAlgo::Sha256.digest(&data),
+        );
+        let mut wanted = Bitfield::full(m.chunk_count());
+        wanted.clear(1002);
+        let copies = identical_chunks(&m, &wanted);
+        assert_eq!(copies.len(), 1000, "only the zero chunks have copies");
+        assert!(!copies.contains_key(&1000) && !copies.contains_key(&1002));
+        let g = &copies[&0];
+        assert_eq!(g.len(), 1000);
+        assert!(Arc::ptr_eq(g, &copies[&999]), "one group, shared");
     }
 }

@@ -231,7 +231,11 @@ pub fn reuse_shared(
 ) -> Result<(ReuseReport, Bitfield), ReuseError> {
     let mut found = Bitfield::new(m.chunk_count());
     let mut report = ReuseReport::default();
-    if need.count() == 0 {
+    let shares: Vec<_> = shares
+        .iter()
+        .filter(|s| s.manifest.hash == m.hash && !s.is_withdrawn())
+        .collect();
+    if need.count() == 0 || shares.is_empty() {
         return Ok((report, found));
     }
     let needed = Needed::new(m, need);
