@@ -43,6 +43,21 @@ fn dataset(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `get ID -o OUT` run to its end: the `completed` event, after a 0 exit.
+fn fetched(
+    name: &str,
+    root: &Path,
+    id: &str,
+    out: &Path,
+    tracker: &Tracker,
+    extra: &[&str],
+) -> Result<serde_json::Value> {
+    let mut g = get(name, &root.join("d"), id, out, tracker, extra)?;
+    let done = g.wait_event("completed", |_| true)?;
+    g.expect_exit(0)?;
+    Ok(done)
+}
+
 /// `diff -r` of two trees: empty output or the differences.
 fn diff_r(a: &Path, b: &Path) -> Result<()> {
     let out = Command::new("diff")
@@ -83,9 +98,7 @@ fn a_folder_shared_as_one_id_comes_back_identical() -> Result<()> {
         seeder.transcript()
     );
     let out = root.join("out");
-    let mut g = get("get", &root.join("d"), &id, &out, &tracker, &[])?;
-    let done = g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
+    let done = fetched("get", root, &id, &out, &tracker, &[])?;
     ensure!(
         done["path"].as_str() == Some(out.join("set").to_str().unwrap_or_default()),
         "{done}"
@@ -107,9 +120,7 @@ fn a_folder_shared_as_one_id_comes_back_identical() -> Result<()> {
     );
 
     // Again into the same place: already there, nothing fetched, nothing overwritten.
-    let mut again = get("again", &root.join("d"), &id, &out, &tracker, &[])?;
-    let done = again.wait_event("completed", |_| true)?;
-    again.expect_exit(0)?;
+    let done = fetched("again", root, &id, &out, &tracker, &[])?;
     ensure!(num(&done, "chunks_fetched") == 0, "{done}");
     seeder.kill()?;
     Ok(())
@@ -123,16 +134,14 @@ fn only_fetches_the_selected_files() -> Result<()> {
     let tracker = Tracker::start(&root.join("tracker"))?;
     let (mut seeder, id) = share("seeder", &root.join("s"), &root.join("set"), &tracker, &[])?;
     let out = root.join("out");
-    let mut g = get(
+    let done = fetched(
         "get",
-        &root.join("d"),
+        root,
         &id,
         &out,
         &tracker,
         &["--only", "docs/img/**", "--only", "bin"],
     )?;
-    let done = g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
     let got: Vec<String> = tree(&out.join("set"))?
         .iter()
         .map(|p| p.display().to_string())
@@ -223,16 +232,7 @@ fn reuse_of_an_old_version_fetches_only_changed_chunks() -> Result<()> {
     let (mut seeder, id) = share("seeder", &root.join("s"), &new, &tracker, &[])?;
     let out = root.join("out");
     let old_arg = old.to_str().unwrap_or_default();
-    let mut g = get(
-        "get",
-        &root.join("d"),
-        &id,
-        &out,
-        &tracker,
-        &["--reuse", old_arg],
-    )?;
-    let done = g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
+    let done = fetched("get", root, &id, &out, &tracker, &["--reuse", old_arg])?;
     assert_same(&out.join("v2.img"), &data)?;
     let fetched = num(&done, "bytes_fetched");
     let reused = num(&done, "bytes_reused");
@@ -270,9 +270,7 @@ fn followed_links_inside_the_folder_are_shared_as_files() -> Result<()> {
         "{warned:?}"
     );
     let out = root.join("out");
-    let mut g = get("get", &root.join("d"), &id, &out, &tracker, &[])?;
-    g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
+    fetched("get", root, &id, &out, &tracker, &[])?;
     assert_same(&out.join("set/alias.bin"), &data)?;
     assert_same(&out.join("set/real/data.bin"), &data)?;
     ensure!(!out.join("set/alias.bin").is_symlink() && !out.join("set/outside").exists());
@@ -304,25 +302,19 @@ fn verify_checks_what_is_on_disk_against_the_manifest() -> Result<()> {
         &[],
     )?;
     let out = root.join("out");
-    let mut g = get("get", &root.join("d"), &file_id, &out, &tracker, &[])?;
-    let plain = g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
+    let plain = fetched("get", root, &file_id, &out, &tracker, &[])?;
     ensure!(plain["whole_file_checked"] == false, "{plain}");
     let full_out = root.join("full");
-    let mut g = get(
+    let full = fetched(
         "get-full",
-        &root.join("d"),
+        root,
         &file_id,
         &full_out,
         &tracker,
         &["--verify-full"],
     )?;
-    let full = g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
     ensure!(full["whole_file_checked"] == true, "{full}");
-    let mut g = get("get-tree", &root.join("d"), &tree_id, &out, &tracker, &[])?;
-    g.wait_event("completed", |_| true)?;
-    g.expect_exit(0)?;
+    fetched("get-tree", root, &tree_id, &out, &tracker, &[])?;
 
     let verify = |path: &Path, id: &str| -> Result<std::process::Output> {
         let mut cmd = agent(&root.join("d"));

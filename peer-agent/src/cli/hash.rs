@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use torrentguard_agent::scan::{ScanOptions, ScanWarning, scan};
+use torrentguard_agent::scan::{ScanOptions, ScanWarning, Scanned, scan};
 use torrentguard_agent::{Event, EventSink};
 use torrentguard_protocol::Manifest;
 use torrentguard_protocol::hashing::manifest_from_reader;
@@ -56,7 +56,6 @@ fn hash_blocking(
     {
         return Ok((hash_file(file, args, events)?, Vec::new()));
     }
-    let name = args.name.clone().unwrap_or_else(|| display_name(&paths[0]));
     let opts = ScanOptions {
         chunk_size: args.chunk_size,
         hash: args.hash,
@@ -64,9 +63,20 @@ fn hash_blocking(
         name: args.name.clone(),
         workers: None,
     };
-    let progress = throttled(name, events);
-    let scanned = scan(paths, &opts, &|done, total| progress(done, total))?;
+    let scanned = scan_tree(paths, &opts, events)?;
     Ok((scanned.manifest, scanned.warnings))
+}
+
+/// Scans `paths` into one tree (see `scan::scan`), with `hashing` progress events named after
+/// the tree.
+pub(crate) fn scan_tree(
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+    events: &EventSink,
+) -> anyhow::Result<Scanned> {
+    let name = opts.name.clone().unwrap_or_else(|| display_name(&paths[0]));
+    let progress = throttled(name, events);
+    Ok(scan(paths, opts, &|done, total| progress(done, total))?)
 }
 
 fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result<Manifest> {

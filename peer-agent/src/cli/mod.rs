@@ -83,6 +83,23 @@ fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
     })
 }
 
+/// A client of `tracker` with this agent's identity (for `status` and `verify`, which need no
+/// agent around it).
+async fn tracker_client(
+    tracker: &TrackerTarget,
+    dir: &Path,
+) -> anyhow::Result<torrentguard_agent::session::TrackerClient> {
+    let id = identity(dir)?;
+    Ok(torrentguard_agent::session::TrackerClient::connect(
+        &tracker.url,
+        tracker.fingerprint,
+        &id,
+        dir,
+        tracker.token.clone(),
+    )
+    .await?)
+}
+
 fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
     target(flags).ok_or_else(|| {
         anyhow!(UsageError(

@@ -10,7 +10,7 @@ use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary};
 
 use super::args::StatusArgs;
 use super::render::{Mode, cell, human, print_line, printable};
-use super::{identity, target};
+use super::{target, tracker_client};
 
 pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     let mut partials = list_partials(&args.output);
@@ -32,15 +32,7 @@ pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let id = identity(dir)?;
-    let client = torrentguard_agent::session::TrackerClient::connect(
-        &tracker.url,
-        tracker.fingerprint,
-        &id,
-        dir,
-        tracker.token.clone(),
-    )
-    .await?;
+    let client = tracker_client(&tracker, dir).await?;
     match args.file_id {
         Some(fid) => status_of_file(&client, fid, &partials, mode).await?,
         None => status_of_tracker(&client, &args.output, &partials, mode).await?,

@@ -6,24 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use torrentguard_agent::session::TrackerClient;
 use torrentguard_agent::torrent::verify::{VerifyReport, verify_path};
 
 use super::args::VerifyArgs;
 use super::render::{Mode, print_line, printable};
-use super::{identity, require_tracker};
+use super::{require_tracker, tracker_client};
 
 pub(crate) async fn verify(args: VerifyArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     let tracker = require_tracker(&args.tracker)?;
-    let id = identity(dir)?;
-    let client = TrackerClient::connect(
-        &tracker.url,
-        tracker.fingerprint,
-        &id,
-        dir,
-        tracker.token.clone(),
-    )
-    .await?;
+    let client = tracker_client(&tracker, dir).await?;
     let manifest = Arc::new(client.manifest(&args.file_id).await?);
     let path = args.path.clone();
     let m = manifest.clone();

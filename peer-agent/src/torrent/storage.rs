@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use torrentguard_protocol::Manifest;
+use torrentguard_protocol::{Bitfield, Manifest};
 
 /// The chunks of one share, addressed by their global index.
 pub trait ChunkStorage: Send + Sync {
@@ -95,6 +95,29 @@ impl ChunkStorage for SingleFile {
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// Copies into `to` every chunk of `from` among `candidates` that is not in `have` and still
+/// verifies (read and hashed again: the source may have changed since it was compared); marks
+/// each in `have` and returns how many. An existing output's matching chunks, file or tree.
+pub fn copy_verified(
+    from: &dyn ChunkStorage,
+    to: &dyn ChunkStorage,
+    manifest: &Manifest,
+    candidates: &Bitfield,
+    have: &mut Bitfield,
+) -> io::Result<u32> {
+    let mut buf = vec![0u8; manifest.chunk_size as usize];
+    let mut taken = 0;
+    for i in candidates.iter_set() {
+        if have.get(i) || !chunk_verifies(from, manifest, i, &mut buf) {
+            continue;
+        }
+        to.write_chunk(i, &buf[..manifest.chunk_len(i) as usize])?;
+        have.set(i);
+        taken += 1;
+    }
+    Ok(taken)
 }
 
 /// Reads chunk `index` of `storage` into `buf` and checks it against `manifest`: the one way a

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use torrentguard_protocol::{Bitfield, FileId, Manifest, sanitize_name};
 use torrentguard_trust::identity::write_atomically;
 
-use super::storage::{ChunkStorage, SingleFile, chunk_verifies};
+use super::storage::{ChunkStorage, SingleFile, chunk_verifies, copy_verified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -332,23 +332,14 @@ impl ChunkStore {
     /// Copies into the `.part` the chunks of an existing destination that match the manifest
     /// and are not already had; returns how many.
     fn take_matching(&self, e: &Existing, have: &mut Bitfield) -> Result<u32, StoreError> {
-        let m = &self.manifest;
-        let mut buf = vec![0u8; m.chunk_size as usize];
-        let mut taken = 0;
-        for i in e.matching.iter_set() {
-            if have.get(i) {
-                continue;
-            }
-            let len = m.chunk_len(i) as usize;
-            // Read and hashed again: the file may have changed since the scan.
-            if chunk_verifies(&e.storage, m, i, &mut buf) {
-                self.storage
-                    .write_chunk(i, &buf[..len])
-                    .map_err(io_at(&self.paths.part))?;
-                have.set(i);
-                taken += 1;
-            }
-        }
+        let taken = copy_verified(
+            &e.storage,
+            &*self.storage,
+            &self.manifest,
+            &e.matching,
+            have,
+        )
+        .map_err(io_at(&self.paths.part))?;
         if taken > 0 {
             self.save_state(have)?;
         }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use torrentguard_protocol::{Bitfield, Entry, FileId, Manifest, sanitize_name};
 
-use super::storage::ChunkStorage;
+use super::storage::{ChunkStorage, chunk_verifies, copy_verified};
 use super::store::{Claimed, StoreError, io_at, read_state, write_state};
 
 /// Open files kept per tree: enough for a few concurrent chunks of large files, far below the
@@ -464,9 +464,7 @@ impl TreeStore {
         let mut buf = vec![0u8; m.chunk_size as usize];
         let mut discarded = 0;
         for i in claimed.iter_set().filter(|i| wanted.get(*i)) {
-            let len = m.chunk_len(i) as usize;
-            if self.files.read_chunk(i, &mut buf[..len]).is_ok() && m.chunk_matches(i, &buf[..len])
-            {
+            if chunk_verifies(&*self.files, m, i, &mut buf) {
                 have.set(i);
             } else {
                 discarded += 1;
@@ -483,20 +481,8 @@ impl TreeStore {
         have: &mut Bitfield,
     ) -> Result<u32, StoreError> {
         let m = self.files.manifest();
-        let mut buf = vec![0u8; m.chunk_size as usize];
-        let mut taken = 0;
-        let missing: Vec<u32> = matching.iter_set().filter(|i| !have.get(*i)).collect();
-        for i in missing {
-            let len = m.chunk_len(i) as usize;
-            // Hashed again: the file may have changed since it was compared.
-            if from.read_chunk(i, &mut buf[..len]).is_ok() && m.chunk_matches(i, &buf[..len]) {
-                self.files
-                    .write_chunk(i, &buf[..len])
-                    .map_err(io_at(&self.paths.part))?;
-                have.set(i);
-                taken += 1;
-            }
-        }
+        let taken = copy_verified(from, &*self.files, m, matching, have)
+            .map_err(io_at(&self.paths.part))?;
         if taken > 0 {
             self.save_state(have)?;
         }
@@ -680,8 +666,7 @@ fn existing_tree(
     }
     let mut buf = vec![0u8; m.chunk_size as usize];
     for i in wanted.iter_set() {
-        let len = m.chunk_len(i) as usize;
-        if e.files.read_chunk(i, &mut buf[..len]).is_ok() && m.chunk_matches(i, &buf[..len]) {
+        if chunk_verifies(&e.files, m, i, &mut buf) {
             e.matching.set(i);
         } else if e.differs.is_none() {
             e.differs = Some(format!("chunk {i} of {} differs", m.chunk_count()));
@@ -702,26 +687,32 @@ fn refusal(dest: &Path, differs: Option<String>) -> StoreError {
 
 /// Why an existing tree is not the selection's shape (a missing entry, a wrong kind or size).
 fn shape_difference(files: &TreeFiles, keep: &[bool]) -> Option<String> {
+    entry_differences(files, keep).next()
+}
+
+/// Each selected entry of the tree under `files` that is missing, of the wrong kind, or (a
+/// file) of the wrong size, said in words.
+pub(crate) fn entry_differences<'a>(
+    files: &'a TreeFiles,
+    keep: &'a [bool],
+) -> impl Iterator<Item = String> + 'a {
     let entries = files.manifest().entries();
     entries
         .iter()
         .enumerate()
         .filter(|(i, _)| keep[*i])
-        .find_map(|(i, e)| {
-            let path = files.path_of(i);
-            match fs::symlink_metadata(&path) {
-                Err(_) => Some(format!("{} is missing", e.path)),
-                Ok(meta) if e.is_dir() != meta.is_dir() || (!e.is_dir() && !meta.is_file()) => {
-                    Some(format!("{} is not a {}", e.path, kind_name(e)))
-                }
-                Ok(meta) if !e.is_dir() && meta.len() != e.size => Some(format!(
-                    "{} has {} bytes, not {}",
-                    e.path,
-                    meta.len(),
-                    e.size
-                )),
-                Ok(_) => None,
+        .filter_map(|(i, e)| match fs::symlink_metadata(files.path_of(i)) {
+            Err(_) => Some(format!("{} is missing", e.path)),
+            Ok(meta) if e.is_dir() != meta.is_dir() || (!e.is_dir() && !meta.is_file()) => {
+                Some(format!("{} is not a {}", e.path, kind_name(e)))
             }
+            Ok(meta) if !e.is_dir() && meta.len() != e.size => Some(format!(
+                "{} has {} bytes, not {}",
+                e.path,
+                meta.len(),
+                e.size
+            )),
+            Ok(_) => None,
         })
 }
 

@@ -3,14 +3,14 @@
 //! standalone form. Reads every byte once; memory is one chunk.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use torrentguard_protocol::Manifest;
 
-use super::storage::{ChunkStorage, SingleFile};
+use super::storage::{ChunkStorage, SingleFile, chunk_verifies};
 use super::store::{StoreError, io_at};
-use super::tree_store::{TreeFiles, TreeRoot};
+use super::tree_store::{TreeFiles, TreeRoot, entry_differences};
 
 /// Most differing chunks listed by index (the count is always exact).
 const LISTED: usize = 16;
@@ -49,8 +49,10 @@ pub fn verify_path(m: &Arc<Manifest>, path: &Path) -> Result<VerifyReport, Store
         if !meta.is_dir() {
             return Err(StoreError::NotADir(path.into()));
         }
-        report.wrong_entries = wrong_entries(m, path);
-        Arc::new(TreeFiles::new(m.clone(), TreeRoot::Dir(path.into()), false))
+        let files = TreeFiles::new(m.clone(), TreeRoot::Dir(path.into()), false);
+        let all = vec![true; m.entries().len()];
+        report.wrong_entries = entry_differences(&files, &all).collect();
+        Arc::new(files)
     } else {
         if meta.len() != m.size {
             report.wrong_entries = vec![format!(
@@ -67,12 +69,11 @@ pub fn verify_path(m: &Arc<Manifest>, path: &Path) -> Result<VerifyReport, Store
     let mut whole = (!m.is_tree()).then(|| m.hash.hasher());
     let mut buf = vec![0u8; m.chunk_size as usize];
     for i in 0..m.chunk_count() {
-        let len = m.chunk_len(i) as usize;
-        let read = storage.read_chunk(i, &mut buf[..len]).is_ok();
+        let ok = chunk_verifies(&*storage, m, i, &mut buf);
         if let Some(h) = whole.as_mut() {
-            h.update(&buf[..len]);
+            h.update(&buf[..m.chunk_len(i) as usize]);
         }
-        if !read || !m.chunk_matches(i, &buf[..len]) {
+        if !ok {
             report.bad_chunks += 1;
             if report.bad.len() < LISTED {
                 report.bad.push(i);
@@ -81,31 +82,6 @@ pub fn verify_path(m: &Arc<Manifest>, path: &Path) -> Result<VerifyReport, Store
     }
     report.content_digest_ok = whole.map(|h| h.finish() == m.file_hash);
     Ok(report)
-}
-
-/// The entries of tree `m` missing under `root`, or there with another kind or size.
-fn wrong_entries(m: &Manifest, root: &Path) -> Vec<String> {
-    m.entries()
-        .iter()
-        .filter_map(|e| {
-            let p: PathBuf = e.components().fold(root.to_path_buf(), |p, c| p.join(c));
-            match fs::symlink_metadata(&p) {
-                Err(_) => Some(format!("{} is missing", e.path)),
-                Ok(meta) if e.is_dir() != meta.is_dir() => Some(format!(
-                    "{} is not a {}",
-                    e.path,
-                    if e.is_dir() { "directory" } else { "file" }
-                )),
-                Ok(meta) if !e.is_dir() && meta.len() != e.size => Some(format!(
-                    "{} has {} bytes, not {}",
-                    e.path,
-                    meta.len(),
-                    e.size
-                )),
-                Ok(_) => None,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
