@@ -706,6 +706,8 @@ def run_main(a):
         a.out.write_text(json.dumps(res, indent=2) + "\n")
         return
     tag = a.tag
+    # New namespaces start with the host's congestion control; iperf3 and TorrentGuard share it.
+    res["tcp_congestion_control"] = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
     res["link_emulation"] = ("TUN pairs and a userspace relay (delay, per-segment loss), tc tbf for the rate; "
                              "sch_netem " + ("present but not needed" if netem_present() else "absent from this kernel"))
     if shutil.which("iperf3"):

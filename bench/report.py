@@ -65,7 +65,8 @@ def netem_results(nm):
         ratios[rkey] = zs.get(key)
         targets[label] = None if zs.get(key) is None else ok(zs[key])
     md = ["", "## Real links: latency and loss (network namespaces)", ""]
-    md.append(f"Links: {nm.get('link_emulation') or '–'}. Median of {nm.get('reps')}"
+    md.append(f"Links: {nm.get('link_emulation') or '–'}. TCP congestion control "
+              f"{nm.get('tcp_congestion_control') or '?'}. Median of {nm.get('reps')}"
               + (" (quick: small files, not figures to quote)." if nm.get("quick") else "."))
     md += ["", "| link | RTT set / ping (ms) | loss | file | iperf3 Mbit/s | TorrentGuard Mbit/s | ratio (target) |",
            "|---|---:|---:|---:|---:|---:|---|"]
