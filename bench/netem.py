@@ -725,7 +725,7 @@ def run_main(a):
     elif "compression" in only:
         res["skipped"]["compression"] = "this build's agent has no --compression (not in `share --help` or `get --help`)"
     up_s, up, down = (200, 200, 800) if a.quick else (400, 400, 1600)
-    attempt("swarm_n16", lambda: swarm(tg, a.file, a.work, a.swarm_n, a.reps, up_s, up, down))
+    attempt("swarm_n16", lambda: swarm(tg, a.file, a.work, a.swarm_n, a.reps, up_s, up, down, tag=f"{tag}-sw"))
     a.out.write_text(json.dumps(res, indent=2) + "\n")
 
 
