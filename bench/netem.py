@@ -184,6 +184,24 @@ class Direction:
         return self.line[0][0] if self.line else math.inf
 
 
+def parent_check(pid):
+    """A function of the time that says, at most once a second, whether pid still runs: a
+    relay whose harness was killed (SIGKILL skips its cleanup) ends by itself."""
+    last = [time.monotonic()]
+
+    def alive(now):
+        if not pid or now - last[0] < 1:
+            return True
+        last[0] = now
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    return alive
+
+
 def relay_main(a):
     """`netem.py relay --link NS_A,NS_B,DEV,DELAY_MS,LOSS_PCT ...`: makes the TUN pairs, prints
     `ready`, and relays until SIGINT/SIGTERM; prints per-direction counts at the end."""
@@ -205,6 +223,7 @@ def relay_main(a):
         dirs[fb] = Direction(fb, fa, delay, loss, random.Random(rng.random()))
         dirs[fa].name, dirs[fb].name = f"{dev} {ns_a}->{ns_b}", f"{dev} {ns_b}->{ns_a}"
     print("ready", flush=True)
+    parent_alive = parent_check(a.parent)
     poll = select.poll()
     for fd in dirs:
         poll.register(fd, select.POLLIN)
@@ -226,6 +245,8 @@ def relay_main(a):
             now = time.monotonic()
             for d in dirs.values():
                 d.flush(now)
+            if not parent_alive(now):
+                break
     except KeyboardInterrupt:
         pass
     finally:
@@ -283,7 +304,8 @@ class Links:
             specs = []
             for i, ln in enumerate(self.links):
                 specs += ["--link", f"{self.ns(ln.a)},{self.ns(ln.b)},tgl{i},{ln.delay_ms},{ln.loss_pct}"]
-            self.relay = Proc("relay", [sys.executable, Path(__file__).resolve(), "relay", "--seed", self.seed, *specs])
+            self.relay = Proc("relay", [sys.executable, Path(__file__).resolve(), "relay", "--seed", self.seed,
+                                        "--parent", os.getpid(), *specs])
             wait_for(self.relay, r"^ready$", 30)
             for i, ln in enumerate(self.links):
                 for host, peer, rate in ((ln.a, ln.b, ln.up_a), (ln.b, ln.a, ln.up_b)):
@@ -744,6 +766,7 @@ def main():
     r = sub.add_parser("relay", help="the link relay (started by `run`)")
     r.add_argument("--link", action="append", default=[], help="NS_A,NS_B,DEV,DELAY_MS,LOSS_PCT")
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
     m = sub.add_parser("run", help="the scenarios (bench/run --only netem)")
     m.add_argument("--file", type=Path, required=True, help="random test file; prefixes of it are sent")
     m.add_argument("--work", type=Path, required=True)
