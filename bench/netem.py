@@ -777,7 +777,7 @@ def main():
     m.add_argument("--only", default="", help="comma list of: " + ",".join(SCENARIOS))
     m.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every scenario")
     m.add_argument("--secs", type=int, default=20, help="iperf3 duration; profile files sized to take about this")
-    m.add_argument("--a-max-mib", type=int, default=512)
+    m.add_argument("--a-max-mib", type=int, default=1024)
     m.add_argument("--b-max-mib", type=int, default=128)
     m.add_argument("--multi-mib", type=int, default=768, help="file of the 4-seeder and slow-peer runs")
     m.add_argument("--zstd-mib", type=int, default=256, help="size of the compressible corpus and random file")
