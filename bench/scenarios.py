@@ -605,7 +605,7 @@ class Loopback:
 
 
 def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: float, down: float,
-          use_netns=True):
+          use_netns=True, tag=None):
     """N downloaders (each seeding what it has) from one seeder whose upload is the bottleneck.
     Shaped with tc in namespaces; without them, with the agent's own --upload-limit on loopback
     (no download limit then, so d drops out of the bound)."""
@@ -622,7 +622,8 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
     def limit(mbit):
         return [] if use_netns else ["--upload-limit", str(int(mbit * 1e6 / 8))]
 
-    net_ctx = Netns(f"tgb{os.getpid() % 10000}", hosts) if use_netns else Loopback(hosts)
+    # tag: the namespaces' name prefix, so a caller can sweep up after a killed run.
+    net_ctx = Netns(tag or f"tgb{os.getpid() % 10000}", hosts) if use_netns else Loopback(hosts)
     with net_ctx as net:
         t_ns, t_addr = net.addr["tracker"]
         try:
