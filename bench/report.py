@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -17,6 +18,24 @@ def load(p: Path):
 
 def ratio(a, b):
     return round(a / b, 3) if a and b else None
+
+
+def fanout_cpu_md(sc):
+    """Where the time goes as the fan-out grows (issue 12 §2): the CPU seconds per GiB
+    delivered, split by process and user/system, for each one-to-N row."""
+    rows = [sc[k] for k in sorted((k for k in sc if k.startswith("tg_1to")), key=lambda k: int(k[6:]))
+            if sc[k].get("cpu_split")]
+    if not rows:
+        return []
+    out = ["", "CPU per GiB delivered (user + system seconds of the seeder and every downloader, from "
+           "/proc and GNU time; the whole machine has " + str(os.cpu_count()) + " cores):", "",
+           "| downloaders | seeder user | seeder sys | downloaders user | downloaders sys | CPU s per GiB |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for v in rows:
+        c = v["cpu_split"]
+        out.append(f"| {v['downloaders']} | {c['seeder_user']} | {c['seeder_sys']} | {c['downloaders_user']} | "
+                   f"{c['downloaders_sys']} | {c['secs_per_gib']} |")
+    return out
 
 
 def fmt(x, unit=""):
@@ -218,13 +237,14 @@ def main():
     md.append("")
     md.append("## Transfers over loopback (one seeder)")
     md.append("")
-    md.append("| tool | downloaders | wall secs | MB/s per downloader | aggregate MB/s | downloader RSS (MiB) | seeder RSS (MiB) |")
-    md.append("|---|---:|---:|---:|---:|---:|---:|")
+    md.append("| tool | downloaders | wall secs | MB/s per downloader | aggregate MB/s | downloader RSS (MiB) | seeder RSS (MiB) | CPU s per GiB |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for k in sorted((k for k in sc if k.startswith("tg_1to")), key=lambda k: int(k[6:])):
         v = sc[k]
         md.append(f"| TorrentGuard (mutual TLS 1.3, SHA-256 verified) | {v['downloaders']} | {fmt(v['secs'])} | "
                   f"{fmt(v['mb_per_s_per_downloader'])} | {fmt(v['mb_per_s_aggregate'])} | "
-                  f"{fmt(v['downloader_rss_mib_max'])} | {fmt(v['seeder_rss_mib'])} |")
+                  f"{fmt(v['downloader_rss_mib_max'])} | {fmt(v['seeder_rss_mib'])} | {fmt(v.get('cpu_secs_per_gib'))} |")
+    fan_cpu = fanout_cpu_md(sc)
     for k, label in (("aria2", "aria2c → aria2c (BitTorrent, plaintext)"),
                      ("rqbit", "rqbit → rqbit (BitTorrent, plaintext)"),
                      ("scp", "scp → local sshd (SSH)")):
@@ -232,6 +252,7 @@ def main():
         if v:
             md.append(f"| {label} | 1 | {fmt(v['secs'])} | {fmt(v['mb_per_s'])} | {fmt(v['mb_per_s'])} | "
                       f"{fmt(v.get('downloader_rss_mib_max'))} | {fmt(v.get('seeder_rss_mib'))} |")
+    md += fan_cpu
     if sc.get("swarm"):
         s = sc["swarm"]
         md.append("")
