@@ -403,10 +403,14 @@ impl SharedFile {
                 return false;
             }
         }
+        // Stamped with when it was asked, not when it answered: a peer that arrives while a
+        // refresh is under way may have announced after the tracker read its list, and must
+        // get a refresh of its own.
+        let asked = Instant::now();
         match directory.members(&self.file_id).await {
             Ok(list) => {
                 let mut s = self.swarm.lock().unwrap_or_else(|e| e.into_inner());
-                s.refreshed = Some(Instant::now());
+                s.refreshed = Some(asked);
                 let members: HashSet<Fingerprint> = list.into_iter().collect();
                 if !members.is_subset(&s.members) {
                     self.swarm_grew.notify_one();
@@ -467,6 +471,64 @@ mod tests {
         );
         assert!(claim(&shared, 3, 2));
         assert_eq!(shared.busy_refusals(), 1);
+    }
+
+    /// A directory whose first answer (the list as it was before the late peer announced) is
+    /// held back until the test releases it; later answers list everyone.
+    struct SlowDirectory {
+        first: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+        calls: std::sync::atomic::AtomicU32,
+        everyone: Vec<Fingerprint>,
+    }
+
+    impl SwarmDirectory for SlowDirectory {
+        fn members<'a>(
+            &'a self,
+            _id: &'a FileId,
+        ) -> BoxFuture<'a, Result<Vec<Fingerprint>, SwarmLookupError>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(rx) = self.first.lock().await.take() {
+                    let _ = rx.await;
+                    return Ok(self.everyone[..1].to_vec());
+                }
+                assert!(n > 0);
+                Ok(self.everyone.clone())
+            })
+        }
+    }
+
+    /// A peer that connects while a refresh it is not in is under way is not refused by that
+    /// refresh's stale list: it gets one of its own (a race seen as a flaky engine test).
+    #[tokio::test]
+    async fn a_peer_arriving_during_a_refresh_gets_its_own() {
+        let shared = Arc::new(small_shared());
+        let (release, held) = tokio::sync::oneshot::channel();
+        let dir = Arc::new(SlowDirectory {
+            first: tokio::sync::Mutex::new(Some(held)),
+            calls: std::sync::atomic::AtomicU32::new(0),
+            everyone: vec![who(1), who(2)],
+        });
+        let early = {
+            let (shared, dir) = (shared.clone(), dir.clone());
+            tokio::spawn(async move { shared.admits(&who(1), &*dir).await })
+        };
+        while dir.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Peer 2 announced after the tracker answered that first refresh, and arrives now.
+        let late = {
+            let (shared, dir) = (shared.clone(), dir.clone());
+            tokio::spawn(async move { shared.admits(&who(2), &*dir).await })
+        };
+        tokio::task::yield_now().await;
+        release.send(()).unwrap();
+        assert!(early.await.unwrap());
+        assert!(
+            late.await.unwrap(),
+            "refused by a list read before it arrived"
+        );
+        assert_eq!(dir.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// Test connections: connection `c` of certificate `c`.
