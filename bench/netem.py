@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenarios import TG, Proc, completed_event, log, mbps, med, mx, netns_usable, same_file, swarm, wait_for  # noqa: E402
+from scenarios import TG, Proc, attempter, completed_event, log, mbps, med, mx, netns_usable, same_file, swarm, wait_for  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The relay: delay and per-segment loss between TUN devices in two namespaces
@@ -729,16 +729,7 @@ def run_main(a):
     cap = size >> 20
     a.multi_mib, a.zstd_mib, a.swarm_mib = (min(x, cap) for x in (a.multi_mib, a.zstd_mib, a.swarm_mib))
 
-    def attempt(key, fn):
-        if key not in only:
-            return
-        log(f"== {key}")
-        try:
-            res[key] = fn()
-        except Exception as e:  # one failing scenario must not sink the rest of the run
-            log(f"  {key} failed: {e}")
-            res["skipped"][key] = f"failed: {str(e).splitlines()[0]}"
-            res.setdefault("errors", {})[key] = str(e)
+    attempt = attempter(res, only)
 
     ok, why = tg.available()
     usable, why_ns = netns_usable()

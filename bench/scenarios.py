@@ -726,6 +726,25 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
 # ----------------------------------------------------------------------------------------------
 
 
+def attempter(res, only=None):
+    """attempt(key, fn): res[key] = fn(), unless key is not in `only`; a failure is noted in
+    res["skipped"] and res["errors"] and the run goes on (one failing tool or scenario must
+    not sink the rest)."""
+
+    def attempt(key, fn):
+        if only is not None and key not in only:
+            return
+        log(f"== {key}")
+        try:
+            res[key] = fn()
+        except Exception as e:
+            log(f"  {key} failed: {e}")
+            res["skipped"][key] = f"failed: {str(e).splitlines()[0]}"
+            res.setdefault("errors", {})[key] = str(e)
+
+    return attempt
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--file", type=Path, required=True)
@@ -749,14 +768,7 @@ def main():
     res = {"bytes": size, "reps": a.reps, "skipped": {}, "versions": {}}
     tg = TG(a.release_dir, timeout)
 
-    def attempt(key, fn):
-        log(f"== {key}")
-        try:
-            res[key] = fn()
-        except Exception as e:  # one failing tool must not sink the rest of the run
-            log(f"  {key} failed: {e}")
-            res["skipped"][key] = f"failed: {str(e).splitlines()[0]}"
-            res.setdefault("errors", {})[key] = str(e)
+    attempt = attempter(res)
 
     ok, why = tg.available()
     if "tg" in only:
