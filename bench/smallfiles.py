@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -179,14 +180,22 @@ def rsync_rep(ssh: PrivateSshd, tree: Path, base: Path, src_digest, timeout: flo
 
 
 def rqbit_rep(rq: str, tree: Path, base: Path, src_digest, timeout: float):
-    env = dict(os.environ, RUST_LOG="warn")
+    env = dict(os.environ, RUST_LOG="warn", RUST_BACKTRACE="0")
     seed_port = free_port()
     # rqbit keeps a session (and its torrents) per process; a fresh seeder per rep starts clean.
     seeder = Proc("rqbit-share", [rq, *RQBIT_COMMON, "--listen-port", seed_port,
                                   "--http-api-listen-addr", f"127.0.0.1:{free_port()}", "share", tree], env=env)
     try:
         t_share = time.monotonic()
-        m, _ = wait_for(seeder, r"magnet link: (magnet:\S+)", timeout)
+        try:
+            m, _ = wait_for(seeder, r"magnet link: (magnet:\S+)", timeout)
+        except RuntimeError as e:
+            # Its cause is a line such as "error opening …: Too many open files (os error 24)".
+            cause = next((line.strip() for _, line in seeder.lines if "os error" in line), None)
+            if cause:
+                limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                raise RuntimeError(f"rqbit share: {cause} (open-file limit {limit})\n{e}") from None
+            raise
         hash_secs = time.monotonic() - t_share
         out = base / "out"
         t0 = time.monotonic()
@@ -413,6 +422,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 000 and 50 files, for a smoke run")
     ap.add_argument("--only", default="small,rss", help="comma list of: small, rss")
     ap.add_argument("--tools", default="tg,rsync,rqbit", help="small: comma list of tg, rsync, rqbit")
+    ap.add_argument("--trees", default=",".join(TREES), help="small: comma list of " + ", ".join(TREES))
     ap.add_argument("--rss-sizes-mib", default="256,2048,8192")
     ap.add_argument("--rss-dir", type=Path, help="where the RSS test files go (default: tmpfs if room)")
     ap.add_argument("--out", type=Path, required=True)
@@ -434,6 +444,20 @@ def main():
     a.out.write_text(json.dumps(res, indent=2) + "\n")
 
 
+def raise_fd_limit(files: int):
+    """rqbit keeps a descriptor open for every file of a torrent, so 100 000 files need a limit
+    above that (TorrentGuard keeps at most 64 per tree). Raised for this process and so for
+    every tool it starts, alike; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = files * 2 + 4096
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+        except (ValueError, OSError):  # not root: only up to the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def small_part(a, tg: TG, ok: bool, why: str):
     tools, skipped = [], {}
     rq = shutil.which("rqbit") or str(Path.home() / ".cargo/bin/rqbit")
@@ -446,11 +470,13 @@ def small_part(a, tg: TG, ok: bool, why: str):
             skipped[t] = "rqbit not installed (cargo install rqbit failed or was skipped)"
         else:
             tools.append(t)
+    trees = {k: v for k, v in (QUICK_TREES if a.quick else TREES).items() if k in a.trees.split(",")}
+    fd_limit = raise_fd_limit(max(files for files, _ in trees.values()))
     data = a.data or a.work
     data.mkdir(parents=True, exist_ok=True)
-    out = {"skipped": skipped, "trees": {},
+    out = {"skipped": skipped, "trees": {}, "fd_limit": fd_limit,
            "versions": {"rqbit": version_of([rq, "--version"]) if "rqbit" in tools else None}}
-    for name, (files, size) in (QUICK_TREES if a.quick else TREES).items():
+    for name, (files, size) in trees.items():
         reps = a.reps_100k if (name == "100k_4KiB" and a.reps_100k) else a.reps
         log(f"== small files: {name} ({files} files of {size} B), {reps} reps, tools {', '.join(tools)}")
         out["trees"][name] = small_tree(name, files, size, tg, rq, a.work, data, reps, tools)
