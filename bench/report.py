@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -17,6 +18,24 @@ def load(p: Path):
 
 def ratio(a, b):
     return round(a / b, 3) if a and b else None
+
+
+def fanout_cpu_md(sc):
+    """Where the time goes as the fan-out grows (issue 12 §2): the CPU seconds per GiB
+    delivered, split by process and user/system, for each one-to-N row."""
+    rows = [sc[k] for k in sorted((k for k in sc if k.startswith("tg_1to")), key=lambda k: int(k[6:]))
+            if sc[k].get("cpu_split")]
+    if not rows:
+        return []
+    out = ["", "CPU per GiB delivered (user + system seconds of the seeder and every downloader, from "
+           "/proc and GNU time; the whole machine has " + str(os.cpu_count()) + " cores):", "",
+           "| downloaders | seeder user | seeder sys | downloaders user | downloaders sys | CPU s per GiB |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for v in rows:
+        c = v["cpu_split"]
+        out.append(f"| {v['downloaders']} | {c['seeder_user']} | {c['seeder_sys']} | {c['downloaders_user']} | "
+                   f"{c['downloaders_sys']} | {c['secs_per_gib']} |")
+    return out
 
 
 def fmt(x, unit=""):
@@ -119,6 +138,87 @@ def small_skipped(sm):
         out[f"peak RSS at {k} MiB" if k.isdigit() else "peak RSS"] = v
     return out
 
+# ----------------------------------------------------------------------------------------------
+# Real links (bench/netem.py): its own ratios, targets and section, merged into the report.
+
+NETEM_TARGETS = (
+    # key, ratio key, target label, test
+    ("profile_a", "netem_a_tg_over_iperf3", "1 Gbit/s 40 ms 0.1 % loss: TorrentGuard >= 0.90 x iperf3",
+     lambda r: r >= 0.9),
+    ("profile_b", "netem_b_tg_over_iperf3", "100 Mbit/s 150 ms 1 % loss: TorrentGuard >= 0.90 x iperf3",
+     lambda r: r >= 0.9),
+    ("multi_seed", "netem_4_seeders_over_400mbit", "4 seeders x 100 Mbit/s: >= 0.90 x 400 Mbit/s",
+     lambda r: r >= 0.9),
+    ("hostage", "netem_slow_peer_over_3_good", "seeder cut to 1 Mbit/s at 30 %: <= 1.10 x 3 good seeders",
+     lambda r: r <= 1.1),
+    ("swarm_n16", "swarm_n16_over_fluid_bound", "swarm N = 16 <= 1.2 x fluid bound", lambda r: r <= 1.2),
+)
+COMPRESSION_TARGETS = (
+    ("json_speedup", "zstd_json_auto_speedup", "compressible corpus, auto vs off: >= 2x faster",
+     lambda r: r >= 2),
+    ("random_auto_over_off", "zstd_random_auto_over_off", "random data, auto vs off: within 3 %",
+     lambda r: abs(r - 1) <= 0.03),
+    ("loopback_auto_over_off", "zstd_loopback_auto_over_off", "loopback random, auto vs off: no regression (>= 0.97)",
+     lambda r: r >= 0.97),
+)
+
+
+def netem_results(nm):
+    """(ratios, targets, markdown lines) of bench/netem.py's output."""
+    ratios, targets = {}, {}
+    for key, rkey, label, ok in NETEM_TARGETS:
+        v = nm.get(key)
+        r = v and (v.get("ratio") if key != "swarm_n16" else v.get("ratio_to_bound"))
+        ratios[rkey] = r
+        targets[label] = None if r is None else ok(r)
+    zs = nm.get("compression") or {}
+    for key, rkey, label, ok in COMPRESSION_TARGETS:
+        ratios[rkey] = zs.get(key)
+        targets[label] = None if zs.get(key) is None else ok(zs[key])
+    md = ["", "## Real links: latency and loss (network namespaces)", ""]
+    md.append(f"Links: {nm.get('link_emulation') or '–'}. TCP congestion control "
+              f"{nm.get('tcp_congestion_control') or '?'}. Median of {nm.get('reps')}"
+              + (" (quick: small files, not figures to quote)." if nm.get("quick") else "."))
+    md += ["", "| link | RTT set / ping (ms) | loss | file | iperf3 Mbit/s | TorrentGuard Mbit/s | ratio (target) |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for key, label in (("profile_a", "A: 1 Gbit/s"), ("profile_b", "B: 100 Mbit/s")):
+        v = nm.get(key)
+        if v:
+            md.append(f"| {label} | {v['rtt_ms_set']} / {fmt(v['rtt_ms_ping'])} | {v['loss_pct']} % | "
+                      f"{v['bytes'] >> 20} MiB | {fmt(v['iperf3_mbit'])} | {fmt(v['tg_mbit'])} | "
+                      f"**{fmt(v['ratio'])}** (≥ 0.90) |")
+    v = nm.get("multi_seed")
+    if v:
+        md.append("")
+        md.append(f"4 seeders, each's upload shaped to {v['up_mbit_each']} Mbit/s (RTT {v['rtt_ms_set']} ms set, "
+                  f"{fmt(v['rtt_ms_ping'])} by ping) → 1 downloader, {v['bytes'] >> 20} MiB: {fmt(v['secs'])} s, "
+                  f"{fmt(v['mbit'])} Mbit/s = **{fmt(v['ratio'])} × {4 * v['up_mbit_each']} Mbit/s** (target ≥ 0.90).")
+    v = nm.get("hostage")
+    if v:
+        md.append("")
+        md.append(f"Slow peer: the same 4 seeders, one cut to {v['slow_mbit']} Mbit/s (`tc qdisc change`) when the "
+                  f"download is {v['cut_at_fraction']:.0%} done: {fmt(v['secs_with_slow_peer'])} s against "
+                  f"{fmt(v['secs_three_good'])} s with the 3 good seeders alone: **{fmt(v['ratio'])}×** (target ≤ 1.10).")
+    if zs:
+        r = zs["runs"]
+        md += ["", f"Compression (`--compression` on {', '.join(zs['flag_on'])}), {zs['bytes'] >> 20} MiB, "
+               f"1 Gbit/s 40 ms without loss (ping {fmt(zs.get('rtt_ms_ping'))} ms) and loopback:", "",
+               "| data | off Mbit/s | auto Mbit/s | ratio (target) |", "|---|---:|---:|---|",
+               f"| JSON logs, shaped | {fmt(r['json_off']['mbit'])} | {fmt(r['json_auto']['mbit'])} | "
+               f"**{fmt(zs['json_speedup'])}×** (≥ 2) |",
+               f"| random, shaped | {fmt(r['random_off']['mbit'])} | {fmt(r['random_auto']['mbit'])} | "
+               f"**{fmt(zs['random_auto_over_off'])}** (0.97–1.03) |",
+               f"| random, loopback | {fmt(r['loopback_random_off']['mbit'])} | "
+               f"{fmt(r['loopback_random_auto']['mbit'])} | **{fmt(zs['loopback_auto_over_off'])}** (≥ 0.97) |"]
+    v = nm.get("swarm_n16")
+    if v:
+        md.append("")
+        md.append(f"Swarm with N = {v['downloaders']} downloaders (u_s = {v['upload_seeder_mbit']:g}, "
+                  f"u = {v['upload_peer_mbit']:g}, d = {v['download_peer_mbit']:g} Mbit/s, tbf on veth pairs): "
+                  f"{fmt(v['secs'])} s against the fluid bound {fmt(v['fluid_bound_secs'])} s: "
+                  f"**{fmt(v['ratio_to_bound'])}×** (target ≤ 1.2).")
+    return ratios, targets, md
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -128,6 +228,7 @@ def main():
     ap.add_argument("--tls", type=Path)
     ap.add_argument("--disk", type=Path)
     ap.add_argument("--scenarios", type=Path)
+    ap.add_argument("--netem", type=Path, help="bench/netem.py's output")
     ap.add_argument("--notes", type=Path)
     ap.add_argument("--smallfiles", type=Path, help="bench/smallfiles.py output (issue 12 §5, RSS by size)")
     ap.add_argument("--out-json", type=Path, required=True)
@@ -181,9 +282,17 @@ def main():
     versions.update({k: v for k, v in ((sm.get("small") or {}).get("versions") or {}).items() if v})
     versions.update({k: v for k, v in (sm.get("versions") or {}).items() if v})
     targets = {k: (None if v is None else bool(v)) for k, v in targets.items()}
+    nm = load(a.netem) if a.netem else None
+    netem_md = []
+    if nm:
+        n_ratios, n_targets, netem_md = netem_results(nm)
+        ratios.update(n_ratios)
+        targets.update(n_targets)
+        sc.setdefault("skipped", {}).update({f"netem {k}": v for k, v in (nm.get("skipped") or {}).items()})
 
     result = {"machine": machine, "versions": versions, "bytes": size, "hash": h, "tls_ceiling": tls,
-              "disk_write": disk, "scenarios": sc, "small_files_and_rss": sm or None, "ratios": ratios, "targets": targets, "notes": notes}
+              "disk_write": disk, "scenarios": sc, "netem": nm, "small_files_and_rss": sm or None,
+              "ratios": ratios, "targets": targets, "notes": notes}
     a.out_json.write_text(json.dumps(result, indent=2) + "\n")
 
     mib = size / 1048576 if size else 0
@@ -227,13 +336,14 @@ def main():
     md.append("")
     md.append("## Transfers over loopback (one seeder)")
     md.append("")
-    md.append("| tool | downloaders | wall secs | MB/s per downloader | aggregate MB/s | downloader RSS (MiB) | seeder RSS (MiB) |")
-    md.append("|---|---:|---:|---:|---:|---:|---:|")
+    md.append("| tool | downloaders | wall secs | MB/s per downloader | aggregate MB/s | downloader RSS (MiB) | seeder RSS (MiB) | CPU s per GiB |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for k in sorted((k for k in sc if k.startswith("tg_1to")), key=lambda k: int(k[6:])):
         v = sc[k]
         md.append(f"| TorrentGuard (mutual TLS 1.3, SHA-256 verified) | {v['downloaders']} | {fmt(v['secs'])} | "
                   f"{fmt(v['mb_per_s_per_downloader'])} | {fmt(v['mb_per_s_aggregate'])} | "
-                  f"{fmt(v['downloader_rss_mib_max'])} | {fmt(v['seeder_rss_mib'])} |")
+                  f"{fmt(v['downloader_rss_mib_max'])} | {fmt(v['seeder_rss_mib'])} | {fmt(v.get('cpu_secs_per_gib'))} |")
+    fan_cpu = fanout_cpu_md(sc)
     for k, label in (("aria2", "aria2c → aria2c (BitTorrent, plaintext)"),
                      ("rqbit", "rqbit → rqbit (BitTorrent, plaintext)"),
                      ("scp", "scp → local sshd (SSH)")):
@@ -241,6 +351,7 @@ def main():
         if v:
             md.append(f"| {label} | 1 | {fmt(v['secs'])} | {fmt(v['mb_per_s'])} | {fmt(v['mb_per_s'])} | "
                       f"{fmt(v.get('downloader_rss_mib_max'))} | {fmt(v.get('seeder_rss_mib'))} |")
+    md += fan_cpu
     if sc.get("swarm"):
         s = sc["swarm"]
         md.append("")
@@ -254,6 +365,7 @@ def main():
                   f"T = max(F/u_s, F/d, N·F/(u_s + N·u)) = {s['fluid_bound_secs']} s; measured (last downloader done) "
                   f"{s['secs']} s: **{s['ratio_to_bound']}× the bound** (target ≤ 1.2). Peak RSS seeder "
                   f"{fmt(s['seeder_rss_mib'])} MiB, downloaders ≤ {fmt(s['downloader_rss_mib_max'])} MiB.")
+    md += netem_md
     md += small_md(sm)
     md.append("")
     md.append("## Ratios and targets")

@@ -60,6 +60,8 @@ class Proc:
         self.pid = self.p.pid
         self.rc = None
         self.maxrss_kib = None
+        # (user, system) CPU seconds from GNU time, once reaped.
+        self.cpu = None
         self.t_exit = None
         for stream, tag in ((self.p.stdout, "out"), (self.p.stderr, "err")):
             threading.Thread(target=self._pump, args=(stream, tag), daemon=True).start()
@@ -92,6 +94,9 @@ class Proc:
                     os.unlink(self.time_file)
                     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
                     self.maxrss_kib = int(m.group(1)) if m else None
+                    u = re.search(r"User time \(seconds\): ([\d.]+)", report)
+                    k = re.search(r"System time \(seconds\): ([\d.]+)", report)
+                    self.cpu = (float(u.group(1)), float(k.group(1))) if u and k else None
                     # time exits with its child's status, or says which signal ended it.
                     if "Command terminated by signal" in report:
                         self.rc = -int(re.search(r"terminated by signal (\d+)", report).group(1))
@@ -119,6 +124,19 @@ class Proc:
 
     def tail(self, n=15):
         return "\n".join(f"  [{self.name} {t}] {l}" for t, l in self.lines[-n:])
+
+    def live_cpu(self):
+        """(user, system) CPU seconds so far of the program GNU time runs (its child), from
+        /proc; None if it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                child = int(f.read().split()[0])
+            with open(f"/proc/{child}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            tick = os.sysconf("SC_CLK_TCK")
+            return int(fields[11]) / tick, int(fields[12]) / tick
+        except (OSError, IndexError, ValueError):
+            return None
 
     @property
     def rss_mib(self):
@@ -233,6 +251,19 @@ def completed_event(line):
     return None
 
 
+def cpu_of(seeder, seeder_cpu0, downs, delivered):
+    """CPU seconds of one repetition: the seeder's (from /proc, it lives across repetitions)
+    and the downloaders' (from GNU time), and their sum per GiB delivered."""
+    s1 = seeder.live_cpu()
+    if s1 is None or seeder_cpu0 is None or any(p.cpu is None for p in downs):
+        return None
+    su, ss = s1[0] - seeder_cpu0[0], s1[1] - seeder_cpu0[1]
+    du, ds = sum(p.cpu[0] for p in downs), sum(p.cpu[1] for p in downs)
+    total = su + ss + du + ds
+    return {"seeder_user": round(su, 2), "seeder_sys": round(ss, 2), "downloaders_user": round(du, 2),
+            "downloaders_sys": round(ds, 2), "secs_per_gib": round(total / (delivered / 2**30), 3)}
+
+
 def tg_one_to_n(tg: TG, file: Path, work: Path, n: int, reps: int):
     """One seeder, n downloaders started together (with --seed when n > 1). Returns figures."""
     size = file.stat().st_size
@@ -245,6 +276,7 @@ def tg_one_to_n(tg: TG, file: Path, work: Path, n: int, reps: int):
         for rep in range(reps):
             events = queue.Queue()
             downs = []
+            seeder_cpu0 = seeder.live_cpu()
             t0 = time.monotonic()
             for i in range(n):
                 d = base / f"r{rep}-d{i}"
@@ -286,11 +318,13 @@ def tg_one_to_n(tg: TG, file: Path, work: Path, n: int, reps: int):
                 if not same_file(file, out):
                     raise RuntimeError(f"{p.name}: {out} differs from the source")
             total = max(wall)
+            cpu = cpu_of(seeder, seeder_cpu0, downs, size * n)
             runs.append({
                 "secs": round(total, 4),
                 "per_downloader_secs": [round(w, 4) for w in wall],
                 "engine_secs": [done[p][1].get("secs") for p in downs],
                 "downloader_rss_mib": [p.rss_mib for p in downs],
+                "cpu": cpu,
             })
             log(f"  TorrentGuard 1->{n} rep {rep + 1}: {total:.3f} s, "
                 f"{mbps(size * n, total)} MB/s aggregate, RSS max {mx([p.rss_mib for p in downs])} MiB")
@@ -302,8 +336,14 @@ def tg_one_to_n(tg: TG, file: Path, work: Path, n: int, reps: int):
         tracker.stop(signal.SIGINT)
         shutil.rmtree(base, ignore_errors=True)
     secs = med([r["secs"] for r in runs])
+    per_gib = [r["cpu"]["secs_per_gib"] for r in runs if r["cpu"]]
     return {
         "downloaders": n,
+        # Where the time goes as n grows (issue 12 §2): CPU seconds (user + system, seeder and
+        # every downloader) per GiB delivered, and its split; the machine has os.cpu_count() cores.
+        "cpu_secs_per_gib": med(per_gib) if per_gib else None,
+        "cpu_split": min((r["cpu"] for r in runs if r["cpu"]),
+                         key=lambda c: abs(c["secs_per_gib"] - med(per_gib))) if per_gib else None,
         "secs": secs,
         "mb_per_s_per_downloader": mbps(size, secs),
         "mb_per_s_aggregate": mbps(size * n, secs),
@@ -631,7 +671,7 @@ class Loopback:
 
 
 def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: float, down: float,
-          use_netns=True):
+          use_netns=True, tag=None):
     """N downloaders (each seeding what it has) from one seeder whose upload is the bottleneck.
     Shaped with tc in namespaces; without them, with the agent's own --upload-limit on loopback
     (no download limit then, so d drops out of the bound)."""
@@ -648,7 +688,8 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
     def limit(mbit):
         return [] if use_netns else ["--upload-limit", str(int(mbit * 1e6 / 8))]
 
-    net_ctx = Netns(f"tgb{os.getpid() % 10000}", hosts) if use_netns else Loopback(hosts)
+    # tag: the namespaces' name prefix, so a caller can sweep up after a killed run.
+    net_ctx = Netns(tag or f"tgb{os.getpid() % 10000}", hosts) if use_netns else Loopback(hosts)
     with net_ctx as net:
         t_ns, t_addr = net.addr["tracker"]
         try:

@@ -62,6 +62,8 @@ impl Hello {
 pub struct Negotiated {
     pub cipher: String,
     pub group: String,
+    /// The TCP handshake's time, one round trip, measured by the side that dials.
+    pub round_trip: Option<Duration>,
 }
 
 /// A peer connection after TLS: who is at the other end, and the framed stream.
@@ -86,10 +88,12 @@ impl PeerConnection {
         addr: SocketAddr,
         pin: Fingerprint,
     ) -> Result<Self, PeerError> {
+        let dialled = std::time::Instant::now();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| timeout(format!("connecting to {addr}"), CONNECT_TIMEOUT))?
             .map_err(|source| PeerError::Connect { addr, source })?;
+        let round_trip = dialled.elapsed();
         let _ = tcp.set_nodelay(true);
         let config = peer_client_config(identity, pin).map_err(|e| PeerError::Tls {
             addr,
@@ -101,7 +105,9 @@ impl PeerConnection {
             .await
             .map_err(|_| timeout(format!("TLS handshake with {addr}"), CONNECT_TIMEOUT))?
             .map_err(|source| PeerError::Tls { addr, source })?;
-        Ok(Self::new(TlsStream::Client(tls), addr, pin))
+        let mut conn = Self::new(TlsStream::Client(tls), addr, pin);
+        conn.negotiated.round_trip = Some(round_trip);
+        Ok(conn)
     }
 
     /// The TLS handshake of an inbound connection, by `deadline`; the client certificate is
@@ -135,6 +141,7 @@ impl PeerConnection {
                 .negotiated_key_exchange_group()
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default(),
+            round_trip: None,
         };
         tracing::debug!(peer = %addr, %fingerprint, cipher = %negotiated.cipher,
             group = %negotiated.group, "peer TLS handshake done");

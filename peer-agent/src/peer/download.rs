@@ -24,6 +24,7 @@ use super::frames::{BufferPool, Incoming};
 use crate::events::Event;
 use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::picker::PeerSlot;
+use crate::torrent::window::RequestWindow;
 
 /// Penalty points at which a peer is dropped for the rest of the download.
 pub const BAN_THRESHOLD: u32 = 10;
@@ -133,10 +134,7 @@ pub async fn run_peer(
 
 /// Connects to `peer` over pinned TLS and runs the handshake: our `Hello` and bitfield, then
 /// theirs. Returns the peer's bitfield and the connection with its reader running.
-async fn connect(
-    peers: &DownloadPeers,
-    peer: &PeerInfo,
-) -> Result<(Bitfield, PeerWriter, Inbox, super::connection::ReaderGuard), PeerError> {
+async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, PeerError> {
     let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
     let mut conn = PeerConnection::connect(&peers.identity, addr, peer.fingerprint).await?;
@@ -174,8 +172,25 @@ async fn connect(
     // The reader runs in its own task (select! must never cut a read short); the small
     // channel bounds how many chunk buffers can be queued.
     let span = tracing::debug_span!("download", peer = %addr, fingerprint = %peer.fingerprint);
+    let round_trip = conn.negotiated.round_trip;
     let (wr, rx, guard) = conn.spawn_reader("download-reader", span, peers.pool.clone(), 2);
-    Ok((has, wr, rx, guard))
+    Ok(Connected {
+        has,
+        wr,
+        rx,
+        reader: guard,
+        round_trip,
+    })
+}
+
+/// A connection after the handshake, its reader running.
+struct Connected {
+    has: Bitfield,
+    wr: PeerWriter,
+    rx: Inbox,
+    reader: super::connection::ReaderGuard,
+    /// The TCP handshake's round trip.
+    round_trip: Option<Duration>,
 }
 
 /// Per-connection state of the request loop.
@@ -191,6 +206,8 @@ struct Session<'a> {
     deferred: Vec<(u32, Instant)>,
     verifying: FuturesOrdered<tokio::task::JoinHandle<Verified>>,
     meter: SpeedMeter,
+    /// How many requests to keep out, from the measured round trip and rate.
+    window: RequestWindow,
     received: u64,
     /// Last chunk arrival, or the moment requests went out to an idle peer.
     last_progress: Instant,
@@ -204,7 +221,13 @@ async fn peer_session(
     mem: &mut PeerMemory,
 ) -> Result<PeerEnd, PeerError> {
     let sh = &peers.state;
-    let (has, wr, mut rx, _reader) = connect(peers, peer).await?;
+    let Connected {
+        has,
+        wr,
+        mut rx,
+        reader: _reader,
+        round_trip,
+    } = connect(peers, peer).await?;
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
         let mut p = sh.picker();
@@ -227,6 +250,7 @@ async fn peer_session(
         deferred: Vec::new(),
         verifying: FuturesOrdered::new(),
         meter: SpeedMeter::new(0),
+        window: RequestWindow::new(sh.manifest.chunk_size, round_trip, Instant::now()),
         received: 0,
         last_progress: Instant::now(),
         lagging: true,
@@ -235,8 +259,8 @@ async fn peer_session(
 }
 
 impl Session<'_> {
-    /// Keeps the pipe full: enough requests out to cover ~250 ms at this peer's rate (a
-    /// shaped or distant link queues for tens of milliseconds).
+    /// Keeps the pipe full: enough requests out to cover the bandwidth-delay product to this
+    /// peer (see `RequestWindow`).
     async fn fill_window(&mut self) -> Result<(), PeerError> {
         let bps = self.meter.update(self.received);
         self.sh
@@ -244,8 +268,7 @@ impl Session<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.fp, bps);
-        let depth =
-            ((bps / 4) / u64::from(self.sh.manifest.chunk_size.max(1)) + 2).clamp(2, 32) as usize;
+        let depth = self.window.depth();
         // Deferrals that ran out make their chunks askable again, before picking.
         let now = Instant::now();
         self.deferred.retain(|(_, until)| *until > now);
@@ -378,9 +401,12 @@ impl Session<'_> {
     ) -> Result<Option<PeerEnd>, PeerError> {
         let sh = self.sh;
         if let Some(pos) = self.g.inflight.iter().position(|(i, _)| *i == index) {
-            self.g.inflight.swap_remove(pos);
-            self.last_progress = Instant::now();
+            let (_, asked) = self.g.inflight.swap_remove(pos);
+            let now = Instant::now();
+            self.last_progress = now;
             self.received += data.len() as u64;
+            self.window.on_round_trip(now.duration_since(asked));
+            self.window.on_delivered(now, self.received);
             let bps = self.meter.update(self.received);
             if bps > 0 {
                 mem.rate = bps;

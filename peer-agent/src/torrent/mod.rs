@@ -14,6 +14,7 @@ pub mod store;
 pub mod swarm;
 pub mod tree_store;
 pub mod verify;
+pub mod window;
 
 pub use share::{ClaimsGuard, SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 pub use storage::{ChunkStorage, SingleFile};

@@ -205,11 +205,13 @@ impl Picker {
         let mut best: Option<(u16, u32)> = None;
         let mut seen = 0;
         for i in (start..n).chain(self.cursor..start) {
-            if self.state[i as usize] != ChunkState::Missing || !peer_has.get(i) || already(i) {
+            if self.state[i as usize] != ChunkState::Missing || !peer_has.get(i) {
                 continue;
             }
             let a = self.availability[i as usize];
-            if best.is_none_or(|(ba, _)| a < ba) {
+            // `already` last: it scans the caller's lists, and only a candidate that would
+            // become the best needs it.
+            if best.is_none_or(|(ba, _)| a < ba) && !already(i) {
                 best = Some((a, i));
                 if a <= 1 {
                     break; // nothing is rarer than a chunk only this peer has
