@@ -46,6 +46,98 @@ def fmt(x, unit=""):
     return f"{x}{unit}"
 
 
+# --- many small files and peak RSS at several sizes (issue 12 §5, §1; bench/smallfiles.py) ---
+
+def tree_label(t):
+    """"100 000 files of 4 KiB", from the tree's own counts (a --quick run has fewer files)."""
+    size = t.get("file_bytes") or 0
+    unit = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+    return f"{t.get('files', 0):,} files of {unit}".replace(",", " ")
+
+
+def small_ratios_targets(sm):
+    """Ratios (the other tool's time over ours: > 1 means we are faster) and targets. A target
+    is missed as soon as one measured tool beats us, unknown while one is missing."""
+    ratios, targets = {}, {}
+    trees = ((sm.get("small") or {}).get("trees") or {})
+    for name, t in trees.items():
+        known = []
+        for tool in ("rsync", "rqbit"):
+            r = t.get(f"tg_speedup_over_{tool}")
+            ratios[f"small files {name}: {tool} time over ours"] = r
+            known.append(r)
+        label = tree_label(t)
+        if any(r is not None and r <= 1 for r in known):
+            met = False
+        else:
+            met = None if None in known else True
+        targets[f"{label}: faster than rsync -a and rqbit"] = met
+    rss = sm.get("rss") or {}
+    peaks = [rss.get("peak_rss_mib")] if rss.get("sizes") else []
+    what = [f"{s['size_mib']} MiB" for s in rss.get("sizes") or []]
+    for name, t in trees.items():
+        tg = t.get("tg") or {}
+        if tg:
+            peaks += [tg.get("downloader_rss_mib_max"), tg.get("seeder_rss_mib_max")]
+            what.append(tree_label(t))
+    peaks = [p for p in peaks if p is not None]
+    if peaks:
+        targets[f"share and get peak RSS < 64 MiB at every size ({', '.join(what)})"] = max(peaks) < 64
+    return ratios, targets
+
+
+def small_md(sm):
+    md = []
+    small = sm.get("small") or {}
+    if small.get("trees"):
+        md += ["", "## Many small files, one seeder to one downloader (loopback)", "",
+               "Trees from a fixed seed (incompressible), 100 files per folder, two levels deep. "
+               "TorrentGuard: wall time of `get` from start to exit; *hashing* is `share DIR` from start to "
+               "its `seeding` line (fresh each rep). rsync: `rsync -a` over ssh to a private loopback sshd. "
+               "rqbit: `share DIR` then `download --initial-peers`, *hashing* to its magnet line. "
+               "Every copy checked file by file (paths, sizes, SHA-256). rqbit keeps a descriptor open per "
+               f"file, so the open-file limit is raised to {small.get('fd_limit', '?')} for every tool.", "",
+               "| tree | tool | reps | wall secs | files/s | MB/s | hashing secs | downloader RSS (MiB) | "
+               "seeder RSS (MiB) |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, t in small["trees"].items():
+            for tool, label in (("tg", "TorrentGuard"), ("rsync", "rsync -a over ssh"), ("rqbit", "rqbit")):
+                v = t.get(tool)
+                if not v:
+                    continue
+                down = v.get("downloader_rss_mib_max", v.get("client_rss_mib_max"))
+                md.append(f"| {tree_label(t)} | {label} | {v['reps']} | {fmt(v['secs'])} | "
+                          f"{fmt(v['files_per_s'])} | {fmt(v['mb_per_s'])} | {fmt(v.get('share_hash_secs'))} | "
+                          f"{fmt(down)} | {fmt(v.get('seeder_rss_mib_max'))} |")
+    rss = sm.get("rss") or {}
+    if rss.get("sizes"):
+        md += ["", "## TorrentGuard peak RSS by file size (one seeder, one downloader)", "",
+               f"Files in {rss.get('fs')} ({rss.get('dir')}). Peak RSS from GNU time; anon / file: the largest "
+               "anonymous and file-backed resident sets sampled from /proc every 50 ms (the seeder's from its "
+               "`seeding` line on). Target < 64 MiB each.", "",
+               "| size | hashing secs | get secs | MB/s | seeder peak RSS (MiB) | seeder anon / file | "
+               "downloader peak RSS (MiB) | downloader anon / file |",
+               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for v in rss["sizes"]:
+            sd, dd = v.get("seeder_sampled_while_serving") or {}, v.get("downloader_sampled") or {}
+            md.append(f"| {v['size_mib']} MiB | {fmt(v['share_hash_secs'])} | {fmt(v['get_secs'])} | "
+                      f"{fmt(v['mb_per_s'])} | {fmt(v['seeder_rss_mib'])} | "
+                      f"{fmt(sd.get('RssAnon_mib'))} / {fmt(sd.get('RssFile_mib'))} | {fmt(v['downloader_rss_mib'])} | "
+                      f"{fmt(dd.get('RssAnon_mib'))} / {fmt(dd.get('RssFile_mib'))} |")
+    return md
+
+
+def small_skipped(sm):
+    out = {}
+    for k, v in ((sm.get("small") or {}).get("skipped") or {}).items():
+        out[f"small files, {k}"] = v
+    for name, t in ((sm.get("small") or {}).get("trees") or {}).items():
+        for k, v in (t.get("skipped") or {}).items():
+            out[f"small files {name}, {k}"] = v
+    for k, v in ((sm.get("rss") or {}).get("skipped") or {}).items():
+        out[f"peak RSS at {k} MiB" if k.isdigit() else "peak RSS"] = v
+    return out
+
 # ----------------------------------------------------------------------------------------------
 # Real links (bench/netem.py): its own ratios, targets and section, merged into the report.
 
@@ -138,6 +230,7 @@ def main():
     ap.add_argument("--scenarios", type=Path)
     ap.add_argument("--netem", type=Path, help="bench/netem.py's output")
     ap.add_argument("--notes", type=Path)
+    ap.add_argument("--smallfiles", type=Path, help="bench/smallfiles.py output (issue 12 §5, RSS by size)")
     ap.add_argument("--out-json", type=Path, required=True)
     ap.add_argument("--out-md", type=Path, required=True)
     a = ap.parse_args()
@@ -182,6 +275,12 @@ def main():
         "agent peak RSS < 64 MiB": (max(agents_rss) < 64) if agents_rss else None,
         "swarm <= 1.2 x fluid bound": (ratios.get("swarm_over_fluid_bound") or 99) <= 1.2 if sc.get("swarm") else None,
     }
+    sm = (load(a.smallfiles) if a.smallfiles else None) or {}
+    sm_ratios, sm_targets = small_ratios_targets(sm)
+    ratios.update(sm_ratios)
+    targets.update(sm_targets)
+    versions.update({k: v for k, v in ((sm.get("small") or {}).get("versions") or {}).items() if v})
+    versions.update({k: v for k, v in (sm.get("versions") or {}).items() if v})
     targets = {k: (None if v is None else bool(v)) for k, v in targets.items()}
     nm = load(a.netem) if a.netem else None
     netem_md = []
@@ -192,8 +291,8 @@ def main():
         sc.setdefault("skipped", {}).update({f"netem {k}": v for k, v in (nm.get("skipped") or {}).items()})
 
     result = {"machine": machine, "versions": versions, "bytes": size, "hash": h, "tls_ceiling": tls,
-              "disk_write": disk, "scenarios": sc, "netem": nm, "ratios": ratios, "targets": targets,
-              "notes": notes}
+              "disk_write": disk, "scenarios": sc, "netem": nm, "small_files_and_rss": sm or None,
+              "ratios": ratios, "targets": targets, "notes": notes}
     a.out_json.write_text(json.dumps(result, indent=2) + "\n")
 
     mib = size / 1048576 if size else 0
@@ -267,6 +366,7 @@ def main():
                   f"{s['secs']} s: **{s['ratio_to_bound']}× the bound** (target ≤ 1.2). Peak RSS seeder "
                   f"{fmt(s['seeder_rss_mib'])} MiB, downloaders ≤ {fmt(s['downloader_rss_mib_max'])} MiB.")
     md += netem_md
+    md += small_md(sm)
     md.append("")
     md.append("## Ratios and targets")
     md.append("")
@@ -279,7 +379,7 @@ def main():
     md.append("|---|---|")
     for k, v in targets.items():
         md.append(f"| {k} | {'–' if v is None else ('yes' if v else '**no**')} |")
-    skipped = sc.get("skipped") or {}
+    skipped = dict(sc.get("skipped") or {}, **small_skipped(sm))
     if skipped or notes:
         md.append("")
         md.append("## Notes")

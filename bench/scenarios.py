@@ -518,46 +518,72 @@ def rqbit(rqbit_bin: str, file: Path, work: Path, reps: int, timeout: float):
 # scp to a private sshd on a loopback port
 
 
+class PrivateSshd:
+    """A private sshd on a free 127.0.0.1 port, with its own host key and a fresh user key
+    (key auth only, internal-sftp), in a new directory under base_dir; stopped and removed on
+    exit. `ssh_opts` are the client options that reach it (port, key, no host-key prompt)."""
+
+    def __init__(self, base_dir: Path, prefix="sshd."):
+        self.base = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
+        self.sshd = None
+
+    def __enter__(self):
+        base = self.base
+        try:
+            os.chmod(base, 0o700)
+            hostkey, self.userkey = base / "host_ed25519", base / "user_ed25519"
+            for k in (hostkey, self.userkey):
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
+            auth = base / "authorized_keys"
+            shutil.copy(str(self.userkey) + ".pub", auth)
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+            self.port = free_port()
+            self.sshd = Proc("sshd", [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null",
+                                      "-h", hostkey, "-p", self.port, "-o", "ListenAddress=127.0.0.1",
+                                      "-o", f"AuthorizedKeysFile={auth}", "-o", "StrictModes=no",
+                                      "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+                                      "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
+                                      "-o", "PidFile=none", "-o", "LogLevel=INFO",
+                                      "-o", "Subsystem=sftp internal-sftp"])
+            self.user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                                 text=True).stdout.strip()
+            wait_for(self.sshd, r"Server listening on 127\.0\.0\.1 port", 30)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.ssh_opts = ["-i", str(self.userkey), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        return self
+
+    def target(self, path):
+        return f"{self.user}@127.0.0.1:{path}"
+
+    def tail(self):
+        return self.sshd.tail() if self.sshd else ""
+
+    def __exit__(self, *exc):
+        if self.sshd:
+            self.sshd.stop(signal.SIGINT)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 def scp(file: Path, work: Path, reps: int, timeout: float):
     size = file.stat().st_size
-    base = Path(tempfile.mkdtemp(prefix="scp.", dir=work))
-    os.chmod(base, 0o700)
-    hostkey, userkey = base / "host_ed25519", base / "user_ed25519"
-    for k in (hostkey, userkey):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
-    auth = base / "authorized_keys"
-    shutil.copy(str(userkey) + ".pub", auth)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    port = free_port()
-    sshd = Proc("sshd", [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null",
-                         "-h", hostkey, "-p", port, "-o", "ListenAddress=127.0.0.1",
-                         "-o", f"AuthorizedKeysFile={auth}", "-o", "StrictModes=no",
-                         "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-                         "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
-                         "-o", "PidFile=none", "-o", "LogLevel=INFO",
-                         "-o", "Subsystem=sftp internal-sftp"])
     runs = []
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    try:
-        wait_for(sshd, r"Server listening on 127\.0\.0\.1 port", 30)
+    with PrivateSshd(work, prefix="scp.") as ssh:
         for rep in range(reps):
-            dest = base / f"copy{rep}.bin"
+            dest = ssh.base / f"copy{rep}.bin"
             t0 = time.monotonic()
-            p = Proc("scp", ["scp", "-q", "-P", port, "-i", userkey, "-o", "BatchMode=yes",
-                             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                             "-o", "LogLevel=ERROR", file, f"{user}@127.0.0.1:{dest}"])
+            p = Proc("scp", ["scp", "-q", "-P", ssh.port, *ssh.ssh_opts, file, ssh.target(dest)])
             if not p.reap(timeout):
                 p.stop(signal.SIGKILL)
                 raise RuntimeError(f"scp unfinished after {timeout:.0f}s")
             secs = p.t_exit - t0
             if p.rc != 0 or not same_file(file, dest):
-                raise RuntimeError(f"scp failed (rc {p.rc})\n{p.tail()}\n{sshd.tail()}")
+                raise RuntimeError(f"scp failed (rc {p.rc})\n{p.tail()}\n{ssh.tail()}")
             runs.append({"secs": round(secs, 4), "client_rss_mib": p.rss_mib})
             log(f"  scp rep {rep + 1}: {secs:.3f} s, {mbps(size, secs)} MB/s, RSS {p.rss_mib} MiB")
             dest.unlink()
-    finally:
-        sshd.stop(signal.SIGINT)
-        shutil.rmtree(base, ignore_errors=True)
     secs = med([r["secs"] for r in runs])
     return {"secs": secs, "mb_per_s": mbps(size, secs),
             "downloader_rss_mib_max": mx([r["client_rss_mib"] for r in runs]), "runs": runs,
