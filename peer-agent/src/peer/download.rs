@@ -250,7 +250,7 @@ async fn peer_session(
         deferred: Vec::new(),
         verifying: FuturesOrdered::new(),
         meter: SpeedMeter::new(0),
-        window: RequestWindow::new(sh.manifest.chunk_size, round_trip, Instant::now()),
+        window: RequestWindow::for_manifest(&sh.manifest, round_trip, Instant::now()),
         received: 0,
         last_progress: Instant::now(),
         lagging: true,

@@ -7,7 +7,7 @@
 //! file beside it (`DIR/.<name>.part.tgstate`, re-verified on resume), and at the end applies the
 //! modes and renames the whole tree to `DIR/<name>/` in one step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -55,7 +55,29 @@ pub struct TreeFiles {
     /// directory). Set, reads follow links (the sharer chose them) and check the file is
     /// unchanged; unset, links are never followed (a download's tree, an existing output).
     shared_as: Option<Vec<Option<(u64, SystemTime)>>>,
-    open: Mutex<HashMap<usize, Arc<File>>>,
+    open: Mutex<OpenFiles>,
+}
+
+/// The files a tree keeps open, and what was written since the last `sync`.
+#[derive(Default)]
+struct OpenFiles {
+    files: HashMap<usize, Arc<File>>,
+    /// Open files written since the last `sync`.
+    written: HashSet<usize>,
+    /// A file written since the last `sync` was closed (the cache was full): its data is not
+    /// durable until the file system is synced. Holds one such entry, to reach that file system.
+    closed_unsynced: Option<usize>,
+}
+
+impl OpenFiles {
+    /// Closes every file; remembers whether one of them still had data to sync.
+    fn close_all(&mut self) {
+        if let Some(&e) = self.written.iter().next() {
+            self.closed_unsynced = Some(e);
+        }
+        self.written.clear();
+        self.files.clear();
+    }
 }
 
 /// A file of a shared tree changed on disk after it was shared: its chunks are not served.
@@ -73,7 +95,7 @@ impl TreeFiles {
             root: Mutex::new(root),
             writable,
             shared_as: None,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(OpenFiles::default()),
         }
     }
 
@@ -126,12 +148,12 @@ impl TreeFiles {
     /// Moves the tree (after a rename): later reads open files under `root`.
     pub fn rebase(&self, root: TreeRoot) {
         *self.root.lock().expect("tree root lock") = root;
-        self.open.lock().expect("open files lock").clear();
+        self.open.lock().expect("open files lock").close_all();
     }
 
     fn file(&self, entry: usize) -> io::Result<Arc<File>> {
         let mut open = self.open.lock().expect("open files lock");
-        if let Some(f) = open.get(&entry) {
+        if let Some(f) = open.files.get(&entry) {
             return Ok(f.clone());
         }
         let path = self.path_of(entry);
@@ -148,10 +170,10 @@ impl TreeFiles {
                 .custom_flags(nofollow)
                 .open(&path)?,
         );
-        if open.len() >= OPEN_FILES {
-            open.clear();
+        if open.files.len() >= OPEN_FILES {
+            open.close_all();
         }
-        open.insert(entry, f.clone());
+        open.files.insert(entry, f.clone());
         Ok(f)
     }
 
@@ -167,7 +189,16 @@ impl TreeFiles {
     /// Writes verified chunk `index`.
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> io::Result<()> {
         let place = self.place(index, data.len())?;
-        self.file(place.entry)?.write_all_at(data, place.offset)
+        let f = self.file(place.entry)?;
+        f.write_all_at(data, place.offset)?;
+        let mut open = self.open.lock().expect("open files lock");
+        if open.files.contains_key(&place.entry) {
+            open.written.insert(place.entry);
+        } else {
+            // Closed by another thread's open meanwhile, before it was marked.
+            open.closed_unsynced = Some(place.entry);
+        }
+        Ok(())
     }
 
     fn place(&self, index: u32, len: usize) -> io::Result<torrentguard_protocol::ChunkPlace> {
@@ -180,16 +211,34 @@ impl TreeFiles {
         }
     }
 
-    /// Makes every open file's data durable.
+    /// Makes everything written so far durable: each open file written since the last sync,
+    /// and, if a written file was closed before it was synced (a tree with more files than the
+    /// cache holds), the whole file system at once (`syncfs`) rather than one fsync per file.
     pub fn sync(&self) -> io::Result<()> {
-        let open: Vec<Arc<File>> = self
-            .open
-            .lock()
-            .expect("open files lock")
-            .values()
-            .cloned()
-            .collect();
-        open.iter().try_for_each(|f| f.sync_data())
+        let (written, closed) = {
+            let mut guard = self.open.lock().expect("open files lock");
+            let open = &mut *guard;
+            let written: Vec<(usize, Arc<File>)> = open
+                .written
+                .drain()
+                .filter_map(|e| open.files.get(&e).map(|f| (e, f.clone())))
+                .collect();
+            (written, open.closed_unsynced.take())
+        };
+        let synced = written
+            .iter()
+            .try_for_each(|(_, f)| f.sync_data())
+            .and_then(|_| match closed {
+                Some(entry) => rustix::fs::syncfs(&*self.file(entry)?).map_err(io::Error::from),
+                None => Ok(()),
+            });
+        if synced.is_err() {
+            // Not durable: the next sync tries again.
+            let mut open = self.open.lock().expect("open files lock");
+            open.written.extend(written.iter().map(|(e, _)| *e));
+            open.closed_unsynced = open.closed_unsynced.or(closed);
+        }
+        synced
     }
 }
 

@@ -19,6 +19,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use torrentguard_protocol::Manifest;
+
 /// Requests a seeder queues per connection by default (`Limits::max_queued_requests`).
 pub const MAX_REQUESTS: usize = 128;
 /// Bytes of requests out to one peer, at most.
@@ -54,6 +56,14 @@ impl RequestWindow {
             samples: VecDeque::from([(now, 0)]),
             peaks: VecDeque::new(),
         }
+    }
+
+    /// The window of a download of `m`, counted in its mean chunk length: a tree of small
+    /// files has chunks far shorter than its chunk size.
+    pub fn for_manifest(m: &Manifest, rtt: Option<Duration>, now: Instant) -> Self {
+        let n = u64::from(m.chunk_count().max(1));
+        let mean = (m.size / n).clamp(1, u64::from(m.chunk_size.max(1)));
+        Self::new(mean as u32, rtt, now)
     }
 
     /// A request answered after `latency`: a round trip plus queueing, so an upper bound.
@@ -138,6 +148,33 @@ mod tests {
             w.on_delivered(now, k * u64::from(CHUNK));
         }
         now
+    }
+
+    #[test]
+    fn a_tree_of_small_files_counts_its_window_in_their_length() {
+        use torrentguard_protocol::{Entry, HashAlgo};
+        let entries: Vec<Entry> = (0..100)
+            .map(|i| Entry::file(format!("f{i:03}"), 4096, 0o644))
+            .collect();
+        let chunks = (0..100)
+            .map(|_| HashAlgo::Sha256.digest(&[0u8; 4096]))
+            .collect();
+        let m = Manifest::tree("t", CHUNK, HashAlgo::Sha256, entries, chunks);
+        let w = RequestWindow::for_manifest(&m, None, Instant::now());
+        assert_eq!(w.chunk_size, 4096);
+        let d = HashAlgo::Sha256.digest(b"");
+        let single = Manifest::single(
+            "f",
+            10 * u64::from(CHUNK),
+            CHUNK,
+            HashAlgo::Sha256,
+            vec![d; 10],
+            d,
+        );
+        assert_eq!(
+            RequestWindow::for_manifest(&single, None, Instant::now()).chunk_size,
+            u64::from(CHUNK)
+        );
     }
 
     #[test]

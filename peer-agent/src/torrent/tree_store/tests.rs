@@ -293,3 +293,45 @@ fn a_shared_file_that_changes_is_no_longer_read() {
     let mut buf = vec![0u8; m.chunk_len(last) as usize];
     shared.read_chunk(last, &mut buf).unwrap();
 }
+
+/// A tree with more files than the open-file cache holds: the files written and then closed
+/// by the cache are not forgotten by `sync` (it syncs their file system), and a sync leaves
+/// nothing pending.
+#[test]
+fn files_closed_by_the_cache_before_a_sync_are_still_synced() {
+    let names: Vec<String> = (0..OPEN_FILES + 6).map(|i| format!("f{i:03}")).collect();
+    let files: Vec<Source> = names
+        .iter()
+        .map(|n| -> Source {
+            (
+                Box::leak(n.clone().into_boxed_str()),
+                vec![n.len() as u8; 100],
+                0o644,
+            )
+        })
+        .collect();
+    let m = tree(&files, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let mut p = partial(open(out.path(), &m, &[], false));
+    fill(&mut p, &m, &files);
+    let pending = |p: &PartialTree| {
+        let o = p.store.files.open.lock().unwrap();
+        (o.written.len(), o.closed_unsynced.is_some())
+    };
+    let (open_written, closed) = pending(&p);
+    assert!(
+        closed,
+        "a written file was closed by the cache before any sync"
+    );
+    assert!(open_written > 0 && open_written < files.len());
+    p.store.save_state(&p.have).unwrap();
+    assert_eq!(
+        pending(&p),
+        (0, false),
+        "the sync covered every written file"
+    );
+    p.store.finish(false).unwrap();
+    for (path, data, _) in &files {
+        assert_eq!(&fs::read(out.path().join("set").join(path)).unwrap(), data);
+    }
+}
