@@ -44,7 +44,8 @@ pub struct RequestWindow {
     rtt: Option<Duration>,
     /// (when, bytes received so far), back to one sample older than `horizon + span`.
     samples: VecDeque<(Instant, u64)>,
-    /// (when, rate over the span ending then), within the horizon: the max filter.
+    /// (when, rate over the span ending then) within the horizon, rates decreasing from the
+    /// front: the max filter.
     peaks: VecDeque<(Instant, u64)>,
 }
 
@@ -84,21 +85,25 @@ impl RequestWindow {
             .max(MIN_HORIZON)
     }
 
-    /// `total` bytes have arrived on the connection by `now`.
+    /// `total` bytes have arrived on the connection by `now`. O(log n) in the samples kept:
+    /// called for every chunk, thousands of times a second on a tree of small files.
     pub fn on_delivered(&mut self, now: Instant, total: u64) {
         let (span, horizon) = (self.span(), self.horizon());
-        // The newest sample at least a span old, or the oldest one while there is none.
-        let base = self
+        // The newest sample at least a span old (samples are in time order), or the oldest
+        // one while there is none.
+        let older = self
             .samples
-            .iter()
-            .rev()
-            .find(|(t, _)| now.duration_since(*t) >= span)
-            .or(self.samples.front())
-            .copied();
+            .partition_point(|(t, _)| now.duration_since(*t) >= span);
+        let base = self.samples.get(older.saturating_sub(1)).copied();
         if let Some((t0, b0)) = base {
             let dt = now.duration_since(t0).as_secs_f64();
             if dt > 0.0 {
                 let rate = (total.saturating_sub(b0) as f64 / dt) as u64;
+                // A monotonic queue: a rate is dropped once a newer one is at least as high,
+                // so the front is the best within the horizon.
+                while self.peaks.back().is_some_and(|(_, r)| *r <= rate) {
+                    self.peaks.pop_back();
+                }
                 self.peaks.push_back((now, rate));
             }
         }
@@ -119,7 +124,7 @@ impl RequestWindow {
 
     /// Best delivery rate over the last few round trips, bytes per second.
     pub fn rate(&self) -> u64 {
-        self.peaks.iter().map(|(_, r)| *r).max().unwrap_or(0)
+        self.peaks.front().map_or(0, |(_, r)| *r)
     }
 
     /// Requests to keep out now.
@@ -278,5 +283,41 @@ mod tests {
         }
         assert!(w.rate() < 200_000, "rate {}", w.rate());
         assert_eq!(w.depth(), MIN_REQUESTS + 1);
+    }
+
+    #[test]
+    fn the_max_filter_keeps_the_best_rate_of_the_horizon() {
+        // Irregular deliveries; every step, rate() equals the best of the per-span rates
+        // recorded within the horizon, computed the slow way.
+        let rtt = Duration::from_millis(5);
+        let t0 = Instant::now();
+        let mut w = RequestWindow::new(CHUNK, Some(rtt), t0);
+        let (mut now, mut total, mut x) = (t0, 0u64, 12345u64);
+        let mut seen: Vec<(Instant, u64)> = Vec::new();
+        for _ in 0..3000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            now += Duration::from_micros(100 + (x >> 33) % 5000);
+            total += (x >> 20) % (4 * u64::from(CHUNK));
+            let before: Vec<_> = w.samples.iter().copied().collect();
+            w.on_delivered(now, total);
+            let base = before
+                .iter()
+                .rev()
+                .find(|(t, _)| now.duration_since(*t) >= w.span())
+                .or(before.first())
+                .copied()
+                .unwrap();
+            let dt = now.duration_since(base.0).as_secs_f64();
+            seen.push((now, ((total - base.1) as f64 / dt) as u64));
+            let best = seen
+                .iter()
+                .filter(|(t, _)| now.duration_since(*t) <= w.horizon())
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap();
+            assert_eq!(w.rate(), best);
+        }
     }
 }
