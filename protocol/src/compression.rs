@@ -25,9 +25,10 @@ pub mod caps {
     pub const ZSTD: u8 = 0x01;
 }
 
-/// zstd level for chunks. Level 1 compresses JSON-like text at ~300–400 MB/s on one core of the
-/// development machine; negative levels were faster but gave up a third of the saving, which
-/// is what matters on the links (≤ 1 Gbit/s) where compression turns itself on.
+/// zstd level for chunks. Measured on 256 KiB chunks, one core of the development machine:
+/// JSON logs at level 1 compress at 570 MB/s to 0.11, at -1 at 644 MB/s to 0.14, at -5 at
+/// 774 MB/s to 0.20; random data passes at 5 GB/s. On the links where compression turns on
+/// (≤ 1 Gbit/s) the saving is what counts, and level 1 saves the most for little speed.
 pub const LEVEL: i32 = 1;
 /// Compressed size over raw size above which a chunk is sent raw whatever the link.
 pub const MAX_RATIO: f64 = 0.9;
