@@ -190,7 +190,7 @@ pub(crate) struct ShareArgs {
         value_enum,
         default_value = "auto",
         env = "TORRENTGUARD_COMPRESSION",
-        value_name = "WHEN"
+        value_name = "MODE"
     )]
     pub(crate) compression: Compression,
 
@@ -295,7 +295,7 @@ pub(crate) struct GetArgs {
         value_enum,
         default_value = "auto",
         env = "TORRENTGUARD_COMPRESSION",
-        value_name = "WHEN"
+        value_name = "MODE"
     )]
     pub(crate) compression: Compression,
 
@@ -479,6 +479,7 @@ mod tests {
         "FILE_ID",
         "FP",
         "GLOB",
+        "MODE",
         "N",
         "NAME",
         "PATH",
