@@ -472,3 +472,76 @@ async fn banned_then_completed_elsewhere(how: Misbehaviour, reason: &str) {
         "a banned peer is not reconnected"
     );
 }
+
+/// Issue 12 §4, compatibility: a seeder forced to compress everything still answers a short
+/// `Hello` (all that peers from before capabilities send and parse) with a short one and sends
+/// raw `Chunk`s; to a `Hello` offering zstd it answers in kind and sends `ChunkZstd` frames that
+/// decode to the chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_speaks_each_downloader_s_form_of_hello() {
+    use torrentguard_agent::peer::PeerConnection;
+    use torrentguard_agent::peer::connection::Hello;
+    let s = Swarm::new().await;
+    let file = s.dir.path().join("text.json");
+    let data: Vec<u8> = (0..CHUNK * 4)
+        .map(|i| b"{\"k\": \"value\"}\n"[(i % 15) as usize] ^ (i / 4096) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let seeder = s.agent("seeder").await;
+    seeder.seeder.set_compression(compression::Mode::Always);
+    let id = s.share(&seeder, &file).await;
+    let client = s.agent("client").await;
+    let m = client.tracker.manifest(&id).await.unwrap();
+    let n = m.chunk_count();
+    client
+        .tracker
+        .announce(&AnnounceRequest {
+            file_id: id,
+            port: 1,
+            event: AnnounceEvent::Started,
+            bitfield: Bitfield::new(n).to_base64(),
+            address: None,
+        })
+        .await
+        .unwrap();
+    let addr = seeder.seeder.local_addr();
+    for offered in [None, Some(caps::ZSTD)] {
+        let fp = seeder.identity.fingerprint;
+        let mut conn = PeerConnection::connect(&client.identity, addr, fp)
+            .await
+            .unwrap();
+        let ours = Hello::ours(id, n).with_capabilities(offered);
+        conn.writer
+            .send_handshake(ours, &Bitfield::new(n))
+            .await
+            .unwrap();
+        let pool = BufferPool::new(CHUNK as usize);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let theirs = conn.recv_hello(&pool, deadline).await.unwrap();
+        assert_eq!(theirs.capabilities, offered, "answered in the form asked");
+        conn.recv_bitfield(&pool, n, deadline).await.unwrap();
+        conn.reader.set_max_frame(frame_bound(m.chunk_size, n));
+        conn.writer.send_now(&Frame::Request(1)).await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, conn.reader.next(&pool))
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(Incoming::Chunk {
+            index: 1,
+            data: body,
+            compressed,
+        }) = got
+        else {
+            panic!("{got:?}");
+        };
+        let want = &data[CHUNK as usize..2 * CHUNK as usize];
+        assert_eq!(compressed, offered.is_some());
+        if compressed {
+            let mut out = vec![0; CHUNK as usize];
+            compression::decompress_chunk(&body, &mut out).unwrap();
+            assert_eq!(out, want);
+        } else {
+            assert_eq!(body, want);
+        }
+    }
+}
