@@ -580,8 +580,10 @@ impl Seeder {
             Ok(out) => out,
             Err(e) => return refuse_changed(file, i, e, wr).await,
         };
+        let mut shrank = false;
         if let Some((took, size)) = out.compressed {
             governor.record_compression(len, size, took);
+            shrank = size.is_some();
         }
         let started = Instant::now();
         tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&out.frame))
@@ -590,7 +592,7 @@ impl Seeder {
                 step: format!("writing chunk {i}"),
                 after: WRITE_TIMEOUT,
             })??;
-        governor.record_write(out.frame.len(), started.elapsed());
+        governor.record_write(out.frame.len(), started.elapsed(), shrank);
         file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
         self.pool.give(out.frame);
         Ok(())
