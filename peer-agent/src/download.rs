@@ -66,6 +66,8 @@ pub struct DownloadOptions {
     /// manifest's `file_hash` (`get --verify-full`). Without it the chain id → manifest → chunk
     /// digests → bytes, each chunk checked before it is written, is the verification.
     pub verify_full: bool,
+    /// Whether peers may send chunks zstd-compressed (`--compression`).
+    pub compression: torrentguard_protocol::compression::Mode,
     pub events: EventSink,
 }
 
@@ -82,6 +84,7 @@ impl DownloadOptions {
             only: Vec::new(),
             reuse: Vec::new(),
             verify_full: false,
+            compression: Default::default(),
             events: EventSink::none(),
         }
     }
@@ -141,6 +144,11 @@ pub struct DownloadReport {
     pub bytes_reused: u64,
     /// A single file was also hashed whole from disk (`--verify-full`, or an existing output).
     pub whole_file_checked: bool,
+    /// Bytes of chunk frames received from peers: below `bytes_fetched` by what compression
+    /// saved.
+    pub bytes_on_wire: u64,
+    /// Chunks that arrived zstd-compressed.
+    pub chunks_compressed: u32,
     pub shared: Arc<SharedFile>,
 }
 
@@ -327,6 +335,8 @@ pub async fn download(
         copies: identical_chunks(&manifest, &wanted),
         wanted: wanted.clone(),
         bytes_fetched: AtomicU64::new(0),
+        bytes_on_wire: AtomicU64::new(0),
+        chunks_compressed: AtomicU32::new(0),
         chunks_fetched: AtomicU32::new(0),
         retries: AtomicU32::new(0),
         dirty: AtomicBool::new(false),
@@ -343,6 +353,7 @@ pub async fn download(
         state: sh.clone(),
         identity,
         pool,
+        compression: opts.compression,
     });
     let result = run_swarm(&peers, session, &opts, &output).await;
     sh.cancel.cancel();
@@ -405,6 +416,8 @@ pub async fn download(
         chunks_reused,
         bytes_reused: bytes_of(&have),
         whole_file_checked,
+        bytes_on_wire: sh.bytes_on_wire.load(Ordering::Relaxed),
+        chunks_compressed: sh.chunks_compressed.load(Ordering::Relaxed),
         shared: shared_file,
     };
     emit_completed(&opts.events, &report);
@@ -497,6 +510,8 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
         chunks_reused: r.chunks_reused,
         bytes_reused: r.bytes_reused,
         whole_file_checked: r.whole_file_checked,
+        bytes_on_wire: r.bytes_on_wire,
+        chunks_compressed: r.chunks_compressed,
     });
 }
 
@@ -545,6 +560,8 @@ async fn already_complete(
         bytes_reused: manifest.size,
         // An existing single file was hashed whole when the output was opened.
         whole_file_checked: !manifest.is_tree(),
+        bytes_on_wire: 0,
+        chunks_compressed: 0,
         shared,
     };
     emit_completed(&opts.events, &report);

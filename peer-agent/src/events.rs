@@ -109,6 +109,12 @@ pub enum Event {
         /// A single file was also hashed whole from disk (`--verify-full`, or an identical
         /// file already there) besides every chunk.
         whole_file_checked: bool,
+        /// Bytes of chunk frames that came over the wire for `bytes_fetched` (with frame
+        /// headers, end-game duplicates and refused chunks): less than it when compression
+        /// saved something.
+        bytes_on_wire: u64,
+        /// Chunks that arrived zstd-compressed.
+        chunks_compressed: u32,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
     /// the original.

@@ -16,6 +16,7 @@ use torrentguard_agent::download::{BAN_THRESHOLD, VIOLATION_PENALTY};
 use torrentguard_agent::peer::{BufferPool, FrameReader, Incoming, write_frame};
 use torrentguard_agent::{Agent, DownloadOptions, Event, EventSink, TrackerTarget};
 use torrentguard_protocol::api::{AnnounceEvent, AnnounceRequest};
+use torrentguard_protocol::compression::{self, caps};
 use torrentguard_protocol::wire::{Frame, PROTOCOL_VERSION, frame_bound};
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, HashAlgo, Manifest};
 use torrentguard_tracker::{RunningTracker, TrackerConfig};
@@ -81,6 +82,44 @@ enum Misbehaviour {
     ServeThenSilent(u32),
     /// After the handshake, announces a frame far larger than any bound, then waits.
     OversizedFrame,
+    /// Agrees on zstd, then answers each request with a `ChunkZstd` frame made by `Zstd`.
+    Compressed(Zstd),
+    /// Does not agree on zstd (short `Hello`), then sends a valid `ChunkZstd` anyway.
+    CompressedUnagreed,
+}
+
+/// What a hostile peer puts in its `ChunkZstd` frames.
+#[derive(Clone, Copy, Debug)]
+enum Zstd {
+    /// A header claiming 4 GiB.
+    Claims4GiB,
+    /// A header claiming the chunk's length, over blocks that decode to three times it.
+    LyingSize,
+    /// Not zstd at all.
+    Garbage,
+}
+
+/// A zstd frame header (single segment, 8-byte content size) claiming `content` bytes, then
+/// `rle_blocks` RLE blocks of `block` bytes each, the last one flagged.
+fn zstd_frame(content: u64, rle_blocks: u32, block: u32) -> Vec<u8> {
+    let mut f = 0xFD2F_B528u32.to_le_bytes().to_vec();
+    f.push(0b1110_0000);
+    f.extend_from_slice(&content.to_le_bytes());
+    for k in 0..rle_blocks {
+        let last = u32::from(k + 1 == rle_blocks);
+        f.extend_from_slice(&((block << 3) | (1 << 1) | last).to_le_bytes()[..3]);
+        f.push(0x41);
+    }
+    f
+}
+
+/// The `ChunkZstd` body a hostile peer sends for a chunk of `len` bytes.
+fn hostile_zstd(how: Zstd, len: usize) -> Vec<u8> {
+    match how {
+        Zstd::Claims4GiB => zstd_frame(4 << 30, 4, 128 * 1024),
+        Zstd::LyingSize => zstd_frame(len as u64, 3, len as u32),
+        Zstd::Garbage => b"\x28\xb5\x2f\xfd but then nothing a decoder can use".to_vec(),
+    }
 }
 
 /// What a fake peer saw.
@@ -154,14 +193,20 @@ where
     let mut reader = FrameReader::new(rd);
     let n = m.chunk_count();
     let mut scratch = BytesMut::new();
-    let Ok(Some(Incoming::Control(Frame::Hello { .. }))) = reader.next(&pool).await else {
+    let Ok(Some(Incoming::Control(Frame::Hello { capabilities, .. }))) = reader.next(&pool).await
+    else {
         return;
     };
     reader.set_max_frame(frame_bound(m.chunk_size, n));
+    let ours = match how {
+        Misbehaviour::Compressed(_) => Some(caps::ZSTD),
+        _ => capabilities.map(|_| 0),
+    };
     let hello = Frame::Hello {
         version: PROTOCOL_VERSION,
         file_id: m.file_id(),
         chunk_count: n,
+        capabilities: ours,
     };
     let bitfield = Frame::Bitfield(Bitfield::full(n).as_bytes().to_vec().into());
     for f in [hello, bitfield] {
@@ -180,16 +225,34 @@ where
         let Incoming::Control(Frame::Request(i)) = msg else {
             continue;
         };
-        let serve = matches!(how, Misbehaviour::ServeThenSilent(k)
-            if c.served.fetch_add(1, Ordering::SeqCst) < k);
-        if !serve {
-            c.ignored.fetch_add(1, Ordering::SeqCst);
-            continue;
-        }
         let (off, len) = (m.chunk_offset(i) as usize, m.chunk_len(i) as usize);
-        let chunk = Frame::Chunk {
-            index: i,
-            data: Bytes::copy_from_slice(&data[off..off + len]),
+        let raw = &data[off..off + len];
+        let chunk = match how {
+            Misbehaviour::Compressed(z) => Frame::ChunkZstd {
+                index: i,
+                data: hostile_zstd(z, len).into(),
+            },
+            Misbehaviour::CompressedUnagreed => {
+                let mut z = vec![0; len + 1024];
+                let n = compression::compress_chunk(raw, &mut z).expect("fits");
+                z.truncate(n);
+                Frame::ChunkZstd {
+                    index: i,
+                    data: z.into(),
+                }
+            }
+            _ => {
+                let serve = matches!(how, Misbehaviour::ServeThenSilent(k)
+                    if c.served.fetch_add(1, Ordering::SeqCst) < k);
+                if !serve {
+                    c.ignored.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                Frame::Chunk {
+                    index: i,
+                    data: Bytes::copy_from_slice(raw),
+                }
+            }
         };
         if write_frame(&mut wr, &chunk, &mut scratch).await.is_err() || wr.flush().await.is_err() {
             return;
@@ -328,6 +391,42 @@ async fn silent_slow_and_lying_peers_with_one_honest_seeder() {
 /// backoff for ever). The download then completes from an honest seeder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_get_the_peer_banned() {
+    banned_then_completed_elsewhere(Misbehaviour::OversizedFrame, "exceeds the bound").await;
+}
+
+/// Issue 12 §4: a compressed chunk whose zstd header claims 4 GiB is refused from the header,
+/// before any buffer is sized for it: a violation, the peer banned, the chunk fetched elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_bomb_claiming_4_gib_is_refused() {
+    let how = Misbehaviour::Compressed(Zstd::Claims4GiB);
+    banned_then_completed_elsewhere(how, "claims 4294967296 bytes").await;
+}
+
+/// A zstd frame that claims the chunk's length but decodes to three times it is cut off at the
+/// chunk's length (it is decoded into exactly that much) and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_frame_whose_size_lies_is_refused() {
+    let how = Misbehaviour::Compressed(Zstd::LyingSize);
+    banned_then_completed_elsewhere(how, "does not decode").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_zstd_is_a_violation() {
+    let how = Misbehaviour::Compressed(Zstd::Garbage);
+    banned_then_completed_elsewhere(how, "compressed chunk").await;
+}
+
+/// A `ChunkZstd`, even a valid one, from a peer whose `Hello` did not offer zstd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_chunk_on_a_connection_without_zstd_is_a_violation() {
+    let how = Misbehaviour::CompressedUnagreed;
+    banned_then_completed_elsewhere(how, "did not agree on zstd").await;
+}
+
+/// The hostile peer is the only one until it is banned (two violations, two connections, the
+/// ban's reason containing `reason`); then an honest seeder joins and the download completes
+/// byte for byte, without reconnecting to the banned peer.
+async fn banned_then_completed_elsewhere(how: Misbehaviour, reason: &str) {
     let s = Swarm::new().await;
     let (src, data) = s.write("f.bin", 64);
     // The manifest must be on the tracker; its first seeder leaves before the download starts,
@@ -335,24 +434,30 @@ async fn oversized_frames_get_the_peer_banned() {
     let origin = s.agent("origin").await;
     let id = s.share(&origin, &src).await;
     origin.shutdown().await;
-    let liar = fake_peer(&s, "liar", id, data.clone(), Misbehaviour::OversizedFrame).await;
+    let liar = fake_peer(&s, "liar", id, data.clone(), how).await;
     let leecher = s.agent("leecher").await;
     let (o, mut rx) = opts(s.dir.path().join("out"));
     let dl = tokio::spawn(async move {
         let r = leecher.download(id, o).await;
         (leecher, r)
     });
-    let banned = tokio::time::timeout(DEADLINE, async {
+    let (banned, why) = tokio::time::timeout(DEADLINE, async {
         while let Some(e) = rx.recv().await {
-            if let Event::PeerBanned { fingerprint, .. } = e {
-                return fingerprint;
+            if let Event::PeerBanned {
+                fingerprint,
+                reason,
+                ..
+            } = e
+            {
+                return (fingerprint, reason);
             }
         }
         panic!("event stream ended without a ban");
     })
     .await
-    .expect("the peer sending oversized frames was not banned");
+    .expect("the hostile peer was not banned");
     assert_eq!(banned, liar.fingerprint);
+    assert!(why.contains(reason), "banned for {why:?}");
     let at_ban = liar.counts.connections.load(Ordering::SeqCst);
     assert_eq!(at_ban, BAN_THRESHOLD.div_ceil(VIOLATION_PENALTY));
 
@@ -366,4 +471,77 @@ async fn oversized_frames_get_the_peer_banned() {
         at_ban,
         "a banned peer is not reconnected"
     );
+}
+
+/// Issue 12 §4, compatibility: a seeder forced to compress everything still answers a short
+/// `Hello` (all that peers from before capabilities send and parse) with a short one and sends
+/// raw `Chunk`s; to a `Hello` offering zstd it answers in kind and sends `ChunkZstd` frames that
+/// decode to the chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_speaks_each_downloader_s_form_of_hello() {
+    use torrentguard_agent::peer::PeerConnection;
+    use torrentguard_agent::peer::connection::Hello;
+    let s = Swarm::new().await;
+    let file = s.dir.path().join("text.json");
+    let data: Vec<u8> = (0..CHUNK * 4)
+        .map(|i| b"{\"k\": \"value\"}\n"[(i % 15) as usize] ^ (i / 4096) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let seeder = s.agent("seeder").await;
+    seeder.seeder.set_compression(compression::Mode::Always);
+    let id = s.share(&seeder, &file).await;
+    let client = s.agent("client").await;
+    let m = client.tracker.manifest(&id).await.unwrap();
+    let n = m.chunk_count();
+    client
+        .tracker
+        .announce(&AnnounceRequest {
+            file_id: id,
+            port: 1,
+            event: AnnounceEvent::Started,
+            bitfield: Bitfield::new(n).to_base64(),
+            address: None,
+        })
+        .await
+        .unwrap();
+    let addr = seeder.seeder.local_addr();
+    for offered in [None, Some(caps::ZSTD)] {
+        let fp = seeder.identity.fingerprint;
+        let mut conn = PeerConnection::connect(&client.identity, addr, fp)
+            .await
+            .unwrap();
+        let ours = Hello::ours(id, n).with_capabilities(offered);
+        conn.writer
+            .send_handshake(ours, &Bitfield::new(n))
+            .await
+            .unwrap();
+        let pool = BufferPool::new(CHUNK as usize);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let theirs = conn.recv_hello(&pool, deadline).await.unwrap();
+        assert_eq!(theirs.capabilities, offered, "answered in the form asked");
+        conn.recv_bitfield(&pool, n, deadline).await.unwrap();
+        conn.reader.set_max_frame(frame_bound(m.chunk_size, n));
+        conn.writer.send_now(&Frame::Request(1)).await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, conn.reader.next(&pool))
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(Incoming::Chunk {
+            index: 1,
+            data: body,
+            compressed,
+        }) = got
+        else {
+            panic!("{got:?}");
+        };
+        let want = &data[CHUNK as usize..2 * CHUNK as usize];
+        assert_eq!(compressed, offered.is_some());
+        if compressed {
+            let mut out = vec![0; CHUNK as usize];
+            compression::decompress_chunk(&body, &mut out).unwrap();
+            assert_eq!(out, want);
+        } else {
+            assert_eq!(body, want);
+        }
+    }
 }

@@ -107,6 +107,7 @@ impl Attacker {
             version: PROTOCOL_VERSION,
             file_id: self.file_id,
             chunk_count: self.chunk_count,
+            capabilities: None,
         };
         write_frame(&mut wr, &hello, &mut scratch).await?;
         wr.flush().await?;

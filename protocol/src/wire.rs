@@ -31,7 +31,13 @@ pub mod ty {
     pub const REJECT: u8 = 0x06;
     pub const CANCEL: u8 = 0x07;
     pub const BYE: u8 = 0x08;
+    /// A chunk as one zstd frame (only on connections whose `Hello`s both set
+    /// [`crate::compression::caps::ZSTD`]).
+    pub const CHUNK_ZSTD: u8 = 0x09;
 }
+
+/// Body length of a `Hello` without capabilities (as every version before them sent it).
+pub const HELLO_LEN: usize = 2 + 32 + 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -64,6 +70,10 @@ pub enum Frame {
         version: u16,
         file_id: FileId,
         chunk_count: u32,
+        /// A trailing byte of [`crate::compression::caps`] bits. `None`: the short form, which
+        /// is all that peers before capabilities send and accept (their parser wants exactly
+        /// [`HELLO_LEN`] bytes), so a seeder answers a short `Hello` with a short one.
+        capabilities: Option<u8>,
     },
     /// Raw bitfield bytes; checked against the chunk count with [`crate::Bitfield::from_bytes`]
     /// by the connection, which knows the count.
@@ -71,6 +81,11 @@ pub enum Frame {
     Have(u32),
     Request(u32),
     Chunk {
+        index: u32,
+        data: Bytes,
+    },
+    /// A chunk as one zstd frame ([`crate::compression`]).
+    ChunkZstd {
         index: u32,
         data: Bytes,
     },
@@ -132,11 +147,11 @@ impl FrameHead {
     /// With the type byte: refuses an unknown type, and a `Chunk` too short for its index,
     /// before the body is read. `len` must come from [`FrameHead::check_len`].
     pub fn new(len: u32, kind: u8) -> Result<FrameHead, WireError> {
-        if !(ty::HELLO..=ty::BYE).contains(&kind) {
+        if !(ty::HELLO..=ty::CHUNK_ZSTD).contains(&kind) {
             return Err(WireError::UnknownType(kind));
         }
         let body_len = len.saturating_sub(1);
-        if kind == ty::CHUNK && body_len < 4 {
+        if is_chunk(kind) && body_len < 4 {
             return Err(WireError::Malformed {
                 frame: "Chunk",
                 reason: "shorter than its index",
@@ -145,17 +160,27 @@ impl FrameHead {
         Ok(FrameHead { kind, body_len })
     }
 
-    /// Bytes of chunk data in a `Chunk` frame (the body less the index).
+    /// Bytes of chunk data in a `Chunk` or `ChunkZstd` frame (the body less the index).
     pub fn chunk_data_len(&self) -> Option<usize> {
-        (self.kind == ty::CHUNK).then(|| self.body_len.saturating_sub(4) as usize)
+        is_chunk(self.kind).then(|| self.body_len.saturating_sub(4) as usize)
     }
+}
+
+/// Whether frames of type `kind` carry a chunk (raw or compressed) after an index.
+pub fn is_chunk(kind: u8) -> bool {
+    kind == ty::CHUNK || kind == ty::CHUNK_ZSTD
 }
 
 /// The header of a `Chunk` frame carrying `data_len` bytes of chunk `index`.
 pub fn chunk_header(index: u32, data_len: u32) -> [u8; CHUNK_HEADER_LEN] {
+    chunk_header_of(ty::CHUNK, index, data_len)
+}
+
+/// The header of a chunk frame of type `kind` (`Chunk` or `ChunkZstd`) with `data_len` bytes.
+pub fn chunk_header_of(kind: u8, index: u32, data_len: u32) -> [u8; CHUNK_HEADER_LEN] {
     let mut h = [0u8; CHUNK_HEADER_LEN];
     h[..4].copy_from_slice(&(data_len + 5).to_be_bytes());
-    h[4] = ty::CHUNK;
+    h[4] = kind;
     h[5..].copy_from_slice(&index.to_be_bytes());
     h
 }
@@ -174,6 +199,7 @@ impl Frame {
             Frame::Have(_) => "Have",
             Frame::Request(_) => "Request",
             Frame::Chunk { .. } => "Chunk",
+            Frame::ChunkZstd { .. } => "ChunkZstd",
             Frame::Reject { .. } => "Reject",
             Frame::Cancel(_) => "Cancel",
             Frame::Bye { .. } => "Bye",
@@ -195,7 +221,9 @@ impl Frame {
         }
         Ok(match kind {
             ty::HELLO => {
-                need(&body, 2 + 32 + 4, "Hello")?;
+                if body.len() != HELLO_LEN && body.len() != HELLO_LEN + 1 {
+                    need(&body, HELLO_LEN, "Hello")?;
+                }
                 let version = body.get_u16();
                 let mut id = [0u8; 32];
                 body.copy_to_slice(&mut id);
@@ -203,6 +231,7 @@ impl Frame {
                     version,
                     file_id: FileId(id),
                     chunk_count: body.get_u32(),
+                    capabilities: body.has_remaining().then(|| body.get_u8()),
                 }
             }
             ty::BITFIELD => Frame::Bitfield(body),
@@ -214,7 +243,7 @@ impl Frame {
                 need(&body, 4, "Request")?;
                 Frame::Request(body.get_u32())
             }
-            ty::CHUNK => {
+            ty::CHUNK | ty::CHUNK_ZSTD => {
                 if body.len() < 4 {
                     return Err(WireError::Malformed {
                         frame: "Chunk",
@@ -222,7 +251,11 @@ impl Frame {
                     });
                 }
                 let index = body.get_u32();
-                Frame::Chunk { index, data: body }
+                if kind == ty::CHUNK {
+                    Frame::Chunk { index, data: body }
+                } else {
+                    Frame::ChunkZstd { index, data: body }
+                }
             }
             ty::REJECT => {
                 need(&body, 5, "Reject")?;
@@ -261,10 +294,10 @@ impl Frame {
     /// Appends the encoded frame to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
         let body_len = match self {
-            Frame::Hello { .. } => 2 + 32 + 4,
+            Frame::Hello { capabilities, .. } => HELLO_LEN + usize::from(capabilities.is_some()),
             Frame::Bitfield(b) => b.len(),
             Frame::Have(_) | Frame::Request(_) | Frame::Cancel(_) => 4,
-            Frame::Chunk { data, .. } => 4 + data.len(),
+            Frame::Chunk { data, .. } | Frame::ChunkZstd { data, .. } => 4 + data.len(),
             Frame::Reject { .. } => 5,
             Frame::Bye { text, .. } => 1 + bye_text(text).len(),
         };
@@ -275,11 +308,15 @@ impl Frame {
                 version,
                 file_id,
                 chunk_count,
+                capabilities,
             } => {
                 dst.put_u8(ty::HELLO);
                 dst.put_u16(*version);
                 dst.put_slice(file_id.as_bytes());
                 dst.put_u32(*chunk_count);
+                if let Some(c) = capabilities {
+                    dst.put_u8(*c);
+                }
             }
             Frame::Bitfield(b) => {
                 dst.put_u8(ty::BITFIELD);
@@ -295,6 +332,11 @@ impl Frame {
             }
             Frame::Chunk { index, data } => {
                 dst.put_u8(ty::CHUNK);
+                dst.put_u32(*index);
+                dst.put_slice(data);
+            }
+            Frame::ChunkZstd { index, data } => {
+                dst.put_u8(ty::CHUNK_ZSTD);
                 dst.put_u32(*index);
                 dst.put_slice(data);
             }
@@ -330,11 +372,18 @@ fn bye_text(text: &str) -> &str {
 pub fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
     use proptest::prelude::*;
     prop_oneof![
-        (any::<u16>(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(v, id, n)| Frame::Hello {
-            version: v,
-            file_id: FileId(id),
-            chunk_count: n
-        }),
+        (
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            any::<u32>(),
+            any::<Option<u8>>()
+        )
+            .prop_map(|(v, id, n, c)| Frame::Hello {
+                version: v,
+                file_id: FileId(id),
+                chunk_count: n,
+                capabilities: c
+            }),
         proptest::collection::vec(any::<u8>(), 0..600).prop_map(|b| Frame::Bitfield(b.into())),
         any::<u32>().prop_map(Frame::Have),
         any::<u32>().prop_map(Frame::Request),
@@ -343,6 +392,14 @@ pub fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
             proptest::collection::vec(any::<u8>(), 0..3000)
         )
             .prop_map(|(index, d)| Frame::Chunk {
+                index,
+                data: d.into()
+            }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..3000)
+        )
+            .prop_map(|(index, d)| Frame::ChunkZstd {
                 index,
                 data: d.into()
             }),
@@ -416,7 +473,7 @@ mod tests {
     fn named_refusals() {
         let cases: &[(&[u8], &str)] = &[
             (&[0, 0, 0, 0], "empty"),
-            (&[0, 0, 0, 1, 0x09], "unknown type"),
+            (&[0, 0, 0, 1, 0x0a], "unknown type"),
             (&[0, 0, 0, 1, 0x00], "unknown type 0"),
             (&[0, 0, 0, 3, ty::HAVE, 0, 0], "short have"),
             (&[0, 0, 0, 6, ty::REQUEST, 0, 0, 0, 0, 0], "long request"),
@@ -437,8 +494,8 @@ mod tests {
         }
         // Refused from the head alone, before the body arrives.
         assert!(matches!(
-            FrameHead::new(1, 0x09),
-            Err(WireError::UnknownType(0x09))
+            FrameHead::new(1, 0x0a),
+            Err(WireError::UnknownType(0x0a))
         ));
         assert!(FrameHead::new(4, ty::CHUNK).is_err());
         assert_eq!(
@@ -446,6 +503,58 @@ mod tests {
             Some(0)
         );
         assert_eq!(FrameHead::new(5, ty::HAVE).unwrap().chunk_data_len(), None);
+        assert!(FrameHead::new(4, ty::CHUNK_ZSTD).is_err());
+        assert_eq!(
+            FrameHead::new(9, ty::CHUNK_ZSTD).unwrap().chunk_data_len(),
+            Some(4)
+        );
+    }
+
+    /// The short `Hello` is what peers before capabilities send and accept, byte for byte; the
+    /// long one adds one byte of capability bits; any other length is refused.
+    #[test]
+    fn hello_with_and_without_capabilities() {
+        let hello = |capabilities| Frame::Hello {
+            version: PROTOCOL_VERSION,
+            file_id: FileId([3; 32]),
+            chunk_count: 9,
+            capabilities,
+        };
+        let mut short = BytesMut::new();
+        hello(None).encode(&mut short);
+        assert_eq!(short.len(), 5 + HELLO_LEN);
+        assert_eq!(&short[..5], &[0, 0, 0, 1 + HELLO_LEN as u8, ty::HELLO]);
+        assert_eq!(decoded(&short).unwrap(), hello(None));
+        let mut long = BytesMut::new();
+        hello(Some(crate::compression::caps::ZSTD)).encode(&mut long);
+        assert_eq!(&long[..short.len()][5..], &short[5..]);
+        assert_eq!(long[long.len() - 1], crate::compression::caps::ZSTD);
+        assert_eq!(
+            decoded(&long).unwrap(),
+            hello(Some(crate::compression::caps::ZSTD))
+        );
+        let mut two_more = long.to_vec();
+        two_more.push(0);
+        two_more[3] += 1;
+        assert!(decoded(&two_more).is_err());
+    }
+
+    #[test]
+    fn chunk_zstd_header_matches_encoder() {
+        let mut buf = BytesMut::new();
+        Frame::ChunkZstd {
+            index: 7,
+            data: Bytes::from_static(b"abcd"),
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..CHUNK_HEADER_LEN],
+            &chunk_header_of(ty::CHUNK_ZSTD, 7, 4)
+        );
+        match decoded(&buf).unwrap() {
+            Frame::ChunkZstd { index: 7, data } => assert_eq!(&data[..], b"abcd"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

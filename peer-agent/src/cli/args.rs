@@ -26,6 +26,28 @@ Examples:
 
 Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (state saved; rerun to resume).";
 
+/// `--compression`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compression {
+    Auto,
+    Off,
+    /// Every chunk, whether it pays or not: a test and bench knob
+    /// (`TORRENTGUARD_COMPRESSION=always`), hidden from the help.
+    #[value(hide = true)]
+    Always,
+}
+
+impl From<Compression> for torrentguard_protocol::compression::Mode {
+    fn from(c: Compression) -> Self {
+        use torrentguard_protocol::compression::Mode;
+        match c {
+            Compression::Auto => Mode::Auto,
+            Compression::Off => Mode::Off,
+            Compression::Always => Mode::Always,
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "torrentguard", version, about = "Secure peer-to-peer file sharing: chunked, verified, resumable, over pinned mutual TLS", after_help = EXAMPLES)]
 pub(crate) struct Cli {
@@ -160,6 +182,18 @@ pub(crate) struct ShareArgs {
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
 
+    /// zstd-compress chunks on the wire when it pays (auto: measured per connection, on only
+    /// when the link is slower than compression saves), or never (off: not even offered, so
+    /// peers from before compression interoperate).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "TORRENTGUARD_COMPRESSION",
+        value_name = "MODE"
+    )]
+    pub(crate) compression: Compression,
+
     #[command(flatten)]
     pub(crate) peer_limits: PeerLimitFlags,
 }
@@ -252,6 +286,18 @@ pub(crate) struct GetArgs {
     /// Limit the upload rate, in bytes per second (suffixes K, M, G). 0 means no limit.
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
+
+    /// zstd-compress chunks on the wire when it pays (auto: measured per connection, on only
+    /// when the link is slower than compression saves), or never (off: not even offered, so
+    /// peers from before compression interoperate).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "TORRENTGUARD_COMPRESSION",
+        value_name = "MODE"
+    )]
+    pub(crate) compression: Compression,
 
     #[command(flatten)]
     pub(crate) peer_limits: PeerLimitFlags,
@@ -433,6 +479,7 @@ mod tests {
         "FILE_ID",
         "FP",
         "GLOB",
+        "MODE",
         "N",
         "NAME",
         "PATH",

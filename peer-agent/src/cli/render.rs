@@ -362,6 +362,8 @@ impl Renderer {
                 chunks_reused,
                 bytes_reused,
                 whole_file_checked,
+                bytes_on_wire,
+                chunks_compressed,
             } => {
                 self.finish_bar(&file_id.to_string());
                 let verified = match whole_file_checked {
@@ -390,11 +392,20 @@ impl Renderer {
                 } else {
                     String::new()
                 };
+                // Only when compression was used: otherwise the wire carried the chunks as they are.
+                let wire = if *chunks_compressed > 0 {
+                    format!(
+                        ", {} on the wire (zstd on {chunks_compressed} chunks)",
+                        human(*bytes_on_wire)
+                    )
+                } else {
+                    String::new()
+                };
                 if self.completed_path_is_result {
                     self.quiet_result(&printable(&path.display().to_string()));
                 }
                 self.say(&format!(
-                    "done: {} ({}) in {:.2} s, {}/s, fetched {} ({chunks_fetched} chunks){reused}, {verified}",
+                    "done: {} ({}) in {:.2} s, {}/s, fetched {} ({chunks_fetched} chunks){wire}{reused}, {verified}",
                     printable(&path.display().to_string()),
                     human(*bytes),
                     secs,

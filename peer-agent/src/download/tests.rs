@@ -377,3 +377,69 @@ fn waiting_retries_are_at_most_five_seconds_by_default() {
     assert!(o.max_retry_interval <= Duration::from_secs(5));
     assert_eq!(o.timeout, None, "no timeout unless asked");
 }
+
+/// JSON-log-like text, every line distinct: compresses well, no two chunks alike.
+fn write_text(s: &Swarm, name: &str, chunks: u32) -> (PathBuf, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut i = 0u64;
+    while data.len() < (chunks * CHUNK) as usize - 100 {
+        let line = format!(
+            "{{\"seq\":{i},\"level\":\"info\",\"path\":\"/v1/items/{}\",\"ms\":{}}}\n",
+            i * 7919 % 100_003,
+            i * 13 % 997
+        );
+        data.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    data.truncate((chunks * CHUNK) as usize - 100);
+    let p = s.dir.path().join(name);
+    std::fs::write(&p, &data).unwrap();
+    (p, data)
+}
+
+/// Issue 12 §4: with compression forced on at the seeder (the `always` knob), a compressible
+/// file arrives compressed chunk by chunk, byte-identical, in fewer bytes on the wire than it
+/// has; with either side off, no chunk is compressed and the wire carries the chunks as they
+/// are (each behind its 9-byte frame header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_when_both_agree_and_never_when_either_is_off() {
+    use torrentguard_protocol::compression::Mode;
+    const N: u32 = 48;
+    for (seeder_mode, leecher_mode) in [
+        (Mode::Always, Mode::Auto),
+        (Mode::Always, Mode::Off),
+        (Mode::Off, Mode::Always),
+    ] {
+        let s = Swarm::new().await;
+        let seeder = s.agent("seeder").await;
+        seeder.seeder.set_compression(seeder_mode);
+        let (src, data) = write_text(&s, "logs.json", N);
+        let (id, _) = s.share(&seeder, &src).await;
+        let leecher = s.agent("leecher").await;
+        let (mut o, mut rx) = opts(s.out());
+        o.compression = leecher_mode;
+        let r = within(leecher.download(id, o)).await.unwrap();
+        let what = format!("seeder {seeder_mode:?}, leecher {leecher_mode:?}");
+        assert_eq!(std::fs::read(&r.path).unwrap(), data, "{what}");
+        assert_eq!(r.chunks_fetched, N, "{what}");
+        let size = data.len() as u64;
+        if seeder_mode == Mode::Always && leecher_mode != Mode::Off {
+            assert_eq!(r.chunks_compressed, N, "{what}");
+            assert!(r.bytes_on_wire < size / 2, "{what}: {}", r.bytes_on_wire);
+        } else {
+            assert_eq!(r.chunks_compressed, 0, "{what}");
+            assert_eq!(r.bytes_on_wire, size + u64::from(N) * 9, "{what}");
+        }
+        let mut on_wire = None;
+        while let Ok(e) = rx.try_recv() {
+            if let Event::Completed { bytes_on_wire, .. } = e {
+                on_wire = Some(bytes_on_wire);
+            }
+        }
+        assert_eq!(
+            on_wire,
+            Some(r.bytes_on_wire),
+            "{what}: the event says the same"
+        );
+    }
+}

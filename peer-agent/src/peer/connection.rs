@@ -45,14 +45,48 @@ pub struct Hello {
     pub version: u16,
     pub file_id: FileId,
     pub chunk_count: u32,
+    /// Capability bits; `None`: the short `Hello` of peers before capabilities.
+    pub capabilities: Option<u8>,
 }
 
 impl Hello {
+    /// Ours for the file, in the short form (no capabilities).
     pub fn ours(file_id: FileId, chunk_count: u32) -> Self {
         Hello {
             version: PROTOCOL_VERSION,
             file_id,
             chunk_count,
+            capabilities: None,
+        }
+    }
+
+    pub fn with_capabilities(self, capabilities: Option<u8>) -> Self {
+        Hello {
+            capabilities,
+            ..self
+        }
+    }
+
+    /// The same protocol version, file and chunk count: capabilities aside, the same `Hello`.
+    pub fn same_file(&self, other: &Hello) -> bool {
+        (self.version, self.file_id, self.chunk_count)
+            == (other.version, other.file_id, other.chunk_count)
+    }
+
+    /// Whether both `Hello`s set every bit of `cap`.
+    pub fn both_have(&self, other: &Hello, cap: u8) -> bool {
+        let has = |h: &Hello| h.capabilities.unwrap_or(0) & cap == cap;
+        has(self) && has(other)
+    }
+}
+
+impl From<Hello> for Frame {
+    fn from(h: Hello) -> Frame {
+        Frame::Hello {
+            version: h.version,
+            file_id: h.file_id,
+            chunk_count: h.chunk_count,
+            capabilities: h.capabilities,
         }
     }
 }
@@ -169,10 +203,12 @@ impl PeerConnection {
                 version,
                 file_id,
                 chunk_count,
+                capabilities,
             } => Ok(Hello {
                 version,
                 file_id,
                 chunk_count,
+                capabilities,
             }),
             other => Err(unexpected(&other, "instead of Hello")),
         }
@@ -256,7 +292,8 @@ impl PeerWriter {
         self.io.flush().await
     }
 
-    /// Writes bytes already framed (a chunk read into a pooled buffer behind its header).
+    /// Writes bytes already framed (a chunk read into a pooled buffer behind its header), and
+    /// flushes.
     pub async fn send_encoded(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await
@@ -268,17 +305,7 @@ impl PeerWriter {
 
     /// Our half of the handshake: `Hello`, then the chunks we hold.
     pub async fn send_handshake(&mut self, hello: Hello, have: &Bitfield) -> std::io::Result<()> {
-        let Hello {
-            version,
-            file_id,
-            chunk_count,
-        } = hello;
-        self.send(&Frame::Hello {
-            version,
-            file_id,
-            chunk_count,
-        })
-        .await?;
+        self.send(&Frame::from(hello)).await?;
         self.send(&Frame::Bitfield(have.as_bytes().to_vec().into()))
             .await?;
         self.io.flush().await

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use torrentguard_protocol::api::PeerInfo;
-use torrentguard_protocol::wire::{Frame, RejectReason, WireError, frame_bound};
+use torrentguard_protocol::compression::{self, DecompressError, caps};
+use torrentguard_protocol::wire::{CHUNK_HEADER_LEN, Frame, RejectReason, WireError, frame_bound};
 use torrentguard_protocol::{Bitfield, Fingerprint};
 use torrentguard_trust::Identity;
 
@@ -69,11 +70,13 @@ pub enum PeerEnd {
 }
 
 /// What every peer task of one download shares: the download's state, and what the network
-/// side adds to it (the identity it connects as, the pool its readers fill).
+/// side adds to it (the identity it connects as, the pool its readers fill, whether it offers
+/// to take compressed chunks).
 pub struct DownloadPeers {
     pub state: Arc<DownloadState>,
     pub identity: Arc<Identity>,
     pub pool: BufferPool,
+    pub compression: compression::Mode,
 }
 
 /// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
@@ -134,6 +137,9 @@ pub async fn run_peer(
 
 /// Connects to `peer` over pinned TLS and runs the handshake: our `Hello` and bitfield, then
 /// theirs. Returns the peer's bitfield and the connection with its reader running.
+///
+/// With compression off our `Hello` is the short one, so seeders from before capabilities
+/// (which refuse any other length) still serve us; otherwise it offers zstd.
 async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, PeerError> {
     let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
@@ -146,17 +152,19 @@ async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, Pe
         group: conn.negotiated.group.clone(),
     });
     let n = sh.manifest.chunk_count();
-    let ours = Hello::ours(sh.file_id, n);
+    let caps = peers.compression.capabilities();
+    let ours = Hello::ours(sh.file_id, n).with_capabilities((caps != 0).then_some(caps));
     conn.writer
         .send_handshake(ours, &sh.shared_file.have())
         .await?;
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let hello = conn.recv_hello(&peers.pool, deadline).await?;
-    if hello != ours {
+    if !hello.same_file(&ours) {
         let Hello {
             version,
             file_id,
             chunk_count,
+            ..
         } = hello;
         return Err(Violation::BadHello {
             version,
@@ -173,24 +181,28 @@ async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, Pe
     // channel bounds how many chunk buffers can be queued.
     let span = tracing::debug_span!("download", peer = %addr, fingerprint = %peer.fingerprint);
     let round_trip = conn.negotiated.round_trip;
-    let (wr, rx, guard) = conn.spawn_reader("download-reader", span, peers.pool.clone(), 2);
+    let (wr, rx, reader) = conn.spawn_reader("download-reader", span, peers.pool.clone(), 2);
+    let zstd = ours.both_have(&hello, caps::ZSTD);
+    tracing::debug!(peer = %addr, zstd, "peer handshake done");
     Ok(Connected {
         has,
         wr,
         rx,
-        reader: guard,
+        reader,
         round_trip,
+        zstd,
     })
 }
 
-/// A connection after the handshake, its reader running.
+/// A connected peer after the handshake: its bitfield, our half of the stream, its frames
+/// (the reader running), the TCP handshake's round trip, and whether both sides agreed on zstd.
 struct Connected {
     has: Bitfield,
     wr: PeerWriter,
     rx: Inbox,
     reader: super::connection::ReaderGuard,
-    /// The TCP handshake's round trip.
     round_trip: Option<Duration>,
+    zstd: bool,
 }
 
 /// Per-connection state of the request loop.
@@ -213,6 +225,8 @@ struct Session<'a> {
     last_progress: Instant,
     /// Lagging in the picker: not delivered yet, or overdue.
     lagging: bool,
+    /// Both `Hello`s offered zstd: `ChunkZstd` frames are allowed.
+    zstd: bool,
 }
 
 async fn peer_session(
@@ -227,6 +241,7 @@ async fn peer_session(
         mut rx,
         reader: _reader,
         round_trip,
+        zstd,
     } = connect(peers, peer).await?;
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
@@ -254,6 +269,7 @@ async fn peer_session(
         received: 0,
         last_progress: Instant::now(),
         lagging: true,
+        zstd,
     };
     s.run(&mut rx, mem).await
 }
@@ -384,8 +400,21 @@ impl Session<'_> {
         mem: &mut PeerMemory,
     ) -> Result<Option<PeerEnd>, PeerError> {
         match msg {
-            Some(Ok(Some(Incoming::Chunk { index, data }))) => {
-                self.on_chunk(index, data, mem).await
+            Some(Ok(Some(Incoming::Chunk {
+                index,
+                data,
+                compressed,
+            }))) => {
+                if compressed && !self.zstd {
+                    self.pool.give(data);
+                    let when = "on a connection that did not agree on zstd";
+                    return Err(Violation::Unexpected {
+                        frame: "ChunkZstd",
+                        when,
+                    }
+                    .into());
+                }
+                self.on_chunk(index, data, compressed, mem).await
             }
             Some(Ok(Some(Incoming::Control(f)))) => self.on_control(f),
             Some(Err(e)) => Err(e.into()),
@@ -397,16 +426,24 @@ impl Session<'_> {
         &mut self,
         index: u32,
         data: Vec<u8>,
+        compressed: bool,
         mem: &mut PeerMemory,
     ) -> Result<Option<PeerEnd>, PeerError> {
         let sh = self.sh;
+        // What the wire carried for chunks, to set against the chunks' own bytes.
+        sh.bytes_on_wire
+            .fetch_add((CHUNK_HEADER_LEN + data.len()) as u64, Ordering::Relaxed);
         if let Some(pos) = self.g.inflight.iter().position(|(i, _)| *i == index) {
             let (_, asked) = self.g.inflight.swap_remove(pos);
             let now = Instant::now();
             self.last_progress = now;
-            self.received += data.len() as u64;
+            // The chunk's bytes, not the wire's: the rate sizes windows and stalls in chunks.
+            self.received += u64::from(sh.manifest.chunk_len(index));
             self.window.on_round_trip(now.duration_since(asked));
             self.window.on_delivered(now, self.received);
+            if compressed {
+                sh.chunks_compressed.fetch_add(1, Ordering::Relaxed);
+            }
             let bps = self.meter.update(self.received);
             if bps > 0 {
                 mem.rate = bps;
@@ -423,7 +460,7 @@ impl Session<'_> {
             }
             let pool = self.pool.clone();
             self.verifying
-                .push_back(verify_and_write(sh, pool, index, data));
+                .push_back(verify_and_write(sh, pool, index, data, compressed));
         } else if let Some(pos) = self.cancelled.iter().position(|i| *i == index) {
             self.cancelled.swap_remove(pos);
             self.pool.give(data);
@@ -487,17 +524,38 @@ impl Session<'_> {
     }
 }
 
-type Verified = (u32, Result<bool, std::io::Error>);
+/// What became of a received chunk.
+#[derive(Debug)]
+enum Checked {
+    /// Verified and written.
+    Written,
+    /// Its digest did not match.
+    Mismatch,
+    /// A compressed chunk that did not decode to exactly its length.
+    Undecodable(DecompressError),
+}
 
-/// Hashes chunk `index` on the blocking pool and writes it if it matches.
+type Verified = (u32, Result<Checked, std::io::Error>);
+
+/// On the blocking pool: decodes chunk `index` if it came compressed, hashes it and writes it
+/// if it matches.
 fn verify_and_write(
     sh: &Arc<DownloadState>,
     pool: BufferPool,
     index: u32,
     data: Vec<u8>,
+    compressed: bool,
 ) -> tokio::task::JoinHandle<Verified> {
     let sh = sh.clone();
     tokio::task::spawn_blocking(move || {
+        let data = if compressed {
+            match decompress(&sh, &pool, index, data) {
+                Ok(d) => d,
+                Err(e) => return (index, Ok(Checked::Undecodable(e))),
+            }
+        } else {
+            data
+        };
         let m = &sh.manifest;
         let ok = m.chunk_matches(index, &data);
         let r = if ok {
@@ -523,8 +581,40 @@ fn verify_and_write(
                 let _ = h.send(index);
             }
         }
+        let r = r.map(|ok| {
+            if ok {
+                Checked::Written
+            } else {
+                Checked::Mismatch
+            }
+        });
         (index, r)
     })
+}
+
+/// Decodes a `ChunkZstd` body of chunk `index`: its frame header is checked against the chunk's
+/// length before a buffer is taken, and it is decoded into exactly that length.
+fn decompress(
+    sh: &DownloadState,
+    pool: &BufferPool,
+    index: u32,
+    src: Vec<u8>,
+) -> Result<Vec<u8>, DecompressError> {
+    let len = sh.manifest.chunk_len(index) as usize;
+    let checked = compression::check_frame(&src, len);
+    let out = checked.and_then(|()| {
+        let mut out = pool.take();
+        out.resize(len, 0);
+        match compression::decompress_chunk(&src, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                pool.give(out);
+                Err(e)
+            }
+        }
+    });
+    pool.give(src);
+    out
 }
 
 /// Applies a verification result. Returns how the peer ends, if it must.
@@ -555,7 +645,7 @@ fn settle(
         Err(e) => return Some(PeerEnd::Failed(std::io::Error::other(e).into())),
     };
     match r {
-        Ok(true) => {
+        Ok(Checked::Written) => {
             let new = sh.picker().complete(index);
             if new {
                 sh.shared_file.add_chunk(index);
@@ -572,7 +662,22 @@ fn settle(
             }
             None
         }
-        Ok(false) => {
+        Ok(Checked::Undecodable(source)) => {
+            // Like a bad chunk, plus the connection ends: the peer broke the protocol.
+            sh.picker().release(index, slot);
+            sh.retries.fetch_add(1, Ordering::Relaxed);
+            *penalty += VIOLATION_PENALTY;
+            tracing::warn!(peer = %fp, index, error = %source, "compressed chunk refused; will be fetched again");
+            sh.events.emit(Event::ChunkRetry {
+                file_id: sh.file_id,
+                index,
+                fingerprint: fp,
+                reason: format!("bad compressed chunk: {source}"),
+            });
+            let e = PeerError::Protocol(Violation::BadCompressedChunk { index, source });
+            Some(PeerEnd::Failed(e))
+        }
+        Ok(Checked::Mismatch) => {
             sh.picker().release(index, slot);
             sh.retries.fetch_add(1, Ordering::Relaxed);
             *penalty += BAD_CHUNK_PENALTY;

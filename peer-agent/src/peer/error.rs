@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use torrentguard_protocol::FileId;
 use torrentguard_protocol::bitfield::BitfieldError;
+use torrentguard_protocol::compression::DecompressError;
 use torrentguard_protocol::wire::WireError;
 
 /// Why one peer connection ended.
@@ -89,6 +90,13 @@ pub enum Violation {
     Unrequested(u32),
     #[error("chunk index {index} beyond the {chunks} chunks")]
     OutOfRange { index: u32, chunks: u32 },
+    /// A `ChunkZstd` frame that does not decode to exactly its chunk (a bomb, garbage).
+    #[error("compressed chunk {index} refused: {source}")]
+    BadCompressedChunk {
+        index: u32,
+        #[source]
+        source: DecompressError,
+    },
 }
 
 impl From<WireError> for PeerError {

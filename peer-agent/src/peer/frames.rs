@@ -50,10 +50,12 @@ impl BufferPool {
 #[derive(Debug)]
 pub enum Incoming {
     Control(Frame),
-    /// A chunk's data, in a buffer from the pool: give it back when done.
+    /// A chunk's data, in a buffer from the pool: give it back when done. `compressed`: a
+    /// `ChunkZstd` frame, whose data is one zstd frame still to be checked and decoded.
     Chunk {
         index: u32,
         data: Vec<u8>,
+        compressed: bool,
     },
 }
 
@@ -102,6 +104,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(Some(Incoming::Chunk {
                 index: u32::from_be_bytes(idx),
                 data,
+                compressed: head.kind == wire::ty::CHUNK_ZSTD,
             }));
         }
         self.control.resize(head.body_len as usize, 0);
@@ -204,10 +207,16 @@ mod tests {
         loop {
             match reader.next(pool).await {
                 Ok(Some(Incoming::Control(f))) => out.push(f),
-                Ok(Some(Incoming::Chunk { index, data })) => {
-                    out.push(Frame::Chunk {
-                        index,
-                        data: Bytes::copy_from_slice(&data),
+                Ok(Some(Incoming::Chunk {
+                    index,
+                    data,
+                    compressed,
+                })) => {
+                    let bytes = Bytes::copy_from_slice(&data);
+                    out.push(if compressed {
+                        Frame::ChunkZstd { index, data: bytes }
+                    } else {
+                        Frame::Chunk { index, data: bytes }
                     });
                     pool.give(data);
                 }
@@ -284,7 +293,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_type_and_short_chunk_are_refused_before_their_body() {
         for (head, what) in [
-            ([0u8, 0, 1, 0, 0x09], "unknown type"),
+            ([0u8, 0, 1, 0, 0x0a], "unknown type"),
             ([0, 0, 0, 4, ty::CHUNK], "chunk without index"),
         ] {
             let mut input = Splits::new(head.to_vec(), vec![]);
@@ -316,7 +325,11 @@ mod tests {
             Some(Incoming::Control(Frame::Have(3)))
         ));
         match r.next(&pool).await.unwrap() {
-            Some(Incoming::Chunk { index: 9, data }) => assert_eq!(data, b"payload"),
+            Some(Incoming::Chunk {
+                index: 9,
+                data,
+                compressed: false,
+            }) => assert_eq!(data, b"payload"),
             other => panic!("{other:?}"),
         }
         assert!(r.next(&pool).await.unwrap().is_none());

@@ -17,8 +17,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use torrentguard_protocol::compression::{self, Governor, caps};
 use torrentguard_protocol::wire::{
-    self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header, frame_bound,
+    self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header_of, frame_bound, ty,
 };
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint};
 use torrentguard_trust::Identity;
@@ -34,6 +35,7 @@ use super::connection::{Hello, PeerConnection, PeerWriter};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
 use crate::reach::Advertise;
+use crate::torrent::storage::ChunkStorage;
 use crate::torrent::tree_store::FileChanged;
 use crate::torrent::{ClaimsGuard, SharedFile, SwarmDirectory, WithdrawReason};
 
@@ -61,6 +63,8 @@ pub struct Seeder {
     tasks: TaskTracker,
     /// Test hook: serve corrupted data (to exercise the downloader's defences).
     corrupt: AtomicBool,
+    /// Whether chunks may go zstd-compressed to downloaders that offer it (`--compression`).
+    compression: std::sync::Mutex<compression::Mode>,
     /// Upload limit across all connections.
     pacer: pacer::UploadPacer,
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
@@ -103,6 +107,7 @@ impl Seeder {
             cancel,
             tasks: TaskTracker::new(),
             corrupt: AtomicBool::new(false),
+            compression: std::sync::Mutex::new(compression::Mode::default()),
             advertise: std::sync::OnceLock::new(),
             pacer: pacer::UploadPacer::new(),
         });
@@ -188,6 +193,15 @@ impl Seeder {
 
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
         self.pacer.set_limit(bytes_per_sec);
+    }
+
+    /// Whether chunks may go compressed, to connections made from now on (default `Auto`).
+    pub fn set_compression(&self, mode: compression::Mode) {
+        *self.compression.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+
+    fn compression(&self) -> compression::Mode {
+        *self.compression.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[doc(hidden)]
@@ -325,6 +339,7 @@ impl Seeder {
         Ok(Some(AdmittedPeer {
             conn,
             file,
+            hello,
             _slot: slot,
         }))
     }
@@ -371,6 +386,7 @@ impl Seeder {
         let AdmittedPeer {
             mut conn,
             file,
+            hello: theirs,
             _slot,
         } = peer;
         let (fp, addr) = (conn.fingerprint, conn.addr);
@@ -378,8 +394,14 @@ impl Seeder {
         let m = file.manifest.clone();
         let n = m.chunk_count();
         let mut haves = file.subscribe_haves();
-        let hello = Hello::ours(file.file_id, n);
+        // Answered in the form it came in: a short `Hello` is all a peer from before
+        // capabilities can parse.
+        let mode = self.compression();
+        let caps = theirs.capabilities.map(|_| mode.capabilities());
+        let hello = Hello::ours(file.file_id, n).with_capabilities(caps);
         conn.writer.send_handshake(hello, &file.have()).await?;
+        let zstd = hello.both_have(&theirs, caps::ZSTD);
+        let mut governor = Governor::new(if zstd { mode } else { compression::Mode::Off });
         conn.reader.set_max_frame(frame_bound(m.chunk_size, n));
         // Called inside the connection's task: its span (the peer's address) carries over.
         let span = tracing::Span::current();
@@ -494,7 +516,8 @@ impl Seeder {
                 return Err(withdrawn(Some(reason)));
             }
             if let Some(i) = queue.pop_front() {
-                self.send_chunk(&file, fp, i, &mut wr).await?;
+                self.send_chunk(&file, fp, i, &mut wr, &mut governor)
+                    .await?;
                 last_active = Instant::now();
             }
         }
@@ -525,6 +548,7 @@ impl Seeder {
         fp: Fingerprint,
         i: u32,
         wr: &mut PeerWriter,
+        governor: &mut Governor,
     ) -> Result<(), PeerError> {
         let m = &file.manifest;
         let len = m.chunk_len(i) as usize;
@@ -541,35 +565,99 @@ impl Seeder {
             _ = self.cancel.cancelled() => return Ok(()),
             _ = file.withdrawal() => return Ok(()),
         };
-        let mut buf = self.pool.take();
-        buf.resize(CHUNK_HEADER_LEN + len, 0);
+        let compress = governor.should_compress();
         let storage = file.storage().clone();
         let corrupt = self.corrupt.load(Ordering::Relaxed);
-        // Read off the reactor: a cold page cache means real disk latency.
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            storage.read_chunk(i, &mut buf[CHUNK_HEADER_LEN..])?;
-            if corrupt {
-                buf[CHUNK_HEADER_LEN] ^= 0xff;
-            }
-            Ok(buf)
+        let (pool, len32) = (self.pool.clone(), len as u32);
+        // Read (and compress) off the reactor: a cold page cache means real disk latency, and
+        // compressing a chunk takes a millisecond or more.
+        let read = tokio::task::spawn_blocking(move || {
+            read_for_wire(&pool, &*storage, i, len32, corrupt, compress)
         })
         .await
         .map_err(std::io::Error::other)?;
-        let mut buf = match read {
-            Ok(buf) => buf,
+        let out = match read {
+            Ok(out) => out,
             Err(e) => return refuse_changed(file, i, e, wr).await,
         };
-        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(i, len as u32));
-        tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&buf))
+        let mut shrank = false;
+        if let Some((took, size)) = out.compressed {
+            governor.record_compression(len, size, took);
+            shrank = size.is_some();
+        }
+        let started = Instant::now();
+        tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&out.frame))
             .await
             .map_err(|_| PeerError::Timeout {
                 step: format!("writing chunk {i}"),
                 after: WRITE_TIMEOUT,
             })??;
+        governor.record_write(out.frame.len(), started.elapsed(), shrank);
         file.uploaded.fetch_add(len as u64, Ordering::Relaxed);
-        self.pool.give(buf);
+        self.pool.give(out.frame);
         Ok(())
     }
+}
+
+/// A chunk framed for the wire.
+struct WireChunk {
+    /// Header and data, raw or compressed.
+    frame: Vec<u8>,
+    /// If compression was tried: how long it took, and the size it came to (`None`: it did not
+    /// shrink the chunk).
+    compressed: Option<(Duration, Option<usize>)>,
+}
+
+/// Reads chunk `i` (`len` bytes) behind its frame header and, if `compress`, compresses it
+/// behind a `ChunkZstd` header; the smaller goes out (compressed only if it shrank). Blocking.
+fn read_for_wire(
+    pool: &BufferPool,
+    storage: &dyn ChunkStorage,
+    i: u32,
+    len: u32,
+    corrupt: bool,
+    compress: bool,
+) -> std::io::Result<WireChunk> {
+    let n = len as usize;
+    let mut buf = pool.take();
+    buf.resize(CHUNK_HEADER_LEN + n, 0);
+    if let Err(e) = storage.read_chunk(i, &mut buf[CHUNK_HEADER_LEN..]) {
+        pool.give(buf);
+        return Err(e);
+    }
+    if corrupt {
+        buf[CHUNK_HEADER_LEN] ^= 0xff;
+    }
+    if !compress {
+        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header_of(ty::CHUNK, i, len));
+        return Ok(WireChunk {
+            frame: buf,
+            compressed: None,
+        });
+    }
+    // Room for less than the raw chunk only: what does not shrink is not worth sending.
+    let mut z = pool.take();
+    z.resize(CHUNK_HEADER_LEN + n.saturating_sub(1), 0);
+    let started = Instant::now();
+    let size = compression::compress_chunk(&buf[CHUNK_HEADER_LEN..], &mut z[CHUNK_HEADER_LEN..]);
+    let took = started.elapsed();
+    let frame = match size {
+        Some(zn) => {
+            pool.give(buf);
+            z.truncate(CHUNK_HEADER_LEN + zn);
+            z[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header_of(ty::CHUNK_ZSTD, i, zn as u32));
+            z
+        }
+        None => {
+            pool.give(z);
+            buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header_of(ty::CHUNK, i, len));
+            buf
+        }
+    };
+    Ok(WireChunk {
+        frame,
+        compressed: Some((took, size)),
+    })
 }
 
 const SHUTTING_DOWN: &str = "seeder shutting down";
@@ -603,6 +691,8 @@ async fn refuse_changed(
 struct AdmittedPeer {
     conn: PeerConnection,
     file: Arc<SharedFile>,
+    /// Its `Hello`: the capabilities it offered.
+    hello: Hello,
     /// Its place under the per-certificate cap, held as long as the connection.
     _slot: PeerSlot,
 }

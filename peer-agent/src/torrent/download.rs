@@ -38,6 +38,11 @@ pub struct DownloadState {
     /// its group, itself included. One fetch fills them all.
     pub copies: HashMap<u32, Arc<[u32]>>,
     pub bytes_fetched: AtomicU64,
+    /// Bytes of chunk frames received (headers included; compressed ones as sent, duplicates
+    /// and refused ones too): set against `bytes_fetched`, what compression saved.
+    pub bytes_on_wire: AtomicU64,
+    /// Chunks that arrived compressed.
+    pub chunks_compressed: AtomicU32,
     pub chunks_fetched: AtomicU32,
     pub retries: AtomicU32,
     pub dirty: AtomicBool,
