@@ -805,7 +805,7 @@ def main():
     m.add_argument("--a-max-mib", type=int, default=2048)
     m.add_argument("--b-max-mib", type=int, default=256)
     m.add_argument("--multi-mib", type=int, default=768, help="file of the 4-seeder and slow-peer runs")
-    m.add_argument("--zstd-mib", type=int, default=256, help="size of the compressible corpus and random file")
+    m.add_argument("--zstd-mib", type=int, default=1024, help="size of the compressible corpus and random file")
     m.add_argument("--swarm-n", type=int, default=16)
     m.add_argument("--swarm-mib", type=int, default=256, help="file of the N = 16 swarm (a prefix of the test file)")
     a = ap.parse_args()

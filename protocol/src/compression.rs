@@ -163,8 +163,20 @@ impl Governor {
 
     /// `bytes` went onto the connection in `took` (write and flush); `compressed`: they were
     /// a compressed chunk, which does not measure the link (see [`Governor::should_compress`]).
+    ///
+    /// A raw probe sent while compression pays does not measure it either when the compressor
+    /// feeds the link less than it drains (`c·r < L`): the socket's send buffer has emptied,
+    /// so the probe's write returns at once whatever the link's rate. Counting it would read
+    /// as a fast link, turn compression off, and on again once raw writes filled the buffer:
+    /// on a 1 Gbit/s link with text that oscillation halved the gain.
     pub fn record_write(&mut self, bytes: usize, took: Duration, compressed: bool) {
         if compressed {
+            return;
+        }
+        if let (true, Some(r), Some(c), Some(l)) =
+            (self.pays(), self.ratio.0, self.speed.0, self.drain_bps())
+            && c * r < l
+        {
             return;
         }
         self.drain_bytes.add(bytes as f64);
@@ -459,6 +471,37 @@ mod tests {
         // Text again: a probe finds it and it turns back on.
         let n = feed(&mut g, 100, 0.2, 400.0 * MB, 125.0 * MB);
         assert!(n >= 100 - PROBE_EVERY as usize - 4, "{n}");
+    }
+
+    /// A 1 Gbit/s link and a compressor that feeds it less than it drains (570 MB/s at 0.11
+    /// = 63 MB/s of wire): the send buffer empties, so raw probes are written at once. They
+    /// must not be read as a fast link.
+    #[test]
+    fn raw_probes_into_a_drained_buffer_do_not_turn_compression_off() {
+        const MB: f64 = 1e6;
+        const N: usize = 256 * 1024;
+        let (c, ratio, link) = (570.0 * MB, 0.11, 125.0 * MB);
+        let mut g = Governor::new(Mode::Auto);
+        let mut compressed = 0;
+        for k in 0..640 {
+            let on = g.should_compress();
+            let z = (N as f64 * ratio) as usize;
+            if on {
+                compressed += 1;
+                g.record_compression(N, Some(z), Duration::from_secs_f64(N as f64 / c));
+                g.record_write(z, Duration::ZERO, true);
+            } else {
+                // The first raw chunks fill the buffer at the link's rate; once compression is
+                // on the buffer drains and a raw probe's write returns at once.
+                let took = if k < 64 || compressed == 0 {
+                    Duration::from_secs_f64(N as f64 / link)
+                } else {
+                    Duration::from_micros(20)
+                };
+                g.record_write(N, took, false);
+            }
+        }
+        assert!(compressed >= 640 - 640 / PROBE_EVERY as usize - 8, "{compressed}");
     }
 
     #[test]
