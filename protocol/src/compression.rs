@@ -139,6 +139,22 @@ impl Governor {
         }
     }
 
+    /// What the next [`Governor::should_compress`] will answer, without counting a chunk.
+    pub fn would_compress(&self) -> bool {
+        match self.mode {
+            Mode::Off => false,
+            Mode::Always => true,
+            Mode::Auto => {
+                let due = self.since_probe + 1 >= PROBE_EVERY;
+                match (self.ratio.0.is_none(), self.pays()) {
+                    (true, _) => true,
+                    (false, true) => !due,
+                    (false, false) => due,
+                }
+            }
+        }
+    }
+
     /// Whether compression pays by what was measured so far (false until all three are).
     pub fn pays(&self) -> bool {
         match (self.ratio.0, self.speed.0, self.drain_bps()) {
@@ -501,7 +517,32 @@ mod tests {
                 g.record_write(N, took, false);
             }
         }
-        assert!(compressed >= 640 - 640 / PROBE_EVERY as usize - 8, "{compressed}");
+        assert!(
+            compressed >= 640 - 640 / PROBE_EVERY as usize - 8,
+            "{compressed}"
+        );
+    }
+
+    #[test]
+    fn would_compress_foretells_should_compress() {
+        const MB: f64 = 1e6;
+        let mut g = Governor::new(Mode::Auto);
+        for k in 0..200 {
+            let link = if k < 100 { 700.0 * MB } else { 125.0 * MB };
+            let said = g.would_compress();
+            assert_eq!(g.would_compress(), said, "asking twice changes nothing");
+            assert_eq!(g.should_compress(), said, "chunk {k}");
+            g.record_compression(
+                1 << 18,
+                Some(1 << 15),
+                Duration::from_secs_f64(f64::from(1 << 18) / (400.0 * MB)),
+            );
+            g.record_write(
+                1 << 18,
+                Duration::from_secs_f64(f64::from(1 << 18) / link),
+                false,
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub const MID_FRAME_PENALTY: u32 = 2;
 pub const STALL_PENALTY: u32 = 2;
 /// Chunks being hashed/written per connection while the next ones are read.
 const VERIFY_DEPTH: usize = 3;
+/// Raw chunks up to this long are verified and written in the connection's task: for them
+/// the blocking pool's hand-off costs more than the work.
+const INLINE_VERIFY_MAX: usize = 16 * 1024;
 /// How long a chunk a peer answered `Busy` for is not asked of that peer again.
 const BUSY_BACKOFF: Duration = Duration::from_secs(2);
 /// Least stall timeout, however fast the peer was.
@@ -459,8 +462,17 @@ impl Session<'_> {
                 return Ok(Some(end));
             }
             let pool = self.pool.clone();
-            self.verifying
-                .push_back(verify_and_write(sh, pool, index, data, compressed));
+            if !compressed && data.len() <= INLINE_VERIFY_MAX {
+                // A small chunk (a tree of small files): hashing and writing it takes a few
+                // microseconds, less than handing it to the blocking pool and back.
+                let r = verify_write(sh, &pool, index, data, false);
+                if let Some(end) = settle(sh, Ok(r), &mut mem.penalty, self.fp, self.g.slot) {
+                    return Ok(Some(end));
+                }
+            } else {
+                self.verifying
+                    .push_back(verify_and_write(sh, pool, index, data, compressed));
+            }
         } else if let Some(pos) = self.cancelled.iter().position(|i| *i == index) {
             self.cancelled.swap_remove(pos);
             self.pool.give(data);
@@ -537,8 +549,7 @@ enum Checked {
 
 type Verified = (u32, Result<Checked, std::io::Error>);
 
-/// On the blocking pool: decodes chunk `index` if it came compressed, hashes it and writes it
-/// if it matches.
+/// On the blocking pool: [`verify_write`].
 fn verify_and_write(
     sh: &Arc<DownloadState>,
     pool: BufferPool,
@@ -547,49 +558,59 @@ fn verify_and_write(
     compressed: bool,
 ) -> tokio::task::JoinHandle<Verified> {
     let sh = sh.clone();
-    tokio::task::spawn_blocking(move || {
-        let data = if compressed {
-            match decompress(&sh, &pool, index, data) {
-                Ok(d) => d,
-                Err(e) => return (index, Ok(Checked::Undecodable(e))),
-            }
-        } else {
-            data
-        };
-        let m = &sh.manifest;
-        let ok = m.chunk_matches(index, &data);
-        let r = if ok {
-            sh.storage.write_chunk(index, &data).map(|_| true)
-        } else {
-            Ok(false)
-        };
-        // The same verified bytes are every identical chunk's too.
-        let r = match (r, sh.copies.get(&index)) {
-            (Ok(true), Some(group)) => group
-                .iter()
-                .filter(|j| **j != index && !sh.picker().has(**j))
-                .try_for_each(|j| sh.storage.write_chunk(*j, &data))
-                .map(|_| true),
-            (r, _) => r,
-        };
-        pool.give(data);
-        if matches!(r, Ok(true)) {
-            // Verified and on disk: the in-order hasher reads it back from the file, so the
-            // whole-file digest covers the bytes that will be renamed into place. Nothing to do
-            // if it is gone (the download is ending).
-            if let Some(h) = &sh.hasher {
-                let _ = h.send(index);
-            }
+    tokio::task::spawn_blocking(move || verify_write(&sh, &pool, index, data, compressed))
+}
+
+/// Decodes chunk `index` if it came compressed, hashes it and writes it if it matches.
+/// Blocking.
+fn verify_write(
+    sh: &DownloadState,
+    pool: &BufferPool,
+    index: u32,
+    data: Vec<u8>,
+    compressed: bool,
+) -> Verified {
+    let data = if compressed {
+        match decompress(sh, pool, index, data) {
+            Ok(d) => d,
+            Err(e) => return (index, Ok(Checked::Undecodable(e))),
         }
-        let r = r.map(|ok| {
-            if ok {
-                Checked::Written
-            } else {
-                Checked::Mismatch
-            }
-        });
-        (index, r)
-    })
+    } else {
+        data
+    };
+    let m = &sh.manifest;
+    let ok = m.chunk_matches(index, &data);
+    let r = if ok {
+        sh.storage.write_chunk(index, &data).map(|_| true)
+    } else {
+        Ok(false)
+    };
+    // The same verified bytes are every identical chunk's too.
+    let r = match (r, sh.copies.get(&index)) {
+        (Ok(true), Some(group)) => group
+            .iter()
+            .filter(|j| **j != index && !sh.picker().has(**j))
+            .try_for_each(|j| sh.storage.write_chunk(*j, &data))
+            .map(|_| true),
+        (r, _) => r,
+    };
+    pool.give(data);
+    if matches!(r, Ok(true)) {
+        // Verified and on disk: the in-order hasher reads it back from the file, so the
+        // whole-file digest covers the bytes that will be renamed into place. Nothing to do
+        // if it is gone (the download is ending).
+        if let Some(h) = &sh.hasher {
+            let _ = h.send(index);
+        }
+    }
+    let r = r.map(|ok| {
+        if ok {
+            Checked::Written
+        } else {
+            Checked::Mismatch
+        }
+    });
+    (index, r)
 }
 
 /// Decodes a `ChunkZstd` body of chunk `index`: its frame header is checked against the chunk's

@@ -27,6 +27,11 @@ impl BufferPool {
         }
     }
 
+    /// The capacity of the pool's buffers.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// A buffer with at least the pool's capacity, empty.
     pub fn take(&self) -> Vec<u8> {
         let reused = self.inner.lock().unwrap_or_else(|e| e.into_inner()).pop();

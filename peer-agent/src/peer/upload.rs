@@ -21,7 +21,7 @@ use torrentguard_protocol::compression::{self, Governor, caps};
 use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header_of, frame_bound, ty,
 };
-use torrentguard_protocol::{Bitfield, FileId, Fingerprint};
+use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
 
@@ -515,9 +515,15 @@ impl Seeder {
                 wr.bye(1, &withdrawn_text(&reason)).await;
                 return Err(withdrawn(Some(reason)));
             }
-            if let Some(i) = queue.pop_front() {
-                self.send_chunk(&file, fp, i, &mut wr, &mut governor)
-                    .await?;
+            if !queue.is_empty() {
+                let budget = self.pool.capacity();
+                let (batch, compress) = take_raw_batch(&mut queue, &m, &mut governor, budget);
+                if let [i] = batch[..] {
+                    self.send_chunk(&file, fp, i, compress, &mut wr, &mut governor)
+                        .await?;
+                } else {
+                    self.send_raw_batch(&file, fp, &batch, &mut wr).await?;
+                }
                 last_active = Instant::now();
             }
         }
@@ -542,30 +548,42 @@ impl Seeder {
         }
     }
 
+    /// An upload slot for `bytes`, in turn by certificate, then the pacer: under a rate limit
+    /// the bytes go round robin too. Both waits give way to a stop or a withdrawal (`None`: the
+    /// chunks are abandoned unsent and the caller says `Bye`).
+    async fn slot_for(
+        &self,
+        file: &SharedFile,
+        fp: Fingerprint,
+        bytes: usize,
+    ) -> Option<limits::UploadSlot> {
+        let slot = async {
+            let slot = self.slots.acquire(fp).await;
+            self.pacer.pace(bytes).await;
+            slot
+        };
+        tokio::select! {
+            s = slot => Some(s),
+            _ = self.cancel.cancelled() => None,
+            _ = file.withdrawal() => None,
+        }
+    }
+
+    /// Sends chunk `i`, compressed if `compress` and it shrinks.
     async fn send_chunk(
         &self,
         file: &SharedFile,
         fp: Fingerprint,
         i: u32,
+        compress: bool,
         wr: &mut PeerWriter,
         governor: &mut Governor,
     ) -> Result<(), PeerError> {
         let m = &file.manifest;
         let len = m.chunk_len(i) as usize;
-        // Slot first, in turn by certificate, then the pacer: under a rate limit the bytes go
-        // round robin too. Both waits give way to a stop or a withdrawal: the chunk is
-        // abandoned unsent and the caller says `Bye`.
-        let slot = async {
-            let slot = self.slots.acquire(fp).await;
-            self.pacer.pace(len).await;
-            slot
+        let Some(_slot) = self.slot_for(file, fp, len).await else {
+            return Ok(());
         };
-        let _slot = tokio::select! {
-            s = slot => s,
-            _ = self.cancel.cancelled() => return Ok(()),
-            _ = file.withdrawal() => return Ok(()),
-        };
-        let compress = governor.should_compress();
         let storage = file.storage().clone();
         let corrupt = self.corrupt.load(Ordering::Relaxed);
         let (pool, len32) = (self.pool.clone(), len as u32);
@@ -597,6 +615,105 @@ impl Seeder {
         self.pool.give(out.frame);
         Ok(())
     }
+}
+
+impl Seeder {
+    /// Sends the raw chunks of `batch` (small ones: together they fit in one pooled buffer):
+    /// one slot, one read task, one write and flush. A chunk whose file changed is answered
+    /// `NotHeld` and the rest still go.
+    async fn send_raw_batch(
+        &self,
+        file: &SharedFile,
+        fp: Fingerprint,
+        batch: &[u32],
+        wr: &mut PeerWriter,
+    ) -> Result<(), PeerError> {
+        let m = &file.manifest;
+        let bytes: usize = batch.iter().map(|&i| m.chunk_len(i) as usize).sum();
+        let Some(_slot) = self.slot_for(file, fp, bytes).await else {
+            return Ok(());
+        };
+        let storage = file.storage().clone();
+        let corrupt = self.corrupt.load(Ordering::Relaxed);
+        let (pool, m2, list) = (self.pool.clone(), file.manifest.clone(), batch.to_vec());
+        let (frames, failed) = tokio::task::spawn_blocking(move || {
+            read_raw_frames(&pool, &*storage, &m2, &list, corrupt)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, wr.send_encoded(&frames)).await;
+        self.pool.give(frames);
+        written.map_err(|_| PeerError::Timeout {
+            step: format!("writing {} chunks", batch.len()),
+            after: WRITE_TIMEOUT,
+        })??;
+        let unread: usize = failed.iter().map(|(i, _)| m.chunk_len(*i) as usize).sum();
+        file.uploaded
+            .fetch_add((bytes - unread) as u64, Ordering::Relaxed);
+        for (i, e) in failed {
+            refuse_changed(file, i, e, wr).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the chunks of `list` into one pooled buffer, each behind its `Chunk` header. Returns
+/// the frames and the chunks that could not be read (with why). Blocking.
+fn read_raw_frames(
+    pool: &BufferPool,
+    storage: &dyn ChunkStorage,
+    m: &Manifest,
+    list: &[u32],
+    corrupt: bool,
+) -> (Vec<u8>, Vec<(u32, std::io::Error)>) {
+    let mut buf = pool.take();
+    let mut failed = Vec::new();
+    for &i in list {
+        let len = m.chunk_len(i);
+        let at = buf.len();
+        buf.extend_from_slice(&chunk_header_of(ty::CHUNK, i, len));
+        buf.resize(at + CHUNK_HEADER_LEN + len as usize, 0);
+        match storage.read_chunk(i, &mut buf[at + CHUNK_HEADER_LEN..]) {
+            Ok(()) if corrupt => buf[at + CHUNK_HEADER_LEN] ^= 0xff,
+            Ok(()) => {}
+            Err(e) => {
+                buf.truncate(at);
+                failed.push((i, e));
+            }
+        }
+    }
+    (buf, failed)
+}
+
+/// Requests served together from the front of `queue`, with the governor's decision for the
+/// first: after it, as long as it and the next go raw, as many more as fit in one chunk buffer
+/// (`budget` bytes of frames). A tree of small files then costs one read task and one write
+/// per buffer rather than per file; a full-size chunk still goes alone. Counts each decision
+/// (`Governor::should_compress`) once.
+fn take_raw_batch(
+    queue: &mut VecDeque<u32>,
+    m: &Manifest,
+    governor: &mut Governor,
+    budget: usize,
+) -> (Vec<u32>, bool) {
+    let frame = |i: u32| CHUNK_HEADER_LEN + m.chunk_len(i) as usize;
+    let Some(first) = queue.pop_front() else {
+        return (Vec::new(), false);
+    };
+    if governor.should_compress() {
+        return (vec![first], true);
+    }
+    let (mut batch, mut bytes) = (vec![first], frame(first));
+    while let Some(&next) = queue.front() {
+        if bytes + frame(next) > budget || governor.would_compress() {
+            break;
+        }
+        governor.should_compress();
+        bytes += frame(next);
+        batch.push(next);
+        queue.pop_front();
+    }
+    (batch, false)
 }
 
 /// A chunk framed for the wire.
@@ -725,4 +842,61 @@ pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     std_listener.set_nonblocking(true)?;
     TcpListener::from_std(std_listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torrentguard_protocol::{Entry, HashAlgo};
+
+    /// A tree of 100 files of 4 KiB and one of 256 KiB, chunk size 256 KiB.
+    fn small_tree() -> Manifest {
+        let mut entries: Vec<Entry> = (0..100)
+            .map(|i| Entry::file(format!("f{i:03}"), 4096, 0o644))
+            .collect();
+        entries.push(Entry::file("z-big", 256 * 1024, 0o644));
+        let d = HashAlgo::Sha256.digest(b"");
+        Manifest::tree("t", 256 * 1024, HashAlgo::Sha256, entries, vec![d; 101])
+    }
+
+    #[test]
+    fn small_raw_chunks_go_together_up_to_one_buffer() {
+        let m = small_tree();
+        let budget = CHUNK_HEADER_LEN + 256 * 1024;
+        let mut g = Governor::new(compression::Mode::Off);
+        let mut q: VecDeque<u32> = (0..101).collect();
+        let (first, compress) = take_raw_batch(&mut q, &m, &mut g, budget);
+        assert!(!compress);
+        // 63 frames of 4 KiB + 9 fit in 256 KiB + 9; the 64th does not.
+        assert_eq!(first, (0..63).collect::<Vec<_>>());
+        let (second, _) = take_raw_batch(&mut q, &m, &mut g, budget);
+        assert_eq!(
+            second,
+            (63..100).collect::<Vec<_>>(),
+            "the big chunk does not fit"
+        );
+        let (third, _) = take_raw_batch(&mut q, &m, &mut g, budget);
+        assert_eq!(third, vec![100], "a full-size chunk goes alone");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_to_compress_goes_alone_and_ends_a_batch() {
+        let m = small_tree();
+        let budget = CHUNK_HEADER_LEN + 256 * 1024;
+        // Always: every chunk is compressed, one at a time.
+        let mut g = Governor::new(compression::Mode::Always);
+        let mut q: VecDeque<u32> = (0..5).collect();
+        assert_eq!(take_raw_batch(&mut q, &m, &mut g, budget), (vec![0], true));
+        // Auto with nothing measured: the first chunk is a probe and goes alone; the next ones,
+        // raw (no drain rate yet), go together.
+        let mut g = Governor::new(compression::Mode::Auto);
+        let mut q: VecDeque<u32> = (0..5).collect();
+        assert_eq!(take_raw_batch(&mut q, &m, &mut g, budget), (vec![0], true));
+        g.record_compression(4096, Some(100), Duration::from_micros(10));
+        assert_eq!(
+            take_raw_batch(&mut q, &m, &mut g, budget),
+            ((1..5).collect(), false)
+        );
+    }
 }
