@@ -288,6 +288,12 @@ impl Session<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.fp, bps);
         let depth = self.window.depth();
+        // Requests go out a quarter of the window at a time, not one per chunk received: one
+        // write and one TLS record for many requests, and the seeder finds them queued together
+        // (a tree of small files moves thousands of chunks a second).
+        if self.g.inflight.len() + (depth / 4).max(1) > depth {
+            return Ok(());
+        }
         // Deferrals that ran out make their chunks askable again, before picking.
         let now = Instant::now();
         self.deferred.retain(|(_, until)| *until > now);
