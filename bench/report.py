@@ -259,6 +259,10 @@ def main():
         ratios[f"ours_over_{peer}"] = ratio(ours, (sc.get(peer) or {}).get("mb_per_s"))
     if sc.get("swarm"):
         ratios["swarm_over_fluid_bound"] = sc["swarm"]["ratio_to_bound"]
+    # Fan-out (issue 12 §2): one-to-N aggregate over one-to-one's.
+    for n in (4, 8):
+        agg = (sc.get(f"tg_1to{n}") or {}).get("mb_per_s_aggregate")
+        ratios[f"fan_out_1to{n}_over_1to1"] = ratio(agg, ours)
 
     agents_rss = []
     for k, v in sc.items():
@@ -271,7 +275,11 @@ def main():
         "hash >= 0.90 x openssl": ratios["hash_ours_over_openssl"] and ratios["hash_ours_over_openssl"] >= 0.9,
         "one-to-one >= 0.80 x verified-TLS ceiling": ratios["ours_over_tls_ceiling"] and ratios["ours_over_tls_ceiling"] >= 0.8,
         ">= 5 x aria2": ratios["ours_over_aria2"] and ratios["ours_over_aria2"] >= 5,
-        "> rqbit": ratios["ours_over_rqbit"] and ratios["ours_over_rqbit"] > 1,
+        ">= 2 x rqbit": ratios["ours_over_rqbit"] and ratios["ours_over_rqbit"] >= 2,
+        "1 -> 4 aggregate >= 0.95 x one-to-one": None if ratios["fan_out_1to4_over_1to1"] is None
+        else ratios["fan_out_1to4_over_1to1"] >= 0.95,
+        "1 -> 8 aggregate >= 0.90 x one-to-one": None if ratios["fan_out_1to8_over_1to1"] is None
+        else ratios["fan_out_1to8_over_1to1"] >= 0.90,
         "agent peak RSS < 64 MiB": (max(agents_rss) < 64) if agents_rss else None,
         "swarm <= 1.2 x fluid bound": (ratios.get("swarm_over_fluid_bound") or 99) <= 1.2 if sc.get("swarm") else None,
     }
