@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenarios import TG, Proc, attempter, completed_event, log, mbps, med, mx, netns_usable, same_file, swarm, wait_for  # noqa: E402
+from scenarios import TG, Proc, attempter, keystream_file, completed_event, log, mbps, med, mx, netns_usable, same_file, swarm, wait_for  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The relay: delay and per-segment loss between TUN devices in two namespaces
@@ -436,20 +436,7 @@ def random_file(src: Path, dst: Path, nbytes):
     shorter (never src repeated: TorrentGuard would fetch the repeated chunks once)."""
     if nbytes <= src.stat().st_size:
         return prefix_copy(src, dst, nbytes)
-    with open(dst, "wb") as g:
-        key = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-nosalt", "-pbkdf2", "-pass",
-                                f"pass:torrentguard-netem-{nbytes}", "-in", "/dev/zero"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        left = nbytes
-        while left:
-            buf = key.stdout.read(min(left, 1 << 22))
-            if not buf:
-                raise RuntimeError("openssl enc ended early")
-            g.write(buf)
-            left -= len(buf)
-        key.kill()
-        key.wait()
-    return dst
+    return keystream_file(dst, nbytes, f"torrentguard-netem-{nbytes}")
 
 
 def prefix_copy(src: Path, dst: Path, nbytes):

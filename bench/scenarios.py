@@ -752,6 +752,28 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
 # ----------------------------------------------------------------------------------------------
 
 
+def keystream_file(path: Path, nbytes: int, tag: str):
+    """Writes nbytes of incompressible data to path: openssl's AES-CTR keystream over zeros,
+    the same bytes for the same tag."""
+    zero = open("/dev/zero", "rb")
+    ks = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-nosalt", "-pbkdf2", "-pass", f"pass:{tag}"],
+                          stdin=zero, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    zero.close()
+    try:
+        with open(path, "wb") as f:
+            left = nbytes
+            while left:
+                data = ks.stdout.read(min(left, 4 << 20))
+                if not data:
+                    raise RuntimeError("openssl keystream ended early")
+                f.write(data)
+                left -= len(data)
+    finally:
+        ks.kill()
+        ks.wait()
+    return path
+
+
 def attempter(res, only=None):
     """attempt(key, fn): res[key] = fn(), unless key is not in `only`; a failure is noted in
     res["skipped"] and res["errors"] and the run goes on (one failing tool or scenario must

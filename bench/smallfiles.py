@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from scenarios import (RQBIT_COMMON, TG, PrivateSshd, Proc, completed_event, free_port, log, mbps, med,
+from scenarios import (RQBIT_COMMON, TG, PrivateSshd, Proc, completed_event, keystream_file, free_port, log, mbps, med,
                        mx, same_file, version_of, wait_for)
 
 # name -> (files, bytes per file)
@@ -91,19 +91,7 @@ def make_file(path: Path, size: int):
     if path.exists() and path.stat().st_size == size:
         return
     t0 = time.monotonic()
-    ks = keystream(f"file{size}")
-    try:
-        with open(path, "wb") as f:
-            left = size
-            while left:
-                data = ks.stdout.read(min(left, 4 << 20))
-                if not data:
-                    raise RuntimeError("openssl keystream ended early")
-                f.write(data)
-                left -= len(data)
-    finally:
-        ks.kill()
-        ks.wait()
+    keystream_file(path, size, f"{SEED}-file{size}")
     log(f"  made {path} ({size >> 20} MiB) in {time.monotonic() - t0:.1f} s")
 
 

@@ -182,17 +182,8 @@ pub(crate) struct ShareArgs {
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
 
-    /// zstd-compress chunks on the wire when it pays (auto: measured per connection, on only
-    /// when the link is slower than compression saves), or never (off: not even offered, so
-    /// peers from before compression interoperate).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "auto",
-        env = "TORRENTGUARD_COMPRESSION",
-        value_name = "MODE"
-    )]
-    pub(crate) compression: Compression,
+    #[command(flatten)]
+    pub(crate) wire: WireFlags,
 
     #[command(flatten)]
     pub(crate) peer_limits: PeerLimitFlags,
@@ -287,6 +278,19 @@ pub(crate) struct GetArgs {
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
 
+    #[command(flatten)]
+    pub(crate) wire: WireFlags,
+
+    #[command(flatten)]
+    pub(crate) peer_limits: PeerLimitFlags,
+
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+}
+
+/// How chunks travel between peers.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct WireFlags {
     /// zstd-compress chunks on the wire when it pays (auto: measured per connection, on only
     /// when the link is slower than compression saves), or never (off: not even offered, so
     /// peers from before compression interoperate).
@@ -298,12 +302,6 @@ pub(crate) struct GetArgs {
         value_name = "MODE"
     )]
     pub(crate) compression: Compression,
-
-    #[command(flatten)]
-    pub(crate) peer_limits: PeerLimitFlags,
-
-    #[command(flatten)]
-    pub(crate) tracker: TrackerFlags,
 }
 
 /// What one peer may hold of our seeding listener.

@@ -37,7 +37,7 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     };
     let agent = agent?;
     agent.seeder.set_upload_limit(args.upload_limit);
-    agent.seeder.set_compression(args.compression.into());
+    agent.seeder.set_compression(args.wire.compression.into());
     if let Some(a) = advertise {
         agent.seeder.set_advertise(a);
     }
@@ -114,7 +114,7 @@ async fn download_all(
         opts.only = args.only.clone();
         opts.reuse = args.reuse.clone();
         opts.verify_full = args.verify_full;
-        opts.compression = args.compression.into();
+        opts.compression = args.wire.compression.into();
         opts.manifest = manifest;
         opts.events = events.clone();
         agent.download(*fid, opts)

@@ -63,7 +63,7 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
         }
     };
     agent.seeder.set_upload_limit(args.upload_limit);
-    agent.seeder.set_compression(args.compression.into());
+    agent.seeder.set_compression(args.wire.compression.into());
     if let Some(a) = advertise.clone() {
         agent.seeder.set_advertise(a);
     }
@@ -273,7 +273,7 @@ async fn self_download(
     let mut all_ok = true;
     for s in shared {
         let mut opts = DownloadOptions::new(out_dir.clone());
-        opts.compression = args.compression.into();
+        opts.compression = args.wire.compression.into();
         opts.events = events.clone();
         let started = Instant::now();
         let report = match downloader.download(s.file_id, opts).await {
