@@ -120,23 +120,14 @@ impl Governor {
     /// measure `L` (compressed ones may leave the link idle, so their quick writes say nothing
     /// about how fast it drains), and a link that got faster must be seen.
     pub fn should_compress(&mut self) -> bool {
-        match self.mode {
-            Mode::Off => false,
-            Mode::Always => true,
-            Mode::Auto => {
-                self.since_probe += 1;
-                let due = self.since_probe >= PROBE_EVERY;
-                if due {
-                    self.since_probe = 0;
-                }
-                match (self.ratio.0.is_none(), self.pays()) {
-                    // Nothing measured yet: the first chunk is the first probe.
-                    (true, _) => true,
-                    (false, true) => !due,
-                    (false, false) => due,
-                }
+        let decision = self.would_compress();
+        if self.mode == Mode::Auto {
+            self.since_probe += 1;
+            if self.since_probe >= PROBE_EVERY {
+                self.since_probe = 0;
             }
         }
+        decision
     }
 
     /// What the next [`Governor::should_compress`] will answer, without counting a chunk.
@@ -145,8 +136,10 @@ impl Governor {
             Mode::Off => false,
             Mode::Always => true,
             Mode::Auto => {
+                // The next chunk is a probe when it is the PROBE_EVERY-th since the last one.
                 let due = self.since_probe + 1 >= PROBE_EVERY;
                 match (self.ratio.0.is_none(), self.pays()) {
+                    // Nothing measured yet: the first chunk is the first probe.
                     (true, _) => true,
                     (false, true) => !due,
                     (false, false) => due,

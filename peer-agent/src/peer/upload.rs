@@ -669,20 +669,34 @@ fn read_raw_frames(
     let mut buf = pool.take();
     let mut failed = Vec::new();
     for &i in list {
-        let len = m.chunk_len(i);
-        let at = buf.len();
-        buf.extend_from_slice(&chunk_header_of(ty::CHUNK, i, len));
-        buf.resize(at + CHUNK_HEADER_LEN + len as usize, 0);
-        match storage.read_chunk(i, &mut buf[at + CHUNK_HEADER_LEN..]) {
-            Ok(()) if corrupt => buf[at + CHUNK_HEADER_LEN] ^= 0xff,
-            Ok(()) => {}
-            Err(e) => {
-                buf.truncate(at);
-                failed.push((i, e));
-            }
+        if let Err(e) = append_raw_frame(&mut buf, storage, i, m.chunk_len(i), corrupt) {
+            failed.push((i, e));
         }
     }
     (buf, failed)
+}
+
+/// Appends chunk `i` (`len` bytes) to `buf` behind its `Chunk` header (its first byte flipped
+/// if `corrupt`, the hostile-seeder test knob); on a read error `buf` is left as it was.
+/// Blocking.
+fn append_raw_frame(
+    buf: &mut Vec<u8>,
+    storage: &dyn ChunkStorage,
+    i: u32,
+    len: u32,
+    corrupt: bool,
+) -> std::io::Result<()> {
+    let at = buf.len();
+    buf.extend_from_slice(&chunk_header_of(ty::CHUNK, i, len));
+    buf.resize(at + CHUNK_HEADER_LEN + len as usize, 0);
+    if let Err(e) = storage.read_chunk(i, &mut buf[at + CHUNK_HEADER_LEN..]) {
+        buf.truncate(at);
+        return Err(e);
+    }
+    if corrupt {
+        buf[at + CHUNK_HEADER_LEN] ^= 0xff;
+    }
+    Ok(())
 }
 
 /// Requests served together from the front of `queue`, with the governor's decision for the
@@ -737,16 +751,11 @@ fn read_for_wire(
 ) -> std::io::Result<WireChunk> {
     let n = len as usize;
     let mut buf = pool.take();
-    buf.resize(CHUNK_HEADER_LEN + n, 0);
-    if let Err(e) = storage.read_chunk(i, &mut buf[CHUNK_HEADER_LEN..]) {
+    if let Err(e) = append_raw_frame(&mut buf, storage, i, len, corrupt) {
         pool.give(buf);
         return Err(e);
     }
-    if corrupt {
-        buf[CHUNK_HEADER_LEN] ^= 0xff;
-    }
     if !compress {
-        buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header_of(ty::CHUNK, i, len));
         return Ok(WireChunk {
             frame: buf,
             compressed: None,
@@ -767,7 +776,6 @@ fn read_for_wire(
         }
         None => {
             pool.give(z);
-            buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header_of(ty::CHUNK, i, len));
             buf
         }
     };
