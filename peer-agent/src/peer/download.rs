@@ -39,6 +39,8 @@ pub const MID_FRAME_PENALTY: u32 = 2;
 pub const STALL_PENALTY: u32 = 2;
 /// Chunks being hashed/written per connection while the next ones are read.
 const VERIFY_DEPTH: usize = 3;
+/// How long a broken connection's reader is given to yield the peer's `Bye`.
+const BYE_GRACE: Duration = Duration::from_millis(500);
 /// Raw chunks up to this long are verified and written in the connection's task: for them
 /// the blocking pool's hand-off costs more than the work.
 const INLINE_VERIFY_MAX: usize = 16 * 1024;
@@ -319,7 +321,23 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The request loop; a write that fails because the peer closed (it said `Bye` first)
+    /// ends with the peer's reason rather than the broken pipe.
     async fn run(&mut self, rx: &mut Inbox, mem: &mut PeerMemory) -> Result<PeerEnd, PeerError> {
+        match self.request_loop(rx, mem).await {
+            Err(PeerError::Io(e)) => match said_bye(rx, self.pool).await {
+                Some(reason) => Ok(PeerEnd::Failed(PeerError::Closed { reason })),
+                None => Err(PeerError::Io(e)),
+            },
+            other => other,
+        }
+    }
+
+    async fn request_loop(
+        &mut self,
+        rx: &mut Inbox,
+        mem: &mut PeerMemory,
+    ) -> Result<PeerEnd, PeerError> {
         let sh = self.sh;
         let mut completions = sh.completions.subscribe();
         let mut wake = sh.picker().subscribe();
@@ -554,6 +572,20 @@ enum Checked {
 }
 
 type Verified = (u32, Result<Checked, std::io::Error>);
+
+/// What a peer whose connection broke under our write said before it closed: the frames its
+/// reader still has, up to the end of the stream, within `BYE_GRACE`.
+async fn said_bye(rx: &mut Inbox, pool: &BufferPool) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + BYE_GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(Some(Incoming::Control(Frame::Bye { text, .. }))))) => return Some(text),
+            Ok(Some(Ok(Some(Incoming::Chunk { data, .. })))) => pool.give(data),
+            Ok(Some(Ok(Some(Incoming::Control(_))))) => {}
+            _ => return None,
+        }
+    }
+}
 
 /// On the blocking pool: [`verify_write`].
 fn verify_and_write(
