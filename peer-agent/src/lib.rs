@@ -3,12 +3,15 @@
 //! shell over this library.
 
 pub mod agent;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod download;
 pub mod events;
 pub mod peer;
 pub mod reach;
 pub mod scan;
 pub mod session;
+pub mod share_code;
 pub mod spawn;
 pub mod torrent;
 
