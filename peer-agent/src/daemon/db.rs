@@ -93,13 +93,21 @@ impl Db {
         Ok(Db { pool })
     }
 
-    /// Inserts or replaces a transfer whole.
+    /// Inserts a transfer, or updates it in place (keeping its place in the order).
     pub async fn put(&self, r: &TransferRow) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO transfers (kind, file_id, name, size, path, wanted, state, error,
+            "INSERT INTO transfers (kind, file_id, name, size, path, wanted, state, error,
                bytes_done, uploaded, tracker_url, tracker_fp, swarm_token, options, manifest, sources,
                added_at, completed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (kind, file_id) DO UPDATE SET
+               name = excluded.name, size = excluded.size, path = excluded.path,
+               wanted = excluded.wanted, state = excluded.state, error = excluded.error,
+               bytes_done = excluded.bytes_done, uploaded = excluded.uploaded,
+               tracker_url = excluded.tracker_url, tracker_fp = excluded.tracker_fp,
+               swarm_token = excluded.swarm_token, options = excluded.options,
+               manifest = excluded.manifest, sources = excluded.sources,
+               completed_at = excluded.completed_at",
         )
         .bind(&r.kind)
         .bind(&r.file_id)

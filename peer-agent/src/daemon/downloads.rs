@@ -222,8 +222,15 @@ impl Daemon {
         }
         let seeded = match self.trackers.session_for(tracker, key.1).await {
             Ok((_, session)) => {
+                let sink = self.sink(key);
+                sink.emit(crate::Event::Seeding {
+                    file_id: key.1,
+                    name: report.shared.manifest.name.clone(),
+                    size: report.bytes,
+                    listen: self.seeder.local_addr(),
+                });
                 let announcer = crate::session::Announcer { session, cancel };
-                announcer.keep_announcing(&self.tasks, report.shared.clone(), self.sink(key));
+                announcer.keep_announcing(&self.tasks, report.shared.clone(), sink);
                 Ok(())
             }
             Err(e) => Err(e.to_string()),
