@@ -197,3 +197,38 @@ fn announce_ready(daemon: &Daemon, dir: &Path, tcp: Option<SocketAddr>, mode: Mo
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::args::{Cli, Command};
+
+    /// The systemd units in contrib/ start a daemon this very CLI accepts.
+    #[test]
+    fn the_systemd_units_start_a_daemon_the_cli_accepts() {
+        for unit in [
+            include_str!("../../../contrib/systemd/torrentguard.service"),
+            include_str!("../../../contrib/systemd/torrentguard-user.service"),
+        ] {
+            let exec = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("ExecStart="))
+                .expect("an ExecStart line");
+            let words: Vec<&str> = exec.split_whitespace().collect();
+            assert!(words[0].ends_with("/torrentguard"), "{exec}");
+            let cli = Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{exec}: {e}"));
+            assert!(matches!(cli.command, Command::Daemon(_)), "{exec}");
+            assert!(unit.contains("KillSignal=SIGTERM"));
+        }
+    }
+
+    #[test]
+    fn ratios_are_non_negative_numbers() {
+        assert_eq!(super::parse_ratio("1.5"), Ok(1.5));
+        assert_eq!(super::parse_ratio("0"), Ok(0.0));
+        assert!(super::parse_ratio("-1").is_err());
+        assert!(super::parse_ratio("NaN").is_err());
+        assert!(super::parse_ratio("lots").is_err());
+    }
+}
