@@ -201,6 +201,19 @@ async fn a_share_code_added_on_one_daemon_is_fetched_from_another() {
     assert_eq!(stats["peer_port"], b.seeder.local_addr().port());
     let (_, stats) = call(&seeder, Method::GET, "/api/stats", None).await;
     assert_eq!(stats["shares_seeding"], 1);
+
+    // One file is served from one place on a daemon: no download of its own share, and no
+    // share of a file it downloads.
+    let own = json!({"code": shared["share_code"]});
+    let (s, v) = call(&seeder, Method::POST, "/api/downloads", Some(own)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let copy = json!({"path": out.join("data.bin")});
+    let (s, v) = call(&getter, Method::POST, "/api/shares", Some(copy)).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "this daemon has no tracker: {v}"
+    );
 }
 
 #[tokio::test]

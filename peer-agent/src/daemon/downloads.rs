@@ -27,6 +27,12 @@ impl Daemon {
                 "{id} is already a download of this daemon"
             )));
         }
+        // One file is served from one place: a share already holds every byte of it.
+        if self.table().contains_key(&(Kind::Share, id)) {
+            return Err(DaemonError::Conflict(format!(
+                "{id} is shared by this daemon: it has every byte already"
+            )));
+        }
         let out_dir = match &req.out_dir {
             Some(d) => std::path::absolute(PathBuf::from(d))
                 .map_err(|e| DaemonError::BadRequest(format!("{d}: {e}")))?,

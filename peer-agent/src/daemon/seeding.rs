@@ -34,6 +34,11 @@ impl Daemon {
                 "{id} is already shared by this daemon"
             )));
         }
+        if self.table().contains_key(&(Kind::Download, id)) {
+            return Err(DaemonError::Conflict(format!(
+                "{id} is a download of this daemon, which serves it from its output; remove the download first to share this copy"
+            )));
+        }
         let mut e = Entry::new(Kind::Share, id, tracker, path);
         e.share_spec = spec;
         e.share_code = self.share_code(&e);
