@@ -92,7 +92,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Hash files, register them with the tracker and seed them until interrupted.
     Share(ShareArgs),
-    /// Download files by id from every peer the tracker lists, verifying every chunk.
+    /// Download files by share code (or id) from every peer the tracker lists, verifying every
+    /// chunk.
     Get(GetArgs),
     /// Show what the tracker knows (files, seeders, peers) and local partial downloads.
     Status(StatusArgs),

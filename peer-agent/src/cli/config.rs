@@ -299,6 +299,13 @@ pub(crate) fn effective(
             .flat_map(|c| c.get_arguments())
             .find(|a| a.get_id() == key)
         else {
+            // A key for flags this build lacks (the daemon's, before it exists) is still shown.
+            if let Some(v) = settings.values.get(key) {
+                let value = Some(v.join(", "));
+                let path = settings.path.as_deref().unwrap_or(Path::new(""));
+                let source = format!("config {} (no command takes it)", path.display());
+                out.push(Effective { key, value, source });
+            }
             continue;
         };
         let shown = |v: String| {
