@@ -278,6 +278,11 @@ pub(crate) struct GetArgs {
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
 
+    /// Limit the download rate of all the ids together, in bytes of chunks per second
+    /// (suffixes K, M, G). 0 means no limit.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) download_limit: u64,
+
     #[command(flatten)]
     pub(crate) wire: WireFlags,
 
