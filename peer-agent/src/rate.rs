@@ -43,7 +43,10 @@ pub struct RateLimit {
 /// A reserved place on the byte clock: its bytes may go once the clock has reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "the bytes must wait for their turn"]
-pub struct Turn(u64);
+pub struct Turn {
+    start: u64,
+    len: u64,
+}
 
 #[derive(Debug)]
 struct ByteClock {
@@ -145,13 +148,31 @@ impl RateLimit {
         let released = c.released(now);
         let start = c.reserved.max(released.saturating_sub(c.banked()));
         c.reserved = start.saturating_add(len as u64);
-        (start > released).then_some(Turn(start))
+        (start > released).then_some(Turn {
+            start,
+            len: len as u64,
+        })
+    }
+
+    /// Gives back a turn that will not be used (its user stopped waiting): the clock jumps
+    /// ahead by its length, so the turns queued behind it come that much sooner. Only a turn
+    /// not yet due is given back: then its bytes were never released, so the jump lets no
+    /// more go than the limit allows; a turn already due is spent, like idle time.
+    pub fn give_back(&self, turn: Turn) {
+        let now = Instant::now();
+        let mut c = self.lock();
+        if c.rate == 0 || c.released(now) >= turn.start {
+            return;
+        }
+        c.released_at_epoch = c.released_at_epoch.saturating_add(turn.len);
+        drop(c);
+        self.changed.notify_waiters();
     }
 
     /// Whether `turn` has come (or the limit was lifted).
     pub fn is_due(&self, turn: Turn) -> bool {
         let c = self.lock();
-        c.rate == 0 || c.released(Instant::now()) >= turn.0
+        c.rate == 0 || c.released(Instant::now()) >= turn.start
     }
 
     /// Waits for `turn`. Cancel-safe; a change of the limit re-times the wait at once.
@@ -164,10 +185,10 @@ impl RateLimit {
             let at = {
                 let now = Instant::now();
                 let c = self.lock();
-                if c.rate == 0 || c.released(now) >= turn.0 {
+                if c.rate == 0 || c.released(now) >= turn.start {
                     return;
                 }
-                c.reaches(turn.0, now)
+                c.reaches(turn.start, now)
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}

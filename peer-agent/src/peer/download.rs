@@ -288,6 +288,16 @@ async fn peer_session(
     s.run(&mut rx, mem).await
 }
 
+impl Drop for Session<'_> {
+    /// A connection that ends while its next request waits for its turn gives the turn back,
+    /// so the other downloads under the limit do not wait through it.
+    fn drop(&mut self) {
+        if let Some((_, turn)) = self.paced.take() {
+            self.limit.give_back(turn);
+        }
+    }
+}
+
 impl Session<'_> {
     /// Keeps the pipe full: enough requests out to cover the bandwidth-delay product to this
     /// peer (see `RequestWindow`).
@@ -452,11 +462,14 @@ impl Session<'_> {
         PeerEnd::Failed(PeerError::Stalled { after })
     }
 
-    /// Another peer delivered chunk `i` first (end game): cancel ours. A paced chunk is just
-    /// dropped (its place under the limit goes unused: the limit errs low, never high).
+    /// Another peer delivered chunk `i` first (end game): cancel ours. A paced chunk's turn
+    /// goes back to the limit for the requests queued behind it.
     async fn on_completed_elsewhere(&mut self, i: u32) -> Result<(), PeerError> {
-        if self.paced.is_some_and(|(x, _)| x == i) {
+        if let Some((x, turn)) = self.paced
+            && x == i
+        {
             self.paced = None;
+            self.limit.give_back(turn);
         }
         if let Some(pos) = self.g.inflight.iter().position(|(x, _)| *x == i) {
             self.g.inflight.swap_remove(pos);

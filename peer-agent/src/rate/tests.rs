@@ -149,3 +149,22 @@ async fn a_limit_set_after_running_unlimited_owes_nothing_for_that_time() {
     limit.wait(turn).await;
     assert_about(t0.elapsed(), Duration::from_millis(500));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_given_back_before_it_is_due_brings_the_turns_behind_it_forward() {
+    let limit = Arc::new(RateLimit::new(1000));
+    assert_eq!(limit.reserve(100), None);
+    let abandoned = limit.reserve(500).expect("due at 100 ms");
+    let behind = limit.reserve(100).expect("due at 600 ms");
+    let t0 = Instant::now();
+    limit.give_back(abandoned);
+    limit.wait(behind).await;
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+    // Given back once due, a turn is spent: the clock does not move.
+    let spent = limit.reserve(300).expect("due at 200 ms");
+    let next = limit.reserve(100).expect("due at 500 ms");
+    limit.wait(spent).await;
+    limit.give_back(spent);
+    limit.wait(next).await;
+    assert_about(t0.elapsed(), Duration::from_millis(500));
+}
