@@ -513,3 +513,31 @@ async fn concurrent_downloads_share_one_limit() {
         "{both} bytes in {took:?}: faster than one limit of {RATE} B/s allows ({floor:.2} s)"
     );
 }
+
+/// Issue 13 §1: one download from two seeders (two connections taking turns under one limit)
+/// completes byte-identical, no faster than the limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_download_from_two_seeders_takes_turns_under_one_limit() {
+    const RATE: u64 = 500_000;
+    let s = Swarm::new().await;
+    let (a, b) = (s.agent("seeder-a").await, s.agent("seeder-b").await);
+    let (src, data) = s.write("two.bin", 64);
+    let (id, _) = s.share(&a, &src).await;
+    s.share(&b, &src).await;
+    let leecher = s.agent("leecher").await;
+    leecher.download_limit.set_limit(RATE);
+    let (o, mut rx) = opts(s.out());
+    let started = Instant::now();
+    let r = within(leecher.download(id, o)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(&r.path).unwrap(), data);
+    let mut peers = HashSet::new();
+    while let Ok(e) = rx.try_recv() {
+        if let Event::PeerConnected { fingerprint, .. } = e {
+            peers.insert(fingerprint);
+        }
+    }
+    assert_eq!(peers.len(), 2, "both seeders were used");
+    let floor = (r.bytes_fetched - burst(RATE)) as f64 / RATE as f64;
+    assert!(took.as_secs_f64() >= floor, "{took:?} < {floor:.2} s");
+}
