@@ -259,6 +259,8 @@ def main():
         ratios[f"ours_over_{peer}"] = ratio(ours, (sc.get(peer) or {}).get("mb_per_s"))
     if sc.get("swarm"):
         ratios["swarm_over_fluid_bound"] = sc["swarm"]["ratio_to_bound"]
+    for way in ("download", "upload"):
+        ratios[f"{way}_limit_achieved_over_limit"] = ((sc.get("ratelimit") or {}).get(way) or {}).get("ratio")
     # Fan-out (issue 12 §2): one-to-N aggregate over one-to-one's.
     for n in (4, 8):
         agg = (sc.get(f"tg_1to{n}") or {}).get("mb_per_s_aggregate")
@@ -282,6 +284,10 @@ def main():
         else ratios["fan_out_1to8_over_1to1"] >= 0.90,
         "agent peak RSS < 64 MiB": (max(agents_rss) < 64) if agents_rss else None,
         "swarm <= 1.2 x fluid bound": (ratios.get("swarm_over_fluid_bound") or 99) <= 1.2 if sc.get("swarm") else None,
+        "download limit held within 5 % over >= 10 s": None if ratios["download_limit_achieved_over_limit"] is None
+        else 0.95 <= ratios["download_limit_achieved_over_limit"] <= 1.05,
+        "upload limit held within 5 % over >= 10 s": None if ratios["upload_limit_achieved_over_limit"] is None
+        else 0.95 <= ratios["upload_limit_achieved_over_limit"] <= 1.05,
     }
     sm = (load(a.smallfiles) if a.smallfiles else None) or {}
     sm_ratios, sm_targets = small_ratios_targets(sm)
@@ -373,6 +379,15 @@ def main():
                   f"T = max(F/u_s, F/d, N·F/(u_s + N·u)) = {s['fluid_bound_secs']} s; measured (last downloader done) "
                   f"{s['secs']} s: **{s['ratio_to_bound']}× the bound** (target ≤ 1.2). Peak RSS seeder "
                   f"{fmt(s['seeder_rss_mib'])} MiB, downloaders ≤ {fmt(s['downloader_rss_mib_max'])} MiB.")
+    if sc.get("ratelimit"):
+        rl = sc["ratelimit"]
+        md.append("")
+        md.append("## Rate limits")
+        md.append("")
+        md.append(f"A {rl['bytes']} B file at a limit of {rl['limit_bytes_per_s']} B/s, chunk bytes fetched over "
+                  "the download's own time, as a ratio to the limit (target 0.95-1.05): "
+                  + "; ".join(f"`--{w}-limit` **{rl[w]['ratio']}** ({rl[w]['secs']} s)" for w in ("download", "upload")
+                              if rl.get(w)) + ".")
     md += netem_md
     md += small_md(sm)
     md.append("")

@@ -750,6 +750,46 @@ def swarm(tg: TG, file: Path, work: Path, n: int, reps: int, up_s: float, up: fl
 
 
 # ----------------------------------------------------------------------------------------------
+# Rate limits (issue 13 §1)
+
+
+def rate_limits(tg: TG, work: Path, rate: int, secs: float):
+    """The rate achieved under each limit, as a ratio to it (target: within 5 % over >= 10 s):
+    `get --download-limit RATE` from an unlimited seeder, then an unlimited get from
+    `share --upload-limit RATE`, of a file of RATE x secs incompressible bytes. The rate is the
+    chunk bytes fetched over the download's own time from its `completed` event, which also
+    counts connecting and fetching the manifest (tens of ms: a little low) while the limit lets
+    its burst go at once (100 ms of the rate and one chunk: a little high)."""
+    base = Path(tempfile.mkdtemp(prefix="ratelimit.", dir=work))
+    file = keystream_file(base / "limited.bin", int(rate * secs), "ratelimit")
+    tracker, url, fp = tg.tracker(base / "tracker")
+    res = {"limit_bytes_per_s": rate, "bytes": file.stat().st_size}
+    try:
+        for key, share_extra, get_extra in (("download", [], ["--download-limit", str(rate)]),
+                                            ("upload", ["--upload-limit", str(rate)], [])):
+            seeder, file_id = tg.share(base / f"{key}-seeder", file, url, fp, extra=share_extra)
+            try:
+                d = base / f"{key}-get"
+                p = Proc(f"get-{key}-limited", tg.get_argv(d / "data", file_id, d / "out", url, fp, extra=get_extra))
+                m, _ = wait_for(p, r'^\{.*"event"\s*:\s*"completed".*\}$', max(tg.timeout, 4 * secs), stream="out")
+                ev = json.loads(m.group(0))
+                p.reap(60)
+                if p.rc != 0 or not same_file(file, d / "out" / file.name):
+                    raise RuntimeError(f"{p.name}: rc {p.rc} or output differs\n{p.tail()}")
+            finally:
+                seeder.stop(signal.SIGINT)
+            achieved = ev["bytes_fetched"] / ev["secs"]
+            res[key] = {"secs": round(ev["secs"], 3), "bytes_fetched": ev["bytes_fetched"],
+                        "achieved_bytes_per_s": round(achieved), "ratio": round(achieved / rate, 4)}
+            log(f"  --{key}-limit {rate} B/s: {ev['bytes_fetched']} B in {ev['secs']:.2f} s, "
+                f"{achieved / rate:.4f} of the limit")
+    finally:
+        tracker.stop(signal.SIGINT)
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def keystream_file(path: Path, nbytes: int, tag: str):
@@ -807,7 +847,9 @@ def main():
     ap.add_argument("--swarm-down-peer-mbit", type=float, default=1600)
     ap.add_argument("--swarm-no-netns", action="store_true",
                     help="shape the swarm with the agent's --upload-limit on loopback instead of tc")
-    ap.add_argument("--only", default="tg,aria2,rqbit,scp,swarm")
+    ap.add_argument("--ratelimit-bytes-per-s", type=int, default=8_000_000)
+    ap.add_argument("--ratelimit-secs", type=float, default=12.0, help="at the limit; at least 10")
+    ap.add_argument("--only", default="tg,aria2,rqbit,scp,swarm,ratelimit")
     a = ap.parse_args()
 
     only = set(a.only.split(","))
@@ -858,6 +900,11 @@ def main():
                 log(f"  network namespaces unusable ({why_ns}): shaping with the agent's --upload-limit instead")
             attempt("swarm", lambda: swarm(tg, a.file, a.work, a.swarm_n, a.reps, a.swarm_up_seeder_mbit,
                                            a.swarm_up_peer_mbit, a.swarm_down_peer_mbit, use_netns=usable))
+    if "ratelimit" in only:
+        if ok:
+            attempt("ratelimit", lambda: rate_limits(tg, a.work, a.ratelimit_bytes_per_s, a.ratelimit_secs))
+        else:
+            res["skipped"]["ratelimit"] = "TorrentGuard CLI not built"
     a.out.write_text(json.dumps(res, indent=2) + "\n")
 
 

@@ -240,3 +240,40 @@ fn output_naming_a_file_says_it_is_a_file() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 13 §1: `get --download-limit 1M` fetches a 3 MB file from an unlimited seeder in no
+/// less than (size - burst) / limit by its own clock, the burst being 100 ms of the rate and
+/// one chunk (unlimited, this takes well under a second on loopback).
+#[test]
+fn get_download_limit_holds_the_transfer_to_the_limit() -> Result<()> {
+    const RATE: f64 = 1_048_576.0;
+    let dir = tmp()?;
+    let root = dir.path();
+    let tracker = Tracker::start(&root.join("tracker"))?;
+    let file = root.join("limited.bin");
+    let data = write_random_file(&file, 3_000_000, 95)?;
+    let (_seeder, id) = share("seeder", &root.join("s"), &file, &tracker, &[])?;
+    let out = root.join("out");
+    let mut d = get(
+        "get",
+        &root.join("d"),
+        &id,
+        &out,
+        &tracker,
+        &["--download-limit", "1M"],
+    )?;
+    let done = d.wait_event("completed", |_| true)?;
+    d.expect_exit(0)?;
+    assert_same(&out.join("limited.bin"), &data)?;
+    let fetched = num(&done, "bytes_fetched") as f64;
+    let secs = done["secs"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no secs: {done}"))?;
+    ensure!(fetched == data.len() as f64, "fetched {fetched} bytes");
+    let floor = (fetched - RATE / 10.0 - CHUNK_BYTES as f64) / RATE;
+    ensure!(
+        secs >= floor,
+        "{fetched} bytes in {secs} s: faster than 1 MiB/s allows ({floor:.2} s)"
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@ use torrentguard_trust::{Identity, IdentityError};
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, download};
 use crate::events::{Event, EventSink};
 use crate::peer::{Seeder, SeederLimits};
+use crate::rate::RateLimit;
 use crate::scan::Scanned;
 use crate::session::{Announcer, Session, TrackerClient, TrackerError, leave_swarms};
 use crate::torrent::SharedFile;
@@ -63,6 +64,8 @@ pub struct Agent {
     pub seeder: Arc<Seeder>,
     pub data_dir: PathBuf,
     pub cancel: CancellationToken,
+    /// One download limit for every download of this agent (unlimited until set).
+    pub download_limit: Arc<RateLimit>,
     /// The tracker and the listener together, for announces.
     session: Session,
     tasks: TaskTracker,
@@ -116,6 +119,7 @@ impl Agent {
             seeder,
             data_dir,
             cancel,
+            download_limit: Arc::new(RateLimit::default()),
             tasks: TaskTracker::new(),
         })
     }
@@ -196,12 +200,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Downloads `id` (resuming if a `.part` exists).
+    /// Downloads `id` (resuming if a `.part` exists), within the agent's download limit,
+    /// shared by every download it runs (it replaces `opts.download_limit`).
     pub async fn download(
         &self,
         id: FileId,
-        opts: DownloadOptions,
+        mut opts: DownloadOptions,
     ) -> Result<DownloadReport, AgentError> {
+        opts.download_limit = self.download_limit.clone();
         Ok(download(
             self.identity.clone(),
             &self.session,

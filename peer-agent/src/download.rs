@@ -23,6 +23,7 @@ use torrentguard_trust::Identity;
 use crate::events::{Event, EventSink};
 use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
 use crate::peer::{BufferPool, Seeder};
+use crate::rate::RateLimit;
 use crate::session::{Session, TrackerError};
 use crate::torrent::SharedFile;
 use crate::torrent::download::{DownloadState, SpeedMeter, identical_chunks};
@@ -68,6 +69,10 @@ pub struct DownloadOptions {
     pub verify_full: bool,
     /// Whether peers may send chunks zstd-compressed (`--compression`).
     pub compression: torrentguard_protocol::compression::Mode,
+    /// Bytes per second of chunk payload this download may ask for, shared with every download
+    /// given the same limit (`get --download-limit`; [`Agent::download`](crate::Agent::download)
+    /// passes the agent's). Requests wait their turn; the bytes themselves are never held up.
+    pub download_limit: Arc<RateLimit>,
     pub events: EventSink,
 }
 
@@ -85,6 +90,7 @@ impl DownloadOptions {
             reuse: Vec::new(),
             verify_full: false,
             compression: Default::default(),
+            download_limit: Arc::new(RateLimit::default()),
             events: EventSink::none(),
         }
     }
@@ -354,6 +360,7 @@ pub async fn download(
         identity,
         pool,
         compression: opts.compression,
+        limit: opts.download_limit.clone(),
     });
     let result = run_swarm(&peers, session, &opts, &output).await;
     sh.cancel.cancel();

@@ -540,3 +540,42 @@ async fn the_event_stream_is_server_sent_events() {
     }
     assert!(seen.contains("data: {"), "{seen}");
 }
+
+/// `--download-limit` holds every download of the daemon together: two files of 600 kB at
+/// 400 kB/s cannot both arrive in less than (1.2 MB − burst) / 400 kB/s, whatever the machine.
+#[tokio::test]
+async fn the_download_limit_holds_all_downloads_together() {
+    let w = World::new().await;
+    let (_a, seeder) = w.daemon(w.config("a", true)).await;
+    let mut cfg = w.config("b", false);
+    let limit = 400_000u64;
+    cfg.download_limit = limit;
+    let (_b, getter) = w.daemon(cfg).await;
+    let x = share(&seeder, &w.write("lx.bin", 600_000, 8)).await;
+    let y = share(&seeder, &w.write("ly.bin", 600_000, 9)).await;
+    let start = Instant::now();
+    for s in [&x, &y] {
+        let (st, v) = call(
+            &getter,
+            Method::POST,
+            "/api/downloads",
+            Some(json!({"code": s["share_code"]})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+    for s in [&x, &y] {
+        let uri = format!("/api/downloads/{}", s["id"].as_str().unwrap());
+        until(&getter, &uri, |v| v["status"] == "seeding").await;
+    }
+    // The bucket lets 100 ms of the rate and one 16 KiB chunk go at once.
+    let burst = limit / 10 + 16_384;
+    let floor = Duration::from_secs_f64((1_200_000 - burst) as f64 / limit as f64);
+    assert!(
+        start.elapsed() >= floor,
+        "{:?} < {floor:?}",
+        start.elapsed()
+    );
+    let (_, stats) = call(&getter, Method::GET, "/api/stats", None).await;
+    assert_eq!(stats["download_limit"], limit);
+}

@@ -350,6 +350,11 @@ pub(crate) struct GetArgs {
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
     pub(crate) upload_limit: u64,
 
+    /// Limit the download rate of all the ids together, in bytes of chunks per second
+    /// (suffixes K, M, G). 0 means no limit.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) download_limit: u64,
+
     #[command(flatten)]
     pub(crate) wire: WireFlags,
 
@@ -578,6 +583,31 @@ mod tests {
         assert_eq!(parse_size_u64("10M"), Ok(10 << 20));
         assert_eq!(parse_size_u64("0"), Ok(0));
         Cli::command_for_tests();
+    }
+
+    /// `get --download-limit` takes a rate as `--upload-limit` does; none by default.
+    #[test]
+    fn get_download_limit_parses_like_the_upload_limit() {
+        let id = "a".repeat(64);
+        let get = |extra: &[&str]| {
+            let argv = [
+                "torrentguard",
+                "get",
+                &id,
+                "--tracker",
+                "https://127.0.0.1:1",
+            ];
+            match Cli::try_parse_from(argv.iter().chain(extra)).map(|c| c.command) {
+                Ok(Command::Get(g)) => Ok((g.download_limit, g.upload_limit)),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        assert_eq!(get(&[]), Ok((0, 0)));
+        assert_eq!(
+            get(&["--download-limit", "2M", "--upload-limit", "512K"]),
+            Ok((2 << 20, 512 << 10))
+        );
+        assert!(get(&["--download-limit", "fast"]).is_err());
     }
 
     /// `torrentguard tracker` exists exactly when the embedded tracker is built in.

@@ -48,6 +48,7 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     };
     let agent = agent.ok_or_else(no_tracker)??;
     agent.seeder.set_upload_limit(args.upload_limit);
+    agent.download_limit.set_limit(args.download_limit);
     agent.seeder.set_compression(args.wire.compression.into());
     if let Some(a) = advertise {
         agent.seeder.set_advertise(a);

@@ -194,6 +194,7 @@ impl Daemon {
         opts.force = spec.force;
         opts.only = spec.only;
         opts.compression = self.config.compression;
+        opts.download_limit = self.download_limit.clone();
         opts.events = self.sink(key);
         let r = download(
             self.identity.clone(),

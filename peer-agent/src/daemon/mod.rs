@@ -110,6 +110,8 @@ pub struct Daemon {
     /// Every engine event of every transfer, as `--json` prints them (for `/api/events`).
     events: broadcast::Sender<Arc<str>>,
     peer_notes: mpsc::UnboundedSender<(String, PeerDelta)>,
+    /// `--download-limit`: one bucket for every download (uploads have the seeder's).
+    download_limit: Arc<crate::rate::RateLimit>,
     pub cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -143,6 +145,7 @@ impl Daemon {
         let trackers = Trackers::new(identity.clone(), config.data_dir.clone(), files);
         trackers.attach(seeder.clone());
         let (peer_notes, notes_rx) = mpsc::unbounded_channel();
+        let download_limit = Arc::new(crate::rate::RateLimit::new(config.download_limit));
         let daemon = Arc::new(Daemon {
             identity,
             config,
@@ -152,6 +155,7 @@ impl Daemon {
             table: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             peer_notes,
+            download_limit,
             cancel,
             tasks: TaskTracker::new(),
         });

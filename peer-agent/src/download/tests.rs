@@ -443,3 +443,101 @@ async fn compressed_when_both_agree_and_never_when_either_is_off() {
         );
     }
 }
+
+/// What a download limit of `rate` lets go at once beyond its rate: the bytes banked
+/// ([`crate::rate::BURST`] at the limit) and one chunk going into debt.
+fn burst(rate: u64) -> u64 {
+    (rate as f64 * crate::rate::BURST.as_secs_f64()) as u64 + u64::from(CHUNK)
+}
+
+/// Issue 13 §1: a download under a limit of R B/s fetches its N bytes of chunks in at least
+/// (N - burst) / R, the lower bound the limit guarantees (unlimited, this megabyte takes a
+/// few tens of milliseconds on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_download_takes_at_least_its_bytes_over_the_limit() {
+    const RATE: u64 = 500_000;
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src, data) = s.write("limited.bin", 64);
+    let (id, _) = s.share(&seeder, &src).await;
+    let leecher = s.agent("leecher").await;
+    leecher.download_limit.set_limit(RATE);
+    let (o, _rx) = opts(s.out());
+    let started = Instant::now();
+    let r = within(leecher.download(id, o)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(&r.path).unwrap(), data);
+    assert_eq!(
+        r.bytes_fetched,
+        data.len() as u64,
+        "every byte counted once"
+    );
+    let floor = (r.bytes_fetched - burst(RATE)) as f64 / RATE as f64;
+    assert!(
+        took.as_secs_f64() >= floor,
+        "{} bytes in {took:?}: faster than {RATE} B/s allows ({floor:.2} s)",
+        r.bytes_fetched
+    );
+}
+
+/// Issue 13 §1: two downloads of one agent at once share its one limit: together they take
+/// at least (both sizes - burst) / R, where two limits of R each would let them finish in half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_downloads_share_one_limit() {
+    const RATE: u64 = 500_000;
+    let s = Swarm::new().await;
+    let seeder = s.agent("seeder").await;
+    let (src_a, data_a) = s.write("a.bin", 40);
+    let (src_b, data_b) = s.write("b.bin", 40);
+    let (id_a, _) = s.share(&seeder, &src_a).await;
+    let (id_b, _) = s.share(&seeder, &src_b).await;
+    let leecher = s.agent("leecher").await;
+    leecher.download_limit.set_limit(RATE);
+    let started = Instant::now();
+    let (a, b) = within(async {
+        tokio::join!(
+            leecher.download(id_a, opts(s.out().join("a")).0),
+            leecher.download(id_b, opts(s.out().join("b")).0),
+        )
+    })
+    .await;
+    let took = started.elapsed();
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(std::fs::read(&a.path).unwrap(), data_a);
+    assert_eq!(std::fs::read(&b.path).unwrap(), data_b);
+    let both = a.bytes_fetched + b.bytes_fetched;
+    assert_eq!(both, (data_a.len() + data_b.len()) as u64);
+    let floor = (both - burst(RATE)) as f64 / RATE as f64;
+    assert!(
+        took.as_secs_f64() >= floor,
+        "{both} bytes in {took:?}: faster than one limit of {RATE} B/s allows ({floor:.2} s)"
+    );
+}
+
+/// Issue 13 §1: one download from two seeders (two connections taking turns under one limit)
+/// completes byte-identical, no faster than the limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_download_from_two_seeders_takes_turns_under_one_limit() {
+    const RATE: u64 = 500_000;
+    let s = Swarm::new().await;
+    let (a, b) = (s.agent("seeder-a").await, s.agent("seeder-b").await);
+    let (src, data) = s.write("two.bin", 64);
+    let (id, _) = s.share(&a, &src).await;
+    s.share(&b, &src).await;
+    let leecher = s.agent("leecher").await;
+    leecher.download_limit.set_limit(RATE);
+    let (o, mut rx) = opts(s.out());
+    let started = Instant::now();
+    let r = within(leecher.download(id, o)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(&r.path).unwrap(), data);
+    let mut peers = HashSet::new();
+    while let Ok(e) = rx.try_recv() {
+        if let Event::PeerConnected { fingerprint, .. } = e {
+            peers.insert(fingerprint);
+        }
+    }
+    assert_eq!(peers.len(), 2, "both seeders were used");
+    let floor = (r.bytes_fetched - burst(RATE)) as f64 / RATE as f64;
+    assert!(took.as_secs_f64() >= floor, "{took:?} < {floor:.2} s");
+}

@@ -23,6 +23,7 @@ use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerConnection, PeerWrite
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
 use crate::events::Event;
+use crate::rate::{RateLimit, Turn};
 use crate::torrent::download::{DownloadState, SpeedMeter};
 use crate::torrent::picker::PeerSlot;
 use crate::torrent::window::RequestWindow;
@@ -76,12 +77,13 @@ pub enum PeerEnd {
 
 /// What every peer task of one download shares: the download's state, and what the network
 /// side adds to it (the identity it connects as, the pool its readers fill, whether it offers
-/// to take compressed chunks).
+/// to take compressed chunks, the download limit its requests are paced by).
 pub struct DownloadPeers {
     pub state: Arc<DownloadState>,
     pub identity: Arc<Identity>,
     pub pool: BufferPool,
     pub compression: compression::Mode,
+    pub limit: Arc<RateLimit>,
 }
 
 /// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
@@ -217,6 +219,11 @@ struct Session<'a> {
     fp: Fingerprint,
     g: PeerGuard<'a>,
     wr: PeerWriter,
+    /// The download limit: a chunk's bytes are reserved on it before the chunk is asked for.
+    limit: &'a RateLimit,
+    /// A chunk picked whose request waits for its turn under the limit. Held in the picker
+    /// for this peer meanwhile, but not in `inflight`: the peer is not late for it.
+    paced: Option<(u32, Turn)>,
     /// Chunks cancelled after another peer delivered them; their data may still come.
     cancelled: Vec<u32>,
     /// Chunks this peer answered `Busy` for, not to be asked of it again until the instant.
@@ -266,6 +273,8 @@ async fn peer_session(
             has,
         },
         wr,
+        limit: &peers.limit,
+        paced: None,
         cancelled: Vec::new(),
         deferred: Vec::new(),
         verifying: FuturesOrdered::new(),
@@ -279,6 +288,16 @@ async fn peer_session(
     s.run(&mut rx, mem).await
 }
 
+impl Drop for Session<'_> {
+    /// A connection that ends while its next request waits for its turn gives the turn back,
+    /// so the other downloads under the limit do not wait through it.
+    fn drop(&mut self) {
+        if let Some((_, turn)) = self.paced.take() {
+            self.limit.give_back(turn);
+        }
+    }
+}
+
 impl Session<'_> {
     /// Keeps the pipe full: enough requests out to cover the bandwidth-delay product to this
     /// peer (see `RequestWindow`).
@@ -290,14 +309,33 @@ impl Session<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.fp, bps);
         let depth = self.window.depth();
+        let now = Instant::now();
+        // A chunk whose turn under the limit has come goes at once, batch or not: it was
+        // picked with room in the window, and only requests fill the window.
+        let mut wrote = false;
+        if let Some((i, turn)) = self.paced
+            && self.limit.is_due(turn)
+        {
+            self.paced = None;
+            self.request(i, now).await?;
+            wrote = true;
+        }
         // Requests go out a quarter of the window at a time, not one per chunk received: one
         // write and one TLS record for many requests, and the seeder finds them queued together
         // (a tree of small files moves thousands of chunks a second).
-        if self.g.inflight.len() + (depth / 4).max(1) > depth {
-            return Ok(());
+        if self.paced.is_none() && self.g.inflight.len() + (depth / 4).max(1) <= depth {
+            wrote |= self.request_more(depth, now).await?;
         }
+        if wrote {
+            self.wr.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Picks and asks for chunks until the window is full, the peer has nothing more we want,
+    /// or the download limit makes the next one wait its turn. Whether any request was written.
+    async fn request_more(&mut self, depth: usize, now: Instant) -> Result<bool, PeerError> {
         // Deferrals that ran out make their chunks askable again, before picking.
-        let now = Instant::now();
         self.deferred.retain(|(_, until)| *until > now);
         let mut wrote = false;
         while self.g.inflight.len() < depth {
@@ -306,18 +344,28 @@ impl Session<'_> {
                 inflight.iter().any(|(x, _)| *x == i) || deferred.iter().any(|(x, _)| *x == i)
             });
             let Some(i) = pick else { break };
-            if self.g.inflight.is_empty() {
-                // The stall clock starts with the first request of a busy spell, not at the
-                // last chunk of an earlier one.
-                self.last_progress = now;
+            // Picked before reserving: the limit counts each chunk's own length (a tree's
+            // chunks are often far shorter than the chunk size).
+            let len = self.sh.manifest.chunk_len(i) as usize;
+            if let Some(turn) = self.limit.reserve(len) {
+                self.paced = Some((i, turn));
+                break;
             }
-            self.g.inflight.push((i, now));
-            self.wr.send(&Frame::Request(i)).await?;
+            self.request(i, now).await?;
             wrote = true;
         }
-        if wrote {
-            self.wr.flush().await?;
+        Ok(wrote)
+    }
+
+    /// Asks for chunk `i` (buffered: the caller flushes).
+    async fn request(&mut self, i: u32, now: Instant) -> Result<(), PeerError> {
+        if self.g.inflight.is_empty() {
+            // The stall clock starts with the first request of a busy spell, not at the
+            // last chunk of an earlier one.
+            self.last_progress = now;
         }
+        self.g.inflight.push((i, now));
+        self.wr.send(&Frame::Request(i)).await?;
         Ok(())
     }
 
@@ -354,6 +402,7 @@ impl Session<'_> {
             let stall_at = self.last_progress + stall;
             let overdue_at = self.last_progress + stall / 2;
             let busy = !self.g.inflight.is_empty();
+            let (limit, paced) = (self.limit, self.paced.map(|(_, turn)| turn));
             tokio::select! {
                 msg = rx.recv() => {
                     if let Some(end) = self.on_message(msg, mem).await? {
@@ -372,6 +421,8 @@ impl Session<'_> {
                 }
                 // A chunk was released somewhere, or a holder fell behind: try picking again.
                 Ok(()) = wake.changed() => {}
+                // The paced chunk's turn came: loop round to ask for it.
+                _ = wait_turn(limit, paced), if paced.is_some() => {}
                 // A deferral runs out: loop round to ask for those chunks again.
                 _ = tokio::time::sleep_until(retry_deferred.unwrap_or(self.last_progress).into()), if retry_deferred.is_some() => {}
                 _ = tokio::time::sleep_until(overdue_at.into()), if busy && !self.lagging => {
@@ -411,8 +462,15 @@ impl Session<'_> {
         PeerEnd::Failed(PeerError::Stalled { after })
     }
 
-    /// Another peer delivered chunk `i` first (end game): cancel ours.
+    /// Another peer delivered chunk `i` first (end game): cancel ours. A paced chunk's turn
+    /// goes back to the limit for the requests queued behind it.
     async fn on_completed_elsewhere(&mut self, i: u32) -> Result<(), PeerError> {
+        if let Some((x, turn)) = self.paced
+            && x == i
+        {
+            self.paced = None;
+            self.limit.give_back(turn);
+        }
         if let Some(pos) = self.g.inflight.iter().position(|(x, _)| *x == i) {
             self.g.inflight.swap_remove(pos);
             self.cancelled.push(i);
@@ -557,6 +615,14 @@ impl Session<'_> {
         }
         // A reject of a cancelled (or unknown) request is the race with our Cancel: harmless.
         self.cancelled.retain(|i| *i != index);
+    }
+}
+
+/// Waits for `turn` if there is one (a `select!` branch needs a future either way).
+async fn wait_turn(limit: &RateLimit, turn: Option<Turn>) {
+    match turn {
+        Some(turn) => limit.wait(turn).await,
+        None => std::future::pending().await,
     }
 }
 

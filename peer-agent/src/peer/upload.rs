@@ -26,7 +26,6 @@ use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
 
 mod limits;
-mod pacer;
 
 use limits::{Admission, PeerSlot, SlotScheduler};
 pub use limits::{Refusal, SeederLimits};
@@ -34,6 +33,7 @@ pub use limits::{Refusal, SeederLimits};
 use super::connection::{Hello, PeerConnection, PeerWriter};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
+use crate::rate::RateLimit;
 use crate::reach::Advertise;
 use crate::torrent::storage::ChunkStorage;
 use crate::torrent::tree_store::FileChanged;
@@ -66,7 +66,7 @@ pub struct Seeder {
     /// Whether chunks may go zstd-compressed to downloaders that offer it (`--compression`).
     compression: std::sync::Mutex<compression::Mode>,
     /// Upload limit across all connections.
-    pacer: pacer::UploadPacer,
+    upload_limit: Arc<RateLimit>,
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
     /// connection's address and our listening port.
     advertise: std::sync::OnceLock<Advertise>,
@@ -109,7 +109,7 @@ impl Seeder {
             corrupt: AtomicBool::new(false),
             compression: std::sync::Mutex::new(compression::Mode::default()),
             advertise: std::sync::OnceLock::new(),
-            pacer: pacer::UploadPacer::new(),
+            upload_limit: Arc::new(RateLimit::default()),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
@@ -191,8 +191,14 @@ impl Seeder {
         }
     }
 
+    /// Limits the bytes of chunks sent over all connections (0: unlimited).
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
-        self.pacer.set_limit(bytes_per_sec);
+        self.upload_limit.set_limit(bytes_per_sec);
+    }
+
+    /// The upload limit itself, for a caller that changes it while running or reads it back.
+    pub fn upload_limit(&self) -> &Arc<RateLimit> {
+        &self.upload_limit
     }
 
     /// Whether chunks may go compressed, to connections made from now on (default `Auto`).
@@ -548,7 +554,7 @@ impl Seeder {
         }
     }
 
-    /// An upload slot for `bytes`, in turn by certificate, then the pacer: under a rate limit
+    /// An upload slot for `bytes`, in turn by certificate, then the upload limit: under it
     /// the bytes go round robin too. Both waits give way to a stop or a withdrawal (`None`: the
     /// chunks are abandoned unsent and the caller says `Bye`).
     async fn slot_for(
@@ -559,7 +565,7 @@ impl Seeder {
     ) -> Option<limits::UploadSlot> {
         let slot = async {
             let slot = self.slots.acquire(fp).await;
-            self.pacer.pace(bytes).await;
+            self.upload_limit.pace(bytes).await;
             slot
         };
         tokio::select! {
