@@ -376,12 +376,13 @@ impl Daemon {
         if let Some(c) = cancel {
             c.cancel();
         }
-        let Some(shared) = shared else { return };
-        // A download of the same file may still be served under the other kind.
+        // Not served any more, whole or partial (a download in progress serves what it has),
+        // unless the other kind of transfer of this file serves it.
         let other = (other_kind(key.0), key.1);
         if self.table().get(&other).is_none_or(|e| e.shared.is_none()) {
             self.seeder.remove(&key.1);
         }
+        let Some(shared) = shared else { return };
         if let Ok(session) = self.trackers.session_for(&tracker, key.1).await
             && let Err(e) = session.announce(&shared, AnnounceEvent::Stopped).await
         {

@@ -111,7 +111,7 @@ impl Daemon {
             .await
             .map_err(|e| DaemonError::Tracker(e.to_string()))?;
         let cancel = self.cancel.child_token();
-        {
+        let paused = {
             let mut t = self.table();
             let e = t.get_mut(&key).ok_or_else(|| super::not_found(key))?;
             e.name = hashed.shared.manifest.name.clone();
@@ -119,13 +119,21 @@ impl Daemon {
             e.bytes_done = e.size;
             e.manifest = Some(hashed.manifest_json);
             e.sources = Some(hashed.sources_json);
-            e.shared = Some(hashed.shared.clone());
-            e.cancel = Some(cancel.clone());
-            e.seeding_since = Some(std::time::Instant::now());
-            e.status = Status::Seeding;
             e.error = None;
+            if e.paused {
+                // Paused while it was being hashed: remembered, not served.
+                e.status = Status::Paused;
+            } else {
+                e.shared = Some(hashed.shared.clone());
+                e.cancel = Some(cancel.clone());
+                e.seeding_since = Some(std::time::Instant::now());
+                e.status = Status::Seeding;
+            }
+            e.paused
+        };
+        if !paused {
+            self.seed(key, session, hashed.shared, cancel).await?;
         }
-        self.seed(key, session, hashed.shared, cancel).await?;
         self.persist(key).await
     }
 }
