@@ -260,7 +260,7 @@ async fn downloads_beyond_the_limit_queue_until_a_slot_frees() {
     let (_a, seeder) = w.daemon(w.config("a", true)).await;
     let mut cfg = w.config("b", false);
     cfg.max_active_downloads = 1;
-    let (_b, getter) = w.daemon(cfg).await;
+    let (b, getter) = w.daemon(cfg).await;
     let x = share(&seeder, &w.write("x.bin", 40_000, 3)).await;
     let y = share(&seeder, &w.write("y.bin", 40_000, 4)).await;
     let x_id = x["id"].as_str().unwrap();
@@ -316,6 +316,11 @@ async fn downloads_beyond_the_limit_queue_until_a_slot_frees() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+    let x_fid = x_id.parse().unwrap();
+    assert!(
+        b.seeder.get(&x_fid).is_none(),
+        "a paused download serves nothing"
+    );
     let y_id = y["id"].as_str().unwrap();
     until(&getter, &format!("/api/downloads/{y_id}"), |v| {
         v["status"] == "seeding"
