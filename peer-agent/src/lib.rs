@@ -3,6 +3,8 @@
 //! shell over this library.
 
 pub mod agent;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod download;
 pub mod events;
 pub mod peer;
