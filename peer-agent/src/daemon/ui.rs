@@ -28,6 +28,7 @@ use guard::{SessionContext, message_page};
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
 const STYLE_CSS: &str = include_str!("ui/style.css");
+const FAVICON_SVG: &str = include_str!("ui/favicon.svg");
 /// Where `index.html` takes its session's CSRF token.
 const CSRF_PLACEHOLDER: &str = "{{csrf_token}}";
 
@@ -62,6 +63,7 @@ pub fn router(api: Router, auth: Arc<UiAuth>) -> Router {
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
+        .route("/favicon.svg", get(favicon))
         .route("/login", get(login))
         .route("/logout", post(logout))
         .with_state(auth.clone());
@@ -107,6 +109,10 @@ async fn app_js() -> Response {
         APP_JS,
     )
         .into_response()
+}
+
+async fn favicon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG).into_response()
 }
 
 async fn style_css() -> Response {
