@@ -11,6 +11,7 @@ pub mod peer;
 pub mod reach;
 pub mod scan;
 pub mod session;
+pub mod share_code;
 pub mod spawn;
 pub mod torrent;
 

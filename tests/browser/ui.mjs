@@ -1,6 +1,7 @@
 // Drives the TorrentGuard web UI in Debian's Chromium: signs in through the one-time login URL,
 // pastes a share code into the add-download form, waits (polling the DOM under a deadline) for
-// the new download to reach 100 % / "completed", and saves a screenshot.
+// the new download to reach 100 % and finish ("seeding", or "completed" once its seed policy is
+// met), and saves a screenshot.
 //
 // Environment:
 //   TG_UI_LOGIN_URL   the login URL the daemon printed (required)
@@ -66,9 +67,10 @@ async function run() {
       if (row.dataset.status === 'failed') {
         return { error: `the download failed: ${row.querySelector('.transfer-error').textContent}` };
       }
-      if (row.dataset.status !== 'completed') return null;
+      if (!['seeding', 'completed'].includes(row.dataset.status)) return null;
       return {
         id: row.dataset.transferId,
+        status: row.dataset.status,
         name: row.querySelector('.transfer-name').textContent,
         percent: row.querySelector('.transfer-percent').textContent,
         bar: row.querySelector('.transfer-bar').value,

@@ -94,6 +94,20 @@ pub(crate) enum Command {
     /// identity and database in <data-dir>/tracker.
     #[cfg(feature = "embedded-tracker")]
     Tracker(torrentguard_tracker::TrackerArgs),
+    /// Run one long-running agent for every share and download: one peer port, a control API
+    /// on a Unix socket (and optionally loopback TCP and a web UI); `share`, `get`, `status`,
+    /// `pause`, `resume` and `rm` then talk to it.
+    #[cfg(feature = "daemon")]
+    Daemon(super::daemon::DaemonArgs),
+    /// Pause shares or downloads of the running daemon (a download keeps its state).
+    #[cfg(feature = "daemon")]
+    Pause(super::client::ControlArgs),
+    /// Resume paused (or failed) shares or downloads of the running daemon.
+    #[cfg(feature = "daemon")]
+    Resume(super::client::ControlArgs),
+    /// Stop and forget shares or downloads of the running daemon; files on disk stay.
+    #[cfg(feature = "daemon")]
+    Rm(super::client::ControlArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -119,6 +133,10 @@ pub(crate) struct TrackerFlags {
 
 #[derive(Args, Debug)]
 pub(crate) struct ShareArgs {
+    #[cfg(feature = "daemon")]
+    #[command(flatten)]
+    pub(crate) client: super::client::ClientFlags,
+
     /// Files or folders to share: each is one share (a folder is one tree with one id), or all
     /// of them one tree with --name.
     #[arg(required = true, value_name = "PATH")]
@@ -217,6 +235,10 @@ pub(crate) struct HashArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct GetArgs {
+    #[cfg(feature = "daemon")]
+    #[command(flatten)]
+    pub(crate) client: super::client::ClientFlags,
+
     /// File ids (64 hex digits), as printed by `share`.
     #[arg(required = true, value_name = "FILE_ID")]
     pub(crate) ids: Vec<FileId>,
@@ -343,6 +365,10 @@ impl PeerLimitFlags {
 
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
+    #[cfg(feature = "daemon")]
+    #[command(flatten)]
+    pub(crate) client: super::client::ClientFlags,
+
     /// Show one file's manifest summary and peers.
     #[arg(value_name = "FILE_ID")]
     pub(crate) file_id: Option<FileId>,
@@ -370,12 +396,12 @@ pub(crate) struct VerifyArgs {
 }
 
 /// `--hash` takes exactly the algorithms `HashAlgo` knows, listed in `--help` and in errors.
-fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
+pub(crate) fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(["sha256", "sha1"]).try_map(|s| s.parse::<HashAlgo>())
 }
 
-fn parse_size_u64(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size_u64(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -399,7 +425,7 @@ fn parse_size_u64(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn parse_size(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
     let n = parse_size_u64(s)?;
     let n = u32::try_from(n).map_err(|_| format!("{s:?} is too large"))?;
     torrentguard_protocol::manifest::check_chunk_size(n).map_err(|e| e.to_string())?;
@@ -482,6 +508,7 @@ mod tests {
         "NAME",
         "PATH",
         "RATE",
+        "RATIO",
         "SIZE",
         "TOKEN",
         "URL",

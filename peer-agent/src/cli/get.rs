@@ -18,6 +18,12 @@ use super::render::Mode;
 use super::{identity, require_tracker, resolve_advertise};
 
 pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    #[cfg(feature = "daemon")]
+    if !args.client.no_daemon
+        && let Some(client) = super::client::DaemonClient::find(dir).await
+    {
+        return super::client::get(&client, &args, mode).await;
+    }
     let tracker = require_tracker(&args.tracker)?;
     prepare_output(&args.output)?;
     let advertise = resolve_advertise(&args.advertise).await?;

@@ -1,6 +1,10 @@
 //! The `torrentguard` CLI, by concern.
 
 mod args;
+#[cfg(feature = "daemon")]
+mod client;
+#[cfg(feature = "daemon")]
+mod daemon;
 mod embedded;
 mod exit;
 mod get;
@@ -72,6 +76,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hash(args) => hash::hash(args, mode).await,
         Command::Status(args) => status::status(args, &dir, mode).await,
         Command::Verify(args) => verify::verify(args, &dir, mode).await,
+        #[cfg(feature = "daemon")]
+        Command::Daemon(args) => daemon::run(args, &dir, mode).await,
+        #[cfg(feature = "daemon")]
+        Command::Pause(args) => client::control(args, &dir, client::Action::Pause, mode).await,
+        #[cfg(feature = "daemon")]
+        Command::Resume(args) => client::control(args, &dir, client::Action::Resume, mode).await,
+        #[cfg(feature = "daemon")]
+        Command::Rm(args) => client::control(args, &dir, client::Action::Remove, mode).await,
     }
 }
 

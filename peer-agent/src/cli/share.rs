@@ -35,6 +35,13 @@ fn share_renderer(mode: Mode) -> (EventSink, Output) {
 
 pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     check_readable(&args.files)?;
+    #[cfg(feature = "daemon")]
+    if !args.client.no_daemon
+        && !args.self_download
+        && let Some(client) = super::client::DaemonClient::find(dir).await
+    {
+        return super::client::share(&client, &args, mode).await;
+    }
     let advertise = resolve_advertise(&args.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;

@@ -13,6 +13,14 @@ use super::render::{Mode, cell, human, print_line, printable};
 use super::{target, tracker_client};
 
 pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    // A running daemon's transfers; the tracker's view with a FILE_ID or --no-daemon.
+    #[cfg(feature = "daemon")]
+    if !args.client.no_daemon
+        && args.file_id.is_none()
+        && let Some(client) = super::client::DaemonClient::find(dir).await
+    {
+        return super::client::status(&client, mode).await;
+    }
     let mut partials = list_partials(&args.output);
     if let Some(fid) = args.file_id {
         partials.retain(|p| p.file_id == fid);

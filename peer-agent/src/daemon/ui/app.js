@@ -211,7 +211,7 @@ function addPeersPanel(row, actions) {
   const toggle = el('button', { type: 'button', class: 'action-peers', text: 'Peers', 'aria-expanded': 'false' });
   const body = el('tbody');
   const table = el('table', { class: 'peers-table' },
-    el('thead', {}, el('tr', {}, ...['Peer', 'Address', 'Rate', 'State', 'Verified', 'Failed chunks', 'Bans', 'Last error']
+    el('thead', {}, el('tr', {}, ...['Peer', 'Address', 'Rate', 'State', 'Received', 'Failed chunks', 'Bans', 'Last error']
       .map(h => el('th', { scope: 'col', text: h })))), body);
   const empty = el('p', { class: 'hint', text: 'No peers yet.' });
   const panel = el('div', { class: 'peers-panel', hidden: '' }, el('div', { class: 'table-scroll' }, table), empty);
@@ -236,7 +236,7 @@ async function refreshPeers(row) {
     el('td', { text: p.address || '–' }),
     el('td', { text: formatRate(p.download_bps) }),
     el('td', { text: p.state }),
-    el('td', { text: formatBytes(p.reputation.bytes_verified) }),
+    el('td', { text: formatBytes(p.reputation.bytes_received) }),
     el('td', { text: String(p.reputation.chunks_failed) }),
     el('td', { text: String(p.reputation.bans) }),
     el('td', { text: p.reputation.last_error || '–' }))));

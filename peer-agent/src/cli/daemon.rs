@@ -1,0 +1,271 @@
+//! `torrentguard daemon`: its flags, its start (lock, identity, database, peer port, control
+//! socket, optional TCP API and web UI) and its stop on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use torrentguard_agent::daemon::{Daemon, DaemonConfig, SeedPolicy, api, server, ui};
+use torrentguard_agent::reach::AdvertiseSpec;
+use torrentguard_protocol::HashAlgo;
+
+use super::args::{
+    PeerLimitFlags, TrackerFlags, WireFlags, hash_algo_parser, parse_size, parse_size_u64,
+};
+use super::interrupt::watch_interrupts;
+use super::render::{Mode, print_line};
+use super::{identity, resolve_advertise, target};
+
+#[derive(Args, Debug)]
+pub(crate) struct DaemonArgs {
+    #[command(flatten)]
+    pub(crate) tracker: TrackerFlags,
+
+    /// The one address for peer connections of every share and download. Port 0 picks a free
+    /// one at each start; set a port to keep it across restarts (firewalls, forwarding).
+    #[arg(
+        long,
+        env = "TORRENTGUARD_LISTEN",
+        default_value = "[::]:0",
+        value_name = "ADDR"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// The address other hosts reach us at (see `share --advertise`).
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    pub(crate) advertise: Option<AdvertiseSpec>,
+
+    /// Limit the upload rate of all shares together, in bytes per second (K, M, G). 0: none.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) upload_limit: u64,
+
+    /// Limit the download rate of all downloads together, in bytes per second. 0: none.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
+    pub(crate) download_limit: u64,
+
+    /// Downloads running at once; more wait in a queue, oldest first.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub(crate) max_active_downloads: usize,
+
+    /// Stop seeding a finished download once it uploaded RATIO × its size (e.g. 1.5).
+    /// Without --seed-ratio and --seed-time, downloads seed for as long as the daemon runs.
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub(crate) seed_ratio: Option<f64>,
+
+    /// Stop seeding a finished download after this long (e.g. 30m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = torrentguard_agent::download::parse_duration)]
+    pub(crate) seed_time: Option<std::time::Duration>,
+
+    /// Where downloads go when the request names no directory
+    /// [default: <data-dir>/downloads].
+    #[arg(long, env = "TORRENTGUARD_DOWNLOAD_DIR", value_name = "DIR")]
+    pub(crate) download_dir: Option<PathBuf>,
+
+    /// Also serve the control API on this loopback TCP address, each request needing the
+    /// bearer token in <data-dir>/api-token.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) api_listen: Option<SocketAddr>,
+
+    /// Serve the web UI on this loopback address (e.g. 127.0.0.1:8080); its one-time login URL
+    /// is printed at start (`torrentguard ui` prints a fresh one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ui: Option<SocketAddr>,
+
+    /// Chunk size of new shares (see `share --chunk-size`).
+    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) chunk_size: u32,
+
+    /// Digest of new shares.
+    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
+    pub(crate) hash: HashAlgo,
+
+    #[command(flatten)]
+    pub(crate) wire: WireFlags,
+
+    #[command(flatten)]
+    pub(crate) peer_limits: PeerLimitFlags,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio (a number ≥ 0, e.g. 1.5)")),
+    }
+}
+
+impl DaemonArgs {
+    async fn config(&self, dir: &Path) -> anyhow::Result<DaemonConfig> {
+        Ok(DaemonConfig {
+            data_dir: dir.to_path_buf(),
+            tracker: target(&self.tracker),
+            public_tracker_url: None,
+            listen: self.listen,
+            advertise: resolve_advertise(&self.advertise).await?,
+            peer_limits: self.peer_limits.limits(),
+            upload_limit: self.upload_limit,
+            download_limit: self.download_limit,
+            compression: self.wire.compression.into(),
+            max_active_downloads: self.max_active_downloads.max(1),
+            seed: SeedPolicy {
+                ratio: self.seed_ratio,
+                time: self.seed_time,
+            },
+            download_dir: match &self.download_dir {
+                Some(d) => std::path::absolute(d)?,
+                None => dir.join("downloads"),
+            },
+            chunk_size: self.chunk_size,
+            hash: self.hash,
+        })
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub(crate) async fn run(args: DaemonArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    let stop = CancellationToken::new();
+    watch_interrupts(stop.clone())?;
+    let _lock = server::lock_data_dir(dir)?;
+    let socket = server::bind_socket(dir)?;
+    let id = identity(dir)?;
+    let config = args.config(dir).await?;
+    let daemon = Daemon::start(id, config)
+        .await
+        .context("starting the daemon")?;
+    let app = api::router(daemon.clone());
+    server::serve_socket(socket, app.clone(), daemon.cancel.clone());
+    let tcp = match args.api_listen {
+        Some(addr) => Some(serve_tcp(addr, dir, app.clone(), &daemon).await?),
+        None => None,
+    };
+    let ui_login = match args.ui {
+        Some(addr) => Some(serve_ui(addr, app, &daemon).await?),
+        None => None,
+    };
+    announce_ready(&daemon, dir, tcp, ui_login.as_deref(), mode);
+    stop.cancelled().await;
+    if mode != Mode::Json {
+        eprintln!("stopping: downloads keep their state, peers and trackers hear that we leave");
+    }
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(dir.join(server::SOCKET_FILE));
+    // A stop asked for is the daemon's normal end (systemd's `stop`), not an interruption.
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_tcp(
+    addr: SocketAddr,
+    dir: &Path,
+    app: axum::Router,
+    daemon: &Arc<Daemon>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = server::bind_tcp(addr).await?;
+    let bound = listener.local_addr()?;
+    let token = server::api_token(dir)?;
+    server::serve_tcp(listener, app, token, daemon.cancel.clone());
+    Ok(bound)
+}
+
+/// Serves the web UI (the same API behind its login, session and CSRF gate) and returns its
+/// first one-time login URL.
+async fn serve_ui(
+    addr: SocketAddr,
+    app: axum::Router,
+    daemon: &Arc<Daemon>,
+) -> anyhow::Result<String> {
+    let listener = server::bind_tcp(addr).await?;
+    let bound = listener.local_addr()?;
+    let auth = ui::UiAuth::new();
+    let login = auth.login_url(&format!("http://{bound}"));
+    let stop = daemon.cancel.clone();
+    let served = ui::serve(listener, ui::router(app, auth), stop.cancelled_owned());
+    tokio::spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "the web UI stopped");
+        }
+    });
+    Ok(login)
+}
+
+fn announce_ready(
+    daemon: &Daemon,
+    dir: &Path,
+    tcp: Option<SocketAddr>,
+    ui_login: Option<&str>,
+    mode: Mode,
+) {
+    let socket = dir.join(server::SOCKET_FILE);
+    let peer = daemon.seeder.local_addr();
+    if mode == Mode::Json {
+        let v = serde_json::json!({
+            "event": "daemon",
+            "fingerprint": daemon.identity.fingerprint.to_string(),
+            "peer_listen": peer,
+            "socket": socket,
+            "api_listen": tcp,
+            "ui_login_url": ui_login,
+            "data_dir": dir,
+        });
+        print_line(&v.to_string());
+        return;
+    }
+    print_line(&format!(
+        "daemon running: identity {}, peers on {peer}",
+        daemon.identity.fingerprint
+    ));
+    print_line(&format!("control socket: {}", socket.display()));
+    if let Some(a) = tcp {
+        print_line(&format!(
+            "control API on http://{a}/api (bearer token in {})",
+            dir.join(server::TOKEN_FILE).display()
+        ));
+    }
+    if let Some(url) = ui_login {
+        print_line(&format!(
+            "web UI: open {url} (a one-time link, valid 10 minutes)"
+        ));
+    }
+    if daemon.config.tracker.is_none() {
+        print_line(
+            "no tracker configured: downloads by share code work; to share, restart with --tracker URL",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::args::{Cli, Command};
+
+    /// The systemd units in contrib/ start a daemon this very CLI accepts.
+    #[test]
+    fn the_systemd_units_start_a_daemon_the_cli_accepts() {
+        for unit in [
+            include_str!("../../../contrib/systemd/torrentguard.service"),
+            include_str!("../../../contrib/systemd/torrentguard-user.service"),
+        ] {
+            let exec = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("ExecStart="))
+                .expect("an ExecStart line");
+            let words: Vec<&str> = exec.split_whitespace().collect();
+            assert!(words[0].ends_with("/torrentguard"), "{exec}");
+            let cli = Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{exec}: {e}"));
+            assert!(matches!(cli.command, Command::Daemon(_)), "{exec}");
+            assert!(unit.contains("KillSignal=SIGTERM"));
+        }
+    }
+
+    #[test]
+    fn ratios_are_non_negative_numbers() {
+        assert_eq!(super::parse_ratio("1.5"), Ok(1.5));
+        assert_eq!(super::parse_ratio("0"), Ok(0.0));
+        assert!(super::parse_ratio("-1").is_err());
+        assert!(super::parse_ratio("NaN").is_err());
+        assert!(super::parse_ratio("lots").is_err());
+    }
+}

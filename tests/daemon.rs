@@ -1,0 +1,164 @@
+//! `torrentguard daemon` as processes: the CLI hands `share` and `get` to it, a crash in the
+//! middle of a download is resumed at the next start (not fetched again), and a restart
+//! seeds every share again without hashing what did not change.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use common::{Proc, Tracker, agent, eventually, write_random_file};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts a daemon on `dir` and waits for its ready event.
+fn daemon(name: &str, dir: &Path, extra: &[String]) -> Result<Proc> {
+    let mut cmd = agent(dir);
+    cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
+    let mut p = Proc::spawn(name, cmd)?;
+    p.wait_event("daemon", |_| true)?;
+    Ok(p)
+}
+
+/// Runs a CLI command against the daemon of `dir` and returns its JSON lines.
+fn cli(dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    let out = agent(dir).args(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "{args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout.lines().filter_map(common::parse_event).collect())
+}
+
+/// The daemon's view of `id` (as `status --json` lists it).
+fn transfer(dir: &Path, kind: &str, id: &str) -> Result<Value> {
+    let status = cli(dir, &["status"])?;
+    let list = status
+        .first()
+        .and_then(|s| s["transfers"].as_array().cloned())
+        .ok_or_else(|| anyhow!("no transfers in {status:?}"))?;
+    list.into_iter()
+        .find(|t| t["id"] == id && t["kind"] == kind)
+        .ok_or_else(|| anyhow!("no {kind} {id} in the daemon"))
+}
+
+#[test]
+fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tracker = Tracker::start(&tmp.path().join("tracker"))?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let file = tmp.path().join("big.bin");
+    let data = write_random_file(&file, 6 << 20, 11)?;
+    // A slow seeder, so the download is caught half-way.
+    let mut seeder_args = tracker.args();
+    seeder_args.extend([
+        "--upload-limit".into(),
+        "1M".into(),
+        "--chunk-size".into(),
+        "64K".into(),
+    ]);
+    let mut seeder = daemon("daemon-a", &a, &seeder_args)?;
+    let added = cli(&a, &["share", file.to_str().unwrap()])?;
+    let id = added[0]["id"].as_str().context("share added")?.to_string();
+    assert!(
+        added[0]["share_code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("tg1:"))
+    );
+
+    let mut getter = daemon("daemon-b", &b, &[])?;
+    let out = tmp.path().join("out");
+    let mut get = vec!["get", &id, "-o", out.to_str().unwrap()];
+    let targs = tracker.args();
+    get.extend(targs.iter().map(String::as_str));
+    cli(&b, &get)?;
+    eventually(WAIT, "half of the download", || {
+        let t = transfer(&b, "download", &id)?;
+        Ok((t["bytes_done"].as_u64().unwrap_or(0) >= 1 << 20).then_some(()))
+    })?;
+    getter.kill()?; // a crash: no goodbye, state as it lies on disk
+
+    let _getter = daemon("daemon-b-again", &b, &[])?;
+    let done = eventually(WAIT, "the resumed download", || {
+        let t = transfer(&b, "download", &id)?;
+        Ok((t["status"] == "seeding").then_some(t))
+    })?;
+    common::assert_same(&out.join("big.bin"), &data)?;
+    let reused = done["bytes_reused"].as_u64().unwrap_or(0);
+    assert!(reused >= 1 << 20, "resumed, not fetched again: {done}");
+
+    // The seeder stops and starts: its share seeds again, taken back without hashing.
+    seeder.signal("TERM")?;
+    seeder.expect_exit(0)?;
+    let again = daemon("daemon-a-again", &a, &seeder_args)?;
+    let t = eventually(WAIT, "the share seeding again", || {
+        let t = transfer(&a, "share", &id)?;
+        Ok((t["status"] == "seeding").then_some(t))
+    })?;
+    assert_eq!(t["path"], file.display().to_string());
+    assert!(
+        !again.stderr().contains("hashing a share again"),
+        "an unchanged share is not hashed again: {}",
+        again.stderr()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_cli_pauses_resumes_and_removes_through_the_daemon() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tracker = Tracker::start(&tmp.path().join("tracker"))?;
+    let a = tmp.path().join("a");
+    let _d = daemon("daemon", &a, &tracker.args())?;
+    let file = tmp.path().join("f.bin");
+    write_random_file(&file, 100_000, 3)?;
+    let id = cli(&a, &["share", file.to_str().unwrap()])?[0]["id"]
+        .as_str()
+        .context("an id")?
+        .to_string();
+    let prefix = &id[..8];
+    let paused = cli(&a, &["pause", prefix])?;
+    assert_eq!(paused[0]["event"], "paused", "{paused:?}");
+    assert_eq!(transfer(&a, "share", &id)?["status"], "paused");
+    cli(&a, &["resume", prefix])?;
+    eventually(WAIT, "seeding again", || {
+        Ok((transfer(&a, "share", &id)?["status"] == "seeding").then_some(()))
+    })?;
+    cli(&a, &["rm", &id])?;
+    assert!(transfer(&a, "share", &id).is_err(), "removed");
+    // An unknown id is the user's mistake: exit 2 with a reason.
+    let out = agent(&a).args(["pause", "ffffffff"]).output()?;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn one_daemon_per_data_dir_and_control_needs_one() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let a = tmp.path().join("a");
+    // No daemon: pause says how to start one (usage error).
+    let out = agent(&a).args(["pause", "abcd"]).output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("torrentguard daemon"),
+        "{out:?}"
+    );
+    let _first = daemon("first", &a, &[])?;
+    let mut second = Proc::spawn("second", {
+        let mut c: Command = agent(&a);
+        c.args(["daemon", "--listen", "127.0.0.1:0"]);
+        c
+    })?;
+    second.expect_exit(1)?;
+    assert!(
+        second.transcript().contains("already runs"),
+        "{}",
+        second.transcript()
+    );
+    Ok(())
+}
