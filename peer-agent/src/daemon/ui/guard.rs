@@ -33,14 +33,32 @@ pub fn cookie_name(port: u16) -> String {
 pub async fn guard(State(auth): State<Arc<UiAuth>>, mut req: Request, next: Next) -> Response {
     let mut response = match admit(&auth, &mut req) {
         Ok(()) => next.run(req).await,
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     };
     harden(response.headers_mut());
     response
 }
 
-/// Lets the request through (adding its `SessionContext`) or answers it with a refusal.
-fn admit(auth: &UiAuth, req: &mut Request) -> Result<(), Response> {
+/// Why a request is not let through, answered as JSON for the API and writes, else as a page.
+struct Refusal {
+    status: StatusCode,
+    json: bool,
+    message: &'static str,
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        if self.json {
+            let body = Json(serde_json::json!({ "error": self.message }));
+            return (self.status, body).into_response();
+        }
+        let page = message_page("TorrentGuard", self.message);
+        (self.status, Html(page)).into_response()
+    }
+}
+
+/// Lets the request through (adding its `SessionContext`) or says why not.
+fn admit(auth: &UiAuth, req: &mut Request) -> Result<(), Refusal> {
     let wants_json = req.uri().path().starts_with("/api") || !is_read(req.method());
     let local = req
         .extensions()
@@ -131,11 +149,12 @@ fn check_write(headers: &HeaderMap, host: &str, csrf: &str) -> Result<(), &'stat
     Ok(())
 }
 
-fn refuse(status: StatusCode, json: bool, message: &str) -> Response {
-    if json {
-        return (status, Json(serde_json::json!({ "error": message }))).into_response();
+fn refuse(status: StatusCode, json: bool, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        json,
+        message,
     }
-    (status, Html(message_page("TorrentGuard", message))).into_response()
 }
 
 /// A minimal page for refusals and login errors (no script, no style: nothing to load).
