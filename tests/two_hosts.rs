@@ -110,11 +110,21 @@ impl Lan {
     }
 }
 
-/// The `torrentguard get …` line that `share` printed for other hosts, as arguments.
-fn printed_get_command(share: &mut Proc) -> Result<Vec<String>> {
-    let line = share.wait_line(WAIT, |l| l.trim_start().starts_with("torrentguard get "))?;
-    let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-    Ok(words[1..].to_vec())
+/// The `torrentguard get …` lines that `share` printed for other hosts, as arguments: the one
+/// with the share code, then the one spelled out in flags.
+fn printed_get_commands(share: &mut Proc) -> Result<(Vec<String>, Vec<String>)> {
+    let mut next = || -> Result<Vec<String>> {
+        let line = share.wait_line(WAIT, |l| l.trim_start().starts_with("torrentguard get "))?;
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        Ok(words[1..].to_vec())
+    };
+    let with_code = next()?;
+    let spelled_out = next()?;
+    ensure!(
+        with_code.len() == 2 && with_code[1].starts_with("tg1:"),
+        "the first get command is not `get CODE`: {with_code:?}"
+    );
+    Ok((with_code, spelled_out))
 }
 
 /// Runs on host B the `get` command printed on host A, with B's own identity and output
@@ -152,7 +162,7 @@ fn readme_lan_flow_with_the_embedded_tracker() -> Result<()> {
         .arg(&file)
         .args(["--tracker-listen", "0.0.0.0:0", "--chunk-size", CHUNK]);
     let mut share = Proc::spawn("share on host A", cmd)?;
-    let get_args = printed_get_command(&mut share)?;
+    let (get_code, get_args) = printed_get_commands(&mut share)?;
     let url = get_args
         .iter()
         .find(|w| w.starts_with("https://"))
@@ -161,7 +171,8 @@ fn readme_lan_flow_with_the_embedded_tracker() -> Result<()> {
         url.starts_with(&format!("https://{}:", lan.a_ip)),
         "the printed command must name an address host B can reach, not {url}"
     );
-    get_on_b(&lan, dir.path(), &get_args, &data)?;
+    // The README's command: the share code alone carries that address and the pin.
+    get_on_b(&lan, dir.path(), &get_code, &data)?;
     share.signal("INT")?;
     share.wait_exit(WAIT)?;
     Ok(())

@@ -79,13 +79,20 @@ pub enum ShareCodeError {
 }
 
 /// RFC 4648 base32, lowercase, no padding; decoding takes either case (input is lowercased).
-static BASE32: LazyLock<Encoding> = LazyLock::new(|| {
+static BASE32: LazyLock<Encoding> = LazyLock::new(|| base32(true));
+
+/// The same, reading past bits set after the last whole byte: a code cut short has them, and
+/// must read as incomplete rather than as altered.
+static BASE32_LENIENT: LazyLock<Encoding> = LazyLock::new(|| base32(false));
+
+fn base32(check_trailing_bits: bool) -> Encoding {
     let mut spec = Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
+    spec.check_trailing_bits = check_trailing_bits;
     // The specification is a constant that data-encoding documents as valid (its own
     // BASE32_NOPAD, in lowercase); a panic here would show in every test.
     spec.encoding().expect("a valid base32 specification")
-});
+}
 
 impl ShareCode {
     /// Whether this code stays within the bounds a decoder accepts (a code built from user
@@ -181,14 +188,17 @@ impl FromStr for ShareCode {
         if body.len() > MAX_TEXT_LEN {
             return Err(ShareCodeError::Oversize(body.len()));
         }
-        let bytes = decode_base32(body)?;
+        let lower = body.to_ascii_lowercase();
+        let bytes = decode_base32(&lower)?;
         match bytes.first() {
             None => return Err(ShareCodeError::Incomplete),
             Some(&v) if v != VERSION => return Err(ShareCodeError::UnknownVersion(v)),
             Some(_) => {}
         }
         let raw = RawCode::parse(&bytes)?;
-        if checksum(&bytes[..raw.payload_len]) != bytes[raw.payload_len..] {
+        // Whole, so bits past the last byte are zero in every code written: set, one changed.
+        let trailing_bits_set = BASE32.decode(lower.as_bytes()).is_err();
+        if trailing_bits_set || checksum(&bytes[..raw.payload_len]) != bytes[raw.payload_len..] {
             return Err(ShareCodeError::Checksum);
         }
         raw.into_code()
@@ -196,16 +206,15 @@ impl FromStr for ShareCode {
 }
 
 fn decode_base32(body: &str) -> Result<Vec<u8>, ShareCodeError> {
-    let lower = body.to_ascii_lowercase();
-    BASE32.decode(lower.as_bytes()).map_err(|e| match e.kind {
-        data_encoding::DecodeKind::Length => ShareCodeError::Incomplete,
-        // Bits past the last whole byte are zero in every code written: set, one was changed.
-        data_encoding::DecodeKind::Trailing => ShareCodeError::Checksum,
-        _ => ShareCodeError::BadCharacter {
-            character: body[e.position..].chars().next().unwrap_or('?'),
-            position: PREFIX.len() + e.position + 1,
-        },
-    })
+    BASE32_LENIENT
+        .decode(body.as_bytes())
+        .map_err(|e| match e.kind {
+            data_encoding::DecodeKind::Length => ShareCodeError::Incomplete,
+            _ => ShareCodeError::BadCharacter {
+                character: body[e.position..].chars().next().unwrap_or('?'),
+                position: PREFIX.len() + e.position + 1,
+            },
+        })
 }
 
 /// The fields of a payload as bytes, before the checksum says they can be trusted.

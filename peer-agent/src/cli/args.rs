@@ -1,14 +1,18 @@
 //! The command line: clap structs and value parsers.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use torrentguard_agent::peer::SeederLimits;
 use torrentguard_agent::reach::AdvertiseSpec;
-use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
+use torrentguard_protocol::{Fingerprint, HashAlgo};
 
+use super::codes::FileRef;
+use super::config;
 use super::render::print_line;
 
 const EXAMPLES: &str = "\
@@ -56,6 +60,17 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "TORRENTGUARD_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
 
+    /// The config file: TOML whose keys are long flag names in snake_case (tracker, listen,
+    /// upload_limit, ...), each the default of that flag in every command; flags and their
+    /// environment variables override it. `torrentguard config` shows what applies.
+    /// [default: the platform config directory, e.g. ~/.config/torrentguard/config.toml]
+    #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// The config file read before parsing (set by [`parse_cli`], not by clap).
+    #[arg(skip)]
+    pub(crate) settings: config::Settings,
+
     /// Print one JSON event per line on stdout instead of bars and sentences (for scripts);
     /// logs on stderr become JSON lines too.
     #[arg(long, global = true)]
@@ -77,7 +92,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Hash files, register them with the tracker and seed them until interrupted.
     Share(ShareArgs),
-    /// Download files by id from every peer the tracker lists, verifying every chunk.
+    /// Download files by share code (or id) from every peer the tracker lists, verifying every
+    /// chunk.
     Get(GetArgs),
     /// Show what the tracker knows (files, seeders, peers) and local partial downloads.
     Status(StatusArgs),
@@ -90,6 +106,15 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Print this agent's identity: the SHA-256 fingerprint of its certificate.
     Id,
+    /// Print the effective settings (flags aside) and where each comes from: an environment
+    /// variable, the config file, or the built-in default.
+    Config,
+    /// Print a shell completion script, e.g.
+    /// `torrentguard completions bash > ~/.local/share/bash-completion/completions/torrentguard`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (torrentguard.1 and one per command) to DIR, e.g.
+    /// ~/.local/share/man/man1; without DIR, print the main page.
+    Man(ManArgs),
     /// Run a tracker in this process (same service as `torrentguard-tracker`), keeping its
     /// identity and database in <data-dir>/tracker.
     #[cfg(feature = "embedded-tracker")]
@@ -129,6 +154,25 @@ pub(crate) struct TrackerFlags {
         value_name = "TOKEN"
     )]
     pub(crate) swarm_token: Option<String>,
+
+    /// Which of the above came from the config file (no flag, no env): a share code's
+    /// tracker replaces those, never a flag's.
+    #[arg(skip)]
+    pub(crate) from_config: BTreeSet<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +197,10 @@ pub(crate) struct ShareArgs {
 
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,
+
+    /// Also print each share code as a QR code (for a phone's camera).
+    #[arg(long)]
+    pub(crate) qr: bool,
 
     /// Address for peer connections (IPv6 wildcard also accepts IPv4). Port 0 picks a free one.
     #[arg(
@@ -239,9 +287,11 @@ pub(crate) struct GetArgs {
     #[command(flatten)]
     pub(crate) client: super::client::ClientFlags,
 
-    /// File ids (64 hex digits), as printed by `share`.
-    #[arg(required = true, value_name = "FILE_ID")]
-    pub(crate) ids: Vec<FileId>,
+    /// Share codes (tg1:…) or file ids (64 hex digits), as printed by `share`. A share code
+    /// brings its tracker, fingerprint and token; --tracker, --tracker-fingerprint and
+    /// --swarm-token (or their environment variables) override it.
+    #[arg(required = true, value_name = "CODE")]
+    pub(crate) ids: Vec<FileRef>,
 
     /// Output directory.
     #[arg(short, long, default_value = ".", value_name = "DIR")]
@@ -369,9 +419,10 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) client: super::client::ClientFlags,
 
-    /// Show one file's manifest summary and peers.
-    #[arg(value_name = "FILE_ID")]
-    pub(crate) file_id: Option<FileId>,
+    /// Show one file's manifest summary and peers: its share code (which brings its tracker)
+    /// or file id.
+    #[arg(value_name = "CODE")]
+    pub(crate) file_id: Option<FileRef>,
 
     /// Directory to look in for partial downloads. Without a tracker, only these are shown.
     #[arg(short, long, default_value = ".", value_name = "DIR")]
@@ -387,9 +438,9 @@ pub(crate) struct VerifyArgs {
     #[arg(value_name = "PATH")]
     pub(crate) path: PathBuf,
 
-    /// The share's id.
-    #[arg(value_name = "FILE_ID")]
-    pub(crate) file_id: FileId,
+    /// The share's code (which brings its tracker) or file id.
+    #[arg(value_name = "CODE")]
+    pub(crate) file_id: FileRef,
 
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,
@@ -432,26 +483,82 @@ pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
-/// Parses the command line. A usage error of a `--json` invocation is a JSON `error` event on
-/// stdout (exit code 2), so a script reading the stream sees why it ended, and stderr holds no
-/// plain text; help and version print as usual.
+/// Parses the command line, with the config file's values as defaults. A usage error (or a
+/// bad config file) of a `--json` invocation is a JSON `error` event on stdout (exit code 2),
+/// so a script reading the stream sees why it ended, and stderr holds no plain text; help and
+/// version print as usual.
 pub(crate) fn parse_cli() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let json = argv.iter().any(|a| a == "--json");
+    let settings = match config::load(&argv) {
+        Ok(s) => s,
+        Err(e) => return Err(usage_failure(json, &e.to_string())),
+    };
+    match parse_with(argv, settings) {
         Ok(cli) => Ok(cli),
-        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+        Err(Unparsed::Config(e)) => Err(usage_failure(json, &e.to_string())),
+        Err(Unparsed::Clap(e)) if e.use_stderr() && json => {
             let text = e.to_string();
             // The error proper is the first paragraph (usage and hints follow), on one line.
             let head = text.split("\n\n").next().unwrap_or_default();
             let head = head.strip_prefix("error: ").unwrap_or(head);
-            let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
-            print_line(
-                &serde_json::json!({"event": "error", "message": message, "exit_code": 2})
-                    .to_string(),
-            );
-            Err(ExitCode::from(2))
+            Err(usage_failure(json, head))
         }
-        Err(e) => e.exit(),
+        Err(Unparsed::Clap(e)) => e.exit(),
     }
+}
+
+/// Why a command line was not parsed.
+#[derive(Debug)]
+pub(crate) enum Unparsed {
+    Config(config::ConfigError),
+    Clap(clap::Error),
+}
+
+/// `argv` parsed with `settings` (the config file) as defaults.
+pub(crate) fn parse_with(argv: Vec<OsString>, settings: config::Settings) -> Result<Cli, Unparsed> {
+    let cmd = config::apply(Cli::command(), &settings).map_err(Unparsed::Config)?;
+    let matches = cmd.clone().try_get_matches_from(argv).map_err(|e| {
+        match config::blame(&e, &cmd, &settings) {
+            Some(c) => Unparsed::Config(c),
+            None => Unparsed::Clap(e),
+        }
+    })?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(Unparsed::Clap)?;
+    let configured = config::from_config(&matches, &settings);
+    if let Some(flags) = cli.command.tracker_flags() {
+        flags.from_config = configured;
+    }
+    cli.settings = settings;
+    Ok(cli)
+}
+
+impl Command {
+    fn tracker_flags(&mut self) -> Option<&mut TrackerFlags> {
+        match self {
+            Command::Share(a) => Some(&mut a.tracker),
+            Command::Get(a) => Some(&mut a.tracker),
+            Command::Status(a) => Some(&mut a.tracker),
+            Command::Verify(a) => Some(&mut a.tracker),
+            _ => None,
+        }
+    }
+}
+
+/// Reports a usage error (exit code 2): a JSON `error` event with `--json`, else a line on
+/// stderr.
+fn usage_failure(json: bool, message: &str) -> ExitCode {
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if json {
+        print_line(
+            &serde_json::json!({"event": "error", "message": message, "exit_code": 2}).to_string(),
+        );
+    } else {
+        use std::io::Write as _;
+        // Nobody to tell if stderr is closed.
+        let _ = writeln!(std::io::stderr(), "error: {message}");
+    }
+    ExitCode::from(2)
 }
 
 #[cfg(test)]
@@ -497,6 +604,7 @@ mod tests {
         "ADDR",
         "ADDR[:PORT]",
         "ALGO",
+        "CODE",
         "DIR",
         "DURATION",
         "FILE",
@@ -509,6 +617,7 @@ mod tests {
         "PATH",
         "RATE",
         "RATIO",
+        "SHELL",
         "SIZE",
         "TOKEN",
         "URL",

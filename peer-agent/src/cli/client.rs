@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use torrentguard_agent::daemon::model::{Kind, Status, TransferView};
 use torrentguard_agent::daemon::server::SOCKET_FILE;
 
+use super::codes::FileRef;
 use super::exit::UsageError;
 use super::render::{Mode, human, print_line};
 
@@ -398,17 +399,23 @@ pub(crate) async fn get(
     let out_dir = std::path::absolute(&args.output)
         .with_context(|| format!("cannot resolve {}", args.output.display()))?;
     let mut keys = Vec::new();
-    for id in &args.ids {
+    for given in &args.ids {
         let mut body = serde_json::json!({
-            "file_id": id.to_string(),
             "out_dir": out_dir,
             "force": args.force,
             "only": args.only,
         });
-        if let Some(t) = &args.tracker.tracker {
-            body["tracker"] = serde_json::json!(t);
-            body["tracker_fingerprint"] =
-                serde_json::json!(args.tracker.tracker_fingerprint.map(|f| f.to_string()));
+        match given {
+            // The code goes whole: the daemon checks it and takes its tracker from it.
+            FileRef::Code(code) => body["code"] = serde_json::json!(code.to_string()),
+            FileRef::Id(id) => {
+                body["file_id"] = serde_json::json!(id.to_string());
+                if let Some(t) = &args.tracker.tracker {
+                    body["tracker"] = serde_json::json!(t);
+                    let fp = args.tracker.tracker_fingerprint.map(|f| f.to_string());
+                    body["tracker_fingerprint"] = serde_json::json!(fp);
+                }
+            }
         }
         let v: TransferView = client.post("/api/downloads", &body).await?;
         report_added(&v, mode);

@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
+use torrentguard_agent::AgentError;
 use torrentguard_agent::agent::Agent;
 use torrentguard_agent::{DownloadError, DownloadOptions, DownloadReport, Event, EventSink};
 use torrentguard_protocol::{FileId, Manifest};
 
 use super::args::GetArgs;
+use super::codes::{FileRef, first_that_connects};
 use super::exit::{INTERRUPTED, UsageError, report_error};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
-use super::{identity, require_tracker, resolve_advertise};
+use super::{identity, no_tracker, require_trackers, resolve_advertise};
 
 pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "daemon")]
@@ -24,24 +26,27 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     {
         return super::client::get(&client, &args, mode).await;
     }
-    let tracker = require_tracker(&args.tracker)?;
+    let trackers = require_trackers(&args.ids, &args.tracker)?;
     prepare_output(&args.output)?;
     let advertise = resolve_advertise(&args.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
-    let started = Agent::start_with_limits(
-        id,
-        dir.to_path_buf(),
-        &tracker,
-        args.listen,
-        args.peer_limits.limits(),
+    let (listen, limits) = (args.listen, args.peer_limits.limits());
+    // The listener opens only once a tracker answered, so the next one can be tried.
+    let started = first_that_connects(
+        &trackers,
+        |t| {
+            let (id, dir, limits) = (id.clone(), dir.to_path_buf(), limits.clone());
+            async move { Agent::start_with_limits(id, dir, &t, listen, limits).await }
+        },
+        |e| matches!(e, AgentError::Tracker(_)),
     );
     let Some(agent) = unless_stopped(&stop, started).await else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
-    let agent = agent?;
+    let agent = agent.ok_or_else(no_tracker)??;
     agent.seeder.set_upload_limit(args.upload_limit);
     agent.seeder.set_compression(args.wire.compression.into());
     if let Some(a) = advertise {
@@ -49,7 +54,8 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     }
     forward(&stop, agent.cancel.clone());
 
-    let ids = unique_ids(&args.ids, mode);
+    let given: Vec<FileId> = args.ids.iter().map(FileRef::file_id).collect();
+    let ids = unique_ids(&given, mode);
     let manifests = match torrentguard_agent::session::fetch_manifests(&agent.tracker, &ids).await {
         Ok(m) => m,
         Err(e) => {

@@ -3,10 +3,13 @@
 mod args;
 #[cfg(feature = "daemon")]
 mod client;
+mod codes;
+mod config;
 #[cfg(feature = "daemon")]
 mod daemon;
 mod embedded;
 mod exit;
+mod generate;
 mod get;
 mod hash;
 mod interrupt;
@@ -14,6 +17,7 @@ mod logging;
 mod output;
 mod render;
 mod share;
+mod show_config;
 mod status;
 mod verify;
 
@@ -84,6 +88,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => client::control(args, &dir, client::Action::Resume, mode).await,
         #[cfg(feature = "daemon")]
         Command::Rm(args) => client::control(args, &dir, client::Action::Remove, mode).await,
+        Command::Config => Ok(show_config::show(&cli.settings, &dir, mode)),
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(args.dir.as_deref()),
     }
 }
 
@@ -112,14 +119,41 @@ async fn tracker_client(
     .await?)
 }
 
-fn require_tracker(flags: &TrackerFlags) -> anyhow::Result<TrackerTarget> {
-    target(flags).ok_or_else(|| {
-        anyhow!(UsageError(
-            "no tracker given: pass --tracker URL (and --tracker-fingerprint) or set TORRENTGUARD_TRACKER; \
-             `torrentguard share` prints both"
-                .into()
-        ))
-    })
+/// A client of the first of `trackers` that answers (a share code may name several).
+async fn first_tracker_client(
+    trackers: &[TrackerTarget],
+    dir: &Path,
+) -> anyhow::Result<torrentguard_agent::session::TrackerClient> {
+    let connected = codes::first_that_connects(
+        trackers,
+        |t| async move { tracker_client(&t, dir).await },
+        |e: &anyhow::Error| {
+            e.downcast_ref::<torrentguard_agent::session::TrackerError>()
+                .is_some()
+        },
+    )
+    .await;
+    connected.unwrap_or_else(|| Err(no_tracker()))
+}
+
+/// The trackers of `refs` and `flags` (see [`codes::trackers_for`]); at least one.
+fn require_trackers(
+    refs: &[codes::FileRef],
+    flags: &TrackerFlags,
+) -> anyhow::Result<Vec<TrackerTarget>> {
+    let trackers = codes::trackers_for(refs, flags)?;
+    if trackers.is_empty() {
+        return Err(no_tracker());
+    }
+    Ok(trackers)
+}
+
+fn no_tracker() -> anyhow::Error {
+    anyhow!(UsageError(
+        "no tracker given: pass a share code (tg1:…), or --tracker URL (and --tracker-fingerprint), \
+         or set TORRENTGUARD_TRACKER or `tracker` in the config file; `torrentguard share` prints them"
+            .into()
+    ))
 }
 
 /// `--advertise`, resolved once at start (a name that does not resolve is an error now, not

@@ -13,6 +13,7 @@ use torrentguard_agent::{DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_trust::Identity;
 
 use torrentguard_agent::scan::ScanOptions;
+use torrentguard_agent::share_code::ShareCode;
 use torrentguard_agent::torrent::SharedFile;
 
 use super::args::ShareArgs;
@@ -235,15 +236,13 @@ async fn serve_and_report(
             return Ok(Served::KeepSeeding);
         };
         let s = s?;
-        out.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .quiet_result(&s.file_id.to_string());
-        out.lock().unwrap_or_else(|e| e.into_inner()).say(&format!(
-            "get it elsewhere with:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
-            s.file_id,
-            public_tracker_url,
-            agent.tracker.fingerprint()
-        ));
+        let code = ShareCode {
+            file_id: s.file_id,
+            trackers: vec![public_tracker_url.to_string()],
+            tracker_fingerprint: Some(agent.tracker.fingerprint()),
+            swarm_token: tracker.token.clone(),
+        };
+        report_code(&code, args.qr, out)?;
         shared.push(s);
     }
     if !args.self_download {
@@ -255,6 +254,52 @@ async fn serve_and_report(
     } else {
         Served::Done(code)
     })
+}
+
+/// Prints how to get a share: its code (and QR code with `--qr`), the `get` command with it,
+/// and the same spelled out in flags; in JSON a `share_code` event; with `-q` the id alone.
+fn report_code(code: &ShareCode, qr: bool, out: &Output) -> anyhow::Result<()> {
+    let out = out.lock().unwrap_or_else(|e| e.into_inner());
+    out.quiet_result(&code.file_id.to_string());
+    // A tracker URL too long for a code (it cannot be: it is an address and a port) would
+    // print a code that `get` refuses; say so rather than print it.
+    if let Err(e) = code.check() {
+        out.say(&format!("no share code for {}: {e}", code.file_id));
+        return Ok(());
+    }
+    out.json(&serde_json::json!({
+        "event": "share_code",
+        "file_id": code.file_id,
+        "code": code.to_string(),
+    }));
+    out.say(&format!("share code: {code}"));
+    if qr && out.mode() != Mode::Json && out.mode() != Mode::Quiet {
+        out.say(&qr_text(code)?);
+    }
+    out.say(&format!(
+        "get it elsewhere with:\n  torrentguard get {code}\nor, spelled out:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
+        code.file_id,
+        code.trackers.join(" "),
+        code.tracker_fingerprint
+            .map(|f| f.to_string())
+            .unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// The code as a terminal QR code: two modules per character cell, light on dark as a
+/// terminal shows it, with its quiet zone. Upper case, because QR's alphanumeric mode (upper
+/// case, digits and `:`) packs it smaller and codes are read in any case.
+fn qr_text(code: &ShareCode) -> anyhow::Result<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let qr = qrcode::QrCode::new(code.to_string().to_uppercase().as_bytes())
+        .context("the share code does not fit in a QR code")?;
+    Ok(qr
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 async fn self_download(

@@ -9,8 +9,9 @@ use torrentguard_protocol::FileId;
 use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary};
 
 use super::args::StatusArgs;
+use super::codes::trackers_for;
+use super::first_tracker_client;
 use super::render::{Mode, cell, human, print_line, printable};
-use super::{target, tracker_client};
 
 pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     // A running daemon's transfers; the tracker's view with a FILE_ID or --no-daemon.
@@ -22,26 +23,28 @@ pub(crate) async fn status(args: StatusArgs, dir: &Path, mode: Mode) -> anyhow::
         return super::client::status(&client, mode).await;
     }
     let mut partials = list_partials(&args.output);
-    if let Some(fid) = args.file_id {
+    let file_id = args.file_id.as_ref().map(|f| f.file_id());
+    if let Some(fid) = file_id {
         partials.retain(|p| p.file_id == fid);
     }
-    let Some(tracker) = target(&args.tracker) else {
+    let trackers = trackers_for(args.file_id.as_slice(), &args.tracker)?;
+    if trackers.is_empty() {
         // Local partial downloads need no tracker: show them alone and say what is skipped.
         if mode == Mode::Json {
             print_line(
-                &serde_json::json!({"event": "status", "tracker": null, "file_id": args.file_id, "partials": partials})
+                &serde_json::json!({"event": "status", "tracker": null, "file_id": file_id, "partials": partials})
                     .to_string(),
             );
         } else {
             print_line(
-                "tracker: skipped (no --tracker given, nor TORRENTGUARD_TRACKER); local part only",
+                "tracker: skipped (no --tracker given, nor TORRENTGUARD_TRACKER, nor `tracker` in the config file); local part only",
             );
             print_partials(&args.output, &partials);
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let client = tracker_client(&tracker, dir).await?;
-    match args.file_id {
+    let client = first_tracker_client(&trackers, dir).await?;
+    match file_id {
         Some(fid) => status_of_file(&client, fid, &partials, mode).await?,
         None => status_of_tracker(&client, &args.output, &partials, mode).await?,
     }

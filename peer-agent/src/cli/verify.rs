@@ -10,12 +10,13 @@ use torrentguard_agent::torrent::verify::{VerifyReport, verify_path};
 
 use super::args::VerifyArgs;
 use super::render::{Mode, print_line, printable};
-use super::{require_tracker, tracker_client};
+use super::{first_tracker_client, require_trackers};
 
 pub(crate) async fn verify(args: VerifyArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
-    let tracker = require_tracker(&args.tracker)?;
-    let client = tracker_client(&tracker, dir).await?;
-    let manifest = Arc::new(client.manifest(&args.file_id).await?);
+    let trackers = require_trackers(std::slice::from_ref(&args.file_id), &args.tracker)?;
+    let client = first_tracker_client(&trackers, dir).await?;
+    let file_id = args.file_id.file_id();
+    let manifest = Arc::new(client.manifest(&file_id).await?);
     let path = args.path.clone();
     let m = manifest.clone();
     let report = tokio::task::spawn_blocking(move || verify_path(&m, &path))
@@ -26,7 +27,7 @@ pub(crate) async fn verify(args: VerifyArgs, dir: &Path, mode: Mode) -> anyhow::
         print_line(
             &serde_json::json!({
                 "event": "verified",
-                "file_id": args.file_id,
+                "file_id": file_id,
                 "path": args.path,
                 "ok": report.ok(),
                 "report": report,

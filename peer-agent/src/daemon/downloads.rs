@@ -38,12 +38,12 @@ impl Daemon {
                 .map_err(|e| DaemonError::BadRequest(format!("{d}: {e}")))?,
             None => self.config.download_dir.clone(),
         };
-        let (client, _) = self
+        let session = self
             .trackers
             .session_for(&tracker, id)
             .await
             .map_err(|e| DaemonError::Tracker(e.to_string()))?;
-        let manifest = client.manifest(&id).await.map_err(|e| {
+        let manifest = session.manifest(&id).await.map_err(|e| {
             DaemonError::Tracker(format!("the tracker cannot give the manifest of {id}: {e}"))
         })?;
         let mut e = Entry::new(Kind::Download, id, tracker, out_dir);
@@ -183,7 +183,7 @@ impl Daemon {
         spec: DownloadSpec,
         cancel: CancellationToken,
     ) -> Result<crate::DownloadReport, String> {
-        let (_, session) = self
+        let session = self
             .trackers
             .session_for(tracker, key.1)
             .await
@@ -227,7 +227,7 @@ impl Daemon {
             e.bytes_done = e.size;
         }
         let seeded = match self.trackers.session_for(tracker, key.1).await {
-            Ok((_, session)) => {
+            Ok(session) => {
                 let sink = self.sink(key);
                 sink.emit(crate::Event::Seeding {
                     file_id: key.1,

@@ -1,7 +1,7 @@
 //! `torrentguard daemon`: one long-running agent for every share and download.
 //!
 //! One identity and one peer port (one [`Seeder`]) serve everything; each transfer talks to its
-//! own tracker through [`trackers::Trackers`]. The live table ([`transfers`]) is written through
+//! own tracker through [`Trackers`]. The live table ([`transfers`]) is written through
 //! to SQLite ([`db`]), so a restart resumes every download (re-verifying as `get` does) and
 //! re-seeds every share, hashing again only what changed on disk ([`shares`]). Downloads beyond
 //! `--max-active-downloads` wait in a queue; a finished download seeds until its seed policy is
@@ -15,7 +15,6 @@ pub mod model;
 mod seeding;
 pub mod server;
 mod shares;
-pub mod trackers;
 pub mod transfers;
 pub mod ui;
 
@@ -36,6 +35,7 @@ use crate::agent::TrackerTarget;
 use crate::events::{Event, EventSink};
 use crate::peer::{Seeder, SeederLimits};
 use crate::reach::Advertise;
+use crate::session::trackers::{FileTrackers, Trackers};
 use crate::session::{Announcer, Session};
 use db::{Db, DbError, PeerDelta};
 use model::{Kind, PeerView, Reputation, Stats, Status, TransferView};
@@ -105,7 +105,7 @@ pub struct Daemon {
     pub identity: Arc<Identity>,
     pub config: DaemonConfig,
     pub seeder: Arc<Seeder>,
-    trackers: trackers::Trackers,
+    trackers: Trackers,
     db: Db,
     table: Mutex<HashMap<Key, Entry>>,
     /// Every engine event of every transfer, as `--json` prints them (for `/api/events`).
@@ -123,7 +123,7 @@ impl Daemon {
     ) -> Result<Arc<Daemon>, DaemonError> {
         let db = Db::open(&config.data_dir).await?;
         let cancel = CancellationToken::new();
-        let files = Arc::new(trackers::FileTrackers::default());
+        let files = Arc::new(FileTrackers::default());
         let seeder = Seeder::start_with_limits(
             config.listen,
             &identity,
@@ -141,7 +141,7 @@ impl Daemon {
         if let Some(a) = config.advertise.clone() {
             seeder.set_advertise(a);
         }
-        let trackers = trackers::Trackers::new(identity.clone(), config.data_dir.clone(), files);
+        let trackers = Trackers::new(identity.clone(), config.data_dir.clone(), files);
         trackers.attach(seeder.clone());
         let (peer_notes, notes_rx) = mpsc::unbounded_channel();
         let daemon = Arc::new(Daemon {
@@ -379,7 +379,7 @@ impl Daemon {
         if self.table().get(&other).is_none_or(|e| e.shared.is_none()) {
             self.seeder.remove(&key.1);
         }
-        if let Ok((_, session)) = self.trackers.session_for(&tracker, key.1).await
+        if let Ok(session) = self.trackers.session_for(&tracker, key.1).await
             && let Err(e) = session.announce(&shared, AnnounceEvent::Stopped).await
         {
             tracing::warn!(file_id = %key.1, error = %e, "could not announce stopped");

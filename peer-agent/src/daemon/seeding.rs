@@ -101,12 +101,12 @@ impl Daemon {
             .get(&key)
             .map(|e| e.tracker.clone())
             .ok_or_else(|| super::not_found(key))?;
-        let (client, session) = self
+        let session = self
             .trackers
             .session_for(&tracker, key.1)
             .await
             .map_err(|e| DaemonError::Tracker(e.to_string()))?;
-        client
+        session
             .register(&hashed.shared.manifest)
             .await
             .map_err(|e| DaemonError::Tracker(e.to_string()))?;

@@ -20,6 +20,7 @@ use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
 pub mod tracker_client;
+pub mod trackers;
 
 pub use tracker_client::{KNOWN_TRACKERS_FILE, TrackerClient, TrackerError};
 
@@ -95,6 +96,14 @@ impl Session {
         event: AnnounceEvent,
     ) -> Result<AnnounceResponse, TrackerError> {
         announce(&self.tracker, &self.seeder, file, event).await
+    }
+
+    /// Registers a manifest (idempotent: a known id is left as it is).
+    pub async fn register(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<torrentguard_protocol::api::RegisterResponse, TrackerError> {
+        self.tracker.register(manifest).await
     }
 
     /// The manifest of `id`, checked against the id by the client.

@@ -1,7 +1,7 @@
-//! The trackers one daemon talks to. Shares and downloads may name different trackers (a share
-//! code carries its own), yet the daemon has one identity and one peer port: one [`Session`] per
-//! tracker over the one seeder, and one [`SwarmDirectory`] for the seeder that asks each file's
-//! own tracker who is in its swarm.
+//! Several trackers for one agent (the daemon). Shares and downloads may name different trackers
+//! (a share code carries its own), yet the daemon has one identity and one peer port: one
+//! [`Session`] per tracker over the one seeder, and one [`SwarmDirectory`] for the seeder that
+//! asks each file's own tracker who is in its swarm.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +11,9 @@ use futures::future::BoxFuture;
 use torrentguard_protocol::{FileId, Fingerprint};
 use torrentguard_trust::Identity;
 
+use super::{Session, TrackerClient, TrackerError, leave_swarms};
 use crate::agent::TrackerTarget;
 use crate::peer::Seeder;
-use crate::session::{Session, TrackerClient, TrackerError, leave_swarms};
 use crate::torrent::{SwarmDirectory, SwarmLookupError};
 
 /// Which tracker each file belongs to, for the seeder's admission checks.
@@ -87,7 +87,7 @@ impl Trackers {
         &self,
         target: &TrackerTarget,
         file: FileId,
-    ) -> Result<(TrackerClient, Session), TrackerError> {
+    ) -> Result<Session, TrackerError> {
         let key = (target.url.clone(), target.token.clone());
         let mut sessions = self.sessions.lock().await;
         let entry = match sessions.get(&key) {
@@ -119,7 +119,7 @@ impl Trackers {
             }
         };
         self.files.set(file, entry.0.clone());
-        Ok(entry)
+        Ok(entry.1)
     }
 
     /// Announces `stopped` for everything announced, on every tracker.
