@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use torrentguard_agent::daemon::{Daemon, DaemonConfig, SeedPolicy, api, server};
+use torrentguard_agent::daemon::{Daemon, DaemonConfig, SeedPolicy, api, server, ui};
 use torrentguard_agent::reach::AdvertiseSpec;
 use torrentguard_protocol::HashAlgo;
 
@@ -138,10 +138,14 @@ pub(crate) async fn run(args: DaemonArgs, dir: &Path, mode: Mode) -> anyhow::Res
     let app = api::router(daemon.clone());
     server::serve_socket(socket, app.clone(), daemon.cancel.clone());
     let tcp = match args.api_listen {
-        Some(addr) => Some(serve_tcp(addr, dir, app, &daemon).await?),
+        Some(addr) => Some(serve_tcp(addr, dir, app.clone(), &daemon).await?),
         None => None,
     };
-    announce_ready(&daemon, dir, tcp, mode);
+    let ui_login = match args.ui {
+        Some(addr) => Some(serve_ui(addr, app, &daemon).await?),
+        None => None,
+    };
+    announce_ready(&daemon, dir, tcp, ui_login.as_deref(), mode);
     stop.cancelled().await;
     if mode != Mode::Json {
         eprintln!("stopping: downloads keep their state, peers and trackers hear that we leave");
@@ -165,7 +169,34 @@ async fn serve_tcp(
     Ok(bound)
 }
 
-fn announce_ready(daemon: &Daemon, dir: &Path, tcp: Option<SocketAddr>, mode: Mode) {
+/// Serves the web UI (the same API behind its login, session and CSRF gate) and returns its
+/// first one-time login URL.
+async fn serve_ui(
+    addr: SocketAddr,
+    app: axum::Router,
+    daemon: &Arc<Daemon>,
+) -> anyhow::Result<String> {
+    let listener = server::bind_tcp(addr).await?;
+    let bound = listener.local_addr()?;
+    let auth = ui::UiAuth::new();
+    let login = auth.login_url(&format!("http://{bound}"));
+    let stop = daemon.cancel.clone();
+    let served = ui::serve(listener, ui::router(app, auth), stop.cancelled_owned());
+    tokio::spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "the web UI stopped");
+        }
+    });
+    Ok(login)
+}
+
+fn announce_ready(
+    daemon: &Daemon,
+    dir: &Path,
+    tcp: Option<SocketAddr>,
+    ui_login: Option<&str>,
+    mode: Mode,
+) {
     let socket = dir.join(server::SOCKET_FILE);
     let peer = daemon.seeder.local_addr();
     if mode == Mode::Json {
@@ -175,6 +206,7 @@ fn announce_ready(daemon: &Daemon, dir: &Path, tcp: Option<SocketAddr>, mode: Mo
             "peer_listen": peer,
             "socket": socket,
             "api_listen": tcp,
+            "ui_login_url": ui_login,
             "data_dir": dir,
         });
         print_line(&v.to_string());
@@ -189,6 +221,11 @@ fn announce_ready(daemon: &Daemon, dir: &Path, tcp: Option<SocketAddr>, mode: Mo
         print_line(&format!(
             "control API on http://{a}/api (bearer token in {})",
             dir.join(server::TOKEN_FILE).display()
+        ));
+    }
+    if let Some(url) = ui_login {
+        print_line(&format!(
+            "web UI: open {url} (a one-time link, valid 10 minutes)"
         ));
     }
     if daemon.config.tracker.is_none() {

@@ -16,6 +16,7 @@ mod seeding;
 pub mod server;
 mod shares;
 pub mod transfers;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
