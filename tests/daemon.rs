@@ -77,9 +77,16 @@ fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()
     let targs = tracker.args();
     get.extend(targs.iter().map(String::as_str));
     cli(&b, &get)?;
-    eventually(WAIT, "half of the download", || {
-        let t = transfer(&b, "download", &id)?;
-        Ok((t["bytes_done"].as_u64().unwrap_or(0) >= 1 << 20).then_some(()))
+    // Until the state file on disk (what a crash leaves) holds 1 MiB: 16 chunks of 64 KiB.
+    let part_dir = out.to_str().unwrap().to_string();
+    eventually(WAIT, "a sixth of the download saved", || {
+        let status = cli(&b, &["status", "--no-daemon", "-o", &part_dir])?;
+        let saved = status[0]["partials"]
+            .as_array()
+            .and_then(|p| p.first())
+            .and_then(|p| p["chunks_verified"].as_u64())
+            .unwrap_or(0);
+        Ok((saved >= 16).then_some(()))
     })?;
     getter.kill()?; // a crash: no goodbye, state as it lies on disk
 
@@ -159,6 +166,36 @@ fn one_daemon_per_data_dir_and_control_needs_one() -> Result<()> {
         second.transcript().contains("already runs"),
         "{}",
         second.transcript()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_ui_command_prints_a_fresh_login_url_that_opens_a_session() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let a = tmp.path().join("a");
+    let _d = daemon("daemon", &a, &["--ui".into(), "127.0.0.1:0".into()])?;
+    let ev = cli(&a, &["ui"])?;
+    let url = ev[0]["url"].as_str().context("a url")?.to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.contains("/login?token="),
+        "{url}"
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let (first, again) = rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let first = http.get(&url).send().await?;
+        let again = http.get(&url).send().await?;
+        anyhow::Ok((first, again))
+    })?;
+    assert_eq!(first.status(), 303, "the link opens a session");
+    assert!(first.headers().contains_key("set-cookie"));
+    assert!(
+        again.status().is_client_error(),
+        "and only once: {}",
+        again.status()
     );
     Ok(())
 }

@@ -501,6 +501,7 @@ async fn the_openapi_document_lists_every_route() {
         "/api/{kinds}/{id}/resume",
         "/api/downloads/{id}/peers",
         "/api/events",
+        "/api/ui/login",
         "/api/openapi.json",
     ] {
         assert!(paths.contains_key(p), "{p} missing from {:?}", paths.keys());
@@ -583,4 +584,21 @@ async fn the_download_limit_holds_all_downloads_together() {
     );
     let (_, stats) = call(&getter, Method::GET, "/api/stats", None).await;
     assert_eq!(stats["download_limit"], limit);
+}
+
+#[tokio::test]
+async fn a_fresh_ui_login_url_is_minted_only_when_the_ui_is_served() {
+    let w = World::new().await;
+    let (d, app) = w.daemon(w.config("a", true)).await;
+    let (s, v) = call(&app, Method::POST, "/api/ui/login", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--ui"), "{v}");
+    let auth = torrentguard_agent::daemon::ui::UiAuth::new();
+    d.attach_ui(auth, "http://127.0.0.1:9".into());
+    let (s, first) = call(&app, Method::POST, "/api/ui/login", None).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let (_, second) = call(&app, Method::POST, "/api/ui/login", None).await;
+    let url = first["url"].as_str().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:9/login?token="), "{url}");
+    assert_ne!(first["url"], second["url"], "each one is new");
 }

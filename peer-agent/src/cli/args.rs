@@ -133,6 +133,9 @@ pub(crate) enum Command {
     /// Stop and forget shares or downloads of the running daemon; files on disk stay.
     #[cfg(feature = "daemon")]
     Rm(super::client::ControlArgs),
+    /// Print a fresh one-time login URL of the running daemon's web UI (`daemon --ui`).
+    #[cfg(feature = "daemon")]
+    Ui,
 }
 
 #[derive(Args, Debug, Clone)]

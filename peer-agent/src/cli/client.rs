@@ -427,6 +427,21 @@ pub(crate) async fn get(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `torrentguard ui`: a fresh one-time login URL of the daemon's web UI.
+pub(crate) async fn ui_login(dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
+    let client = DaemonClient::require(dir).await?;
+    let v: serde_json::Value = client.post("/api/ui/login", &serde_json::json!({})).await?;
+    let url = v["url"]
+        .as_str()
+        .context("the daemon's answer has no url")?;
+    match mode {
+        Mode::Json => print_line(&serde_json::json!({"event": "ui", "url": url}).to_string()),
+        Mode::Quiet => print_line(url),
+        _ => print_line(&format!("open {url} (a one-time link, valid 10 minutes)")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

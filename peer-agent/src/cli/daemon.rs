@@ -179,7 +179,9 @@ async fn serve_ui(
     let listener = server::bind_tcp(addr).await?;
     let bound = listener.local_addr()?;
     let auth = ui::UiAuth::new();
-    let login = auth.login_url(&format!("http://{bound}"));
+    let base = format!("http://{bound}");
+    let login = auth.login_url(&base);
+    daemon.attach_ui(auth.clone(), base);
     let stop = daemon.cancel.clone();
     let served = ui::serve(listener, ui::router(app, auth), stop.cancelled_owned());
     tokio::spawn(async move {

@@ -88,6 +88,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => client::control(args, &dir, client::Action::Resume, mode).await,
         #[cfg(feature = "daemon")]
         Command::Rm(args) => client::control(args, &dir, client::Action::Remove, mode).await,
+        #[cfg(feature = "daemon")]
+        Command::Ui => client::ui_login(&dir, mode).await,
         Command::Config => Ok(show_config::show(&cli.settings, &dir, mode)),
         Command::Completions(args) => generate::completions(args.shell),
         Command::Man(args) => generate::man(args.dir.as_deref()),

@@ -37,6 +37,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/{kinds}/{id}/resume", post(resume))
         .route("/api/downloads/{id}/peers", get(peers))
         .route("/api/events", get(events))
+        .route("/api/ui/login", post(ui_login))
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -62,6 +63,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         resume,
         peers,
         events,
+        ui_login,
         openapi
     ),
     components(schemas(
@@ -74,7 +76,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         Kind,
         AddShare,
         AddDownload,
-        ErrorView
+        ErrorView,
+        UiLogin
     ))
 )]
 pub struct ApiDoc;
@@ -264,6 +267,23 @@ async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallib
         Err(_) => Some(Ok(SseEvent::default().comment("lagged"))),
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A fresh one-time login URL of the web UI.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct UiLogin {
+    pub url: String,
+}
+
+/// Mints a fresh one-time login URL of the web UI (`torrentguard ui` asks here).
+#[utoipa::path(post, path = "/api/ui/login", responses(
+    (status = 200, body = UiLogin),
+    (status = 409, body = ErrorView, description = "the daemon serves no web UI"),
+))]
+async fn ui_login(State(d): D) -> ApiResult<Json<UiLogin>> {
+    Ok(Json(UiLogin {
+        url: d.ui_login_url()?,
+    }))
 }
 
 /// This document.

@@ -115,6 +115,8 @@ pub struct Daemon {
     download_limit: Arc<crate::rate::RateLimit>,
     pub cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The web UI's logins and its base URL, once `--ui` serves it.
+    ui: std::sync::OnceLock<(Arc<ui::UiAuth>, String)>,
 }
 
 impl Daemon {
@@ -159,6 +161,7 @@ impl Daemon {
             download_limit,
             cancel,
             tasks: TaskTracker::new(),
+            ui: std::sync::OnceLock::new(),
         });
         daemon.spawn_peer_writer(notes_rx);
         daemon.spawn_ticker();
@@ -265,6 +268,21 @@ impl Daemon {
                 .sum(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+
+    /// Remembers the web UI's logins and base URL, for [`Daemon::ui_login_url`].
+    pub fn attach_ui(&self, auth: Arc<ui::UiAuth>, base: String) {
+        let _ = self.ui.set((auth, base));
+    }
+
+    /// A fresh one-time login URL of the web UI (`torrentguard ui`).
+    pub fn ui_login_url(&self) -> Result<String, DaemonError> {
+        let (auth, base) = self.ui.get().ok_or_else(|| {
+            DaemonError::Conflict(
+                "this daemon serves no web UI: restart it with --ui 127.0.0.1:PORT".into(),
+            )
+        })?;
+        Ok(auth.login_url(base))
     }
 
     /// Every event of every transfer, as JSON lines.
