@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{Proc, Tracker, agent, assert_same, eventually, parse_event, write_random_file};
-use serde_json::Value;
+use common::{
+    Proc, Tracker, assert_same, cli_events, daemon, eventually, parse_event, write_random_file,
+};
 
 /// Bound on the browser's whole run (start, sign in, download, screenshot).
 const BROWSER_WAIT: Duration = Duration::from_secs(120);
@@ -41,29 +42,8 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// Starts a daemon on `dir` and returns it with its ready event.
-fn daemon(name: &str, dir: &Path, extra: &[String]) -> Result<(Proc, Value)> {
-    let mut cmd = agent(dir);
-    cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
-    let mut p = Proc::spawn(name, cmd)?;
-    let ready = p.wait_event("daemon", |_| true)?;
-    Ok((p, ready))
-}
-
-/// A CLI command against the daemon of `dir` (its control socket); its JSON lines.
-fn cli(dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
-    let out = agent(dir).args(args).output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    ensure!(
-        out.status.success(),
-        "{args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout.lines().filter_map(parse_event).collect())
-}
-
 fn share_status(dir: &Path, id: &str) -> Result<Option<String>> {
-    let status = cli(dir, &["status"])?;
+    let status = cli_events(dir, &["status"])?;
     let transfers = status
         .first()
         .and_then(|s| s["transfers"].as_array().cloned());
@@ -90,7 +70,7 @@ fn a_download_added_in_the_web_ui_completes_with_the_original_bytes() -> Result<
     let data = write_random_file(&file, 3 << 20, 29)?;
 
     let (_seeder, _) = daemon("daemon-seeder", &a, &tracker.args())?;
-    let added = cli(&a, &["share", file.to_str().context("UTF-8 path")?])?;
+    let added = cli_events(&a, &["share", file.to_str().context("UTF-8 path")?])?;
     let id = added[0]["id"]
         .as_str()
         .context("the share's id")?

@@ -8,36 +8,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
-use common::{Proc, Tracker, agent, eventually, write_random_file};
+use anyhow::{Context, Result, anyhow};
+use common::{Proc, Tracker, agent, cli_events, daemon, eventually, write_random_file};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Starts a daemon on `dir` and waits for its ready event.
-fn daemon(name: &str, dir: &Path, extra: &[String]) -> Result<Proc> {
-    let mut cmd = agent(dir);
-    cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
-    let mut p = Proc::spawn(name, cmd)?;
-    p.wait_event("daemon", |_| true)?;
-    Ok(p)
-}
-
-/// Runs a CLI command against the daemon of `dir` and returns its JSON lines.
-fn cli(dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
-    let out = agent(dir).args(args).output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    ensure!(
-        out.status.success(),
-        "{args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout.lines().filter_map(common::parse_event).collect())
-}
-
 /// The daemon's view of `id` (as `status --json` lists it).
 fn transfer(dir: &Path, kind: &str, id: &str) -> Result<Value> {
-    let status = cli(dir, &["status"])?;
+    let status = cli_events(dir, &["status"])?;
     let list = status
         .first()
         .and_then(|s| s["transfers"].as_array().cloned())
@@ -62,8 +41,8 @@ fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()
         "--chunk-size".into(),
         "64K".into(),
     ]);
-    let mut seeder = daemon("daemon-a", &a, &seeder_args)?;
-    let added = cli(&a, &["share", file.to_str().unwrap()])?;
+    let (mut seeder, _) = daemon("daemon-a", &a, &seeder_args)?;
+    let added = cli_events(&a, &["share", file.to_str().unwrap()])?;
     let id = added[0]["id"].as_str().context("share added")?.to_string();
     assert!(
         added[0]["share_code"]
@@ -71,16 +50,16 @@ fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()
             .is_some_and(|c| c.starts_with("tg1:"))
     );
 
-    let mut getter = daemon("daemon-b", &b, &[])?;
+    let (mut getter, _) = daemon("daemon-b", &b, &[])?;
     let out = tmp.path().join("out");
     let mut get = vec!["get", &id, "-o", out.to_str().unwrap()];
     let targs = tracker.args();
     get.extend(targs.iter().map(String::as_str));
-    cli(&b, &get)?;
+    cli_events(&b, &get)?;
     // Until the state file on disk (what a crash leaves) holds 1 MiB: 16 chunks of 64 KiB.
     let part_dir = out.to_str().unwrap().to_string();
     eventually(WAIT, "a sixth of the download saved", || {
-        let status = cli(&b, &["status", "--no-daemon", "-o", &part_dir])?;
+        let status = cli_events(&b, &["status", "--no-daemon", "-o", &part_dir])?;
         let saved = status[0]["partials"]
             .as_array()
             .and_then(|p| p.first())
@@ -90,7 +69,7 @@ fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()
     })?;
     getter.kill()?; // a crash: no goodbye, state as it lies on disk
 
-    let _getter = daemon("daemon-b-again", &b, &[])?;
+    let (_getter, _) = daemon("daemon-b-again", &b, &[])?;
     let done = eventually(WAIT, "the resumed download", || {
         let t = transfer(&b, "download", &id)?;
         Ok((t["status"] == "seeding").then_some(t))
@@ -102,7 +81,7 @@ fn a_daemon_restart_resumes_a_crashed_download_and_reseeds_shares() -> Result<()
     // The seeder stops and starts: its share seeds again, taken back without hashing.
     seeder.signal("TERM")?;
     seeder.expect_exit(0)?;
-    let again = daemon("daemon-a-again", &a, &seeder_args)?;
+    let (again, _) = daemon("daemon-a-again", &a, &seeder_args)?;
     let t = eventually(WAIT, "the share seeding again", || {
         let t = transfer(&a, "share", &id)?;
         Ok((t["status"] == "seeding").then_some(t))
@@ -121,22 +100,22 @@ fn the_cli_pauses_resumes_and_removes_through_the_daemon() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let tracker = Tracker::start(&tmp.path().join("tracker"))?;
     let a = tmp.path().join("a");
-    let _d = daemon("daemon", &a, &tracker.args())?;
+    let (_d, _) = daemon("daemon", &a, &tracker.args())?;
     let file = tmp.path().join("f.bin");
     write_random_file(&file, 100_000, 3)?;
-    let id = cli(&a, &["share", file.to_str().unwrap()])?[0]["id"]
+    let id = cli_events(&a, &["share", file.to_str().unwrap()])?[0]["id"]
         .as_str()
         .context("an id")?
         .to_string();
     let prefix = &id[..8];
-    let paused = cli(&a, &["pause", prefix])?;
+    let paused = cli_events(&a, &["pause", prefix])?;
     assert_eq!(paused[0]["event"], "paused", "{paused:?}");
     assert_eq!(transfer(&a, "share", &id)?["status"], "paused");
-    cli(&a, &["resume", prefix])?;
+    cli_events(&a, &["resume", prefix])?;
     eventually(WAIT, "seeding again", || {
         Ok((transfer(&a, "share", &id)?["status"] == "seeding").then_some(()))
     })?;
-    cli(&a, &["rm", &id])?;
+    cli_events(&a, &["rm", &id])?;
     assert!(transfer(&a, "share", &id).is_err(), "removed");
     // An unknown id is the user's mistake: exit 2 with a reason.
     let out = agent(&a).args(["pause", "ffffffff"]).output()?;
@@ -155,7 +134,7 @@ fn one_daemon_per_data_dir_and_control_needs_one() -> Result<()> {
         String::from_utf8_lossy(&out.stdout).contains("torrentguard daemon"),
         "{out:?}"
     );
-    let _first = daemon("first", &a, &[])?;
+    let (_first, _) = daemon("first", &a, &[])?;
     let mut second = Proc::spawn("second", {
         let mut c: Command = agent(&a);
         c.args(["daemon", "--listen", "127.0.0.1:0"]);
@@ -174,8 +153,8 @@ fn one_daemon_per_data_dir_and_control_needs_one() -> Result<()> {
 fn the_ui_command_prints_a_fresh_login_url_that_opens_a_session() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let a = tmp.path().join("a");
-    let _d = daemon("daemon", &a, &["--ui".into(), "127.0.0.1:0".into()])?;
-    let ev = cli(&a, &["ui"])?;
+    let (_d, _) = daemon("daemon", &a, &["--ui".into(), "127.0.0.1:0".into()])?;
+    let ev = cli_events(&a, &["ui"])?;
     let url = ev[0]["url"].as_str().context("a url")?.to_string();
     assert!(
         url.starts_with("http://127.0.0.1:") && url.contains("/login?token="),

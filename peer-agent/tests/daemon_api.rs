@@ -602,3 +602,35 @@ async fn a_fresh_ui_login_url_is_minted_only_when_the_ui_is_served() {
     assert!(url.starts_with("http://127.0.0.1:9/login?token="), "{url}");
     assert_ne!(first["url"], second["url"], "each one is new");
 }
+
+/// On loopback TCP every request needs the bearer token; without it, or with another, a 401
+/// with a JSON error and `WWW-Authenticate: Bearer`.
+#[tokio::test]
+async fn the_tcp_api_needs_the_bearer_token() {
+    use torrentguard_agent::daemon::server;
+    let w = World::new().await;
+    let cfg = w.config("a", true);
+    let token = server::api_token(&cfg.data_dir).unwrap();
+    let (d, app) = w.daemon(cfg).await;
+    let listener = server::bind_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/api/stats", listener.local_addr().unwrap());
+    server::serve_tcp(listener, app, token.clone(), d.cancel.clone());
+    let http = reqwest::Client::new();
+    for bad in [None, Some("Bearer nope"), Some(&*format!("Basic {token}"))] {
+        let mut req = http.get(&url);
+        if let Some(h) = bad {
+            req = req.header("authorization", h);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{bad:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let v: Value = r.json().await.unwrap();
+        assert!(is_error(&v), "{v}");
+    }
+    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["fingerprint"], d.identity.fingerprint.to_string());
+}

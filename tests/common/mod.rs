@@ -384,6 +384,29 @@ pub fn agent(data_dir: &Path) -> Command {
     cmd
 }
 
+/// Starts `torrentguard daemon` on `data_dir` (peers on an ephemeral loopback port) and waits
+/// for its ready event, which it returns with the process.
+pub fn daemon(name: &str, data_dir: &Path, extra: &[String]) -> Result<(Proc, Value)> {
+    let mut cmd = agent(data_dir);
+    cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
+    let mut p = Proc::spawn(name, cmd)?;
+    let ready = p.wait_event("daemon", |_| true)?;
+    Ok((p, ready))
+}
+
+/// Runs a `torrentguard --json` command to its end (against the daemon of `data_dir`, if one
+/// runs) and returns its JSON events; failing unless it exits 0.
+pub fn cli_events(data_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    let out = agent(data_dir).args(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "{args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout.lines().filter_map(parse_event).collect())
+}
+
 /// The fingerprint of the identity in `data_dir` (created if new), from `torrentguard id`.
 pub fn identity(data_dir: &Path) -> Result<String> {
     let mut proc = Proc::spawn("id", {

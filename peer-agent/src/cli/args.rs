@@ -205,20 +205,8 @@ pub(crate) struct ShareArgs {
     #[arg(long)]
     pub(crate) qr: bool,
 
-    /// Address for peer connections (IPv6 wildcard also accepts IPv4). Port 0 picks a free one.
-    #[arg(
-        long,
-        env = "TORRENTGUARD_LISTEN",
-        default_value = "[::]:0",
-        value_name = "ADDR"
-    )]
-    pub(crate) listen: SocketAddr,
-
-    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
-    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
-    /// it sees us connect from.
-    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
-    pub(crate) advertise: Option<AdvertiseSpec>,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointFlags,
 
     /// Without --tracker: where the embedded tracker listens. Loopback by default; use e.g.
     /// 0.0.0.0:8443 to open it to the LAN.
@@ -226,13 +214,8 @@ pub(crate) struct ShareArgs {
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub(crate) tracker_listen: SocketAddr,
 
-    /// Chunk size: a power of two from 16K to 16M (suffixes K, M; plain numbers are bytes).
-    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
-    pub(crate) chunk_size: u32,
-
-    /// Digest for chunks and the whole file.
-    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
-    pub(crate) hash: HashAlgo,
+    #[command(flatten)]
+    pub(crate) hashing: HashFlags,
 
     /// After sharing, download each file back from this very seeder over the real TLS path
     /// (as a separate peer identity), compare it with the original, report, and exit.
@@ -270,13 +253,8 @@ pub(crate) struct HashArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
 
-    /// Chunk size: a power of two from 16K to 16M (suffixes K, M; plain numbers are bytes).
-    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
-    pub(crate) chunk_size: u32,
-
-    /// Digest for chunks and the whole file.
-    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
-    pub(crate) hash: HashAlgo,
+    #[command(flatten)]
+    pub(crate) hashing: HashFlags,
 
     /// Follow symbolic links whose target stays inside the directory; links that leave it,
     /// and every link without this flag, are skipped with a warning.
@@ -330,20 +308,8 @@ pub(crate) struct GetArgs {
     #[arg(long)]
     pub(crate) verify_full: bool,
 
-    /// Address for peer connections (others fetch verified chunks from us while we download).
-    #[arg(
-        long,
-        env = "TORRENTGUARD_LISTEN",
-        default_value = "[::]:0",
-        value_name = "ADDR"
-    )]
-    pub(crate) listen: SocketAddr,
-
-    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
-    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
-    /// it sees us connect from.
-    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
-    pub(crate) advertise: Option<AdvertiseSpec>,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointFlags,
 
     /// Most peers to download from at once.
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -366,6 +332,39 @@ pub(crate) struct GetArgs {
 
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,
+}
+
+/// How a share is cut and hashed (`share`, `hash`, the daemon's new shares).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HashFlags {
+    /// Chunk size: a power of two from 16K to 16M (suffixes K, M; plain numbers are bytes).
+    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) chunk_size: u32,
+
+    /// Digest for chunks and the whole file.
+    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
+    pub(crate) hash: HashAlgo,
+}
+
+/// Where peers reach this agent: the one port of every share and download (others fetch
+/// verified chunks from a download too).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct EndpointFlags {
+    /// Address for peer connections (IPv6 wildcard also accepts IPv4). Port 0 picks a free one;
+    /// set a port to keep it across restarts (firewalls, port forwarding).
+    #[arg(
+        long,
+        env = "TORRENTGUARD_LISTEN",
+        default_value = "[::]:0",
+        value_name = "ADDR"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// The address other hosts reach us at, IP or host name, with a port if it differs from the
+    /// listening one (NAT, port forwarding): announced to the tracker instead of the address
+    /// it sees us connect from.
+    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
+    pub(crate) advertise: Option<AdvertiseSpec>,
 }
 
 /// How chunks travel between peers.
@@ -455,7 +454,7 @@ pub(crate) struct VerifyArgs {
 }
 
 /// `--hash` takes exactly the algorithms `HashAlgo` knows, listed in `--help` and in errors.
-pub(crate) fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
+fn hash_algo_parser() -> impl clap::builder::TypedValueParser<Value = HashAlgo> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(["sha256", "sha1"]).try_map(|s| s.parse::<HashAlgo>())
 }
@@ -484,7 +483,7 @@ pub(crate) fn parse_size_u64(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
+fn parse_size(s: &str) -> Result<u32, String> {
     let n = parse_size_u64(s)?;
     let n = u32::try_from(n).map_err(|_| format!("{s:?} is too large"))?;
     torrentguard_protocol::manifest::check_chunk_size(n).map_err(|e| e.to_string())?;
@@ -713,7 +712,10 @@ mod tests {
         assert!(matches!(
             ok.command,
             Command::Share(ShareArgs {
-                hash: HashAlgo::Sha1,
+                hashing: HashFlags {
+                    hash: HashAlgo::Sha1,
+                    ..
+                },
                 ..
             })
         ));
@@ -739,7 +741,7 @@ mod tests {
         assert_eq!(h.paths, [PathBuf::from("a"), PathBuf::from("b/")]);
         assert_eq!(h.name.as_deref(), Some("rel"));
         assert!(h.follow_symlinks);
-        assert_eq!(h.chunk_size, 1 << 20);
+        assert_eq!(h.hashing.chunk_size, 1 << 20);
         assert!(Cli::try_parse_from(["torrentguard", "hash"]).is_err());
     }
 

@@ -10,11 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use torrentguard_agent::daemon::{Daemon, DaemonConfig, SeedPolicy, api, server, ui};
-use torrentguard_agent::reach::AdvertiseSpec;
-use torrentguard_protocol::HashAlgo;
 
 use super::args::{
-    PeerLimitFlags, TrackerFlags, WireFlags, hash_algo_parser, parse_size, parse_size_u64,
+    EndpointFlags, HashFlags, PeerLimitFlags, TrackerFlags, WireFlags, parse_size_u64,
 };
 use super::interrupt::watch_interrupts;
 use super::render::{Mode, print_line};
@@ -25,19 +23,8 @@ pub(crate) struct DaemonArgs {
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,
 
-    /// The one address for peer connections of every share and download. Port 0 picks a free
-    /// one at each start; set a port to keep it across restarts (firewalls, forwarding).
-    #[arg(
-        long,
-        env = "TORRENTGUARD_LISTEN",
-        default_value = "[::]:0",
-        value_name = "ADDR"
-    )]
-    pub(crate) listen: SocketAddr,
-
-    /// The address other hosts reach us at (see `share --advertise`).
-    #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
-    pub(crate) advertise: Option<AdvertiseSpec>,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointFlags,
 
     /// Limit the upload rate of all shares together, in bytes per second (K, M, G). 0: none.
     #[arg(long, default_value = "0", value_parser = parse_size_u64, value_name = "RATE")]
@@ -75,13 +62,9 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) ui: Option<SocketAddr>,
 
-    /// Chunk size of new shares (see `share --chunk-size`).
-    #[arg(long, default_value = "256K", value_parser = parse_size, value_name = "SIZE")]
-    pub(crate) chunk_size: u32,
-
-    /// Digest of new shares.
-    #[arg(long, default_value = "sha256", value_name = "ALGO", value_parser = hash_algo_parser())]
-    pub(crate) hash: HashAlgo,
+    /// How new shares are cut and hashed.
+    #[command(flatten)]
+    pub(crate) hashing: HashFlags,
 
     #[command(flatten)]
     pub(crate) wire: WireFlags,
@@ -103,8 +86,8 @@ impl DaemonArgs {
             data_dir: dir.to_path_buf(),
             tracker: target(&self.tracker),
             public_tracker_url: None,
-            listen: self.listen,
-            advertise: resolve_advertise(&self.advertise).await?,
+            listen: self.endpoint.listen,
+            advertise: resolve_advertise(&self.endpoint.advertise).await?,
             peer_limits: self.peer_limits.limits(),
             upload_limit: self.upload_limit,
             download_limit: self.download_limit,
@@ -118,8 +101,8 @@ impl DaemonArgs {
                 Some(d) => std::path::absolute(d)?,
                 None => dir.join("downloads"),
             },
-            chunk_size: self.chunk_size,
-            hash: self.hash,
+            chunk_size: self.hashing.chunk_size,
+            hash: self.hashing.hash,
         })
     }
 }

@@ -28,12 +28,12 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     }
     let trackers = require_trackers(&args.ids, &args.tracker)?;
     prepare_output(&args.output)?;
-    let advertise = resolve_advertise(&args.advertise).await?;
+    let advertise = resolve_advertise(&args.endpoint.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
-    let (listen, limits) = (args.listen, args.peer_limits.limits());
+    let (listen, limits) = (args.endpoint.listen, args.peer_limits.limits());
     // The listener opens only once a tracker answered, so the next one can be tried.
     let started = first_that_connects(
         &trackers,

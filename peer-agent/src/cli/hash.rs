@@ -57,8 +57,8 @@ fn hash_blocking(
         return Ok((hash_file(file, args, events)?, Vec::new()));
     }
     let opts = ScanOptions {
-        chunk_size: args.chunk_size,
-        hash: args.hash,
+        chunk_size: args.hashing.chunk_size,
+        hash: args.hashing.hash,
         follow_symlinks: args.follow_symlinks,
         name: args.name.clone(),
         workers: None,
@@ -88,9 +88,13 @@ fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let total = file.metadata()?.len();
     let progress = throttled(name.to_string(), events);
-    manifest_from_reader(name, file, args.chunk_size, args.hash, |done| {
-        progress(done, total)
-    })
+    manifest_from_reader(
+        name,
+        file,
+        args.hashing.chunk_size,
+        args.hashing.hash,
+        |done| progress(done, total),
+    )
     .with_context(|| format!("hashing {}", path.display()))
 }
 

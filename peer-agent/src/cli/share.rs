@@ -43,7 +43,7 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     {
         return super::client::share(&client, &args, mode).await;
     }
-    let advertise = resolve_advertise(&args.advertise).await?;
+    let advertise = resolve_advertise(&args.endpoint.advertise).await?;
     let stop = CancellationToken::new();
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
@@ -60,7 +60,7 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
         id.clone(),
         dir.to_path_buf(),
         &tracker,
-        args.listen,
+        args.endpoint.listen,
         args.peer_limits.limits(),
     );
     let agent = match unless_stopped(&stop, started).await {
@@ -117,12 +117,12 @@ async fn share_unit(
         && std::fs::metadata(file).is_ok_and(|m| m.is_file())
     {
         return Ok(agent
-            .share(file, args.chunk_size, args.hash, events)
+            .share(file, args.hashing.chunk_size, args.hashing.hash, events)
             .await?);
     }
     let opts = ScanOptions {
-        chunk_size: args.chunk_size,
-        hash: args.hash,
+        chunk_size: args.hashing.chunk_size,
+        hash: args.hashing.hash,
         follow_symlinks: args.follow_symlinks,
         name: args.name.clone(),
         workers: None,

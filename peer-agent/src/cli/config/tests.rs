@@ -50,11 +50,11 @@ fn config_values_are_the_defaults_of_every_command_taking_them() {
     assert!(!s.tracker.from_config.contains("swarm_token"));
     let cli = parse_args(CONFIG, &["get", &"ab".repeat(32)]);
     let Cmd::Get(g) = cli.command else { panic!() };
-    assert_eq!(g.listen.to_string(), "127.0.0.1:7000");
+    assert_eq!(g.endpoint.listen.to_string(), "127.0.0.1:7000");
     assert_eq!(g.upload_limit, 1 << 20);
     let cli = parse_args(CONFIG, &["share", "f"]);
     let Cmd::Share(s) = cli.command else { panic!() };
-    assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
+    assert_eq!(s.endpoint.listen.to_string(), "127.0.0.1:7000");
 }
 
 #[test]
