@@ -178,3 +178,35 @@ fn the_ui_command_prints_a_fresh_login_url_that_opens_a_session() -> Result<()> 
     );
     Ok(())
 }
+
+/// `daemon --tracker-listen`: the daemon runs its own tracker, its shares' codes name it, and
+/// another daemon fetches by code alone; `get CODE --wait` returns once the file is verified.
+#[test]
+fn a_daemon_with_its_own_tracker_shares_by_code() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let own = ["--tracker-listen".to_string(), "127.0.0.1:0".to_string()];
+    let (_seeder, ready) = daemon("daemon-a", &a, &own)?;
+    assert!(
+        ready["tracker"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://127.0.0.1:"))
+    );
+    let file = tmp.path().join("own.bin");
+    let data = write_random_file(&file, 700_000, 21)?;
+    let added = cli_events(&a, &["share", file.to_str().unwrap()])?;
+    let code = added[0]["share_code"]
+        .as_str()
+        .context("a code")?
+        .to_string();
+
+    let (_getter, _) = daemon("daemon-b", &b, &[])?;
+    let out = tmp.path().join("out");
+    let got = cli_events(&b, &["get", &code, "-o", out.to_str().unwrap(), "--wait"])?;
+    let done = got
+        .iter()
+        .find(|e| e["event"] == "done")
+        .context("a done event")?;
+    assert_eq!(done["status"], "seeding", "{done}");
+    common::assert_same(&out.join("own.bin"), &data)
+}

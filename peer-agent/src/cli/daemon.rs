@@ -14,6 +14,7 @@ use torrentguard_agent::daemon::{Daemon, DaemonConfig, SeedPolicy, api, server, 
 use super::args::{
     EndpointFlags, HashFlags, PeerLimitFlags, TrackerFlags, WireFlags, parse_size_u64,
 };
+use super::embedded::EmbeddedTracker;
 use super::interrupt::watch_interrupts;
 use super::render::{Mode, print_line};
 use super::{identity, resolve_advertise, target};
@@ -22,6 +23,13 @@ use super::{identity, resolve_advertise, target};
 pub(crate) struct DaemonArgs {
     #[command(flatten)]
     pub(crate) tracker: TrackerFlags,
+
+    /// Without --tracker: run a tracker in this daemon on ADDR (e.g. 0.0.0.0:8443 for the LAN)
+    /// and register shares there; its identity and database live in <data-dir>/tracker. Give a
+    /// fixed port: shares are stored with the tracker's URL, and port 0 changes it each start.
+    #[cfg(feature = "embedded-tracker")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "tracker")]
+    pub(crate) tracker_listen: Option<SocketAddr>,
 
     #[command(flatten)]
     pub(crate) endpoint: EndpointFlags,
@@ -114,7 +122,8 @@ pub(crate) async fn run(args: DaemonArgs, dir: &Path, mode: Mode) -> anyhow::Res
     let _lock = server::lock_data_dir(dir)?;
     let socket = server::bind_socket(dir)?;
     let id = identity(dir)?;
-    let config = args.config(dir).await?;
+    let mut config = args.config(dir).await?;
+    let embedded = start_embedded(&args, dir, &mut config).await?;
     let daemon = Daemon::start(id, config)
         .await
         .context("starting the daemon")?;
@@ -134,9 +143,46 @@ pub(crate) async fn run(args: DaemonArgs, dir: &Path, mode: Mode) -> anyhow::Res
         eprintln!("stopping: downloads keep their state, peers and trackers hear that we leave");
     }
     daemon.shutdown().await;
+    if let Some(t) = embedded {
+        t.stop().await;
+    }
     let _ = std::fs::remove_file(dir.join(server::SOCKET_FILE));
     // A stop asked for is the daemon's normal end (systemd's `stop`), not an interruption.
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--tracker-listen`: the daemon's own tracker, made the tracker of its shares, with the URL
+/// other hosts reach it at in share codes.
+#[cfg(feature = "embedded-tracker")]
+async fn start_embedded(
+    args: &DaemonArgs,
+    dir: &Path,
+    config: &mut DaemonConfig,
+) -> anyhow::Result<Option<EmbeddedTracker>> {
+    let Some(listen) = args.tracker_listen else {
+        return Ok(None);
+    };
+    let t = EmbeddedTracker::start(listen, dir).await?;
+    let (public, note) = t.public_url(config.advertise.as_ref());
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    config.tracker = Some(torrentguard_agent::TrackerTarget {
+        url: t.url(),
+        fingerprint: Some(t.fingerprint()),
+        token: None,
+    });
+    config.public_tracker_url = Some(public);
+    Ok(Some(t))
+}
+
+#[cfg(not(feature = "embedded-tracker"))]
+async fn start_embedded(
+    _args: &DaemonArgs,
+    _dir: &Path,
+    _config: &mut DaemonConfig,
+) -> anyhow::Result<Option<EmbeddedTracker>> {
+    Ok(None)
 }
 
 async fn serve_tcp(
@@ -191,6 +237,7 @@ fn announce_ready(
             "peer_listen": peer,
             "socket": socket,
             "api_listen": tcp,
+            "tracker": daemon.config.tracker.as_ref().map(|t| &t.url),
             "ui_login_url": ui_login,
             "data_dir": dir,
         });
@@ -213,9 +260,12 @@ fn announce_ready(
             "web UI: open {url} (a one-time link, valid 10 minutes)"
         ));
     }
-    if daemon.config.tracker.is_none() {
+    if let Some(t) = &daemon.config.tracker {
+        print_line(&format!("tracker of its shares: {}", t.url));
+    } else {
         print_line(
-            "no tracker configured: downloads by share code work; to share, restart with --tracker URL",
+            "no tracker configured: downloads by share code work; to share, restart with --tracker URL \
+             (or --tracker-listen ADDR to run its own)",
         );
     }
 }

@@ -31,9 +31,13 @@ impl EmbeddedTracker {
     /// Starts `share`'s tracker on `--tracker-listen`, with its identity and database in
     /// `<data-dir>/tracker` (never the agent's own identity).
     pub async fn for_share(args: &ShareArgs, dir: &Path) -> anyhow::Result<Self> {
+        Self::start(args.tracker_listen, dir).await
+    }
+
+    /// Starts a tracker on `listen`, with its identity and database in `<dir>/tracker`.
+    pub async fn start(listen: std::net::SocketAddr, dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let cfg =
-            torrentguard_tracker::TrackerConfig::new(args.tracker_listen, dir.join("tracker"));
+        let cfg = torrentguard_tracker::TrackerConfig::new(listen, dir.join("tracker"));
         let running = torrentguard_tracker::start(cfg)
             .await
             .context("starting the embedded tracker")?;

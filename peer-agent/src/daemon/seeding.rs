@@ -15,7 +15,7 @@ impl Daemon {
         let tracker = self.config.tracker.clone().ok_or_else(|| {
             DaemonError::BadRequest(
                 "this daemon has no tracker to register shares with: start it with --tracker URL \
-                 (or set `tracker` in the config file)"
+                 (or `tracker` in the config file), or --tracker-listen ADDR to run its own"
                     .into(),
             )
         })?;
