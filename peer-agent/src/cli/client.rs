@@ -165,17 +165,13 @@ pub(crate) async fn wait_for(
     keys: &[(Kind, String)],
     mode: Mode,
 ) -> anyhow::Result<ExitCode> {
-    let mut last = vec![String::new(); keys.len()];
+    let mut shown = WaitDisplay::new(keys.len(), mode);
     loop {
         let mut done = 0;
         let mut failed = None;
         for (i, (kind, id)) in keys.iter().enumerate() {
             let v: TransferView = client.get(&format!("/api/{}s/{id}", kind.as_str())).await?;
-            let line = progress_line(&v);
-            if line != last[i] && matches!(mode, Mode::Bars | Mode::Lines) {
-                print_line(&line);
-            }
-            last[i] = line;
+            shown.show(i, &v);
             match v.status {
                 Status::Seeding | Status::Completed => done += 1,
                 Status::Failed | Status::Paused => {
@@ -186,9 +182,69 @@ pub(crate) async fn wait_for(
             }
         }
         if done == keys.len() {
+            shown.finish();
             return finish_wait(client, keys, failed, mode).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How `--wait` shows progress: a bar per transfer on a terminal; without one, a line when a
+/// status changes and at most one every [`LINE_EVERY`] in between; nothing with -q or --json.
+struct WaitDisplay {
+    mode: Mode,
+    bars: Vec<indicatif::ProgressBar>,
+    last: Vec<(Status, std::time::Instant)>,
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl WaitDisplay {
+    fn new(n: usize, mode: Mode) -> WaitDisplay {
+        let bars = if mode == Mode::Bars {
+            let multi = indicatif::MultiProgress::new();
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:30!} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .expect("static template is valid")
+            .progress_chars("=> ");
+            (0..n)
+                .map(|_| multi.add(indicatif::ProgressBar::new(0).with_style(style.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let long_ago = std::time::Instant::now() - LINE_EVERY;
+        WaitDisplay {
+            mode,
+            bars,
+            last: vec![(Status::Queued, long_ago); n],
+        }
+    }
+
+    fn show(&mut self, i: usize, v: &TransferView) {
+        match self.mode {
+            Mode::Bars => {
+                let bar = &self.bars[i];
+                bar.set_length(v.size);
+                bar.set_position(v.bytes_done);
+                bar.set_message(format!("{} ({})", v.name, v.status.as_str()));
+            }
+            Mode::Lines => {
+                let (status, at) = self.last[i];
+                if status != v.status || at.elapsed() >= LINE_EVERY {
+                    print_line(&progress_line(v));
+                    self.last[i] = (v.status, std::time::Instant::now());
+                }
+            }
+            Mode::Json | Mode::Quiet => {}
+        }
+    }
+
+    fn finish(&self) {
+        for b in &self.bars {
+            b.finish();
+        }
     }
 }
 
@@ -230,7 +286,7 @@ fn progress_line(v: &TransferView) -> String {
         .map(|s| format!(", {s}s left"))
         .unwrap_or_default();
     format!(
-        "{} {}: {:.1} % of {} at {}/s, {} peers{eta}",
+        "{} {}: {:.1} % of {} at {}/s, peers: {}{eta}",
         v.name,
         v.status.as_str(),
         v.percent,
