@@ -36,7 +36,7 @@ CREATE TABLE peers (
     address        TEXT,
     first_seen     INTEGER NOT NULL,
     last_seen      INTEGER NOT NULL,
-    -- Bytes received from it, summed from the per-peer rates of progress events.
+    -- Chunk bytes received from it, counted from the progress events' per-peer totals.
     bytes_received INTEGER NOT NULL DEFAULT 0,
     chunks_failed  INTEGER NOT NULL DEFAULT 0,
     bans           INTEGER NOT NULL DEFAULT 0,

@@ -730,7 +730,7 @@ async fn run_swarm(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok((fp, end, mem)) = joined else { continue };
                 connected.remove(&fp);
-                let last_rate = sh.peer_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(&fp).unwrap_or(0);
+                let last_rate = sh.peer_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(&fp).map_or(0, |(bps, _)| bps);
                 let rec = records.entry(fp).or_default();
                 rec.penalty = mem.penalty;
                 rec.rate = mem.rate;

@@ -142,6 +142,9 @@ pub struct PeerProblem {
 pub struct PeerRate {
     pub fingerprint: Fingerprint,
     pub bps: u64,
+    /// Chunk bytes received from it over its current connection (a new connection counts
+    /// from 0 again).
+    pub bytes: u64,
 }
 
 /// Where events go: a channel, a function called in place (which keeps them in order with

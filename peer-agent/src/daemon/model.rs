@@ -127,7 +127,7 @@ pub enum PeerState {
 /// How a peer has behaved towards this daemon, over every transfer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Reputation {
-    /// Bytes received from it (summed from its measured rates).
+    /// Chunk bytes received from it, over every transfer (counted at each progress event).
     pub bytes_received: u64,
     /// Chunks it sent that failed verification or were refused.
     pub chunks_failed: u64,

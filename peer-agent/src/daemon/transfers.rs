@@ -43,6 +43,8 @@ pub struct LivePeer {
     pub address: Option<String>,
     pub download_bps: u64,
     pub state: PeerState,
+    /// Bytes its current connection had delivered at the last progress event.
+    pub bytes_seen: u64,
 }
 
 /// One transfer.
@@ -80,8 +82,6 @@ pub struct Entry {
     pub seeding_since: Option<Instant>,
     /// Stops what runs for this transfer (its download, its announces).
     pub cancel: Option<CancellationToken>,
-    /// When progress events were last counted, for the per-peer byte sums.
-    pub last_progress: Option<Instant>,
     pub share_code: Option<String>,
 }
 
@@ -116,7 +116,6 @@ impl Entry {
             shared: None,
             seeding_since: None,
             cancel: None,
-            last_progress: None,
             share_code: None,
         }
     }
@@ -281,6 +280,7 @@ impl Entry {
                         address: address.clone(),
                         download_bps: 0,
                         state: PeerState::Connected,
+                        bytes_seen: 0,
                     },
                 );
                 let d = PeerDelta {
@@ -359,11 +359,6 @@ impl Entry {
         eta_secs: Option<u64>,
         rates: &[crate::events::PeerRate],
     ) -> Vec<(Fingerprint, PeerDelta)> {
-        let now = Instant::now();
-        let dt = self
-            .last_progress
-            .replace(now)
-            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
         self.bytes_fetched = self
             .bytes_fetched
             .max(bytes_done.saturating_sub(self.bytes_reused));
@@ -375,13 +370,20 @@ impl Entry {
         }
         let mut deltas = Vec::new();
         for r in rates {
-            if let Some(p) = self.peers.get_mut(&r.fingerprint) {
-                p.download_bps = r.bps;
-            }
-            let bytes = (r.bps as f64 * dt) as i64;
-            if bytes > 0 {
+            let Some(p) = self.peers.get_mut(&r.fingerprint) else {
+                continue;
+            };
+            p.download_bps = r.bps;
+            // A count below the last one is a new connection, counting from 0.
+            let new = if r.bytes >= p.bytes_seen {
+                r.bytes - p.bytes_seen
+            } else {
+                r.bytes
+            };
+            p.bytes_seen = r.bytes;
+            if new > 0 {
                 let d = PeerDelta {
-                    bytes_received: bytes,
+                    bytes_received: new as i64,
                     ..Default::default()
                 };
                 deltas.push((r.fingerprint, d));
@@ -395,6 +397,7 @@ impl Entry {
             address: None,
             download_bps: 0,
             state,
+            bytes_seen: 0,
         });
         p.state = state;
         p.download_bps = 0;
@@ -473,5 +476,44 @@ mod tests {
         );
         assert_eq!(e.view().bytes_reused, 250);
         assert_eq!(e.view().name, "a.bin");
+    }
+
+    /// A peer's bytes are what its connection delivered since the last progress event; a
+    /// reconnection counts from 0 again and is not lost.
+    #[test]
+    fn peer_bytes_add_up_across_progress_events_and_reconnections() {
+        let mut e = entry();
+        let fp = Fingerprint::from_bytes([2; 32]);
+        let connect = |e: &mut Entry| {
+            e.apply(&Event::PeerConnected {
+                file_id: e.file_id,
+                fingerprint: fp,
+                address: "127.0.0.1:6".parse().unwrap(),
+                cipher: String::new(),
+                group: String::new(),
+            })
+        };
+        let progress = |e: &mut Entry, bytes: u64| {
+            let rates = vec![crate::events::PeerRate {
+                fingerprint: fp,
+                bps: 10,
+                bytes,
+            }];
+            e.progress(0, 0, None, &rates)
+                .iter()
+                .map(|(_, d)| d.bytes_received)
+                .sum::<i64>()
+        };
+        connect(&mut e);
+        assert_eq!(progress(&mut e, 100), 100);
+        assert_eq!(progress(&mut e, 250), 150);
+        assert_eq!(progress(&mut e, 250), 0);
+        connect(&mut e);
+        assert_eq!(progress(&mut e, 40), 40, "a new connection counts from 0");
+        assert_eq!(
+            progress(&mut e, 30),
+            30,
+            "a count going down is one more new connection"
+        );
     }
 }

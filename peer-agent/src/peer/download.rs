@@ -307,7 +307,7 @@ impl Session<'_> {
             .peer_rates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(self.fp, bps);
+            .insert(self.fp, (bps, self.received));
         let depth = self.window.depth();
         let now = Instant::now();
         // A chunk whose turn under the limit has come goes at once, batch or not: it was

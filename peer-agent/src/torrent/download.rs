@@ -49,7 +49,8 @@ pub struct DownloadState {
     pub done: Notify,
     pub fatal: Mutex<Option<std::io::Error>>,
     /// Latest download rate of each connected peer, bytes per second.
-    pub peer_rates: Mutex<HashMap<Fingerprint, u64>>,
+    /// Each connected peer's rate and the chunk bytes received over its connection.
+    pub peer_rates: Mutex<HashMap<Fingerprint, (u64, u64)>>,
     pub events: EventSink,
     pub stall_timeout: Duration,
     pub cancel: CancellationToken,
@@ -89,9 +90,10 @@ impl DownloadState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(fp, bps)| PeerRate {
+            .map(|(fp, (bps, bytes))| PeerRate {
                 fingerprint: *fp,
                 bps: *bps,
+                bytes: *bytes,
             })
             .collect();
         sh.events.emit(Event::Progress {
