@@ -147,8 +147,11 @@ impl Daemon {
     /// Runs one download: fetch (resuming what is on disk), then seed.
     async fn run_download(self: Arc<Self>, key: Key) {
         let cancel = self.cancel.child_token();
+        let finished = CancellationToken::new();
+        let _finished = finished.clone().drop_guard();
         let Some((tracker, out_dir, spec)) = self.table().get_mut(&key).map(|e| {
             e.cancel = Some(cancel.clone());
+            e.finished = Some(finished);
             (
                 e.tracker.clone(),
                 e.out_dir.clone(),
@@ -261,8 +264,6 @@ impl Daemon {
         if let Some(e) = self.table().get_mut(&key) {
             e.shared = None;
         }
-        if !self.table().contains_key(&(Kind::Share, key.1)) {
-            self.seeder.remove(&key.1);
-        }
+        self.seeder.remove(&key.1);
     }
 }

@@ -385,29 +385,41 @@ impl Daemon {
 
     /// Stops serving and announcing `key` (pause, remove, seed policy met).
     async fn unseed(&self, key: Key) {
-        let (shared, cancel, tracker) = {
+        let (shared, cancel, finished, tracker) = {
             let mut t = self.table();
             let Some(e) = t.get_mut(&key) else { return };
             e.seeding_since = None;
             e.upload_bps = 0;
-            (e.shared.clone(), e.cancel.take(), e.tracker.clone())
+            let finished = e.finished.take();
+            (
+                e.shared.clone(),
+                e.cancel.take(),
+                finished,
+                e.tracker.clone(),
+            )
         };
         if let Some(c) = cancel {
             c.cancel();
         }
-        // Not served any more, whole or partial (a download in progress serves what it has),
-        // unless the other kind of transfer of this file serves it.
-        let other = (other_kind(key.0), key.1);
-        if self.table().get(&other).is_none_or(|e| e.shared.is_none()) {
-            self.seeder.remove(&key.1);
+        // A download stops within the agent's stop budget; its task then has let go of the
+        // seeder (and said `stopped` for a partial file).
+        if let Some(f) = finished {
+            let _ = tokio::time::timeout(crate::agent::STOP_BUDGET, f.cancelled()).await;
         }
-        let Some(shared) = shared else { return };
-        if let Ok(session) = self.trackers.session_for(&tracker, key.1).await
-            && let Err(e) = session.announce(&shared, AnnounceEvent::Stopped).await
+        // Not served any more, whole or partial (a download in progress serves what it has),
+        // and the swarm hears it at once. (A daemon never holds a share and a download of one
+        // file: `add_share` and `add_download` refuse that.)
+        let served = shared.clone().or_else(|| self.seeder.get(&key.1));
+        self.seeder.remove(&key.1);
+        if let Some(served) = served
+            && let Ok(session) = self.trackers.session_for(&tracker, key.1).await
+            && let Err(e) = session.announce(&served, AnnounceEvent::Stopped).await
         {
             tracing::warn!(file_id = %key.1, error = %e, "could not announce stopped");
         }
-        if let Some(e) = self.table().get_mut(&key) {
+        if shared.is_some()
+            && let Some(e) = self.table().get_mut(&key)
+        {
             e.uploaded_before = e.uploaded();
             e.shared = None;
         }
@@ -575,13 +587,6 @@ fn policy_met(p: SeedPolicy, e: &Entry) -> bool {
         _ => false,
     };
     ratio || time
-}
-
-fn other_kind(k: Kind) -> Kind {
-    match k {
-        Kind::Share => Kind::Download,
-        Kind::Download => Kind::Share,
-    }
 }
 
 fn not_found(key: Key) -> DaemonError {

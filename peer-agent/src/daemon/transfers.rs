@@ -82,6 +82,8 @@ pub struct Entry {
     pub seeding_since: Option<Instant>,
     /// Stops what runs for this transfer (its download, its announces).
     pub cancel: Option<CancellationToken>,
+    /// Cancelled when its download task has ended (it has then left the seeder and the swarm).
+    pub finished: Option<CancellationToken>,
     pub share_code: Option<String>,
 }
 
@@ -116,6 +118,7 @@ impl Entry {
             shared: None,
             seeding_since: None,
             cancel: None,
+            finished: None,
             share_code: None,
         }
     }
