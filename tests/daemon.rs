@@ -210,3 +210,38 @@ fn a_daemon_with_its_own_tracker_shares_by_code() -> Result<()> {
     assert_eq!(done["status"], "seeding", "{done}");
     common::assert_same(&out.join("own.bin"), &data)
 }
+
+/// A daemon that starts before its tracker (a reboot) waits for it: the share says it is
+/// retrying, then seeds once the tracker is back on its address.
+#[test]
+fn a_share_waits_for_a_tracker_that_is_down_at_start() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tracker_dir = tmp.path().join("tracker");
+    let mut tracker = Tracker::start(&tracker_dir)?;
+    let port = tracker.port;
+    let a = tmp.path().join("a");
+    let file = tmp.path().join("w.bin");
+    write_random_file(&file, 50_000, 31)?;
+    let args = tracker.args();
+    let (mut first, _) = daemon("daemon-a", &a, &args)?;
+    let id = cli_events(&a, &["share", file.to_str().unwrap()])?[0]["id"]
+        .as_str()
+        .context("an id")?
+        .to_string();
+    first.signal("TERM")?;
+    first.expect_exit(0)?;
+    tracker.proc.kill()?;
+
+    let (_again, _) = daemon("daemon-a-again", &a, &args)?;
+    eventually(WAIT, "the share retrying", || {
+        let t = transfer(&a, "share", &id)?;
+        let retrying = t["error"].as_str().is_some_and(|e| e.contains("retrying"));
+        Ok(retrying.then_some(()))
+    })?;
+    let _tracker = Tracker::start_on(&tracker_dir, port)?;
+    eventually(WAIT, "the share seeding once the tracker is back", || {
+        let t = transfer(&a, "share", &id)?;
+        Ok((t["status"] == "seeding" && t["error"].is_null()).then_some(()))
+    })?;
+    Ok(())
+}

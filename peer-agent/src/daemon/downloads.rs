@@ -186,11 +186,11 @@ impl Daemon {
         spec: DownloadSpec,
         cancel: CancellationToken,
     ) -> Result<crate::DownloadReport, String> {
-        let session = self
-            .trackers
-            .session_for(tracker, key.1)
-            .await
-            .map_err(|e| e.to_string())?;
+        let session = match self.session_retrying(key, tracker, &cancel).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err("interrupted".into()),
+            Err(e) => return Err(e.to_string()),
+        };
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
         let mut opts = DownloadOptions::new(out_dir);

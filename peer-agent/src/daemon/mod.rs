@@ -568,13 +568,52 @@ impl Daemon {
     /// Hashes (or takes back) a share and serves it, in the background.
     fn spawn_reseed(self: &Arc<Self>, key: Key) {
         let d = self.clone();
+        let cancel = self.cancel.child_token();
+        if let Some(e) = self.table().get_mut(&key) {
+            e.cancel = Some(cancel.clone());
+        }
         self.tasks.spawn(async move {
             d.set_status(key, Status::Hashing, None).await;
-            if let Err(e) = d.reseed(key).await {
+            if let Err(e) = d.reseed(key, &cancel).await {
                 tracing::warn!(file_id = %key.1, error = %e, "could not seed a share again");
                 d.set_status(key, Status::Failed, Some(e.to_string())).await;
             }
         });
+    }
+}
+
+impl Daemon {
+    /// The session with `tracker` for `key`, waiting out an unreachable tracker (a daemon often
+    /// starts before the network or its tracker): retried from 1 s to every 60 s, the entry's
+    /// error saying so meanwhile. `None` once `cancel` fires; a refusal (a wrong pin) is final.
+    async fn session_retrying(
+        &self,
+        key: Key,
+        tracker: &TrackerTarget,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Session>, crate::session::TrackerError> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let e = match self.trackers.session_for(tracker, key.1).await {
+                Ok(s) => {
+                    if let Some(en) = self.table().get_mut(&key) {
+                        en.error = None;
+                    }
+                    return Ok(Some(s));
+                }
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(file_id = %key.1, error = %e, retry_in = ?backoff, "tracker unreachable; retrying");
+            if let Some(en) = self.table().get_mut(&key) {
+                en.error = Some(format!("{e}; retrying in {}s", backoff.as_secs()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = cancel.cancelled() => return Ok(None),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
     }
 }
 

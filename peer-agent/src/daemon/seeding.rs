@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use super::model::{AddShare, Kind, Status, TransferView};
 use super::shares::{Hashed, from_stored, hash_path};
 use super::transfers::{Entry, Key, ShareSpec};
@@ -43,7 +45,7 @@ impl Daemon {
         e.share_spec = spec;
         e.share_code = self.share_code(&e);
         self.table().insert(key, e);
-        if let Err(err) = self.serve_hashed(key, hashed).await {
+        if let Err(err) = self.serve_hashed(key, hashed, None).await {
             self.table().remove(&key);
             return Err(err);
         }
@@ -52,7 +54,12 @@ impl Daemon {
 
     /// Seeds a known share again: from the stored manifest when nothing changed, else hashed
     /// anew (a changed file gets a new id: the old entry then goes and the new one is added).
-    pub(super) async fn reseed(self: &Arc<Self>, key: Key) -> Result<(), DaemonError> {
+    /// `cancel` (the entry's) stops it, also while it waits for an unreachable tracker.
+    pub(super) async fn reseed(
+        self: &Arc<Self>,
+        key: Key,
+        cancel: &CancellationToken,
+    ) -> Result<(), DaemonError> {
         let (stored, path, spec) = {
             let t = self.table();
             let e = t.get(&key).ok_or_else(|| super::not_found(key))?;
@@ -70,9 +77,9 @@ impl Daemon {
             }
         };
         if hashed.shared.file_id != key.1 {
-            return self.replace_changed(key, hashed).await;
+            return self.replace_changed(key, hashed, cancel).await;
         }
-        self.serve_hashed(key, hashed).await
+        self.serve_hashed(key, hashed, Some(cancel)).await
     }
 
     /// A share whose content changed while the daemon was away: the old id cannot be served any
@@ -81,6 +88,7 @@ impl Daemon {
         self: &Arc<Self>,
         old: Key,
         hashed: Hashed,
+        cancel: &CancellationToken,
     ) -> Result<(), DaemonError> {
         let new_key = (Kind::Share, hashed.shared.file_id);
         let e = self.table().remove(&old);
@@ -91,26 +99,40 @@ impl Daemon {
         e.uploaded_before = 0;
         e.share_code = self.share_code(&e);
         self.table().insert(new_key, e);
-        self.serve_hashed(new_key, hashed).await
+        self.serve_hashed(new_key, hashed, Some(cancel)).await
     }
 
-    /// Registers a hashed share with its tracker, serves it, stores it.
-    async fn serve_hashed(self: &Arc<Self>, key: Key, hashed: Hashed) -> Result<(), DaemonError> {
+    /// Registers a hashed share with its tracker, serves it, stores it. With `wait`, an
+    /// unreachable tracker is waited for (a restart) until that token is cancelled, and the
+    /// share is seeded under it; without, it is an error at once (a request).
+    async fn serve_hashed(
+        self: &Arc<Self>,
+        key: Key,
+        hashed: Hashed,
+        wait: Option<&CancellationToken>,
+    ) -> Result<(), DaemonError> {
         let tracker = self
             .table()
             .get(&key)
             .map(|e| e.tracker.clone())
             .ok_or_else(|| super::not_found(key))?;
-        let session = self
-            .trackers
-            .session_for(&tracker, key.1)
-            .await
-            .map_err(|e| DaemonError::Tracker(e.to_string()))?;
+        let session = match wait {
+            Some(c) => match self.session_retrying(key, &tracker, c).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(DaemonError::Tracker(e.to_string())),
+            },
+            None => self
+                .trackers
+                .session_for(&tracker, key.1)
+                .await
+                .map_err(|e| DaemonError::Tracker(e.to_string()))?,
+        };
         session
             .register(&hashed.shared.manifest)
             .await
             .map_err(|e| DaemonError::Tracker(e.to_string()))?;
-        let cancel = self.cancel.child_token();
+        let cancel = wait.cloned().unwrap_or_else(|| self.cancel.child_token());
         let paused = {
             let mut t = self.table();
             let e = t.get_mut(&key).ok_or_else(|| super::not_found(key))?;
