@@ -131,6 +131,48 @@ impl ScanError {
     }
 }
 
+/// How often hashing progress is reported (and once at the end).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Scans `paths` into one tree (see [`scan`]), with `hashing` events named after the tree (its
+/// `--name`, else the first path's file name) at most every 200 ms and at the end.
+pub fn scan_with_events(
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+    events: &crate::EventSink,
+) -> Result<Scanned, ScanError> {
+    let name = opts.name.clone().unwrap_or_else(|| display_name(&paths[0]));
+    let progress = hashing_progress(name, events);
+    scan(paths, opts, &|done, total| progress(done, total))
+}
+
+/// A progress callback for any thread: a `hashing` event at most every 200 ms, and always the
+/// last one.
+pub fn hashing_progress(name: String, events: &crate::EventSink) -> impl Fn(u64, u64) + Sync {
+    let events = events.clone();
+    let last = Mutex::new(None::<std::time::Instant>);
+    move |done, total| {
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        if done < total && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        events.emit(crate::Event::Hashing {
+            name: name.clone(),
+            bytes_done: done,
+            bytes_total: total,
+        });
+    }
+}
+
+/// What a path is shared as by default: its file name, else the path itself.
+pub fn display_name(path: &Path) -> String {
+    let name = path.file_name().map(PathBuf::from);
+    name.unwrap_or_else(|| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Scans `paths` into one tree manifest. A single directory's entries are its contents, and
 /// the tree is named after it; several paths each become a top-level entry. `progress` is
 /// called from the hashing threads with (bytes hashed, bytes in total).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::de::DeserializeOwned;
-use torrentguard_agent::daemon::model::{Kind, Status, TransferView};
+use torrentguard_agent::daemon::model::{Kind, Stats, Status, TransferView};
 use torrentguard_agent::daemon::server::SOCKET_FILE;
 
 use super::codes::FileRef;
@@ -167,26 +167,27 @@ pub(crate) async fn wait_for(
 ) -> anyhow::Result<ExitCode> {
     let mut shown = WaitDisplay::new(keys.len(), mode);
     loop {
-        let mut done = 0;
-        let mut failed = None;
+        let mut views = Vec::with_capacity(keys.len());
         for (i, (kind, id)) in keys.iter().enumerate() {
             let v: TransferView = client.get(&format!("/api/{}s/{id}", kind.as_str())).await?;
             shown.show(i, &v);
-            match v.status {
-                Status::Seeding | Status::Completed => done += 1,
-                Status::Failed | Status::Paused => {
-                    done += 1;
-                    failed = failed.or(Some(v));
-                }
-                _ => {}
-            }
+            views.push(v);
         }
-        if done == keys.len() {
+        if views.iter().all(|v| ended(v.status)) {
             shown.finish();
-            return finish_wait(client, keys, failed, mode).await;
+            return finish_wait(views, mode);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Whether `--wait` is over for a transfer: done (seeding or completed), or stopped (failed
+/// or paused, which `--wait` reports as a failure).
+fn ended(s: Status) -> bool {
+    matches!(
+        s,
+        Status::Seeding | Status::Completed | Status::Failed | Status::Paused
+    )
 }
 
 /// How `--wait` shows progress: a bar per transfer on a terminal; without one, a line when a
@@ -248,27 +249,28 @@ impl WaitDisplay {
     }
 }
 
-async fn finish_wait(
-    client: &DaemonClient,
-    keys: &[(Kind, String)],
-    failed: Option<TransferView>,
-    mode: Mode,
-) -> anyhow::Result<ExitCode> {
-    for (kind, id) in keys {
-        let v: TransferView = client.get(&format!("/api/{}s/{id}", kind.as_str())).await?;
+fn finish_wait(views: Vec<TransferView>, mode: Mode) -> anyhow::Result<ExitCode> {
+    for v in &views {
         match mode {
             Mode::Json => {
-                let mut j = serde_json::to_value(&v).expect("views serialize");
+                let mut j = serde_json::to_value(v).expect("views serialize");
                 j["event"] = serde_json::json!("done");
                 print_line(&j.to_string());
             }
             Mode::Quiet if v.kind == Kind::Download => print_line(&v.path),
-            Mode::Bars | Mode::Lines if v.status != Status::Failed && v.kind == Kind::Download => {
+            // Only bytes in place and verified are said to be verified.
+            Mode::Bars | Mode::Lines
+                if v.kind == Kind::Download
+                    && matches!(v.status, Status::Seeding | Status::Completed) =>
+            {
                 print_line(&format!("verified {} → {}", v.name, v.path))
             }
             _ => {}
         }
     }
+    let failed = views
+        .into_iter()
+        .find(|v| matches!(v.status, Status::Failed | Status::Paused));
     match failed {
         Some(v) => bail!(
             "{} {}: {}",
@@ -299,7 +301,7 @@ fn progress_line(v: &TransferView) -> String {
 /// `status` with a daemon: every transfer, then the daemon's totals.
 pub(crate) async fn status(client: &DaemonClient, mode: Mode) -> anyhow::Result<ExitCode> {
     let list: Vec<TransferView> = client.get("/api/transfers").await?;
-    let stats: serde_json::Value = client.get("/api/stats").await?;
+    let stats: Stats = client.get("/api/stats").await?;
     if mode == Mode::Json {
         let v = serde_json::json!({"event": "daemon_status", "stats": stats, "transfers": list});
         print_line(&v.to_string());
@@ -307,10 +309,10 @@ pub(crate) async fn status(client: &DaemonClient, mode: Mode) -> anyhow::Result<
     }
     print_line(&format!(
         "daemon {} on peer port {}: ↓ {}/s ↑ {}/s",
-        stats["fingerprint"].as_str().unwrap_or("?"),
-        stats["peer_port"],
-        human(stats["download_bps"].as_u64().unwrap_or(0)),
-        human(stats["upload_bps"].as_u64().unwrap_or(0)),
+        stats.fingerprint,
+        stats.peer_port,
+        human(stats.download_bps),
+        human(stats.upload_bps),
     ));
     if list.is_empty() {
         print_line("no shares or downloads");

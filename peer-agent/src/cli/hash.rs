@@ -2,21 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use torrentguard_agent::scan::{ScanOptions, ScanWarning, Scanned, scan};
-use torrentguard_agent::{Event, EventSink};
+use torrentguard_agent::EventSink;
+use torrentguard_agent::scan::{ScanOptions, ScanWarning, hashing_progress, scan_with_events};
 use torrentguard_protocol::Manifest;
 use torrentguard_protocol::hashing::manifest_from_reader;
 
 use super::args::HashArgs;
 use super::output::{Output, renderer};
 use super::render::{Mode, human, printable};
-
-/// Interval between progress events (the renderer throttles plain lines further).
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) async fn hash(args: HashArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let (events, out) = renderer(mode);
@@ -63,20 +59,8 @@ fn hash_blocking(
         name: args.name.clone(),
         workers: None,
     };
-    let scanned = scan_tree(paths, &opts, events)?;
+    let scanned = scan_with_events(paths, &opts, events)?;
     Ok((scanned.manifest, scanned.warnings))
-}
-
-/// Scans `paths` into one tree (see `scan::scan`), with `hashing` progress events named after
-/// the tree.
-pub(crate) fn scan_tree(
-    paths: &[PathBuf],
-    opts: &ScanOptions,
-    events: &EventSink,
-) -> anyhow::Result<Scanned> {
-    let name = opts.name.clone().unwrap_or_else(|| display_name(&paths[0]));
-    let progress = throttled(name, events);
-    Ok(scan(paths, opts, &|done, total| progress(done, total))?)
 }
 
 fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result<Manifest> {
@@ -87,7 +71,7 @@ fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let total = file.metadata()?.len();
-    let progress = throttled(name.to_string(), events);
+    let progress = hashing_progress(name.to_string(), events);
     manifest_from_reader(
         name,
         file,
@@ -96,32 +80,6 @@ fn hash_file(path: &Path, args: &HashArgs, events: &EventSink) -> anyhow::Result
         |done| progress(done, total),
     )
     .with_context(|| format!("hashing {}", path.display()))
-}
-
-/// A progress callback for any thread: a `hashing` event at most every `PROGRESS_EVERY`, and
-/// always the last one.
-pub(crate) fn throttled(name: String, events: &EventSink) -> impl Fn(u64, u64) + Sync {
-    let events = events.clone();
-    let last = Mutex::new(None::<Instant>);
-    move |done, total| {
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if done < total && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-            return;
-        }
-        *last = Some(Instant::now());
-        events.emit(Event::Hashing {
-            name: name.clone(),
-            bytes_done: done,
-            bytes_total: total,
-        });
-    }
-}
-
-pub(crate) fn display_name(path: &Path) -> String {
-    let name = path.file_name().map(PathBuf::from);
-    name.unwrap_or_else(|| path.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// What was left out: `warning` events in JSON mode, else one line each on stderr (even with

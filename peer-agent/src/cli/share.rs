@@ -12,14 +12,14 @@ use torrentguard_agent::agent::{Agent, TrackerTarget};
 use torrentguard_agent::{DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_trust::Identity;
 
-use torrentguard_agent::scan::ScanOptions;
+use torrentguard_agent::scan::{ScanOptions, scan_with_events};
 use torrentguard_agent::share_code::ShareCode;
 use torrentguard_agent::torrent::SharedFile;
 
 use super::args::ShareArgs;
 use super::embedded::EmbeddedTracker;
 use super::exit::{INTERRUPTED, is_interrupted};
-use super::hash::{report_warnings, scan_tree, units};
+use super::hash::{report_warnings, units};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
@@ -128,9 +128,10 @@ async fn share_unit(
         workers: None,
     };
     let (paths, progress_events) = (paths.to_vec(), events.clone());
-    let scanned = tokio::task::spawn_blocking(move || scan_tree(&paths, &opts, &progress_events))
-        .await
-        .context("the hashing task failed")??;
+    let scanned =
+        tokio::task::spawn_blocking(move || scan_with_events(&paths, &opts, &progress_events))
+            .await
+            .context("the hashing task failed")??;
     let mode = out.lock().unwrap_or_else(|e| e.into_inner()).mode();
     report_warnings(out, mode, &scanned.warnings);
     Ok(agent.share_tree(scanned, events).await?)

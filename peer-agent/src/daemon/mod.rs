@@ -535,7 +535,11 @@ impl Daemon {
                     d.finish_seeding(key).await;
                 }
                 if n.is_multiple_of(5) {
-                    let keys: Vec<Key> = d.table().keys().copied().collect();
+                    // Only these move between status changes (which are stored as they happen).
+                    let moving =
+                        |e: &&Entry| matches!(e.status, Status::Downloading | Status::Seeding);
+                    let keys: Vec<Key> =
+                        d.table().values().filter(moving).map(Entry::key).collect();
                     for key in keys {
                         d.persist_logged(key).await;
                     }

@@ -11,8 +11,8 @@ use torrentguard_protocol::{HashAlgo, Manifest};
 
 use super::DaemonError;
 use super::transfers::ShareSpec;
-use crate::events::{Event, EventSink};
-use crate::scan::{ScanOptions, scan};
+use crate::events::EventSink;
+use crate::scan::{ScanOptions, scan_with_events};
 use crate::torrent::SharedFile;
 use crate::torrent::tree_store::{TreeFiles, TreeRoot};
 
@@ -81,19 +81,10 @@ pub async fn hash_path(
         workers: None,
     };
     let (paths, events) = (vec![path.to_path_buf()], events.clone());
-    let name = spec.name.clone().unwrap_or_else(|| display_name(path));
-    let scanned = tokio::task::spawn_blocking(move || {
-        scan(&paths, &opts, &|done, total| {
-            events.emit(Event::Hashing {
-                name: name.clone(),
-                bytes_done: done,
-                bytes_total: total,
-            })
-        })
-    })
-    .await
-    .expect("scanning does not panic")
-    .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+    let scanned = tokio::task::spawn_blocking(move || scan_with_events(&paths, &opts, &events))
+        .await
+        .expect("scanning does not panic")
+        .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
     for w in &scanned.warnings {
         tracing::warn!(warning = %w, "skipped while scanning a share");
     }
@@ -167,12 +158,6 @@ fn stats_json(sources: &[PathBuf]) -> Result<String, DaemonError> {
         .map(|p| SourceStat::of(p).map_err(|e| bad_path(p, e)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(serde_json::to_string(&stats).expect("plain structs serialize"))
-}
-
-fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn bad_path(path: &Path, e: std::io::Error) -> DaemonError {
