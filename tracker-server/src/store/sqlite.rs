@@ -738,7 +738,7 @@ mod tests {
         let old = tempfile::tempdir().unwrap();
         let first = "20250101000000_initial.sql";
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../migrations")
+            .join("../migrations/sqlite")
             .join(first);
         std::fs::copy(src, old.path().join(first)).unwrap();
         sqlx::migrate::Migrator::new(old.path())
