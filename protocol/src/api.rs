@@ -230,6 +230,43 @@ pub struct PeerInfo {
     pub complete: bool,
     /// Unix seconds of its last announce.
     pub last_seen: i64,
+    /// What other peers reported about it (absent from trackers that keep no reputation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<Reputation>,
+}
+
+/// A peer's standing with the tracker, built from the reports of other peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reputation {
+    /// 100 for a peer nobody reported; lower as distinct reporters report it, climbing back as
+    /// the reports age.
+    pub score: u32,
+    /// Distinct identities whose reports still count.
+    pub reporters: u32,
+}
+
+/// What a downloader saw a peer do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// A chunk it served failed verification.
+    BadChunk,
+    /// It stopped sending mid-request until the downloader gave up on it.
+    Stall,
+}
+
+/// `POST /reports` body: a downloader reports a peer. The reporter's identity comes from its TLS
+/// client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub file_id: FileId,
+    /// The offending peer.
+    pub peer: Fingerprint,
+    pub kind: ReportKind,
+    /// The chunk concerned (a bad chunk names one; a stall may).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
 }
 
 /// `POST /announce` answer: the other peers of the file and when to announce again.
@@ -254,6 +291,8 @@ pub struct PeerSummary {
     pub port: u16,
     pub files: Vec<FileId>,
     pub last_seen: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<Reputation>,
 }
 
 /// `GET /healthz` answer.

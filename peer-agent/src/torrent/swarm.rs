@@ -117,6 +117,7 @@ mod tests {
             have: 0,
             complete: true,
             last_seen: 0,
+            reputation: None,
         }
     }
 

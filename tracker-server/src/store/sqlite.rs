@@ -207,6 +207,7 @@ impl TryFrom<PeerInfoRow> for PeerInfo {
             have: u32::try_from(r.have).map_err(|e| bad(e.to_string()))?,
             complete: r.complete,
             last_seen: r.last_seen,
+            reputation: None,
         })
     }
 }
@@ -240,6 +241,7 @@ impl TryFrom<PeerSummaryRow> for PeerSummary {
             port: u16::try_from(r.port).map_err(|e| bad(e.to_string()))?,
             files,
             last_seen: r.last_seen,
+            reputation: None,
         })
     }
 }
