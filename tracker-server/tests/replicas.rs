@@ -93,9 +93,10 @@ async fn ready(mut child: Child, log: PathBuf) -> Result<Replica> {
     })
 }
 
-/// Starts `n` replicas at once (so they race through migrations and identity creation).
+/// Starts one replica per data directory at once (so they race through migrations and identity
+/// creation), replica `i` on `database(i)`.
 async fn replicas(
-    database: &str,
+    database: &dyn Fn(usize) -> String,
     data_dirs: &[&Path],
     dir: &Path,
     extra: &[&str],
@@ -104,7 +105,7 @@ async fn replicas(
     for (i, data_dir) in data_dirs.iter().enumerate() {
         let name = data_dir.file_name().unwrap_or_default().to_string_lossy();
         let log = dir.join(format!("replica-{name}-{i}.log"));
-        spawned.push(spawn_replica(database, data_dir, log, extra)?);
+        spawned.push(spawn_replica(&database(i), data_dir, log, extra)?);
     }
     let mut started = Vec::new();
     for (child, log) in spawned {
@@ -193,7 +194,7 @@ async fn replicas_on_one_postgres_are_one_tracker() -> Result<()> {
         let dir = tempfile::tempdir()?;
         // One data volume, no --cert: the first start generates the identity, the others load it.
         let shared = dir.path().join("data");
-        let rs = replicas(&db.url, &[&shared, &shared], dir.path(), &[]).await?;
+        let rs = replicas(&|_| db.url.clone(), &[&shared, &shared], dir.path(), &[]).await?;
         ensure!(
             rs[0].fingerprint == rs[1].fingerprint,
             "one certificate for all replicas"
@@ -340,7 +341,7 @@ async fn replicas_behind_a_tls_passthrough_load_balancer() -> Result<()> {
         );
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let rs = replicas(
-            &db.url,
+            &|_| db.url.clone(),
             &[&a, &b],
             dir.path(),
             &["--cert", &cert, "--key", &key],
@@ -422,14 +423,16 @@ async fn replicas_behind_a_tls_passthrough_load_balancer() -> Result<()> {
 }
 
 /// Without PostgreSQL too: trackers started together on one fresh data volume serve the one
-/// identity the first of them generated, and trackers given one `--cert/--key` serve it.
+/// identity the first of them generated, and trackers given one `--cert/--key` serve it. (Each
+/// has a SQLite file of its own: one SQLite file is not for several processes starting at once,
+/// as sqlx does not lock SQLite migrations; replicas share PostgreSQL.)
 #[tokio::test]
 async fn replicas_serve_one_certificate_from_a_shared_volume_or_cert_and_key() -> Result<()> {
     within(async {
         let dir = tempfile::tempdir()?;
         let shared = dir.path().join("volume");
-        let db = format!("sqlite://{}", dir.path().join("shared.db").display());
-        let rs = replicas(&db, &[&shared, &shared, &shared], dir.path(), &[]).await?;
+        let own_file = |i| format!("sqlite://{}/replica-{i}.db", dir.path().display());
+        let rs = replicas(&own_file, &[&shared, &shared, &shared], dir.path(), &[]).await?;
         let generated =
             Identity::from_pem_files(&shared.join("cert.pem"), &shared.join("key.pem"))?;
         ensure!(
@@ -444,9 +447,8 @@ async fn replicas_serve_one_certificate_from_a_shared_volume_or_cert_and_key() -
             key.to_string_lossy().into_owned(),
         );
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let db = format!("sqlite://{}", dir.path().join("own.db").display());
         let rs = replicas(
-            &db,
+            &own_file,
             &[&a, &b],
             dir.path(),
             &["--cert", &cert, "--key", &key],
