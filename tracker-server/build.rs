@@ -2,4 +2,5 @@
 // not rebuild the crate and the new file would silently be missing from the binary.
 fn main() {
     println!("cargo:rerun-if-changed=../migrations/sqlite");
+    println!("cargo:rerun-if-changed=../migrations/postgres");
 }

@@ -1,5 +1,5 @@
 //! The TorrentGuard tracker: an HTTPS/JSON service (axum over rustls) that stores manifests and
-//! peer lists in SQLite.
+//! peer lists in SQLite, or in PostgreSQL shared by several tracker processes ([`Database`]).
 //!
 //! [`start`] binds, opens the database, and serves in the background until
 //! [`RunningTracker::shutdown`]. The `torrentguard-tracker` binary and the peer agent's
@@ -29,7 +29,7 @@ use torrentguard_trust::identity::create_private_dir;
 use torrentguard_trust::{Identity, IdentityError};
 
 pub use app::PeerIdentity;
-pub use store::{SqliteStore, Store, StoreError};
+pub use store::{Database, DatabaseUrlError, PostgresStore, SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState};
 use crate::connections::{ConnectionLimits, ConnectionTable};
@@ -84,6 +84,8 @@ pub struct TrackerConfig {
     pub allowlist: Vec<Fingerprint>,
     /// Connection caps and idle timeouts.
     pub connection_limits: ConnectionLimits,
+    /// Where manifests and peers are kept; `None`: SQLite, [`DB_FILE`] in `data_dir`.
+    pub database: Option<Database>,
 }
 
 impl TrackerConfig {
@@ -98,7 +100,15 @@ impl TrackerConfig {
             swarm_token: None,
             allowlist: Vec::new(),
             connection_limits: ConnectionLimits::default(),
+            database: None,
         }
+    }
+
+    /// The configured database, or the SQLite file in the data directory.
+    pub fn database(&self) -> Database {
+        self.database
+            .clone()
+            .unwrap_or_else(|| Database::Sqlite(self.data_dir.join(DB_FILE)))
     }
 }
 
@@ -196,6 +206,18 @@ pub struct TrackerArgs {
     /// is closed.
     #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_IDLE_TIMEOUT", value_name = "SECS", default_value_t = connections::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+
+    /// Where manifests and peers are kept: `sqlite://PATH` (a file, created if missing) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (an existing database; several trackers on
+    /// one PostgreSQL database act as one tracker). [default: sqlite://<data dir>/tracker.db]
+    #[arg(
+        long,
+        global = true,
+        env = "TORRENTGUARD_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<Database>,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -225,6 +247,7 @@ impl TrackerArgs {
                 first_request_timeout: Duration::from_secs(self.first_request_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
             },
+            database: self.database,
         }
     }
 }
@@ -322,7 +345,8 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     };
     let tls = https_server_config(&identity)?;
 
-    let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
+    let database = config.database();
+    let store = store::open(&database).await?;
     let token_set = config.swarm_token.is_some();
     let open_swarm = !token_set && config.allowlist.is_empty();
     let state = AppState::new(
@@ -361,7 +385,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             "private swarm"
         );
     }
-    tracing::info!(address = %local_addr, fingerprint = %identity.fingerprint, data_dir = %data_dir.display(), "tracker listening");
+    tracing::info!(address = %local_addr, fingerprint = %identity.fingerprint, data_dir = %data_dir.display(), %database, "tracker listening");
 
     let shutdown = CancellationToken::new();
     let task = {
@@ -434,7 +458,7 @@ fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
 /// handlers already ignore stale rows, so this only keeps the tables small.
-async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: CancellationToken) {
+async fn expire_peers(store: Arc<dyn Store>, ttl: Duration, shutdown: CancellationToken) {
     let period = (ttl / 4).max(Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -203,7 +203,9 @@ mod tests {
     /// Every flag that takes a value shows one of the placeholders the agent uses too.
     #[test]
     fn every_value_flag_has_a_house_style_placeholder() {
-        const PLACEHOLDERS: &[&str] = &["ADDR", "DIR", "FP", "FORMAT", "N", "PEM", "SECS", "TOKEN"];
+        const PLACEHOLDERS: &[&str] = &[
+            "ADDR", "DIR", "FP", "FORMAT", "N", "PEM", "SECS", "TOKEN", "URL",
+        ];
         let cli = Cli::command();
         let commands = std::iter::once(&cli).chain(cli.get_subcommands());
         for command in commands {

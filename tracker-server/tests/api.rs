@@ -49,10 +49,10 @@ async fn metric(h: &Harness, name: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or_default().parse()?)
 }
 
-#[tokio::test]
-async fn health_and_public_reads_work_without_a_client_certificate() -> Result<()> {
+for_each_store!(health_and_public_reads_work_without_a_client_certificate);
+async fn health_and_public_reads_work_without_a_client_certificate(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let health: Health = expect_json(h.anonymous.get(h.url("/healthz")).send().await?, 200).await?;
         ensure!(health.status == "ok");
         ensure!(health.fingerprint == h.tracker.fingerprint);
@@ -150,10 +150,10 @@ async fn a_certificate_without_its_key_is_refused_at_the_handshake() -> Result<(
     .await
 }
 
-#[tokio::test]
-async fn manifests_register_list_and_fetch() -> Result<()> {
+for_each_store!(manifests_register_list_and_fetch);
+async fn manifests_register_list_and_fetch(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let alice = h.as_peer(&h.alice);
         let data = vec![7u8; 100_000]; // 7 chunks of 16 KiB
         let m = manifest_for("data.bin", &data);
@@ -219,11 +219,13 @@ async fn manifests_register_list_and_fetch() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn announces_introduce_the_other_peers() -> Result<()> {
+for_each_store!(announces_introduce_the_other_peers);
+async fn announces_introduce_the_other_peers(backend: Backend) -> Result<()> {
     within(async {
-        let h =
-            Harness::start(|c| c.announce_interval = std::time::Duration::from_secs(17)).await?;
+        let h = Harness::start_on(&backend, |c| {
+            c.announce_interval = std::time::Duration::from_secs(17)
+        })
+        .await?;
         let alice = h.as_peer(&h.alice);
         let bob = h.as_peer(&h.bob);
         let m = manifest_for("shared.bin", &vec![1u8; 50_000]); // 4 chunks
@@ -337,10 +339,10 @@ async fn announces_introduce_the_other_peers() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn announced_addresses_follow_the_rules() -> Result<()> {
+for_each_store!(announced_addresses_follow_the_rules);
+async fn announced_addresses_follow_the_rules(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let alice = h.as_peer(&h.alice);
         let m = manifest_for("a", b"abc");
         register(&h, &alice, &m).await?;
@@ -378,10 +380,12 @@ async fn announced_addresses_follow_the_rules() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_with_a_json_error_and_nothing_written() -> Result<()> {
+for_each_store!(bad_input_is_refused_with_a_json_error_and_nothing_written);
+async fn bad_input_is_refused_with_a_json_error_and_nothing_written(
+    backend: Backend,
+) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let alice = h.as_peer(&h.alice);
         let files = |h: &Harness| h.api("/files");
         let post_raw = |body: String| {
@@ -611,12 +615,12 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_written() -> Result<
     .await
 }
 
-#[tokio::test]
-async fn allowlist_limits_who_may_write() -> Result<()> {
+for_each_store!(allowlist_limits_who_may_write);
+async fn allowlist_limits_who_may_write(backend: Backend) -> Result<()> {
     within(async {
         let alice = Identity::generate("alice")?;
         let fp = alice.fingerprint;
-        let mut h = Harness::start(move |c| c.allowlist = vec![fp]).await?;
+        let mut h = Harness::start_on(&backend, move |c| c.allowlist = vec![fp]).await?;
         h.alice = alice;
         let m = manifest_for("a", b"hello");
         register(&h, &h.as_peer(&h.alice), &m).await?;
@@ -660,10 +664,10 @@ async fn allowlist_limits_who_may_write() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn swarm_token_guards_the_api_but_not_health_or_metrics() -> Result<()> {
+for_each_store!(swarm_token_guards_the_api_but_not_health_or_metrics);
+async fn swarm_token_guards_the_api_but_not_health_or_metrics(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|c| c.swarm_token = Some("s3cret".into())).await?;
+        let h = Harness::start_on(&backend, |c| c.swarm_token = Some("s3cret".into())).await?;
         expect_error(
             h.anonymous.get(h.api("/files")).send().await?,
             401,

@@ -24,10 +24,10 @@ fn full_announce(m: &Manifest, port: u16) -> serde_json::Value {
     })
 }
 
-#[tokio::test]
-async fn silent_peers_expire_after_the_ttl() -> Result<()> {
+for_each_store!(silent_peers_expire_after_the_ttl);
+async fn silent_peers_expire_after_the_ttl(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|c| {
+        let h = Harness::start_on(&backend, |c| {
             c.peer_ttl = Duration::from_secs(1);
             c.announce_interval = Duration::from_secs(1);
         })
@@ -84,11 +84,11 @@ async fn silent_peers_expire_after_the_ttl() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn identity_and_files_survive_a_restart() -> Result<()> {
+for_each_store!(identity_and_files_survive_a_restart);
+async fn identity_and_files_survive_a_restart(backend: Backend) -> Result<()> {
     within(async {
         let dir = tempfile::tempdir()?;
-        let first = start_in(dir.path(), |_| {}).await?;
+        let first = start_in_on(dir.path(), &backend, |_| {}).await?;
         let fingerprint = first.fingerprint;
         let h = Harness::around(first, dir);
         let m = manifest_for("keep.bin", &[3u8; 70_000]);
@@ -113,7 +113,7 @@ async fn identity_and_files_survive_a_restart() -> Result<()> {
         let Harness { tracker, dir, .. } = h;
         tracker.shutdown().await?;
 
-        let second = start_in(dir.path(), |_| {}).await?;
+        let second = start_in_on(dir.path(), &backend, |_| {}).await?;
         ensure!(
             second.fingerprint == fingerprint,
             "the identity must be reused"
@@ -212,11 +212,11 @@ async fn raw_tls(
         .await?)
 }
 
-#[tokio::test]
-async fn shutdown_lets_an_in_flight_request_finish() -> Result<()> {
+for_each_store!(shutdown_lets_an_in_flight_request_finish);
+async fn shutdown_lets_an_in_flight_request_finish(backend: Backend) -> Result<()> {
     within(async {
         let dir = tempfile::tempdir()?;
-        let tracker = start_in(dir.path(), |_| {}).await?;
+        let tracker = start_in_on(dir.path(), &backend, |_| {}).await?;
         let addr = tracker.local_addr;
         let pin = tracker.fingerprint;
         let alice = Identity::generate("alice")?;
@@ -262,7 +262,7 @@ async fn shutdown_lets_an_in_flight_request_finish() -> Result<()> {
         shutdown.await??;
 
         // It was really written: a restart finds it.
-        let again = start_in(dir.path(), |_| {}).await?;
+        let again = start_in_on(dir.path(), &backend, |_| {}).await?;
         let status = client(again.fingerprint, None)
             .get(format!("{}/api/v1/files/{}", again.url(), m.file_id()))
             .send()

@@ -14,12 +14,16 @@ use torrentguard_protocol::api::{
 };
 use torrentguard_protocol::{Fingerprint, Manifest};
 use torrentguard_tracker::store::AnnounceRecord;
-use torrentguard_tracker::{DB_FILE, RunningTracker, SqliteStore, Store, TrackerError};
+use torrentguard_tracker::{DB_FILE, RunningTracker, TrackerError};
 use torrentguard_trust::Identity;
 
 /// A tracker on `[::]:0`, or `None` where the host has no IPv6.
-async fn dual_stack_tracker(dir: &std::path::Path) -> Result<Option<RunningTracker>> {
-    let config = torrentguard_tracker::TrackerConfig::new("[::]:0".parse()?, dir.into());
+async fn dual_stack_tracker(
+    dir: &std::path::Path,
+    backend: &Backend,
+) -> Result<Option<RunningTracker>> {
+    let mut config = torrentguard_tracker::TrackerConfig::new("[::]:0".parse()?, dir.into());
+    backend.configure(&mut config);
     match torrentguard_tracker::start(config).await {
         Ok(t) => Ok(Some(t)),
         Err(TrackerError::Bind { source, .. })
@@ -48,11 +52,11 @@ fn address_of<'a>(
         .with_context(|| format!("{who} not listed"))
 }
 
-#[tokio::test]
-async fn listed_addresses_follow_the_address_the_asker_reached() -> Result<()> {
+for_each_store!(listed_addresses_follow_the_address_the_asker_reached);
+async fn listed_addresses_follow_the_address_the_asker_reached(backend: Backend) -> Result<()> {
     within(async {
         let dir = tempfile::tempdir()?;
-        let Some(tracker) = dual_stack_tracker(dir.path()).await? else {
+        let Some(tracker) = dual_stack_tracker(dir.path(), &backend).await? else {
             eprintln!("no IPv6 on this host: cannot listen on [::]; skipping");
             return Ok(());
         };
@@ -103,7 +107,8 @@ async fn listed_addresses_follow_the_address_the_asker_reached() -> Result<()> {
         .await?;
         // Carol is on record at an unspecified address (announces refuse it; an older database
         // may hold it), written straight into the tracker's database.
-        let store = SqliteStore::open(&dir.path().join(DB_FILE)).await?;
+        let store =
+            torrentguard_tracker::store::open(&backend.database(&dir.path().join(DB_FILE))).await?;
         store
             .announce(&AnnounceRecord {
                 fingerprint: carol.fingerprint,
@@ -180,10 +185,10 @@ async fn listed_addresses_follow_the_address_the_asker_reached() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn an_empty_cursor_and_limit_are_the_first_page() -> Result<()> {
+for_each_store!(an_empty_cursor_and_limit_are_the_first_page);
+async fn an_empty_cursor_and_limit_are_the_first_page(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let m = manifest_for("p.bin", b"paged");
         let _: RegisterResponse = expect_json(
             h.as_peer(&h.alice)

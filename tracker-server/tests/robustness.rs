@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -16,7 +15,7 @@ use common::*;
 use torrentguard_protocol::api::ErrorBody;
 use torrentguard_protocol::{Bitfield, Fingerprint};
 use torrentguard_tracker::app::{AppConfig, AppState, LocalAddr, PeerIdentity, router};
-use torrentguard_tracker::{SqliteStore, Store};
+
 use tower::ServiceExt as _;
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -110,11 +109,12 @@ async fn send(
     Ok(status)
 }
 
-#[tokio::test]
-async fn mangled_manifests_and_announces_never_fail_the_server() -> Result<()> {
+for_each_store!(mangled_manifests_and_announces_never_fail_the_server);
+async fn mangled_manifests_and_announces_never_fail_the_server(backend: Backend) -> Result<()> {
     within(async {
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).await?);
+        let store =
+            torrentguard_tracker::store::open(&backend.database(&dir.path().join("t.db"))).await?;
         let state = AppState::new(
             store.clone(),
             AppConfig {

@@ -60,10 +60,10 @@ async fn fetch_whole(h: &Harness, id: &FileId, limit: u32) -> Result<(Manifest, 
     Ok((tree.finish(id)?, pages))
 }
 
-#[tokio::test]
-async fn a_large_tree_registers_once_and_pages_back_to_its_id() -> Result<()> {
+for_each_store!(a_large_tree_registers_once_and_pages_back_to_its_id);
+async fn a_large_tree_registers_once_and_pages_back_to_its_id(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let m = tree(5, 5000); // 25 006 entries, 16 665 chunks
         m.validate()?;
         let id = m.file_id();
@@ -106,10 +106,10 @@ async fn a_large_tree_registers_once_and_pages_back_to_its_id() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn bad_entry_requests_get_json_errors() -> Result<()> {
+for_each_store!(bad_entry_requests_get_json_errors);
+async fn bad_entry_requests_get_json_errors(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let alice = h.as_peer(&h.alice);
         let m = tree(1, 20);
         let single = manifest_for("one.bin", b"one");
@@ -157,10 +157,10 @@ async fn bad_entry_requests_get_json_errors() -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn hostile_trees_are_refused_and_nothing_is_stored() -> Result<()> {
+for_each_store!(hostile_trees_are_refused_and_nothing_is_stored);
+async fn hostile_trees_are_refused_and_nothing_is_stored(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let alice = h.as_peer(&h.alice);
         let chunk = || vec![HashAlgo::Sha256.digest(b"x")];
         let hostile = [
@@ -203,12 +203,12 @@ async fn hostile_trees_are_refused_and_nothing_is_stored() -> Result<()> {
     .await
 }
 
+for_each_store!(single_file_answers_are_unchanged);
 /// A single file's manifest is served byte for byte as before directory shares existed, and
 /// its listing only gains `file_count`.
-#[tokio::test]
-async fn single_file_answers_are_unchanged() -> Result<()> {
+async fn single_file_answers_are_unchanged(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let m = manifest_for("a.txt", b"hello");
         let alice = h.as_peer(&h.alice);
         expect_json::<RegisterResponse>(alice.post(h.api("/files")).json(&m).send().await?, 201)
@@ -235,16 +235,18 @@ async fn single_file_answers_are_unchanged() -> Result<()> {
     .await
 }
 
+for_each_store!(
+    #[ignore = "heavy: ~40 s of CPU in a debug build"]
+    a_tree_at_the_entry_limit_registers_and_reads_back
+);
 /// The protocol's bound, 1 Mi entries, fits the request body limit and is stored and served
 /// whole (paths as long as a real dataset's: ~40 bytes). Measured on a debug build: register
 /// ~17 s, fetch in 104 pages ~20 s, so it is run by hand (`cargo nextest run -p
 /// torrentguard-tracker --run-ignored only entry_limit`); the size arithmetic is checked always
 /// by `app::tests::the_body_limit_fits_a_tree_at_the_protocol_bounds`.
-#[tokio::test]
-#[ignore = "heavy: ~40 s of CPU in a debug build"]
-async fn a_tree_at_the_entry_limit_registers_and_reads_back() -> Result<()> {
+async fn a_tree_at_the_entry_limit_registers_and_reads_back(backend: Backend) -> Result<()> {
     within(async {
-        let h = Harness::start(|_| {}).await?;
+        let h = Harness::start_on(&backend, |_| {}).await?;
         let mut entries = Vec::with_capacity(torrentguard_protocol::tree::MAX_ENTRIES);
         for d in 0..1024 {
             entries.push(Entry::dir(format!("shard-{d:04}"), 0o755));

@@ -1,5 +1,5 @@
 //! Persistence: the [`Store`] trait the handlers talk to and the types it speaks; one module
-//! per database implements it ([`sqlite`]).
+//! per database implements it ([`sqlite`], [`postgres`]), and [`Database`] says which to open.
 //!
 //! Rows become `protocol` types here, at the store's edge; handlers never see SQL. Everything
 //! handed to a store has been validated already (the manifest checked, the bitfield decoded
@@ -21,6 +21,9 @@ pub enum StoreError {
     /// by a different program.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The database server did not accept a connection at start-up.
+    #[error("cannot reach the database {database}: {detail}")]
+    Unreachable { database: String, detail: String },
 }
 
 fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
@@ -153,6 +156,11 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
+mod database;
+mod postgres;
+mod rows;
 mod sqlite;
 
+pub use database::{Database, DatabaseUrlError, open};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -1,15 +1,15 @@
 //! The SQLite store: one database file in WAL mode (migrations in `migrations/sqlite/`).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
-use torrentguard_protocol::{Digest, Entry, EntryKind, FileId, Fingerprint, HashAlgo, Manifest};
+use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
+use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
 use super::{AnnounceRecord, Counts, EntrySlice, ManifestHead, Store, StoreError, corrupt};
 
 /// The SQLite store: one database file in WAL mode behind a connection pool.
@@ -45,111 +45,6 @@ impl SqliteStore {
     }
 }
 
-#[derive(FromRow)]
-struct ManifestRow {
-    name: String,
-    size: i64,
-    chunk_size: i64,
-    hash_algo: String,
-    chunks: Vec<u8>,
-    file_hash: Vec<u8>,
-    /// Set for a tree only.
-    tree_no: Option<i64>,
-    entry_count: Option<i64>,
-}
-
-impl ManifestRow {
-    /// The manifest with `entries` as its list if the row is a tree's (`Manifest::tree` would
-    /// derive size and content digest again; the stored ones are what the id was checked on).
-    fn into_manifest(self, entries: Vec<Entry>) -> Result<Manifest, StoreError> {
-        let is_tree = self.tree_no.is_some();
-        let mut m = self.into_single()?;
-        if is_tree {
-            m.files = Some(entries);
-        }
-        Ok(m)
-    }
-
-    fn into_single(self) -> Result<Manifest, StoreError> {
-        let bad = |d: &dyn std::fmt::Display| corrupt("files", d.to_string());
-        let hash = HashAlgo::from_str(&self.hash_algo).map_err(|e| bad(&e))?;
-        let len = hash.digest_len();
-        if !self.chunks.len().is_multiple_of(len) {
-            return Err(bad(&"chunk digests are not a whole number of digests"));
-        }
-        let chunks = self
-            .chunks
-            .chunks_exact(len)
-            .map(Digest::from_slice)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(&e))?;
-        Ok(Manifest::single(
-            self.name,
-            u64::try_from(self.size).map_err(|e| bad(&e))?,
-            u32::try_from(self.chunk_size).map_err(|e| bad(&e))?,
-            hash,
-            chunks,
-            Digest::from_slice(&self.file_hash).map_err(|e| bad(&e))?,
-        ))
-    }
-}
-
-#[derive(FromRow)]
-struct FileSummaryRow {
-    file_id: String,
-    name: String,
-    size: i64,
-    chunk_size: i64,
-    chunk_count: i64,
-    registered_at: i64,
-    seeders: i64,
-    leechers: i64,
-    file_count: i64,
-}
-
-impl TryFrom<FileSummaryRow> for FileSummary {
-    type Error = StoreError;
-    fn try_from(r: FileSummaryRow) -> Result<Self, StoreError> {
-        let bad = |d: String| corrupt("files", d);
-        Ok(FileSummary {
-            file_id: r.file_id.parse().map_err(|_| bad(r.file_id.clone()))?,
-            name: r.name,
-            size: u64::try_from(r.size).map_err(|e| bad(e.to_string()))?,
-            chunk_size: u32::try_from(r.chunk_size).map_err(|e| bad(e.to_string()))?,
-            chunk_count: u32::try_from(r.chunk_count).map_err(|e| bad(e.to_string()))?,
-            seeders: u32::try_from(r.seeders).map_err(|e| bad(e.to_string()))?,
-            leechers: u32::try_from(r.leechers).map_err(|e| bad(e.to_string()))?,
-            registered_at: r.registered_at,
-            file_count: u64::try_from(r.file_count).map_err(|e| bad(e.to_string()))?,
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct EntryRow {
-    path: String,
-    is_dir: bool,
-    size: i64,
-    mode: i64,
-}
-
-impl TryFrom<EntryRow> for Entry {
-    type Error = StoreError;
-    fn try_from(r: EntryRow) -> Result<Self, StoreError> {
-        let bad = |d: String| corrupt("tree_entries", d);
-        Ok(Entry {
-            kind: if r.is_dir {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            },
-            size: u64::try_from(r.size).map_err(|e| bad(e.to_string()))?,
-            mode: u32::try_from(r.mode).map_err(|e| bad(e.to_string()))?,
-            path: r.path,
-        })
-    }
-}
-
 /// Rows per `INSERT` of tree entries: 6 bound values each stays far below SQLite's 32 766.
 const ENTRY_ROWS_PER_INSERT: usize = 1000;
 
@@ -181,80 +76,6 @@ async fn insert_entries(
         q.build().execute(&mut *tx).await?;
     }
     Ok(())
-}
-
-#[derive(FromRow)]
-struct PeerInfoRow {
-    fingerprint: String,
-    address: String,
-    port: i64,
-    have: i64,
-    complete: bool,
-    last_seen: i64,
-}
-
-impl TryFrom<PeerInfoRow> for PeerInfo {
-    type Error = StoreError;
-    fn try_from(r: PeerInfoRow) -> Result<Self, StoreError> {
-        let bad = |d: String| corrupt("peers", d);
-        Ok(PeerInfo {
-            fingerprint: r
-                .fingerprint
-                .parse()
-                .map_err(|_| bad(r.fingerprint.clone()))?,
-            address: r.address.parse().map_err(|_| bad(r.address.clone()))?,
-            port: u16::try_from(r.port).map_err(|e| bad(e.to_string()))?,
-            have: u32::try_from(r.have).map_err(|e| bad(e.to_string()))?,
-            complete: r.complete,
-            last_seen: r.last_seen,
-            reputation: None,
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct PeerSummaryRow {
-    fingerprint: String,
-    address: String,
-    port: i64,
-    last_seen: i64,
-    /// Comma-separated file ids (hex never contains a comma).
-    files: String,
-}
-
-impl TryFrom<PeerSummaryRow> for PeerSummary {
-    type Error = StoreError;
-    fn try_from(r: PeerSummaryRow) -> Result<Self, StoreError> {
-        let bad = |d: String| corrupt("peers", d);
-        let files = r
-            .files
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().map_err(|_| bad(s.to_string())))
-            .collect::<Result<Vec<FileId>, _>>()?;
-        Ok(PeerSummary {
-            fingerprint: r
-                .fingerprint
-                .parse()
-                .map_err(|_| bad(r.fingerprint.clone()))?,
-            address: r.address.parse().map_err(|_| bad(r.address.clone()))?,
-            port: u16::try_from(r.port).map_err(|e| bad(e.to_string()))?,
-            files,
-            last_seen: r.last_seen,
-            reputation: None,
-        })
-    }
-}
-
-/// Turns `limit + 1` rows into a page: the extra row only says that another page exists.
-fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next }
 }
 
 impl SqliteStore {
@@ -608,7 +429,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use std::net::IpAddr;
-    use torrentguard_protocol::Bitfield;
+    use torrentguard_protocol::{Bitfield, HashAlgo};
 
     fn manifest(name: &str, data: &[u8]) -> Manifest {
         let chunk_size = 16 * 1024;

@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::api::ErrorBody;
 use torrentguard_protocol::{Fingerprint, HashAlgo, Manifest};
-use torrentguard_tracker::{RunningTracker, TrackerConfig};
+use torrentguard_tracker::{Database, RunningTracker, TrackerConfig};
 use torrentguard_trust::config::provider;
 use torrentguard_trust::{Identity, Pin, PinnedServerCert};
 
@@ -138,7 +138,17 @@ pub async fn start_in(
     dir: &Path,
     tweak: impl FnOnce(&mut TrackerConfig),
 ) -> Result<RunningTracker> {
+    start_in_on(dir, &Backend::Sqlite, tweak).await
+}
+
+/// [`start_in`] with its store on `backend`.
+pub async fn start_in_on(
+    dir: &Path,
+    backend: &Backend,
+    tweak: impl FnOnce(&mut TrackerConfig),
+) -> Result<RunningTracker> {
     let mut config = TrackerConfig::new("127.0.0.1:0".parse()?, dir.to_path_buf());
+    backend.configure(&mut config);
     tweak(&mut config);
     Ok(torrentguard_tracker::start(config).await?)
 }
@@ -152,13 +162,25 @@ pub struct Harness {
     pub anonymous: reqwest::Client,
     pub alice: Identity,
     pub bob: Identity,
+    /// The store the tracker runs on; a PostgreSQL test database lives as long as this does.
+    pub backend: Backend,
 }
 
 impl Harness {
     pub async fn start(tweak: impl FnOnce(&mut TrackerConfig)) -> Result<Self> {
+        Self::start_on(&Backend::Sqlite, tweak).await
+    }
+
+    /// A tracker whose store is on `backend`.
+    pub async fn start_on(
+        backend: &Backend,
+        tweak: impl FnOnce(&mut TrackerConfig),
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let tracker = start_in(dir.path(), tweak).await?;
-        Ok(Self::around(tracker, dir))
+        let tracker = start_in_on(dir.path(), backend, tweak).await?;
+        let mut h = Self::around(tracker, dir);
+        h.backend = backend.clone();
+        Ok(h)
     }
 
     pub fn around(tracker: RunningTracker, dir: tempfile::TempDir) -> Self {
@@ -169,6 +191,7 @@ impl Harness {
             bob: Identity::generate("bob").expect("key generation works"),
             tracker,
             dir,
+            backend: Backend::Sqlite,
         }
     }
 
@@ -324,3 +347,153 @@ pub async fn curl<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<(bool, String
     let detail = format!("{}{}", body, String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), status.to_string(), detail))
 }
+
+/// The PostgreSQL server the PostgreSQL variants of the tests run on (an admin URL, e.g.
+/// `postgres://tg@127.0.0.1:PORT/postgres`); each test gets a fresh database on it.
+pub const POSTGRES_ENV: &str = "TORRENTGUARD_TEST_POSTGRES";
+/// Set to 1 (CI does), a missing [`POSTGRES_ENV`] fails the PostgreSQL variants instead of
+/// skipping them.
+pub const REQUIRE_POSTGRES_ENV: &str = "TORRENTGUARD_REQUIRE_POSTGRES";
+
+/// The store a test's tracker runs on.
+#[derive(Clone)]
+pub enum Backend {
+    /// A SQLite file in the tracker's data directory (the default).
+    Sqlite,
+    /// A database of its own on the server of [`POSTGRES_ENV`].
+    Postgres(Arc<TestDatabase>),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database, or `None` (the caller skips) when no server is configured
+    /// and none is required.
+    pub async fn postgres() -> Result<Option<Backend>> {
+        let admin = match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var(REQUIRE_POSTGRES_ENV).as_deref() == Ok("1") => {
+                bail!(
+                    "{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_ENV} is not set: no PostgreSQL to test on"
+                )
+            }
+            _ => {
+                eprintln!(
+                    "skipping the PostgreSQL variant: set {POSTGRES_ENV}=postgres://USER@HOST:PORT/DB \
+                     (contrib/postgres/throwaway-postgres start prints one)"
+                );
+                return Ok(None);
+            }
+        };
+        Ok(Some(Backend::Postgres(Arc::new(
+            TestDatabase::create(&admin).await?,
+        ))))
+    }
+
+    /// Points `config` at this backend's store.
+    pub fn configure(&self, config: &mut TrackerConfig) {
+        if let Backend::Postgres(db) = self {
+            config.database = Some(Database::Postgres(db.url.clone()));
+        }
+    }
+
+    /// The database of this backend; `sqlite_file` for SQLite.
+    pub fn database(&self, sqlite_file: &Path) -> Database {
+        match self {
+            Backend::Sqlite => Database::Sqlite(sqlite_file.to_path_buf()),
+            Backend::Postgres(db) => Database::Postgres(db.url.clone()),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Backend::Postgres(_))
+    }
+}
+
+/// A database created for one test (`tg_<random>`), dropped when this is.
+pub struct TestDatabase {
+    admin: String,
+    name: String,
+    /// Its URL: the admin URL with the database replaced.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(admin: &str) -> Result<Self> {
+        use sqlx::Connection as _;
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // RandomState is seeded randomly per process and per instance: enough for a unique name.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let name = format!("tg_{random:016x}");
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(20), sqlx::PgConnection::connect(admin))
+                .await
+                .with_context(|| format!("connecting to {POSTGRES_ENV}={admin}: timed out"))?
+                .with_context(|| format!("connecting to {POSTGRES_ENV}={admin}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating the test database {name}"))?;
+        conn.close().await?;
+        let mut url = reqwest::Url::parse(admin).context("parsing the admin URL")?;
+        url.set_path(&format!("/{name}"));
+        Ok(TestDatabase {
+            admin: admin.to_string(),
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop cannot await and may run on a runtime thread: a thread with its own runtime.
+        // FORCE ends the connections of a tracker the test left running.
+        let dropped = std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
+
+/// Turns `async fn name(backend: Backend) -> Result<()>` (defined beside it) into a module
+/// `name` of two tests, `name::sqlite` and `name::postgres`: one body, run on each store.
+/// Attributes before the name (`#[ignore = "…"]`) go on both tests.
+#[allow(unused_macros)] // Test binaries of TLS and framing tests run on SQLite only.
+macro_rules! for_each_store {
+    ($(#[$meta:meta])* $name:ident) => {
+        mod $name {
+            #[tokio::test]
+            $(#[$meta])*
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            $(#[$meta])*
+            async fn postgres() -> anyhow::Result<()> {
+                match $crate::common::Backend::postgres().await? {
+                    Some(backend) => super::$name(backend).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use for_each_store;
