@@ -45,6 +45,7 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
+const ICON: &str = include_str!("dashboard/icon.svg");
 
 /// `default-src 'self'` with nothing inline: the page's script and style are files of this
 /// tracker; `frame-ancestors` and `form-action` shut out clickjacking and form posts.
@@ -58,6 +59,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/dashboard/events", get(events))
         .route("/dashboard/dashboard.js", get(script))
         .route("/dashboard/dashboard.css", get(style))
+        .route("/dashboard/icon.svg", get(icon))
         .route_layer(middleware::from_fn_with_state(state, require_swarm_token))
         .layer(middleware::from_fn(security_headers))
 }
@@ -122,6 +124,10 @@ async fn script() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         SCRIPT,
     )
+}
+
+async fn icon() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], ICON)
 }
 
 async fn style() -> impl IntoResponse {

@@ -232,11 +232,14 @@ pub fn request_rows(rows: &[RouteRow]) -> String {
 
 /// The line under the title of the overview.
 pub fn overview_summary(files: usize, files_more: bool, peers: usize, peers_more: bool) -> String {
-    let plus = |more: bool| if more { "+" } else { "" };
+    let count = |n: usize, more: bool, one: &str, many: &str| {
+        let plus = if more { "+" } else { "" };
+        format!("{n}{plus} {}", if n == 1 && !more { one } else { many })
+    };
     format!(
-        "{files}{} files · {peers}{} live peers",
-        plus(files_more),
-        plus(peers_more)
+        "{} · {}",
+        count(files, files_more, "file", "files"),
+        count(peers, peers_more, "live peer", "live peers")
     )
 }
 
@@ -246,6 +249,7 @@ pub fn page(title: &str, fingerprint: Fingerprint, events: &str, body: &str) -> 
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title} · TorrentGuard tracker</title>\
+         <link rel=\"icon\" href=\"/dashboard/icon.svg\" type=\"image/svg+xml\">\
          <link rel=\"stylesheet\" href=\"/dashboard/dashboard.css\">\
          <script src=\"/dashboard/dashboard.js\" defer></script></head>\
          <body><header><h1><a href=\"/\">TorrentGuard tracker</a></h1>\
@@ -376,6 +380,14 @@ mod tests {
         assert!(file_rows(&[], false).contains("No files registered yet."));
         assert!(peer_rows(&[], false, 0, |_| None).contains("No live peers."));
         assert!(request_rows(&[]).contains("No requests yet."));
+        assert_eq!(
+            overview_summary(1, false, 2, false),
+            "1 file · 2 live peers"
+        );
+        assert_eq!(
+            overview_summary(200, true, 1, false),
+            "200+ files · 1 live peer"
+        );
     }
 
     #[test]

@@ -69,7 +69,11 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script(pool: Sqli
         !html.contains("http://") && !html.contains("https://"),
         "{html}"
     );
-    for asset in ["/dashboard/dashboard.js", "/dashboard/dashboard.css"] {
+    for asset in [
+        "/dashboard/dashboard.js",
+        "/dashboard/dashboard.css",
+        "/dashboard/icon.svg",
+    ] {
         let resp = get(&app, asset, None).await;
         assert_eq!(resp.status(), StatusCode::OK, "{asset}");
         assert_eq!(resp.headers()[header::CONTENT_SECURITY_POLICY], CSP);
