@@ -14,19 +14,22 @@ mod render;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use futures::Stream;
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use torrentguard_protocol::FileId;
+use torrentguard_protocol::api::{ErrorBody, ErrorDetail};
 
 use crate::app::{AppState, LocalAddr, address_for_asker, unix_now};
 use crate::error::{ApiError, AppPath, AppQuery};
@@ -39,6 +42,9 @@ const LISTED: u32 = 200;
 const FILE_PEERS_LISTED: u32 = 1000;
 /// How often the event stream pushes a fresh view.
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// Event streams open at once. Each runs the overview's queries every [`REFRESH`], so an
+/// unbounded number would let anyone who can reach the tracker multiply its database load.
+pub const MAX_EVENT_STREAMS: usize = 32;
 /// An event stream ends after this long (the browser reconnects at once), so a view left open
 /// for days does not pin one connection forever.
 const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -56,7 +62,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(overview_page))
         .route("/dashboard/files/{id}", get(file_page))
-        .route("/dashboard/events", get(events))
+        .route(
+            "/dashboard/events",
+            get(events).layer(Extension(Arc::new(Semaphore::new(MAX_EVENT_STREAMS)))),
+        )
         .route("/dashboard/dashboard.js", get(script))
         .route("/dashboard/dashboard.css", get(style))
         .route("/dashboard/icon.svg", get(icon))
@@ -350,6 +359,8 @@ struct StreamState {
     file: Option<FileId>,
     previous: Option<(RequestCounts, Instant)>,
     ends: Instant,
+    /// Held for the stream's life: one of [`MAX_EVENT_STREAMS`].
+    _slot: OwnedSemaphorePermit,
 }
 
 impl StreamState {
@@ -397,18 +408,44 @@ impl StreamState {
     }
 }
 
+/// 503 with `Retry-After` when every event stream slot is taken; the browser's `EventSource`
+/// retries by itself.
+fn streams_busy() -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "unavailable".into(),
+            message: format!("{MAX_EVENT_STREAMS} dashboard event streams are open already"),
+        },
+    };
+    let retry = HeaderValue::from_static("10");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, retry)],
+        Json(body),
+    )
+        .into_response()
+}
+
 async fn events(
     State(state): State<AppState>,
+    Extension(slots): Extension<Arc<Semaphore>>,
     LocalAddr(local): LocalAddr,
     AppQuery(q): AppQuery<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let file = q.file.as_deref().map(parse_file_id).transpose()?;
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Response> {
+    let file = q
+        .file
+        .as_deref()
+        .map(parse_file_id)
+        .transpose()
+        .map_err(IntoResponse::into_response)?;
+    let slot = slots.try_acquire_owned().map_err(|_| streams_busy())?;
     let start = StreamState {
         app: state,
         local: local.ip(),
         file,
         previous: None,
         ends: Instant::now() + STREAM_LIFETIME,
+        _slot: slot,
     };
     let stream = futures::stream::unfold(start, |mut s| async move {
         let event = s.next_event().await?;

@@ -141,3 +141,39 @@ fn route_rates_come_from_the_previous_sample() {
     assert_eq!((rows[1].route.as_str(), rows[1].errors), ("/b", 1));
     assert_eq!(rows[1].per_sec, Some(0.5));
 }
+
+#[sqlx::test(migrations = false)]
+async fn event_streams_are_bounded_and_free_their_slot_when_closed(pool: SqlitePool) {
+    let app = app(pool, None).await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_EVENT_STREAMS {
+        let resp = get(&app, "/dashboard/events", None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ctype = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+        open.push(resp);
+    }
+    let refused = get(&app, "/dashboard/events", None).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "10");
+    drop(open.pop());
+    let again = get(&app, "/dashboard/events", None).await;
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_first_event_carries_the_overview_fragments(pool: SqlitePool) {
+    use futures::StreamExt as _;
+    let app = app(pool, None).await;
+    let resp = get(&app, "/dashboard/events", None).await;
+    let mut body = resp.into_body().into_data_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = body.next().await.expect("an event").unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.starts_with("event: snapshot\ndata: {"), "{text}");
+    for id in ["summary", "files-body", "peers-body", "requests-body"] {
+        assert!(text.contains(&format!("\"{id}\":")), "{id} in {text}");
+    }
+}
