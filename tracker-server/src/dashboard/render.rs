@@ -353,7 +353,7 @@ mod tests {
             reputation: None,
         };
         let named = fid(1);
-        let html = peer_rows(&[peer.clone()], false, 112, |id| {
+        let html = peer_rows(std::slice::from_ref(&peer), false, 112, |id| {
             (id == named).then(|| "<b>".to_string())
         });
         assert!(html.contains("<td class=\"reputation\">—</td>"), "{html}");
