@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{
     API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, MAX_ENTRIES_PAGE,
     MAX_INLINE_ENTRIES, ManifestResponse, Page, PageQuery, PeerInfo, PeerSummary, RegisterResponse,
@@ -27,7 +28,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
 use crate::metrics::{ConnectionStats, Metrics};
-use crate::store::{AnnounceRecord, Store};
+use crate::store::{AnnounceRecord, InstrumentedStore, Store};
 
 /// The TLS client certificate's fingerprint of the connection a request came on, if the client
 /// presented one. Inserted by the connection loop; never taken from anything the client wrote.
@@ -85,13 +86,16 @@ pub struct AppState(Arc<Shared>);
 
 struct Shared {
     store: Arc<dyn Store>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     fingerprint: Fingerprint,
     peer_ttl: Duration,
     announce_interval: Duration,
     /// SHA-256 of the swarm token, so comparing takes the same time whatever the guess.
     swarm_token_hash: Option<[u8; 32]>,
     allowlist: HashSet<Fingerprint>,
+    /// Cancelled when the tracker shuts down, so long-lived responses (the dashboard's event
+    /// stream) end instead of holding the graceful shutdown for its whole grace period.
+    closing: CancellationToken,
 }
 
 /// Settings the application needs (the listener's are elsewhere).
@@ -111,15 +115,38 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: AppConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(InstrumentedStore::new(store, metrics.clone()));
         AppState(Arc::new(Shared {
             store,
-            metrics: Metrics::default(),
+            metrics,
             fingerprint: config.fingerprint,
             peer_ttl: config.peer_ttl,
             announce_interval: config.announce_interval,
             swarm_token_hash: config.swarm_token.map(|t| sha256(t.as_bytes())),
             allowlist: config.allowlist.into_iter().collect(),
+            closing: CancellationToken::new(),
         }))
+    }
+
+    /// The fingerprint of the certificate this tracker serves.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.0.fingerprint
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Cancel it when the tracker starts shutting down (see [`Shared::closing`]).
+    pub fn closing(&self) -> &CancellationToken {
+        &self.0.closing
+    }
+
+    /// `None` for an open swarm; else whether `given` is its swarm token.
+    pub fn swarm_token_matches(&self, given: &str) -> Option<bool> {
+        let want = self.0.swarm_token_hash.as_ref()?;
+        Some(constant_time_eq(&sha256(given.as_bytes()), want))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -132,7 +159,7 @@ impl AppState {
     }
 
     /// Unix seconds before which a peer entry counts as gone.
-    fn live_since(&self, now: i64) -> i64 {
+    pub fn live_since(&self, now: i64) -> i64 {
         now.saturating_sub(ttl_secs(self.0.peer_ttl))
     }
 }
@@ -178,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .nest(API_PREFIX, api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_OTHER_BODY))
@@ -193,14 +221,17 @@ async fn account(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
+    let start = Instant::now();
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
     };
-    state
-        .0
-        .metrics
-        .record_request(route.as_deref(), &method, response.status().as_u16());
+    state.0.metrics.record_request(
+        route.as_deref(),
+        &method,
+        response.status().as_u16(),
+        start.elapsed(),
+    );
     response
 }
 
@@ -568,7 +599,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.0.store.counts(state.live_since(unix_now())).await?;
-    let body = state.0.metrics.render(counts);
+    let body = state.0.metrics.render(counts, state.0.store.pool_status());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -8,10 +8,12 @@
 pub mod app;
 pub mod bare_errors;
 pub mod connections;
+pub mod dashboard;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod store;
 
@@ -360,6 +362,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         },
     );
     let stats = state.connection_stats();
+    let closing = state.closing().clone();
     let connection_limits = ConnectionLimits {
         max_connections: fd_limit::fit_connection_cap(config.connection_limits.max_connections),
         ..config.connection_limits
@@ -393,6 +396,14 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         let ttl = config.peer_ttl;
         tokio::spawn(async move {
             let expiry = tokio::spawn(expire_peers(store.clone(), ttl, shutdown.clone()));
+            // Ends the dashboard's event streams as the graceful shutdown begins.
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    closing.cancel()
+                }
+            });
             server.run(shutdown.clone(), stats).await;
             // The server stops only when shutdown was cancelled, which stops expiry too.
             shutdown.cancel();

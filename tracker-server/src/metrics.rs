@@ -1,33 +1,124 @@
 //! Counters for `/metrics`, rendered in the Prometheus text format.
 //!
-//! Hand-rolled rather than a metrics crate: a few series, and label values that come only from
-//! bounded sets (matched route templates, a fixed list of methods, status codes), so a client
-//! cannot grow the map by sending odd paths or methods.
+//! Hand-rolled rather than a metrics crate: a few families, and label values that come only
+//! from bounded sets (matched route templates, a fixed list of methods, status codes, store
+//! method names), so a client cannot grow the map by sending odd paths or methods.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::http::Method;
 
-use crate::store::Counts;
+use crate::process;
+use crate::store::{Counts, PoolStatus};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (route, method, status) → count.
     requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// (route, method) → time from the request's arrival to its response head.
+    latency: Mutex<BTreeMap<(String, &'static str), Histogram>>,
+    /// Store method → time per call, pool wait included (sqlx reports no separate wait).
+    store_calls: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Store method → calls that failed.
+    store_errors: Mutex<BTreeMap<&'static str, u64>>,
     announces: AtomicU64,
+    rate_limited: AtomicU64,
     connections: Arc<ConnectionStats>,
 }
 
-/// The connection table's figures (see `connections.rs`), kept here so `/metrics` shows them.
+/// Upper bounds (seconds) of the latency buckets: from a cached answer to a stalled database.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram over [`BUCKETS`]; held under its map's lock, so plain integers.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed when rendered).
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_nanos: u128,
+}
+
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_nanos += took.as_nanos();
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines, with `labels` (`k="v",…`, maybe empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_nanos as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// A poisoned lock only means another request panicked mid-update; the figures are still
+/// usable, so keep counting.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `# HELP` and `# TYPE` of a family.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A family of one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The connection table's figures (see `connections.rs`) and the TLS handshakes of the accept
+/// loop (`server.rs`), kept here so `/metrics` shows them.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
     open: AtomicU64,
     evicted: AtomicU64,
     refused: AtomicU64,
     idle_closed: AtomicU64,
+    handshakes: AtomicU64,
+    handshake_errors: AtomicU64,
+    handshake_timeouts: AtomicU64,
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client sent something TLS refuses (no common version, a bad certificate, garbage).
+    Error,
+    /// It did not finish within the handshake timeout.
+    Timeout,
 }
 
 impl ConnectionStats {
@@ -46,9 +137,19 @@ impl ConnectionStats {
     pub fn record_idle_closed(&self) {
         self.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn record_handshake(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn record_handshake_failure(&self, why: HandshakeFailure) {
+        let counter = match why {
+            HandshakeFailure::Error => &self.handshake_errors,
+            HandshakeFailure::Timeout => &self.handshake_timeouts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 
     fn render(&self, out: &mut String) {
-        let series: [(&str, &str, &str, &AtomicU64); 4] = [
+        let series: [(&str, &str, &str, &AtomicU64); 5] = [
             (
                 "open_connections",
                 "gauge",
@@ -73,14 +174,31 @@ impl ConnectionStats {
                 "Connections closed for sending no request within the first-request or idle timeout.",
                 &self.idle_closed,
             ),
+            (
+                "tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed.",
+                &self.handshakes,
+            ),
         ];
         for (name, kind, help, value) in series {
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP torrentguard_tracker_{name} {help}");
-            let _ = writeln!(out, "# TYPE torrentguard_tracker_{name} {kind}");
+            let name = format!("torrentguard_tracker_{name}");
+            single(out, &name, kind, help, value.load(Ordering::Relaxed));
+        }
+        let name = "torrentguard_tracker_tls_handshake_failures_total";
+        header(
+            out,
+            name,
+            "counter",
+            "TLS handshakes that failed, by reason (error: refused by TLS; timeout: not finished in time).",
+        );
+        for (reason, value) in [
+            ("error", &self.handshake_errors),
+            ("timeout", &self.handshake_timeouts),
+        ] {
             let _ = writeln!(
                 out,
-                "torrentguard_tracker_{name} {}",
+                "{name}{{reason=\"{reason}\"}} {}",
                 value.load(Ordering::Relaxed)
             );
         }
@@ -101,74 +219,165 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// Request counts by (route, method, status), as the dashboard reads them.
+pub type RequestCounts = BTreeMap<(String, &'static str, u16), u64>;
+
 impl Metrics {
     /// The connection figures, shared with the connection table.
     pub fn connections(&self) -> &Arc<ConnectionStats> {
         &self.connections
     }
 
-    /// `route` is the matched route template, or `None` for a request no route matched.
-    pub fn record_request(&self, route: Option<&str>, method: &Method, status: u16) {
-        let key = (
-            route.unwrap_or("unmatched").to_string(),
-            method_label(method),
-            status,
-        );
-        // A poisoned lock only means another request panicked mid-increment; the counts are
-        // still usable, so keep counting.
-        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(key).or_insert(0) += 1;
+    /// `route` is the matched route template, or `None` for a request no route matched;
+    /// `took` is the time until the response head was ready.
+    pub fn record_request(
+        &self,
+        route: Option<&str>,
+        method: &Method,
+        status: u16,
+        took: Duration,
+    ) {
+        let route = route.unwrap_or("unmatched");
+        let method = method_label(method);
+        *lock(&self.requests)
+            .entry((route.to_string(), method, status))
+            .or_insert(0) += 1;
+        lock(&self.latency)
+            .entry((route.to_string(), method))
+            .or_default()
+            .observe(took);
+    }
+
+    /// One call of store method `method` (a name from the `Store` trait) that took `took`.
+    pub fn record_store_call(&self, method: &'static str, took: Duration, ok: bool) {
+        lock(&self.store_calls)
+            .entry(method)
+            .or_default()
+            .observe(took);
+        if !ok {
+            *lock(&self.store_errors).entry(method).or_insert(0) += 1;
+        }
     }
 
     pub fn record_announce(&self) {
         self.announces.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, counts: Counts) -> String {
+    /// A request refused by a rate limit (answered 429): `torrentguard_tracker_rate_limited_total`.
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy of the request counts.
+    pub fn request_counts(&self) -> RequestCounts {
+        lock(&self.requests).clone()
+    }
+
+    /// The whole exposition. `pool` is the store's connection pool, where it has one.
+    pub fn render(&self, counts: Counts, pool: Option<PoolStatus>) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail; the results are ignored for that reason.
-        let _ = writeln!(
-            out,
-            "# HELP torrentguard_tracker_http_requests_total HTTP requests by matched route, method and status."
+        self.render_requests(&mut out);
+        single(
+            &mut out,
+            "torrentguard_tracker_live_peers",
+            "gauge",
+            "Peers that announced within the TTL.",
+            counts.live_peers,
         );
-        let _ = writeln!(
-            out,
-            "# TYPE torrentguard_tracker_http_requests_total counter"
+        single(
+            &mut out,
+            "torrentguard_tracker_files",
+            "gauge",
+            "Registered manifests.",
+            counts.files,
         );
-        {
-            let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            for ((route, method, status), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "torrentguard_tracker_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
-                    escape_label(route)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP torrentguard_tracker_live_peers Peers that announced within the TTL."
+        single(
+            &mut out,
+            "torrentguard_tracker_announces_total",
+            "counter",
+            "Announces accepted since start.",
+            self.announces.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "# TYPE torrentguard_tracker_live_peers gauge");
-        let _ = writeln!(out, "torrentguard_tracker_live_peers {}", counts.live_peers);
-        let _ = writeln!(
-            out,
-            "# HELP torrentguard_tracker_files Registered manifests."
-        );
-        let _ = writeln!(out, "# TYPE torrentguard_tracker_files gauge");
-        let _ = writeln!(out, "torrentguard_tracker_files {}", counts.files);
-        let _ = writeln!(
-            out,
-            "# HELP torrentguard_tracker_announces_total Announces accepted since start."
-        );
-        let _ = writeln!(out, "# TYPE torrentguard_tracker_announces_total counter");
-        let _ = writeln!(
-            out,
-            "torrentguard_tracker_announces_total {}",
-            self.announces.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "torrentguard_tracker_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by a rate limit.",
+            self.rate_limited.load(Ordering::Relaxed),
         );
         self.connections.render(&mut out);
+        self.render_store(&mut out, pool);
+        process::render(&mut out);
         out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let name = "torrentguard_tracker_http_requests_total";
+        header(
+            out,
+            name,
+            "counter",
+            "HTTP requests by matched route, method and status.",
+        );
+        for ((route, method, status), n) in lock(&self.requests).iter() {
+            let route = escape_label(route);
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let name = "torrentguard_tracker_http_request_duration_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Time from a request's arrival to its response head, by matched route and method.",
+        );
+        for ((route, method), h) in lock(&self.latency).iter() {
+            let labels = format!("route=\"{}\",method=\"{method}\"", escape_label(route));
+            h.render(out, name, &labels);
+        }
+    }
+
+    fn render_store(&self, out: &mut String, pool: Option<PoolStatus>) {
+        let name = "torrentguard_tracker_store_call_duration_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Time per store call by method, waiting for a pooled connection included.",
+        );
+        for (method, h) in lock(&self.store_calls).iter() {
+            h.render(out, name, &format!("method=\"{method}\""));
+        }
+        let name = "torrentguard_tracker_store_errors_total";
+        header(out, name, "counter", "Store calls that failed, by method.");
+        for (method, n) in lock(&self.store_errors).iter() {
+            let _ = writeln!(out, "{name}{{method=\"{method}\"}} {n}");
+        }
+        if let Some(pool) = pool {
+            let name = "torrentguard_tracker_db_pool_connections";
+            header(
+                out,
+                name,
+                "gauge",
+                "Database connections of the pool, by state (idle or in_use).",
+            );
+            let _ = writeln!(out, "{name}{{state=\"idle\"}} {}", pool.idle);
+            let _ = writeln!(
+                out,
+                "{name}{{state=\"in_use\"}} {}",
+                pool.size.saturating_sub(pool.idle)
+            );
+            single(
+                out,
+                "torrentguard_tracker_db_pool_max_connections",
+                "gauge",
+                "The most connections the pool opens.",
+                pool.max,
+            );
+        }
     }
 }
 
@@ -182,17 +391,22 @@ fn escape_label(v: &str) -> String {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn renders_every_series() {
         let m = Metrics::default();
-        m.record_request(Some("/api/v1/files"), &Method::GET, 200);
-        m.record_request(Some("/api/v1/files"), &Method::GET, 200);
-        m.record_request(None, &Method::from_bytes(b"BREW").unwrap(), 404);
+        m.record_request(Some("/api/v1/files"), &Method::GET, 200, MS);
+        m.record_request(Some("/api/v1/files"), &Method::GET, 200, 3 * MS);
+        m.record_request(None, &Method::from_bytes(b"BREW").unwrap(), 404, MS);
         m.record_announce();
-        let text = m.render(Counts {
-            files: 3,
-            live_peers: 2,
-        });
+        let text = m.render(
+            Counts {
+                files: 3,
+                live_peers: 2,
+            },
+            None,
+        );
         assert!(text.contains(
             "torrentguard_tracker_http_requests_total{route=\"/api/v1/files\",method=\"GET\",status=\"200\"} 2"
         ));
@@ -202,14 +416,90 @@ mod tests {
         assert!(text.contains("torrentguard_tracker_live_peers 2\n"));
         assert!(text.contains("torrentguard_tracker_files 3\n"));
         assert!(text.contains("torrentguard_tracker_announces_total 1\n"));
+        assert!(text.contains("torrentguard_tracker_rate_limited_total 0\n"));
         m.connections().set_open(7);
         m.connections().record_evicted();
-        let text = m.render(Counts {
-            files: 0,
-            live_peers: 0,
-        });
+        m.connections().record_handshake();
+        m.connections()
+            .record_handshake_failure(HandshakeFailure::Timeout);
+        m.record_rate_limited();
+        let text = m.render(
+            Counts {
+                files: 0,
+                live_peers: 0,
+            },
+            Some(PoolStatus {
+                size: 3,
+                idle: 1,
+                max: 8,
+            }),
+        );
         assert!(text.contains("torrentguard_tracker_open_connections 7\n"));
         assert!(text.contains("torrentguard_tracker_connections_evicted_total 1\n"));
         assert!(text.contains("torrentguard_tracker_connections_refused_total 0\n"));
+        assert!(text.contains("torrentguard_tracker_tls_handshakes_total 1\n"));
+        assert!(
+            text.contains(
+                "torrentguard_tracker_tls_handshake_failures_total{reason=\"timeout\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "torrentguard_tracker_tls_handshake_failures_total{reason=\"error\"} 0\n"
+            )
+        );
+        assert!(text.contains("torrentguard_tracker_rate_limited_total 1\n"));
+        assert!(text.contains("torrentguard_tracker_db_pool_connections{state=\"in_use\"} 2\n"));
+        assert!(text.contains("torrentguard_tracker_db_pool_max_connections 8\n"));
+    }
+
+    #[test]
+    fn latency_histograms_are_cumulative_by_route_and_method() {
+        let m = Metrics::default();
+        m.record_request(Some("/a"), &Method::GET, 200, Duration::from_micros(200));
+        m.record_request(Some("/a"), &Method::GET, 500, 20 * MS);
+        m.record_request(Some("/a"), &Method::GET, 200, Duration::from_secs(60));
+        m.record_store_call("announce", 2 * MS, true);
+        m.record_store_call("announce", 2 * MS, false);
+        let text = m.render(
+            Counts {
+                files: 0,
+                live_peers: 0,
+            },
+            None,
+        );
+        let h = "torrentguard_tracker_http_request_duration_seconds";
+        let labels = "route=\"/a\",method=\"GET\"";
+        assert!(
+            text.contains(&format!("{h}_bucket{{{labels},le=\"0.0005\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{h}_bucket{{{labels},le=\"0.025\"}} 2\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{h}_bucket{{{labels},le=\"10\"}} 2\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{h}_bucket{{{labels},le=\"+Inf\"}} 3\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{h}_count{{{labels}}} 3\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{h}_sum{{{labels}}} 60.0202\n")),
+            "{text}"
+        );
+        let s = "torrentguard_tracker_store_call_duration_seconds";
+        assert!(
+            text.contains(&format!("{s}_count{{method=\"announce\"}} 2\n")),
+            "{text}"
+        );
+        assert!(text.contains("torrentguard_tracker_store_errors_total{method=\"announce\"} 1\n"));
+        assert!(text.contains("# TYPE process_open_fds gauge\n"), "{text}");
     }
 }

@@ -27,7 +27,7 @@ use tower::ServiceExt as _;
 use crate::app::{LocalAddr, MAX_MANIFEST_BODY, PeerIdentity};
 use crate::bare_errors::JsonBareErrors;
 use crate::connections::{Activity, Admitted, ConnectionLimits, ConnectionTable, RequestGuard};
-use crate::metrics::ConnectionStats;
+use crate::metrics::{ConnectionStats, HandshakeFailure};
 
 /// A client that has not finished the TLS handshake by then is dropped (sooner if the
 /// first-request timeout is shorter).
@@ -184,12 +184,17 @@ async fn run_connection(tcp: TcpStream, remote: SocketAddr, admitted: Admitted, 
             return;
         }
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)) => match r {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => {
+                shared.stats.record_handshake();
+                tls
+            }
             Ok(Err(e)) => {
+                shared.stats.record_handshake_failure(HandshakeFailure::Error);
                 tracing::debug!(%remote, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                shared.stats.record_handshake_failure(HandshakeFailure::Timeout);
                 tracing::debug!(%remote, "TLS handshake timed out");
                 return;
             }

@@ -74,7 +74,7 @@ async fn health_and_public_reads_work_without_a_client_certificate(backend: Back
             r#"torrentguard_tracker_http_requests_total{route="/api/v1/files",method="GET",status="200"} 1"#
         ), "{text}");
 
-        expect_error(h.anonymous.get(h.url("/")).send().await?, 404, "not_found").await?;
+        expect_error(h.anonymous.get(h.url("/nothing")).send().await?, 404, "not_found").await?;
         expect_error(h.anonymous.get(h.api("/nothing")).send().await?, 404, "not_found").await?;
         expect_error(
             h.anonymous.delete(h.api("/files")).send().await?,

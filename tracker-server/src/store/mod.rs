@@ -154,13 +154,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes the store; pending work finishes first. Further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Chunks held by the live peers of each file whose id is in `first..=last` (files without
+    /// a live peer are left out), for the swarm completion the dashboard shows.
+    fn chunks_held(
+        &self,
+        first: FileId,
+        last: FileId,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Vec<(FileId, u64)>, StoreError>>;
+
+    /// The connection pool's occupancy, for `/metrics`; `None` for a store without a pool.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A store's connection pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, idle or in use.
+    pub size: u32,
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
 }
 
 mod database;
+mod instrumented;
 mod postgres;
 mod rows;
 mod sqlite;
 
 pub use database::{Database, DatabaseUrlError, open};
+pub use instrumented::InstrumentedStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

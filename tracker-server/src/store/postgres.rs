@@ -16,7 +16,9 @@ use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, Pee
 use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
 use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
-use super::{AnnounceRecord, Counts, EntrySlice, ManifestHead, Store, StoreError, corrupt};
+use super::{
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Store, StoreError, corrupt,
+};
 
 /// Connections per tracker process. Several replicas share the server's `max_connections`
 /// (100 by default), so this stays well below it.
@@ -459,6 +461,42 @@ impl Store for PostgresStore {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
+    }
+
+    fn chunks_held(
+        &self,
+        first: FileId,
+        last: FileId,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Vec<(FileId, u64)>, StoreError>> {
+        Box::pin(async move {
+            // SUM over BIGINT is NUMERIC in PostgreSQL: cast back (a file's chunk count times
+            // its live peers stays far below 2^63).
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT file_id, SUM(have)::BIGINT FROM peer_files
+                 WHERE file_id >= $1 AND file_id <= $2 AND last_seen >= $3
+                 GROUP BY file_id",
+            )
+            .bind(first.to_string())
+            .bind(last.to_string())
+            .bind(live_since)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|(id, held)| {
+                    let file_id = id.parse().map_err(|_| corrupt("peer_files", &id))?;
+                    Ok((file_id, u64::try_from(held).unwrap_or(0)))
+                })
+                .collect()
+        })
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        Some(PoolStatus {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        })
     }
 }
 

@@ -10,7 +10,9 @@ use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, Pee
 use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
 use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
-use super::{AnnounceRecord, Counts, EntrySlice, ManifestHead, Store, StoreError, corrupt};
+use super::{
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Store, StoreError, corrupt,
+};
 
 /// The SQLite store: one database file in WAL mode behind a connection pool.
 #[derive(Debug, Clone)]
@@ -423,6 +425,40 @@ impl Store for SqliteStore {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
     }
+
+    fn chunks_held(
+        &self,
+        first: FileId,
+        last: FileId,
+        live_since: i64,
+    ) -> BoxFuture<'_, Result<Vec<(FileId, u64)>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT file_id, SUM(have) FROM peer_files
+                 WHERE file_id >= $1 AND file_id <= $2 AND last_seen >= $3
+                 GROUP BY file_id",
+            )
+            .bind(first.to_string())
+            .bind(last.to_string())
+            .bind(live_since)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|(id, held)| {
+                    let file_id = id.parse().map_err(|_| corrupt("peer_files", &id))?;
+                    Ok((file_id, u64::try_from(held).unwrap_or(0)))
+                })
+                .collect()
+        })
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        Some(PoolStatus {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -465,6 +501,49 @@ mod tests {
             bitfield: b.as_bytes().to_vec(),
             now,
         }
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn chunks_held_sums_live_peers_of_the_files_in_range(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let (a, b) = (manifest("a", &[1u8; 40_000]), manifest("b", &[2u8; 40_000]));
+        for m in [&a, &b] {
+            store.register_file(m.file_id(), m, 1).await.unwrap();
+        }
+        store
+            .announce(&record(1, &a, AnnounceEvent::Completed, 3, 100))
+            .await
+            .unwrap();
+        store
+            .announce(&record(2, &a, AnnounceEvent::Started, 1, 100))
+            .await
+            .unwrap();
+        // Stale: announced before live_since, so not counted.
+        store
+            .announce(&record(3, &a, AnnounceEvent::Started, 2, 10))
+            .await
+            .unwrap();
+        store
+            .announce(&record(1, &b, AnnounceEvent::Started, 2, 100))
+            .await
+            .unwrap();
+        let (lo, hi) = if a.file_id() < b.file_id() {
+            (a.file_id(), b.file_id())
+        } else {
+            (b.file_id(), a.file_id())
+        };
+        let mut all = store.chunks_held(lo, hi, 50).await.unwrap();
+        all.sort();
+        let mut want = vec![(a.file_id(), 4), (b.file_id(), 2)];
+        want.sort();
+        assert_eq!(all, want);
+        let only_a = store
+            .chunks_held(a.file_id(), a.file_id(), 50)
+            .await
+            .unwrap();
+        assert_eq!(only_a, vec![(a.file_id(), 4)]);
+        let status = store.pool_status().unwrap();
+        assert!(status.max >= 1 && status.idle <= status.size, "{status:?}");
     }
 
     #[sqlx::test(migrations = false)]
