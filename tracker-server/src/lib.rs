@@ -11,6 +11,7 @@ pub mod connections;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod store;
@@ -33,6 +34,7 @@ pub use store::{SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState};
 use crate::connections::{ConnectionLimits, ConnectionTable};
+use crate::limits::{LimitsConfig, Rate};
 use crate::server::Server;
 
 /// The database file inside the data directory.
@@ -84,6 +86,8 @@ pub struct TrackerConfig {
     pub allowlist: Vec<Fingerprint>,
     /// Connection caps and idle timeouts.
     pub connection_limits: ConnectionLimits,
+    /// Write rates, the concurrency bound, and bounds on what clients can store.
+    pub limits: LimitsConfig,
 }
 
 impl TrackerConfig {
@@ -98,6 +102,7 @@ impl TrackerConfig {
             swarm_token: None,
             allowlist: Vec::new(),
             connection_limits: ConnectionLimits::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -196,6 +201,57 @@ pub struct TrackerArgs {
     /// is closed.
     #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_IDLE_TIMEOUT", value_name = "SECS", default_value_t = connections::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+
+    /// Writes (registering files, announcing) per second one client certificate may make on
+    /// average; past it, 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_RATE", value_name = "N", default_value_t = limits::DEFAULT_WRITE_RATE_PER_IDENTITY, value_parser = parse_rate)]
+    pub write_rate: f64,
+
+    /// Writes one client certificate may make in a burst above --write-rate.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_BURST", value_name = "N", default_value_t = limits::DEFAULT_WRITE_BURST_PER_IDENTITY, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst: u32,
+
+    /// Writes per second from one IPv4 address or IPv6 /64, whatever certificates it uses
+    /// (many agents behind one NAT share it). 0 turns the limit off.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_RATE_PER_ADDRESS", value_name = "N", default_value_t = limits::DEFAULT_WRITE_RATE_PER_ADDRESS, value_parser = parse_rate)]
+    pub write_rate_per_address: f64,
+
+    /// Writes one address may make in a burst above --write-rate-per-address.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_BURST_PER_ADDRESS", value_name = "N", default_value_t = limits::DEFAULT_WRITE_BURST_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst_per_address: u32,
+
+    /// API requests handled at once; past it a request waits briefly, then gets 429 with
+    /// Retry-After (/healthz and /metrics are not counted).
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_CONCURRENT_REQUESTS", value_name = "N", default_value_t = limits::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = parse_positive)]
+    pub max_concurrent_requests: usize,
+
+    /// Files one client certificate may register; past it registering a new file is 409
+    /// `too_many_files`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_FILES_PER_IDENTITY", value_name = "N", default_value_t = limits::DEFAULT_MAX_FILES_PER_IDENTITY, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_files_per_identity: u64,
+
+    /// Chunks one manifest may list; more is 413 `manifest_too_large`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_MANIFEST_CHUNKS", value_name = "N", default_value_t = torrentguard_protocol::manifest::MAX_CHUNKS, value_parser = clap::value_parser!(u32).range(1..=i64::from(torrentguard_protocol::manifest::MAX_CHUNKS)))]
+    pub max_manifest_chunks: u32,
+
+    /// Entries (files and directories) one directory manifest may list; more is 413
+    /// `manifest_too_large`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_MANIFEST_ENTRIES", value_name = "N", default_value_t = torrentguard_protocol::tree::MAX_ENTRIES as u32, value_parser = clap::value_parser!(u32).range(1..=torrentguard_protocol::tree::MAX_ENTRIES as i64))]
+    pub max_manifest_entries: u32,
+
+    /// Live peers one file may have; a new peer past it is 409 `swarm_full` (peers already
+    /// in the swarm keep announcing).
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_PEERS_PER_FILE", value_name = "N", default_value_t = limits::DEFAULT_MAX_PEERS_PER_FILE, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_peers_per_file: u64,
+}
+
+/// A rate in requests per second: 0 (off) or a positive finite number.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        Ok(_) => Err("must be 0 (off) or a positive number".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -224,6 +280,21 @@ impl TrackerArgs {
                 max_per_address: self.max_connections_per_address,
                 first_request_timeout: Duration::from_secs(self.first_request_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
+            },
+            limits: LimitsConfig {
+                per_identity: Rate {
+                    per_sec: self.write_rate,
+                    burst: self.write_burst,
+                },
+                per_address: Rate {
+                    per_sec: self.write_rate_per_address,
+                    burst: self.write_burst_per_address,
+                },
+                max_concurrent_requests: self.max_concurrent_requests,
+                max_files_per_identity: self.max_files_per_identity,
+                max_manifest_chunks: self.max_manifest_chunks,
+                max_manifest_entries: self.max_manifest_entries,
+                max_peers_per_file: self.max_peers_per_file,
             },
         }
     }
@@ -325,7 +396,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     let store = Arc::new(SqliteStore::open(&data_dir.join(DB_FILE)).await?);
     let token_set = config.swarm_token.is_some();
     let open_swarm = !token_set && config.allowlist.is_empty();
-    let state = AppState::new(
+    let state = AppState::with_limits(
         store.clone(),
         AppConfig {
             fingerprint: identity.fingerprint,
@@ -334,6 +405,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             swarm_token: config.swarm_token,
             allowlist: config.allowlist.clone(),
         },
+        config.limits,
     );
     let stats = state.connection_stats();
     let connection_limits = ConnectionLimits {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::Method;
 
+use crate::limits::Scope;
 use crate::store::Counts;
 
 #[derive(Debug, Default)]
@@ -19,6 +20,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
     announces: AtomicU64,
     connections: Arc<ConnectionStats>,
+    /// 429 answers by [`Scope`], indexed as [`Scope::ALL`].
+    rate_limited: [AtomicU64; 3],
 }
 
 /// The connection table's figures (see `connections.rs`), kept here so `/metrics` shows them.
@@ -168,7 +171,32 @@ impl Metrics {
             self.announces.load(Ordering::Relaxed)
         );
         self.connections.render(&mut out);
+        self.render_rate_limited(&mut out);
         out
+    }
+
+    pub fn record_rate_limited(&self, scope: Scope) {
+        let i = Scope::ALL.iter().position(|s| *s == scope).unwrap_or(0);
+        self.rate_limited[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_rate_limited(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_rate_limited_total Requests refused with 429, by limit: per-identity or per-address write rate, or the concurrency bound."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE torrentguard_tracker_rate_limited_total counter"
+        );
+        for (scope, n) in Scope::ALL.iter().zip(&self.rate_limited) {
+            let _ = writeln!(
+                out,
+                "torrentguard_tracker_rate_limited_total{{scope=\"{}\"}} {}",
+                scope.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 
@@ -211,5 +239,12 @@ mod tests {
         assert!(text.contains("torrentguard_tracker_open_connections 7\n"));
         assert!(text.contains("torrentguard_tracker_connections_evicted_total 1\n"));
         assert!(text.contains("torrentguard_tracker_connections_refused_total 0\n"));
+        m.record_rate_limited(Scope::Address);
+        let text = m.render(Counts {
+            files: 0,
+            live_peers: 0,
+        });
+        assert!(text.contains("torrentguard_tracker_rate_limited_total{scope=\"address\"} 1\n"));
+        assert!(text.contains("torrentguard_tracker_rate_limited_total{scope=\"identity\"} 0\n"));
     }
 }
