@@ -16,19 +16,21 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{
-    API_PREFIX, AnnounceRequest, AnnounceResponse, FilePeers, Health, MAX_ENTRIES_PAGE,
-    MAX_INLINE_ENTRIES, ManifestResponse, Page, PageQuery, PeerInfo, PeerSummary, RegisterResponse,
+    API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, FilePeers, Health,
+    MAX_ENTRIES_PAGE, MAX_INLINE_ENTRIES, ManifestResponse, Page, PageQuery, PeerInfo, PeerSummary,
+    RegisterResponse,
 };
 use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Manifest};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
+use crate::limits::{Limiter, LimitsConfig, Rate, limit_concurrency, limit_writes};
 use crate::metrics::{ConnectionStats, Metrics};
-use crate::store::{AnnounceRecord, InstrumentedStore, Store};
+use crate::store::{AnnounceRecord, InstrumentedStore, Registration, Store};
 
 /// The TLS client certificate's fingerprint of the connection a request came on, if the client
 /// presented one. Inserted by the connection loop; never taken from anything the client wrote.
@@ -96,6 +98,7 @@ struct Shared {
     /// Cancelled when the tracker shuts down, so long-lived responses (the dashboard's event
     /// stream) end instead of holding the graceful shutdown for its whole grace period.
     closing: CancellationToken,
+    limiter: Limiter,
 }
 
 /// Settings the application needs (the listener's are elsewhere).
@@ -114,7 +117,23 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 impl AppState {
+    /// A state with the default bounds but no write-rate limits: for a router driven
+    /// in-process, whose requests all carry one made-up address. [`crate::start`] uses
+    /// [`Self::with_limits`] with the configured ones.
     pub fn new(store: Arc<dyn Store>, config: AppConfig) -> Self {
+        let off = Rate {
+            per_sec: 0.0,
+            burst: 0,
+        };
+        let limits = LimitsConfig {
+            per_identity: off,
+            per_address: off,
+            ..LimitsConfig::default()
+        };
+        Self::with_limits(store, config, limits)
+    }
+
+    pub fn with_limits(store: Arc<dyn Store>, config: AppConfig, limits: LimitsConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(InstrumentedStore::new(store, metrics.clone()));
         AppState(Arc::new(Shared {
@@ -126,12 +145,17 @@ impl AppState {
             swarm_token_hash: config.swarm_token.map(|t| sha256(t.as_bytes())),
             allowlist: config.allowlist.into_iter().collect(),
             closing: CancellationToken::new(),
+            limiter: Limiter::new(limits),
         }))
     }
 
     /// The fingerprint of the certificate this tracker serves.
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.fingerprint
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.0.limiter
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -147,6 +171,13 @@ impl AppState {
     pub fn swarm_token_matches(&self, given: &str) -> Option<bool> {
         let want = self.0.swarm_token_hash.as_ref()?;
         Some(constant_time_eq(&sha256(given.as_bytes()), want))
+    }
+
+    /// How long an announce's written state stands for repeats of it: the interval peers were
+    /// told, but at most a third of the TTL, so a peer repeating itself just faster than the
+    /// window still has its row refreshed well before it would expire.
+    fn announce_window(&self) -> Duration {
+        self.0.announce_interval.min(self.0.peer_ttl / 3)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -177,29 +208,37 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A write route: its requests take a token of the per-address and per-identity write rates
+/// (see `limits.rs`) before anything else, their body included, is looked at. Every route
+/// that makes the tracker store something goes through this.
+pub fn write_limited(state: &AppState, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.layer(middleware::from_fn_with_state(state.clone(), limit_writes))
+}
+
 /// Builds the router with every route, the body limits and the middleware.
 pub fn router(state: AppState) -> Router {
+    let register = post(register_file)
+        .layer::<_, Infallible>(GlobalConcurrencyLimitLayer::new(CONCURRENT_REGISTRATIONS))
+        .layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY));
+    let announce_route = post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY));
     let api = Router::new()
         .route(
             "/files",
-            get(list_files).merge(
-                post(register_file)
-                    .layer::<_, Infallible>(GlobalConcurrencyLimitLayer::new(
-                        CONCURRENT_REGISTRATIONS,
-                    ))
-                    .layer(DefaultBodyLimit::max(MAX_MANIFEST_BODY)),
-            ),
+            get(list_files).merge(write_limited(&state, register)),
         )
         .route("/files/{id}", get(get_file))
         .route("/files/{id}/entries", get(file_entries))
         .route("/files/{id}/peers", get(file_peers))
-        .route(
-            "/announce",
-            post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY)),
-        )
+        .route("/announce", write_limited(&state, announce_route))
         .route("/peers", get(list_peers))
         // Only matched routes: an unknown path is a 404 whether or not a token came with it.
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outermost of the API: a request over the bound costs no more than its 429. /healthz
+        // and /metrics stay outside, so an overloaded tracker is still seen as alive.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_concurrency,
+        ));
 
     Router::new()
         .nest(API_PREFIX, api)
@@ -355,11 +394,13 @@ async fn register_file(
     AuthorizedPeer(peer): AuthorizedPeer,
     AppBytes(body): AppBytes,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let limits = state.0.limiter.config;
     // Parsing, validating and hashing a manifest of up to 80 MB takes long enough to stall
     // other requests on this worker, so it runs on the blocking pool.
     let (manifest, file_id) = tokio::task::spawn_blocking(move || {
         let manifest: Manifest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("manifest JSON: {e}")))?;
+        check_manifest_size(&manifest, &limits)?;
         manifest
             .validate()
             .map_err(|e| ApiError::InvalidManifest(e.to_string()))?;
@@ -368,11 +409,22 @@ async fn register_file(
     })
     .await
     .map_err(ApiError::internal)??;
-    let created = state
+    let max_files = limits.max_files_per_identity;
+    let created = match state
         .0
         .store
-        .register_file(file_id, &manifest, unix_now())
-        .await?;
+        .register_file_by(file_id, &manifest, unix_now(), peer, max_files)
+        .await?
+    {
+        Registration::Created => true,
+        Registration::Existing => false,
+        Registration::OverQuota { registered } => {
+            return Err(ApiError::TooManyFiles(format!(
+                "{} has registered {registered} files, the most this tracker takes from one identity ({max_files})",
+                peer.short()
+            )));
+        }
+    };
     if created {
         tracing::info!(%file_id, name = %manifest.name, size = manifest.size, peer = %peer.short(), "file registered");
     }
@@ -382,6 +434,25 @@ async fn register_file(
         StatusCode::OK
     };
     Ok((status, Json(RegisterResponse { file_id, created })))
+}
+
+/// The operator's bounds on one manifest, tighter than (or equal to) the protocol's own.
+fn check_manifest_size(manifest: &Manifest, limits: &LimitsConfig) -> Result<(), ApiError> {
+    let chunks = manifest.chunks.len();
+    if chunks > limits.max_manifest_chunks as usize {
+        return Err(ApiError::ManifestTooLarge(format!(
+            "the manifest has {chunks} chunks; this tracker takes at most {}",
+            limits.max_manifest_chunks
+        )));
+    }
+    let entries = manifest.files.as_ref().map_or(0, Vec::len);
+    if entries > limits.max_manifest_entries as usize {
+        return Err(ApiError::ManifestTooLarge(format!(
+            "the manifest has {entries} entries; this tracker takes at most {}",
+            limits.max_manifest_entries
+        )));
+    }
+    Ok(())
 }
 
 async fn list_files(
@@ -537,26 +608,26 @@ async fn announce(
         return Err(ApiError::BadRequest("port must be 1..=65535".into()));
     }
     let address = advertised_address(remote.ip(), req.address)?;
-    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
-        return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
-    };
-    let bitfield = Bitfield::from_base64(&req.bitfield, chunks)
-        .map_err(|e| ApiError::BadRequest(format!("bitfield: {e}")))?;
     let now = unix_now();
-    let record = AnnounceRecord {
-        fingerprint: peer,
-        file_id: req.file_id,
-        address,
-        port: req.port,
-        event: req.event,
-        have: bitfield.count(),
-        complete: bitfield.is_complete(),
-        bitfield: bitfield.as_bytes().to_vec(),
-        now,
-    };
-    state.0.store.announce(&record).await?;
+    let cache = &state.0.limiter.announces;
+    let key = (peer, req.file_id);
+    let said = cache.state(address, req.port, &req.bitfield);
+    let window = state.announce_window();
+    // Completed and stopped change what others are told; anything else repeating the state
+    // written less than an interval ago changes nothing, so it is answered without a write.
+    let changes_nothing = !matches!(req.event, AnnounceEvent::Completed | AnnounceEvent::Stopped)
+        && cache.is_fresh(key, said, window, Instant::now());
+    if changes_nothing {
+        tracing::debug!(peer = %peer.short(), file = %req.file_id.short(), "repeat announce answered without a write");
+    } else {
+        record_announce(&state, peer, address, &req, now).await?;
+        if req.event == AnnounceEvent::Stopped {
+            cache.forget(key);
+        } else {
+            cache.record(key, said, window, Instant::now());
+        }
+    }
     state.0.metrics.record_announce();
-    tracing::debug!(peer = %peer.short(), file = %req.file_id.short(), event = req.event.as_str(), have = record.have, %address, "announce");
     let peers = state
         .0
         .store
@@ -571,6 +642,62 @@ async fn announce(
         interval_secs: state.0.announce_interval.as_secs().max(1),
         peers: reachable_peers(peers, local.ip()),
     }))
+}
+
+/// Validates an announce against its file and writes it, refusing a new peer of a full swarm.
+async fn record_announce(
+    state: &AppState,
+    peer: Fingerprint,
+    address: IpAddr,
+    req: &AnnounceRequest,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
+        return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
+    };
+    let bitfield = Bitfield::from_base64(&req.bitfield, chunks)
+        .map_err(|e| ApiError::BadRequest(format!("bitfield: {e}")))?;
+    if req.event != AnnounceEvent::Stopped {
+        check_swarm_room(state, req.file_id, peer, now).await?;
+    }
+    let record = AnnounceRecord {
+        fingerprint: peer,
+        file_id: req.file_id,
+        address,
+        port: req.port,
+        event: req.event,
+        have: bitfield.count(),
+        complete: bitfield.is_complete(),
+        bitfield: bitfield.as_bytes().to_vec(),
+        now,
+    };
+    state.0.store.announce(&record).await?;
+    tracing::debug!(peer = %peer.short(), file = %req.file_id.short(), event = req.event.as_str(), have = record.have, %address, "announce");
+    Ok(())
+}
+
+/// A peer already in the swarm may always stay; a new one only while the file has fewer live
+/// peers than `--max-peers-per-file`.
+async fn check_swarm_room(
+    state: &AppState,
+    file: FileId,
+    peer: Fingerprint,
+    now: i64,
+) -> Result<(), ApiError> {
+    let max = state.0.limiter.config.max_peers_per_file;
+    let size = state
+        .0
+        .store
+        .swarm_size(file, state.live_since(now), peer)
+        .await?;
+    if !size.includes_peer && size.live_peers >= max {
+        return Err(ApiError::SwarmFull(format!(
+            "file {} has {} live peers, the most this tracker keeps for one file ({max})",
+            file.short(),
+            size.live_peers
+        )));
+    }
+    Ok(())
 }
 
 async fn list_peers(

@@ -3,14 +3,16 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use torrentguard_protocol::api::{ErrorBody, ErrorDetail};
 
 use crate::app::{MAX_HEADER_BYTES, MAX_HEADER_FIELDS, MAX_URI_BYTES};
+use crate::limits::{Scope, retry_after_secs};
 use crate::store::StoreError;
+use std::time::Duration;
 
 /// Every way a request can fail. Each maps to one status and one stable `code`.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,18 @@ pub enum ApiError {
     /// A bug or an environment failure. The detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Over a write rate or the concurrency bound: 429 with `Retry-After`.
+    #[error("too many requests ({} limit): retry in {} s", .0.as_str(), .1.as_secs_f64().ceil().max(1.0))]
+    RateLimited(Scope, Duration),
+    /// The identity registered as many files as `--max-files-per-identity` allows.
+    #[error("{0}")]
+    TooManyFiles(String),
+    /// A manifest over `--max-manifest-chunks` or `--max-manifest-entries`.
+    #[error("{0}")]
+    ManifestTooLarge(String),
+    /// A new peer for a file that has `--max-peers-per-file` live peers already.
+    #[error("{0}")]
+    SwarmFull(String),
 }
 
 impl ApiError {
@@ -64,6 +78,9 @@ impl ApiError {
             ApiError::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyFiles(_) | ApiError::SwarmFull(_) => StatusCode::CONFLICT,
+            ApiError::ManifestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -82,6 +99,10 @@ impl ApiError {
             ApiError::HeaderFieldsTooLarge => "header_fields_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::RateLimited(..) => "rate_limited",
+            ApiError::TooManyFiles(_) => "too_many_files",
+            ApiError::ManifestTooLarge(_) => "manifest_too_large",
+            ApiError::SwarmFull(_) => "swarm_full",
         }
     }
 
@@ -118,7 +139,14 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited(_, wait) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
+        response
     }
 }
 

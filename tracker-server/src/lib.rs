@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
+pub mod limits;
 pub mod metrics;
 pub mod process;
 pub mod server;
@@ -35,6 +36,7 @@ pub use store::{Database, DatabaseUrlError, PostgresStore, SqliteStore, Store, S
 
 use crate::app::{AppConfig, AppState};
 use crate::connections::{ConnectionLimits, ConnectionTable};
+use crate::limits::{LimitsConfig, Rate};
 use crate::server::Server;
 
 /// The database file inside the data directory.
@@ -88,6 +90,8 @@ pub struct TrackerConfig {
     pub connection_limits: ConnectionLimits,
     /// Where manifests and peers are kept; `None`: SQLite, [`DB_FILE`] in `data_dir`.
     pub database: Option<Database>,
+    /// Write rates, the concurrency bound, and bounds on what clients can store.
+    pub limits: LimitsConfig,
 }
 
 impl TrackerConfig {
@@ -103,6 +107,7 @@ impl TrackerConfig {
             allowlist: Vec::new(),
             connection_limits: ConnectionLimits::default(),
             database: None,
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -220,6 +225,56 @@ pub struct TrackerArgs {
         value_name = "URL"
     )]
     pub database: Option<Database>,
+    /// Writes (registering files, announcing) per second one client certificate may make on
+    /// average; past it, 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_RATE", value_name = "N", default_value_t = limits::DEFAULT_WRITE_RATE_PER_IDENTITY, value_parser = parse_rate)]
+    pub write_rate: f64,
+
+    /// Writes one client certificate may make in a burst above --write-rate.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_BURST", value_name = "N", default_value_t = limits::DEFAULT_WRITE_BURST_PER_IDENTITY, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst: u32,
+
+    /// Writes per second from one IPv4 address or IPv6 /64, whatever certificates it uses
+    /// (many agents behind one NAT share it). 0 turns the limit off.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_RATE_PER_ADDRESS", value_name = "N", default_value_t = limits::DEFAULT_WRITE_RATE_PER_ADDRESS, value_parser = parse_rate)]
+    pub write_rate_per_address: f64,
+
+    /// Writes one address may make in a burst above --write-rate-per-address.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WRITE_BURST_PER_ADDRESS", value_name = "N", default_value_t = limits::DEFAULT_WRITE_BURST_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst_per_address: u32,
+
+    /// API requests handled at once; past it a request waits briefly, then gets 429 with
+    /// Retry-After (/healthz and /metrics are not counted).
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_CONCURRENT_REQUESTS", value_name = "N", default_value_t = limits::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = parse_positive)]
+    pub max_concurrent_requests: usize,
+
+    /// Files one client certificate may register; past it registering a new file is 409
+    /// `too_many_files`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_FILES_PER_IDENTITY", value_name = "N", default_value_t = limits::DEFAULT_MAX_FILES_PER_IDENTITY, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_files_per_identity: u64,
+
+    /// Chunks one manifest may list; more is 413 `manifest_too_large`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_MANIFEST_CHUNKS", value_name = "N", default_value_t = torrentguard_protocol::manifest::MAX_CHUNKS, value_parser = clap::value_parser!(u32).range(1..=i64::from(torrentguard_protocol::manifest::MAX_CHUNKS)))]
+    pub max_manifest_chunks: u32,
+
+    /// Entries (files and directories) one directory manifest may list; more is 413
+    /// `manifest_too_large`.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_MANIFEST_ENTRIES", value_name = "N", default_value_t = torrentguard_protocol::tree::MAX_ENTRIES as u32, value_parser = clap::value_parser!(u32).range(1..=torrentguard_protocol::tree::MAX_ENTRIES as i64))]
+    pub max_manifest_entries: u32,
+
+    /// Live peers one file may have; a new peer past it is 409 `swarm_full` (peers already
+    /// in the swarm keep announcing).
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_PEERS_PER_FILE", value_name = "N", default_value_t = limits::DEFAULT_MAX_PEERS_PER_FILE, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_peers_per_file: u64,
+}
+
+/// A rate in requests per second: 0 (off) or a positive finite number.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        Ok(_) => Err("must be 0 (off) or a positive number".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -250,6 +305,21 @@ impl TrackerArgs {
                 idle_timeout: Duration::from_secs(self.idle_timeout),
             },
             database: self.database,
+            limits: LimitsConfig {
+                per_identity: Rate {
+                    per_sec: self.write_rate,
+                    burst: self.write_burst,
+                },
+                per_address: Rate {
+                    per_sec: self.write_rate_per_address,
+                    burst: self.write_burst_per_address,
+                },
+                max_concurrent_requests: self.max_concurrent_requests,
+                max_files_per_identity: self.max_files_per_identity,
+                max_manifest_chunks: self.max_manifest_chunks,
+                max_manifest_entries: self.max_manifest_entries,
+                max_peers_per_file: self.max_peers_per_file,
+            },
         }
     }
 }
@@ -351,7 +421,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     let store = store::open(&database).await?;
     let token_set = config.swarm_token.is_some();
     let open_swarm = !token_set && config.allowlist.is_empty();
-    let state = AppState::new(
+    let state = AppState::with_limits(
         store.clone(),
         AppConfig {
             fingerprint: identity.fingerprint,
@@ -360,6 +430,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             swarm_token: config.swarm_token,
             allowlist: config.allowlist.clone(),
         },
+        config.limits,
     );
     let stats = state.connection_stats();
     let closing = state.closing().clone();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 
+use crate::limits::Scope;
 use crate::process;
 use crate::store::{Counts, PoolStatus};
 
@@ -26,8 +27,9 @@ pub struct Metrics {
     /// Store method → calls that failed.
     store_errors: Mutex<BTreeMap<&'static str, u64>>,
     announces: AtomicU64,
-    rate_limited: AtomicU64,
     connections: Arc<ConnectionStats>,
+    /// 429 answers by [`Scope`], indexed as [`Scope::ALL`].
+    rate_limited: [AtomicU64; 3],
 }
 
 /// Upper bounds (seconds) of the latency buckets: from a cached answer to a stalled database.
@@ -263,11 +265,6 @@ impl Metrics {
         self.announces.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request refused by a rate limit (answered 429): `torrentguard_tracker_rate_limited_total`.
-    pub fn record_rate_limited(&self) {
-        self.rate_limited.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A copy of the request counts.
     pub fn request_counts(&self) -> RequestCounts {
         lock(&self.requests).clone()
@@ -299,15 +296,9 @@ impl Metrics {
             "Announces accepted since start.",
             self.announces.load(Ordering::Relaxed),
         );
-        single(
-            &mut out,
-            "torrentguard_tracker_rate_limited_total",
-            "counter",
-            "Requests refused with 429 by a rate limit.",
-            self.rate_limited.load(Ordering::Relaxed),
-        );
         self.connections.render(&mut out);
         self.render_store(&mut out, pool);
+        self.render_rate_limited(&mut out);
         process::render(&mut out);
         out
     }
@@ -379,6 +370,31 @@ impl Metrics {
             );
         }
     }
+
+    /// A request refused with 429: `torrentguard_tracker_rate_limited_total{scope}`.
+    pub fn record_rate_limited(&self, scope: Scope) {
+        let i = Scope::ALL.iter().position(|s| *s == scope).unwrap_or(0);
+        self.rate_limited[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_rate_limited(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP torrentguard_tracker_rate_limited_total Requests refused with 429, by limit: per-identity or per-address write rate, or the concurrency bound."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE torrentguard_tracker_rate_limited_total counter"
+        );
+        for (scope, n) in Scope::ALL.iter().zip(&self.rate_limited) {
+            let _ = writeln!(
+                out,
+                "torrentguard_tracker_rate_limited_total{{scope=\"{}\"}} {}",
+                scope.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 fn escape_label(v: &str) -> String {
@@ -416,13 +432,13 @@ mod tests {
         assert!(text.contains("torrentguard_tracker_live_peers 2\n"));
         assert!(text.contains("torrentguard_tracker_files 3\n"));
         assert!(text.contains("torrentguard_tracker_announces_total 1\n"));
-        assert!(text.contains("torrentguard_tracker_rate_limited_total 0\n"));
+        assert!(text.contains("torrentguard_tracker_rate_limited_total{scope=\"identity\"} 0\n"));
         m.connections().set_open(7);
         m.connections().record_evicted();
         m.connections().record_handshake();
         m.connections()
             .record_handshake_failure(HandshakeFailure::Timeout);
-        m.record_rate_limited();
+        m.record_rate_limited(Scope::Address);
         let text = m.render(
             Counts {
                 files: 0,
@@ -448,7 +464,7 @@ mod tests {
                 "torrentguard_tracker_tls_handshake_failures_total{reason=\"error\"} 0\n"
             )
         );
-        assert!(text.contains("torrentguard_tracker_rate_limited_total 1\n"));
+        assert!(text.contains("torrentguard_tracker_rate_limited_total{scope=\"address\"} 1\n"));
         assert!(text.contains("torrentguard_tracker_db_pool_connections{state=\"in_use\"} 2\n"));
         assert!(text.contains("torrentguard_tracker_db_pool_max_connections 8\n"));
     }

@@ -9,7 +9,10 @@ use futures::future::BoxFuture;
 use torrentguard_protocol::api::{FileSummary, Page, PeerInfo, PeerSummary};
 use torrentguard_protocol::{FileId, Fingerprint, Manifest};
 
-use super::{AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Store, StoreError};
+use super::{
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
+    SwarmSize,
+};
 use crate::metrics::Metrics;
 
 pub struct InstrumentedStore {
@@ -144,5 +147,29 @@ impl Store for InstrumentedStore {
 
     fn pool_status(&self) -> Option<PoolStatus> {
         self.inner.pool_status()
+    }
+
+    fn register_file_by<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+        registrant: Fingerprint,
+        max_files: u64,
+    ) -> BoxFuture<'a, Result<Registration, StoreError>> {
+        self.timed(
+            "register_file_by",
+            self.inner
+                .register_file_by(id, manifest, now, registrant, max_files),
+        )
+    }
+
+    fn swarm_size(
+        &self,
+        id: FileId,
+        live_since: i64,
+        peer: Fingerprint,
+    ) -> BoxFuture<'_, Result<SwarmSize, StoreError>> {
+        self.timed("swarm_size", self.inner.swarm_size(id, live_since, peer))
     }
 }

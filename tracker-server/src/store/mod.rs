@@ -168,6 +168,45 @@ pub trait Store: Send + Sync + 'static {
     fn pool_status(&self) -> Option<PoolStatus> {
         None
     }
+
+    /// [`Self::register_file`], recording `registrant` as the one who registered it, unless
+    /// that identity has registered `max_files` files already. Check and insert are one
+    /// atomic step, so concurrent registrations cannot overshoot the bound. A file already
+    /// known is [`Registration::Existing`] whatever the registrant's count.
+    fn register_file_by<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+        registrant: Fingerprint,
+        max_files: u64,
+    ) -> BoxFuture<'a, Result<Registration, StoreError>>;
+
+    /// How many live peers `id` has, and whether `peer` is one of them.
+    fn swarm_size(
+        &self,
+        id: FileId,
+        live_since: i64,
+        peer: Fingerprint,
+    ) -> BoxFuture<'_, Result<SwarmSize, StoreError>>;
+}
+
+/// The outcome of [`Store::register_file_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Created,
+    Existing,
+    /// Not stored: the registrant has this many files already.
+    OverQuota {
+        registered: u64,
+    },
+}
+
+/// The answer of [`Store::swarm_size`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmSize {
+    pub live_peers: u64,
+    pub includes_peer: bool,
 }
 
 /// A store's connection pool at one moment.

@@ -17,7 +17,8 @@ use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
 use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
 use super::{
-    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Store, StoreError, corrupt,
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
+    SwarmSize, corrupt,
 };
 
 /// Connections per tracker process. Several replicas share the server's `max_connections`
@@ -131,6 +132,68 @@ async fn insert_entries(
     Ok(())
 }
 
+impl PostgresStore {
+    /// Inserts the manifest unless it is known, or `registrant` (when given) has `max_files`
+    /// files already; true if this call created it. Across replicas the quota check and the
+    /// insert are one statement but not serialised: two registrations by one identity at the
+    /// same instant on two replicas may pass the bound by one.
+    async fn insert_manifest(
+        &self,
+        id: FileId,
+        manifest: &Manifest,
+        now: i64,
+        registrant: Option<String>,
+        max_files: i64,
+    ) -> Result<bool, StoreError> {
+        let mut chunks = Vec::with_capacity(manifest.chunks.len() * manifest.hash.digest_len());
+        for c in &manifest.chunks {
+            chunks.extend_from_slice(c.as_bytes());
+        }
+        // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
+        let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
+        let file_count = i64::try_from(manifest.file_count()).map_err(|e| corrupt("files", e))?;
+        // One transaction: a tree is visible with all of its entries or not at all. A
+        // replica inserting the same id at the same moment waits on the unique index until
+        // this commits, then inserts nothing: exactly one of them sees a row created.
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
+                                chunks, file_hash, registered_at, file_count, registered_by)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+             WHERE $11::TEXT IS NULL
+                OR (SELECT COUNT(*) FROM files WHERE registered_by = $11) < $12
+             ON CONFLICT (file_id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(&manifest.name)
+        .bind(size)
+        .bind(i64::from(manifest.chunk_size))
+        .bind(manifest.hash.as_str())
+        .bind(i64::from(manifest.chunk_count()))
+        .bind(chunks)
+        .bind(manifest.file_hash.as_bytes())
+        .bind(now)
+        .bind(file_count)
+        .bind(registrant)
+        .bind(max_files)
+        .execute(&mut *tx)
+        .await?;
+        let created = done.rows_affected() == 1;
+        if let (true, Some(entries)) = (created, &manifest.files) {
+            let tree_no: i64 = sqlx::query_scalar(
+                "INSERT INTO trees (file_id, entry_count) VALUES ($1, $2) RETURNING tree_no",
+            )
+            .bind(id.to_string())
+            .bind(entries.len() as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            insert_entries(&mut tx, tree_no, entries).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+}
+
 impl Store for PostgresStore {
     fn register_file<'a>(
         &'a self,
@@ -138,51 +201,7 @@ impl Store for PostgresStore {
         manifest: &'a Manifest,
         now: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let mut chunks = Vec::with_capacity(manifest.chunks.len() * manifest.hash.digest_len());
-            for c in &manifest.chunks {
-                chunks.extend_from_slice(c.as_bytes());
-            }
-            // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
-            let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
-            let file_count =
-                i64::try_from(manifest.file_count()).map_err(|e| corrupt("files", e))?;
-            // One transaction: a tree is visible with all of its entries or not at all. A
-            // replica inserting the same id at the same moment waits on the unique index until
-            // this commits, then inserts nothing: exactly one of them sees a row created.
-            let mut tx = self.pool.begin().await?;
-            let done = sqlx::query(
-                "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
-                                    chunks, file_hash, registered_at, file_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (file_id) DO NOTHING",
-            )
-            .bind(id.to_string())
-            .bind(&manifest.name)
-            .bind(size)
-            .bind(i64::from(manifest.chunk_size))
-            .bind(manifest.hash.as_str())
-            .bind(i64::from(manifest.chunk_count()))
-            .bind(chunks)
-            .bind(manifest.file_hash.as_bytes())
-            .bind(now)
-            .bind(file_count)
-            .execute(&mut *tx)
-            .await?;
-            let created = done.rows_affected() == 1;
-            if let (true, Some(entries)) = (created, &manifest.files) {
-                let tree_no: i64 = sqlx::query_scalar(
-                    "INSERT INTO trees (file_id, entry_count) VALUES ($1, $2) RETURNING tree_no",
-                )
-                .bind(id.to_string())
-                .bind(entries.len() as i64)
-                .fetch_one(&mut *tx)
-                .await?;
-                insert_entries(&mut tx, tree_no, entries).await?;
-            }
-            tx.commit().await?;
-            Ok(created)
-        })
+        Box::pin(self.insert_manifest(id, manifest, now, None, i64::MAX))
     }
 
     fn manifest_head(
@@ -496,6 +515,66 @@ impl Store for PostgresStore {
             size: self.pool.size(),
             idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
             max: self.pool.options().get_max_connections(),
+        })
+    }
+
+    fn register_file_by<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+        registrant: Fingerprint,
+        max_files: u64,
+    ) -> BoxFuture<'a, Result<Registration, StoreError>> {
+        Box::pin(async move {
+            let registrant = registrant.to_string();
+            let max = i64::try_from(max_files).unwrap_or(i64::MAX);
+            if self
+                .insert_manifest(id, manifest, now, Some(registrant.clone()), max)
+                .await?
+            {
+                return Ok(Registration::Created);
+            }
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM files WHERE file_id = $1)")
+                    .bind(id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+            if known {
+                return Ok(Registration::Existing);
+            }
+            let registered: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM files WHERE registered_by = $1")
+                    .bind(&registrant)
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok(Registration::OverQuota {
+                registered: u64::try_from(registered).map_err(|e| corrupt("files", e))?,
+            })
+        })
+    }
+
+    fn swarm_size(
+        &self,
+        id: FileId,
+        live_since: i64,
+        peer: Fingerprint,
+    ) -> BoxFuture<'_, Result<SwarmSize, StoreError>> {
+        Box::pin(async move {
+            let (live, mine): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*),
+                        COALESCE(SUM(CASE WHEN fingerprint = $3 THEN 1 ELSE 0 END), 0)
+                 FROM peer_files WHERE file_id = $1 AND last_seen >= $2",
+            )
+            .bind(id.to_string())
+            .bind(live_since)
+            .bind(peer.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(SwarmSize {
+                live_peers: u64::try_from(live).map_err(|e| corrupt("peer_files", e))?,
+                includes_peer: mine > 0,
+            })
         })
     }
 }

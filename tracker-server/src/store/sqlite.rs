@@ -11,7 +11,8 @@ use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
 use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
 use super::{
-    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Store, StoreError, corrupt,
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
+    SwarmSize, corrupt,
 };
 
 /// The SQLite store: one database file in WAL mode behind a connection pool.
@@ -103,6 +104,65 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Stores a manifest unless its id is known, or `registrant` has `max_files` files already;
+    /// `Ok(true)` if it was stored. The bound is checked inside the insert itself, so
+    /// concurrent registrations cannot overshoot it.
+    async fn insert_manifest(
+        &self,
+        id: FileId,
+        manifest: &Manifest,
+        now: i64,
+        registrant: Option<String>,
+        max_files: i64,
+    ) -> Result<bool, StoreError> {
+        let mut chunks = Vec::with_capacity(manifest.chunks.len() * manifest.hash.digest_len());
+        for c in &manifest.chunks {
+            chunks.extend_from_slice(c.as_bytes());
+        }
+        // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
+        let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
+        let file_count = i64::try_from(manifest.file_count()).map_err(|e| corrupt("files", e))?;
+        // One transaction: a tree is visible with all of its entries or not at all.
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
+                                chunks, file_hash, registered_at, file_count, registered_by)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+             WHERE $11 IS NULL
+                OR (SELECT COUNT(*) FROM files WHERE registered_by = $11) < $12
+             ON CONFLICT (file_id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(&manifest.name)
+        .bind(size)
+        .bind(i64::from(manifest.chunk_size))
+        .bind(manifest.hash.as_str())
+        .bind(i64::from(manifest.chunk_count()))
+        .bind(chunks)
+        .bind(manifest.file_hash.as_bytes())
+        .bind(now)
+        .bind(file_count)
+        .bind(registrant)
+        .bind(max_files)
+        .execute(&mut *tx)
+        .await?;
+        let created = done.rows_affected() == 1;
+        if let (true, Some(entries)) = (created, &manifest.files) {
+            let tree_no: i64 = sqlx::query_scalar(
+                "INSERT INTO trees (file_id, entry_count) VALUES ($1, $2) RETURNING tree_no",
+            )
+            .bind(id.to_string())
+            .bind(entries.len() as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            insert_entries(&mut tx, tree_no, entries).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+}
+
 impl Store for SqliteStore {
     fn register_file<'a>(
         &'a self,
@@ -110,49 +170,7 @@ impl Store for SqliteStore {
         manifest: &'a Manifest,
         now: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let mut chunks = Vec::with_capacity(manifest.chunks.len() * manifest.hash.digest_len());
-            for c in &manifest.chunks {
-                chunks.extend_from_slice(c.as_bytes());
-            }
-            // Sizes were validated (size ≤ 16 TiB, chunk size ≤ 16 MiB), so they fit an i64.
-            let size = i64::try_from(manifest.size).map_err(|e| corrupt("files", e))?;
-            let file_count =
-                i64::try_from(manifest.file_count()).map_err(|e| corrupt("files", e))?;
-            // One transaction: a tree is visible with all of its entries or not at all.
-            let mut tx = self.pool.begin().await?;
-            let done = sqlx::query(
-                "INSERT INTO files (file_id, name, size, chunk_size, hash_algo, chunk_count,
-                                    chunks, file_hash, registered_at, file_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (file_id) DO NOTHING",
-            )
-            .bind(id.to_string())
-            .bind(&manifest.name)
-            .bind(size)
-            .bind(i64::from(manifest.chunk_size))
-            .bind(manifest.hash.as_str())
-            .bind(i64::from(manifest.chunk_count()))
-            .bind(chunks)
-            .bind(manifest.file_hash.as_bytes())
-            .bind(now)
-            .bind(file_count)
-            .execute(&mut *tx)
-            .await?;
-            let created = done.rows_affected() == 1;
-            if let (true, Some(entries)) = (created, &manifest.files) {
-                let tree_no: i64 = sqlx::query_scalar(
-                    "INSERT INTO trees (file_id, entry_count) VALUES ($1, $2) RETURNING tree_no",
-                )
-                .bind(id.to_string())
-                .bind(entries.len() as i64)
-                .fetch_one(&mut *tx)
-                .await?;
-                insert_entries(&mut tx, tree_no, entries).await?;
-            }
-            tx.commit().await?;
-            Ok(created)
-        })
+        Box::pin(self.insert_manifest(id, manifest, now, None, i64::MAX))
     }
 
     fn manifest_head(
@@ -459,6 +477,66 @@ impl Store for SqliteStore {
             max: self.pool.options().get_max_connections(),
         })
     }
+
+    fn register_file_by<'a>(
+        &'a self,
+        id: FileId,
+        manifest: &'a Manifest,
+        now: i64,
+        registrant: Fingerprint,
+        max_files: u64,
+    ) -> BoxFuture<'a, Result<Registration, StoreError>> {
+        Box::pin(async move {
+            let registrant = registrant.to_string();
+            let max = i64::try_from(max_files).unwrap_or(i64::MAX);
+            if self
+                .insert_manifest(id, manifest, now, Some(registrant.clone()), max)
+                .await?
+            {
+                return Ok(Registration::Created);
+            }
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM files WHERE file_id = $1)")
+                    .bind(id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+            if known {
+                return Ok(Registration::Existing);
+            }
+            let registered: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM files WHERE registered_by = $1")
+                    .bind(&registrant)
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok(Registration::OverQuota {
+                registered: u64::try_from(registered).map_err(|e| corrupt("files", e))?,
+            })
+        })
+    }
+
+    fn swarm_size(
+        &self,
+        id: FileId,
+        live_since: i64,
+        peer: Fingerprint,
+    ) -> BoxFuture<'_, Result<SwarmSize, StoreError>> {
+        Box::pin(async move {
+            let (live, mine): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*),
+                        COALESCE(SUM(CASE WHEN fingerprint = $3 THEN 1 ELSE 0 END), 0)
+                 FROM peer_files WHERE file_id = $1 AND last_seen >= $2",
+            )
+            .bind(id.to_string())
+            .bind(live_since)
+            .bind(peer.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(SwarmSize {
+                live_peers: u64::try_from(live).map_err(|e| corrupt("peer_files", e))?,
+                includes_peer: mine > 0,
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -565,6 +643,74 @@ mod tests {
         assert!(store.register_file(sha1.file_id(), &sha1, 1).await.unwrap());
         assert_eq!(store.manifest(sha1.file_id()).await.unwrap(), Some(sha1));
         store.ping().await.unwrap();
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn registrations_count_against_their_registrant(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let files: Vec<Manifest> = (0..4u8).map(|n| manifest("f", &[n; 10])).collect();
+        let by = |i: usize, who: u8| {
+            store.register_file_by(files[i].file_id(), &files[i], 1, fp(who), 2)
+        };
+        assert_eq!(by(0, 1).await.unwrap(), Registration::Created);
+        assert_eq!(by(1, 1).await.unwrap(), Registration::Created);
+        assert_eq!(
+            by(2, 1).await.unwrap(),
+            Registration::OverQuota { registered: 2 }
+        );
+        assert_eq!(store.chunk_count(files[2].file_id()).await.unwrap(), None);
+        // A known file is known, whoever asks and whatever their count.
+        assert_eq!(by(0, 1).await.unwrap(), Registration::Existing);
+        assert_eq!(by(0, 2).await.unwrap(), Registration::Existing);
+        assert_eq!(by(2, 2).await.unwrap(), Registration::Created);
+        // Files registered without a registrant count against nobody.
+        assert!(
+            store
+                .register_file(files[3].file_id(), &files[3], 1)
+                .await
+                .unwrap()
+        );
+        assert_eq!(by(3, 2).await.unwrap(), Registration::Existing);
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn swarm_sizes_count_live_peers(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = manifest("s", &[1; 10]);
+        store.register_file(m.file_id(), &m, 1).await.unwrap();
+        let size = store.swarm_size(m.file_id(), 0, fp(1)).await.unwrap();
+        assert_eq!(
+            size,
+            SwarmSize {
+                live_peers: 0,
+                includes_peer: false
+            }
+        );
+        store
+            .announce(&record(1, &m, AnnounceEvent::Started, 0, 100))
+            .await
+            .unwrap();
+        store
+            .announce(&record(2, &m, AnnounceEvent::Started, 0, 50))
+            .await
+            .unwrap();
+        let size = store.swarm_size(m.file_id(), 0, fp(1)).await.unwrap();
+        assert_eq!(
+            size,
+            SwarmSize {
+                live_peers: 2,
+                includes_peer: true
+            }
+        );
+        // Peer 2 is past the TTL: not counted, though still in the table.
+        let size = store.swarm_size(m.file_id(), 60, fp(2)).await.unwrap();
+        assert_eq!(
+            size,
+            SwarmSize {
+                live_peers: 1,
+                includes_peer: false
+            }
+        );
     }
 
     /// A tree of `dirs` directories with `per_dir` one-byte files each.
