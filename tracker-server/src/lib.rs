@@ -12,6 +12,7 @@ pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
 pub mod metrics;
+pub mod reputation;
 pub mod server;
 pub mod store;
 
@@ -33,6 +34,7 @@ pub use store::{SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState};
 use crate::connections::{ConnectionLimits, ConnectionTable};
+use crate::reputation::ReputationConfig;
 use crate::server::Server;
 
 /// The database file inside the data directory.
@@ -84,6 +86,8 @@ pub struct TrackerConfig {
     pub allowlist: Vec<Fingerprint>,
     /// Connection caps and idle timeouts.
     pub connection_limits: ConnectionLimits,
+    /// How peer reports decay and when a peer is withheld from announce answers.
+    pub reputation: ReputationConfig,
 }
 
 impl TrackerConfig {
@@ -98,6 +102,7 @@ impl TrackerConfig {
             swarm_token: None,
             allowlist: Vec::new(),
             connection_limits: ConnectionLimits::default(),
+            reputation: ReputationConfig::default(),
         }
     }
 }
@@ -196,6 +201,17 @@ pub struct TrackerArgs {
     /// is closed.
     #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_IDLE_TIMEOUT", value_name = "SECS", default_value_t = connections::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+
+    /// Seconds after which a peer report weighs half as much; reports older than 8 half-lives
+    /// no longer count and are deleted.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_REPUTATION_HALF_LIFE", value_name = "SECS", default_value_t = reputation::DEFAULT_HALF_LIFE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub reputation_half_life: u64,
+
+    /// Reputation score (0-100) below which a peer is left out of announce answers. At most 50,
+    /// the lowest score one reporter alone can cause, so one identity can never get a peer
+    /// withheld; 0 withholds nobody.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WITHHOLD_BELOW", value_name = "N", default_value_t = reputation::DEFAULT_WITHHOLD_BELOW, value_parser = clap::value_parser!(u32).range(0..=i64::from(reputation::SINGLE_REPORTER_FLOOR)))]
+    pub withhold_below: u32,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -224,6 +240,10 @@ impl TrackerArgs {
                 max_per_address: self.max_connections_per_address,
                 first_request_timeout: Duration::from_secs(self.first_request_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
+            },
+            reputation: ReputationConfig {
+                half_life: Duration::from_secs(self.reputation_half_life),
+                withhold_below: self.withhold_below,
             },
         }
     }
@@ -333,6 +353,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             announce_interval: config.announce_interval,
             swarm_token: config.swarm_token,
             allowlist: config.allowlist.clone(),
+            reputation: config.reputation,
         },
     );
     let stats = state.connection_stats();
@@ -366,9 +387,14 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     let shutdown = CancellationToken::new();
     let task = {
         let shutdown = shutdown.clone();
-        let ttl = config.peer_ttl;
+        let (ttl, reputation) = (config.peer_ttl, config.reputation);
         tokio::spawn(async move {
-            let expiry = tokio::spawn(expire_peers(store.clone(), ttl, shutdown.clone()));
+            let expiry = tokio::spawn(expire_peers(
+                store.clone(),
+                ttl,
+                reputation,
+                shutdown.clone(),
+            ));
             server.run(shutdown.clone(), stats).await;
             // The server stops only when shutdown was cancelled, which stops expiry too.
             shutdown.cancel();
@@ -432,9 +458,15 @@ fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
-/// handlers already ignore stale rows, so this only keeps the tables small.
-async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: CancellationToken) {
+/// Deletes peers silent for longer than the TTL, and reports too old to count, a few times per
+/// TTL, until shutdown. The handlers already ignore stale rows, so this only keeps the tables
+/// small.
+async fn expire_peers(
+    store: Arc<SqliteStore>,
+    ttl: Duration,
+    reputation: ReputationConfig,
+    shutdown: CancellationToken,
+) {
     let period = (ttl / 4).max(Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -448,6 +480,14 @@ async fn expire_peers(store: Arc<SqliteStore>, ttl: Duration, shutdown: Cancella
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "expired silent peers"),
             Err(e) => tracing::warn!(error = %e, "expiring peers failed"),
+        }
+        match store
+            .prune_reports(reputation.counted_since(app::unix_now()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reports = n, "pruned reports too old to count"),
+            Err(e) => tracing::warn!(error = %e, "pruning reports failed"),
         }
     }
 }
