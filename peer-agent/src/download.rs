@@ -848,8 +848,12 @@ async fn report_misbehaviour(
             chunk: m.chunk,
         };
         match session.report(&req).await {
-            Ok(()) => tracing::info!(peer = %m.peer, kind = ?m.kind, "reported the peer to the tracker"),
-            Err(e) => tracing::warn!(peer = %m.peer, error = %e, "could not report the peer to the tracker"),
+            Ok(()) => {
+                tracing::info!(peer = %m.peer, kind = ?m.kind, "reported the peer to the tracker")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %m.peer, error = %e, "could not report the peer to the tracker")
+            }
         }
     }
 }

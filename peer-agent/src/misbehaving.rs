@@ -121,7 +121,12 @@ impl MisbehavingPeers {
         self.note_at(peer, kind, unix_now())
     }
 
-    fn note_at(&self, peer: Fingerprint, kind: ReportKind, now: i64) -> Result<(), MisbehavingError> {
+    fn note_at(
+        &self,
+        peer: Fingerprint,
+        kind: ReportKind,
+        now: i64,
+    ) -> Result<(), MisbehavingError> {
         let snapshot = {
             let mut peers = self.peers();
             let since = forget_before(now);

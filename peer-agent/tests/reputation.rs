@@ -59,7 +59,8 @@ impl Swarm {
     }
 
     async fn share(&self, agent: &Agent, path: &Path) -> FileId {
-        let shared = agent.share(path, CHUNK, HashAlgo::Sha256, &EventSink::none());
+        let events = EventSink::none();
+        let shared = agent.share(path, CHUNK, HashAlgo::Sha256, &events);
         within(shared).await.unwrap().file_id
     }
 
@@ -108,7 +109,10 @@ async fn score_once(agent: &Agent, id: FileId, peer: Fingerprint) -> Reputation 
         if let Some(r) = r.filter(|r| r.reporters > 0) {
             return r;
         }
-        assert!(Instant::now() < deadline, "no report reached the tracker: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no report reached the tracker: {r:?}"
+        );
         // Polled against a deadline: the report goes out beside the download.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -126,22 +130,38 @@ async fn a_corrupt_peer_is_reported_and_avoided_by_the_next_download() {
 
     let leecher = s.agent("leecher").await;
     let (path, events) = s.download(&leecher, id, "dl1").await;
-    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&first).unwrap());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&first).unwrap()
+    );
     let liar_fp = liar.identity.fingerprint;
-    assert!(bad_chunks_from(&events, liar_fp) >= 1, "the liar served no bad chunk");
+    assert!(
+        bad_chunks_from(&events, liar_fp) >= 1,
+        "the liar served no bad chunk"
+    );
 
     // The report reached the tracker: one reporter, however many bad chunks it saw.
     let r = score_once(&honest, id, liar_fp).await;
-    assert_eq!(r, Reputation { score: 50, reporters: 1 });
+    assert_eq!(
+        r,
+        Reputation {
+            score: 50,
+            reporters: 1
+        }
+    );
     let listed = honest.tracker.file_peers(&id).await.unwrap().peers;
-    let clean = listed.iter().find(|p| p.fingerprint == honest.identity.fingerprint);
+    let clean = listed
+        .iter()
+        .find(|p| p.fingerprint == honest.identity.fingerprint);
     assert_eq!(clean.and_then(|p| p.reputation).map(|r| r.score), Some(100));
 
     // The leecher remembers it in its data directory, across a restart.
     leecher.shutdown().await;
     drop(leecher);
     let data = s.dir.path().join("leecher");
-    let remembered = MisbehavingPeers::load(&data).get(&liar_fp).expect("remembered");
+    let remembered = MisbehavingPeers::load(&data)
+        .get(&liar_fp)
+        .expect("remembered");
     assert_eq!(remembered.kind, ReportKind::BadChunk);
     assert!(data.join(MISBEHAVING_FILE).exists());
 
@@ -150,7 +170,10 @@ async fn a_corrupt_peer_is_reported_and_avoided_by_the_next_download() {
     let id2 = s.share(&liar, &second).await;
     s.share(&honest, &second).await;
     let (path, events) = s.download(&leecher, id2, "dl2").await;
-    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&second).unwrap());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
     assert!(
         !connected_to(&events, liar_fp),
         "the second download went to a peer remembered as misbehaving"

@@ -613,7 +613,10 @@ async fn with_reputations(
 /// An announce answer's peers: those below the withhold threshold left out, the rest best
 /// first (a stable sort, so equals keep the store's fingerprint order).
 fn best_first(state: &AppState, mut peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
-    let score = |p: &PeerInfo| p.reputation.map_or(crate::reputation::CLEAN_SCORE, |r| r.score);
+    let score = |p: &PeerInfo| {
+        p.reputation
+            .map_or(crate::reputation::CLEAN_SCORE, |r| r.score)
+    };
     peers.retain(|p| {
         !p.reputation
             .is_some_and(|r| state.0.reputation.withholds(&r))

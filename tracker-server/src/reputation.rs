@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use torrentguard_protocol::Fingerprint;
-use torrentguard_protocol::api::{Reputation, ReportKind};
+use torrentguard_protocol::api::{ReportKind, Reputation};
 
 /// A peer nobody reported.
 pub const CLEAN_SCORE: u32 = 100;
@@ -152,7 +152,13 @@ mod tests {
     #[test]
     fn an_unreported_peer_is_clean() {
         let r = ReputationConfig::default().score(&[], NOW).of(&fp(1));
-        assert_eq!(r, Reputation { score: 100, reporters: 0 });
+        assert_eq!(
+            r,
+            Reputation {
+                score: 100,
+                reporters: 0
+            }
+        );
     }
 
     #[test]
@@ -160,13 +166,25 @@ mod tests {
         let c = ReputationConfig::default();
         let bad = |reporter| report(1, reporter, ReportKind::BadChunk, NOW);
         let one = c.score(&[bad(10)], NOW).of(&fp(1));
-        assert_eq!(one, Reputation { score: 50, reporters: 1 });
+        assert_eq!(
+            one,
+            Reputation {
+                score: 50,
+                reporters: 1
+            }
+        );
         assert!(!c.withholds(&one));
         let two = c.score(&[bad(10), bad(11)], NOW).of(&fp(1));
         assert_eq!(two.score, 33);
         assert!(!c.withholds(&two));
         let three = c.score(&[bad(10), bad(11), bad(12)], NOW).of(&fp(1));
-        assert_eq!(three, Reputation { score: 25, reporters: 3 });
+        assert_eq!(
+            three,
+            Reputation {
+                score: 25,
+                reporters: 3
+            }
+        );
         assert!(c.withholds(&three));
     }
 
@@ -202,7 +220,13 @@ mod tests {
         assert!(!c.withholds(&at(100)));
         assert_eq!(at(200).score, 57);
         // Past the kept window they no longer count at all.
-        assert_eq!(at(801), Reputation { score: 100, reporters: 0 });
+        assert_eq!(
+            at(801),
+            Reputation {
+                score: 100,
+                reporters: 0
+            }
+        );
         assert_eq!(c.counted_since(NOW), NOW - 800);
     }
 
@@ -213,7 +237,13 @@ mod tests {
             .map(|r| report(1, r, ReportKind::Stall, NOW))
             .collect();
         let r = c.score(&stalls, NOW).of(&fp(1));
-        assert_eq!(r, Reputation { score: 45, reporters: 3 });
+        assert_eq!(
+            r,
+            Reputation {
+                score: 45,
+                reporters: 3
+            }
+        );
         assert!(!c.withholds(&r));
     }
 

@@ -29,11 +29,7 @@ async fn announce(h: &Harness, who: &Identity, m: &Manifest, port: u16) -> Resul
     Ok(expect_json::<AnnounceResponse>(resp, 200).await?.peers)
 }
 
-async fn report(
-    h: &Harness,
-    reporter: &Identity,
-    body: Value,
-) -> Result<reqwest::Response> {
+async fn report(h: &Harness, reporter: &Identity, body: Value) -> Result<reqwest::Response> {
     Ok(h.as_peer(reporter)
         .post(h.api("/reports"))
         .json(&body)
@@ -95,11 +91,18 @@ async fn a_peer_reported_by_one_identity_stays_listed_but_ranks_last() -> Result
         let s = Swarm::start().await?;
         let clean = s.answer().await?;
         ensure!(fingerprints(&clean) == vec![s.bad.fingerprint, s.good.fingerprint]);
-        ensure!(clean.iter().all(|p| p.reputation.is_some_and(|r| r.score == 100)));
+        ensure!(
+            clean
+                .iter()
+                .all(|p| p.reputation.is_some_and(|r| r.score == 100))
+        );
 
         let first = s.reported_by(&s.h.bob, 201).await?;
         ensure!(first["new_reporter"] == true, "{first}");
-        ensure!(first["reputation"] == json!({"score": 50, "reporters": 1}), "{first}");
+        ensure!(
+            first["reputation"] == json!({"score": 50, "reporters": 1}),
+            "{first}"
+        );
 
         let peers = s.answer().await?;
         ensure!(
@@ -124,7 +127,10 @@ async fn repeated_reports_by_one_identity_count_once() -> Result<()> {
             ensure!(again["reputation"]["reporters"] == 1, "{again}");
         }
         let peers = s.answer().await?;
-        ensure!(peers.len() == 2, "one hostile reporter withheld a peer: {peers:?}");
+        ensure!(
+            peers.len() == 2,
+            "one hostile reporter withheld a peer: {peers:?}"
+        );
         Ok(())
     })
     .await
@@ -135,33 +141,54 @@ async fn a_peer_reported_by_three_identities_is_withheld_but_still_shown_with_it
 -> Result<()> {
     within(async {
         let s = Swarm::start().await?;
-        let reporters = [Identity::generate("r1")?, Identity::generate("r2")?, Identity::generate("r3")?];
+        let reporters = [
+            Identity::generate("r1")?,
+            Identity::generate("r2")?,
+            Identity::generate("r3")?,
+        ];
         for (n, r) in reporters.iter().enumerate() {
             let v = s.reported_by(r, 201).await?;
             ensure!(v["reputation"]["reporters"] == n + 1, "{v}");
         }
         let peers = s.answer().await?;
-        ensure!(fingerprints(&peers) == vec![s.good.fingerprint], "withheld: {peers:?}");
+        ensure!(
+            fingerprints(&peers) == vec![s.good.fingerprint],
+            "withheld: {peers:?}"
+        );
 
         // The read-only listings show everyone, with the score that explains the withholding.
-        let resp = s
-            .h
-            .anonymous
-            .get(s.h.api(&format!("/files/{}/peers", s.m.file_id())))
-            .send()
-            .await?;
+        let resp =
+            s.h.anonymous
+                .get(s.h.api(&format!("/files/{}/peers", s.m.file_id())))
+                .send()
+                .await?;
         let listed: FilePeers = expect_json(resp, 200).await?;
-        let bad = listed.peers.iter().find(|p| p.fingerprint == s.bad.fingerprint);
+        let bad = listed
+            .peers
+            .iter()
+            .find(|p| p.fingerprint == s.bad.fingerprint);
         let r = bad.and_then(|p| p.reputation).expect("listed with a score");
         ensure!(r.score == 25 && r.reporters == 3, "{r:?}");
 
         let resp = s.h.anonymous.get(s.h.api("/peers")).send().await?;
         let page: Page<PeerSummary> = expect_json(resp, 200).await?;
         ensure!(page.items.iter().all(|p| p.reputation.is_some()));
-        let bad = page.items.iter().find(|p| p.fingerprint == s.bad.fingerprint);
-        ensure!(bad.and_then(|p| p.reputation).is_some_and(|r| r.score == 25));
-        let good = page.items.iter().find(|p| p.fingerprint == s.good.fingerprint);
-        ensure!(good.and_then(|p| p.reputation).is_some_and(|r| r.score == 100 && r.reporters == 0));
+        let bad = page
+            .items
+            .iter()
+            .find(|p| p.fingerprint == s.bad.fingerprint);
+        ensure!(
+            bad.and_then(|p| p.reputation)
+                .is_some_and(|r| r.score == 25)
+        );
+        let good = page
+            .items
+            .iter()
+            .find(|p| p.fingerprint == s.good.fingerprint);
+        ensure!(
+            good.and_then(|p| p.reputation)
+                .is_some_and(|r| r.score == 100 && r.reporters == 0)
+        );
         Ok(())
     })
     .await
@@ -172,7 +199,12 @@ async fn withholding_can_be_turned_off_and_half_life_is_configurable() -> Result
     within(async {
         let h = Harness::start(|c| c.reputation.withhold_below = 0).await?;
         let m = manifest_for("r.bin", &vec![5u8; 20_000]);
-        let resp = h.as_peer(&h.alice).post(h.api("/files")).json(&m).send().await?;
+        let resp = h
+            .as_peer(&h.alice)
+            .post(h.api("/files"))
+            .json(&m)
+            .send()
+            .await?;
         ensure!(resp.status().as_u16() == 201);
         let bad = Identity::generate("bad")?;
         announce(&h, &bad, &m, 7001).await?;
@@ -225,7 +257,10 @@ async fn bad_reports_are_refused_with_json_errors() -> Result<()> {
         // A stall without a chunk is fine.
         let stall = json!({"file_id": m.file_id(), "peer": s.bad.fingerprint, "kind": "stall"});
         let v: Value = expect_json(report(h, bob, stall).await?, 201).await?;
-        ensure!(v["reputation"] == json!({"score": 71, "reporters": 1}), "{v}");
+        ensure!(
+            v["reputation"] == json!({"score": 71, "reporters": 1}),
+            "{v}"
+        );
         Ok(())
     })
     .await
@@ -239,7 +274,12 @@ async fn only_allowlisted_identities_may_report() -> Result<()> {
         let mut h = Harness::start(move |c| c.allowlist = vec![fp]).await?;
         h.alice = alice;
         let m = manifest_for("r.bin", &vec![6u8; 20_000]);
-        let resp = h.as_peer(&h.alice).post(h.api("/files")).json(&m).send().await?;
+        let resp = h
+            .as_peer(&h.alice)
+            .post(h.api("/files"))
+            .json(&m)
+            .send()
+            .await?;
         ensure!(resp.status().as_u16() == 201);
         let outsider = Identity::generate("sybil")?;
         let resp = report(&h, &outsider, bad_chunk(&m, &h.alice, 0)).await?;

@@ -202,7 +202,10 @@ fn print_peers(peers: &[PeerSummary]) {
 fn score(r: Option<Reputation>) -> String {
     match r {
         None => "-".into(),
-        Some(Reputation { score, reporters: 0 }) => score.to_string(),
+        Some(Reputation {
+            score,
+            reporters: 0,
+        }) => score.to_string(),
         Some(Reputation { score, reporters }) => format!("{score} ({reporters})"),
     }
 }
@@ -240,7 +243,19 @@ mod tests {
     #[test]
     fn scores_show_their_reporters() {
         assert_eq!(score(None), "-");
-        assert_eq!(score(Some(Reputation { score: 100, reporters: 0 })), "100");
-        assert_eq!(score(Some(Reputation { score: 25, reporters: 3 })), "25 (3)");
+        assert_eq!(
+            score(Some(Reputation {
+                score: 100,
+                reporters: 0
+            })),
+            "100"
+        );
+        assert_eq!(
+            score(Some(Reputation {
+                score: 25,
+                reporters: 3
+            })),
+            "25 (3)"
+        );
     }
 }

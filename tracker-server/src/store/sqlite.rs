@@ -645,10 +645,7 @@ impl Store for SqliteStore {
         Box::pin(self.pool.close())
     }
 
-    fn record_report<'a>(
-        &'a self,
-        r: &'a ReportRecord,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn record_report<'a>(&'a self, r: &'a ReportRecord) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let (peer, reporter) = (r.peer.to_string(), r.reporter.to_string());
             let (file_id, kind) = (r.file_id.to_string(), kind_text(r.kind));
@@ -1041,19 +1038,48 @@ mod tests {
             chunk: Some(0),
             now,
         };
-        assert!(store.record_report(&report(1, 9, ReportKind::BadChunk, 10)).await.unwrap());
+        assert!(
+            store
+                .record_report(&report(1, 9, ReportKind::BadChunk, 10))
+                .await
+                .unwrap()
+        );
         // The same reporter again: replaced, not added.
-        assert!(!store.record_report(&report(1, 9, ReportKind::Stall, 20)).await.unwrap());
-        assert!(store.record_report(&report(2, 9, ReportKind::BadChunk, 30)).await.unwrap());
-        assert!(store.record_report(&report(2, 8, ReportKind::BadChunk, 5)).await.unwrap());
+        assert!(
+            !store
+                .record_report(&report(1, 9, ReportKind::Stall, 20))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_report(&report(2, 9, ReportKind::BadChunk, 30))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_report(&report(2, 8, ReportKind::BadChunk, 5))
+                .await
+                .unwrap()
+        );
         let mut rows = store.reports_about(&[fp(9)], 0).await.unwrap();
         rows.sort_by_key(|r| r.reported_at);
-        let want = [(fp(1), ReportKind::Stall, 20), (fp(2), ReportKind::BadChunk, 30)];
-        let got: Vec<_> = rows.iter().map(|r| (r.reporter, r.kind, r.reported_at)).collect();
+        let want = [
+            (fp(1), ReportKind::Stall, 20),
+            (fp(2), ReportKind::BadChunk, 30),
+        ];
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.reporter, r.kind, r.reported_at))
+            .collect();
         assert_eq!(got, want);
         assert!(rows.iter().all(|r| r.peer == fp(9)));
         assert_eq!(store.reports_about(&[fp(9)], 25).await.unwrap().len(), 1);
-        assert_eq!(store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(), 3);
+        assert_eq!(
+            store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(),
+            3
+        );
         assert!(store.reports_about(&[], 0).await.unwrap().is_empty());
         // More peers than one batch binds, the reported ones in different batches.
         let mut many: Vec<_> = (0..1200u16)
@@ -1067,6 +1093,9 @@ mod tests {
         many[1100] = fp(9);
         assert_eq!(store.reports_about(&many, 0).await.unwrap().len(), 3);
         assert_eq!(store.prune_reports(21).await.unwrap(), 2);
-        assert_eq!(store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(), 1);
+        assert_eq!(
+            store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(),
+            1
+        );
     }
 }
