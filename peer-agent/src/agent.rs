@@ -14,6 +14,7 @@ use torrentguard_trust::{Identity, IdentityError};
 
 use crate::download::{DownloadError, DownloadOptions, DownloadReport, download};
 use crate::events::{Event, EventSink};
+use crate::misbehaving::MisbehavingPeers;
 use crate::peer::{Seeder, SeederLimits};
 use crate::rate::RateLimit;
 use crate::scan::Scanned;
@@ -66,6 +67,8 @@ pub struct Agent {
     pub cancel: CancellationToken,
     /// One download limit for every download of this agent (unlimited until set).
     pub download_limit: Arc<RateLimit>,
+    /// Peers that misbehaved in this agent's earlier downloads, kept in its data directory.
+    pub misbehaving: Arc<MisbehavingPeers>,
     /// The tracker and the listener together, for announces.
     session: Session,
     tasks: TaskTracker,
@@ -117,9 +120,10 @@ impl Agent {
             session: Session::new(client.clone(), seeder.clone()),
             tracker: client,
             seeder,
-            data_dir,
             cancel,
             download_limit: Arc::new(RateLimit::default()),
+            misbehaving: Arc::new(MisbehavingPeers::load(&data_dir)),
+            data_dir,
             tasks: TaskTracker::new(),
         })
     }
@@ -201,13 +205,15 @@ impl Agent {
     }
 
     /// Downloads `id` (resuming if a `.part` exists), within the agent's download limit,
-    /// shared by every download it runs (it replaces `opts.download_limit`).
+    /// shared by every download it runs (it replaces `opts.download_limit`), remembering
+    /// misbehaving peers in the agent's data directory (it sets `opts.misbehaving`).
     pub async fn download(
         &self,
         id: FileId,
         mut opts: DownloadOptions,
     ) -> Result<DownloadReport, AgentError> {
         opts.download_limit = self.download_limit.clone();
+        opts.misbehaving = Some(self.misbehaving.clone());
         Ok(download(
             self.identity.clone(),
             &self.session,

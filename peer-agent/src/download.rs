@@ -16,17 +16,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use torrentguard_protocol::api::{AnnounceEvent, PeerInfo};
+use torrentguard_protocol::api::{AnnounceEvent, PeerInfo, ReportKind, ReportRequest};
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest, sanitize_name};
 use torrentguard_trust::Identity;
 
 use crate::events::{Event, EventSink};
+use crate::misbehaving::MisbehavingPeers;
+use crate::peer::PeerError;
 use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
 use crate::peer::{BufferPool, Seeder};
 use crate::rate::RateLimit;
 use crate::session::{Session, TrackerError};
 use crate::torrent::SharedFile;
-use crate::torrent::download::{DownloadState, SpeedMeter, identical_chunks};
+use crate::torrent::download::{DownloadState, Misbehaviour, SpeedMeter, identical_chunks};
 use crate::torrent::ordered_hash::OrderedHasher;
 use crate::torrent::output::{Output, OutputOpened, PartialOutput};
 use crate::torrent::picker::Picker;
@@ -74,6 +76,9 @@ pub struct DownloadOptions {
     /// passes the agent's). Requests wait their turn; the bytes themselves are never held up.
     pub download_limit: Arc<RateLimit>,
     pub events: EventSink,
+    /// The agent's memory of misbehaving peers: read to avoid them, told of new ones.
+    /// [`Agent::download`](crate::Agent::download) passes the agent's.
+    pub misbehaving: Option<Arc<MisbehavingPeers>>,
 }
 
 impl DownloadOptions {
@@ -92,6 +97,7 @@ impl DownloadOptions {
             compression: Default::default(),
             download_limit: Arc::new(RateLimit::default()),
             events: EventSink::none(),
+            misbehaving: None,
         }
     }
 }
@@ -326,6 +332,15 @@ pub async fn download(
     for i in (0..manifest.chunk_count()).filter(|i| !wanted.get(*i)) {
         picker_have.set(i);
     }
+    // Reports go out as peers misbehave, off the download's path; the task ends when the
+    // download's state (holding the sender) is dropped.
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(report_misbehaviour(
+        session.clone(),
+        file_id,
+        opts.misbehaving.clone(),
+        report_rx,
+    ));
     let sh = Arc::new(DownloadState {
         file_id,
         manifest: manifest.clone(),
@@ -353,6 +368,7 @@ pub async fn download(
         stall_timeout: opts.stall_timeout,
         cancel: cancel.child_token(),
         next_slot: AtomicU32::new(0),
+        misbehaved: report_tx,
     });
 
     let peers = Arc::new(DownloadPeers {
@@ -599,6 +615,11 @@ async fn run_swarm(
     let mut report_waiting = false;
     let mut last_waiting: Option<(String, Instant)> = None;
     let mut stall = StallClock::new(sh.bytes_done.load(Ordering::Relaxed), opts.timeout);
+    let remembered = opts
+        .misbehaving
+        .as_ref()
+        .map(|m| m.remembered())
+        .unwrap_or_default();
 
     loop {
         if sh.picker().is_done() {
@@ -656,8 +677,10 @@ async fn run_swarm(
             waiting_backoff = (waiting_backoff * 2).min(cap);
             report_waiting = true;
         }
-        // Connect to every usable peer we are not connected to.
+        // Connect to every usable peer we are not connected to; a peer that misbehaved in an
+        // earlier download only when no other is usable, and with half the ban counted.
         let now = Instant::now();
+        let avoid = avoid_remembered(&known, &records, &remembered, own);
         for p in &known {
             if connected.len() >= opts.max_peers {
                 break;
@@ -667,8 +690,13 @@ async fn run_swarm(
                 || connected.contains(&p.fingerprint)
                 || rec.banned
                 || rec.retry_at.is_some_and(|t| t > now)
+                || (avoid && remembered.contains(&p.fingerprint))
             {
                 continue;
+            }
+            if remembered.contains(&p.fingerprint) && rec.penalty < REMEMBERED_PENALTY {
+                tracing::info!(peer = %p.fingerprint, "no other peer usable: trying a peer that misbehaved before");
+                rec.penalty = REMEMBERED_PENALTY;
             }
             connected.insert(p.fingerprint);
             let prior = PeerMemory {
@@ -738,6 +766,10 @@ async fn run_swarm(
                     PeerEnd::Finished => {}
                     PeerEnd::Fatal => {}
                     PeerEnd::Banned(e) => {
+                        if let PeerError::Stalled { .. } = e {
+                            // Stalled until banned: attributable, not a blip.
+                            let _ = sh.misbehaved.send(Misbehaviour { peer: fp, kind: ReportKind::Stall, chunk: None });
+                        }
                         let reason = e.to_string();
                         rec.banned = true;
                         bans += 1;
@@ -769,6 +801,61 @@ async fn run_swarm(
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Penalty a peer remembered as misbehaving starts a download with: one more bad chunk bans it.
+const REMEMBERED_PENALTY: u32 = BAN_THRESHOLD / 2;
+
+/// Whether to leave remembered peers alone: while some other peer of the swarm is not banned.
+fn avoid_remembered(
+    known: &[PeerInfo],
+    records: &HashMap<Fingerprint, PeerRecord>,
+    remembered: &HashSet<Fingerprint>,
+    own: Fingerprint,
+) -> bool {
+    !remembered.is_empty()
+        && known.iter().any(|p| {
+            p.fingerprint != own
+                && !remembered.contains(&p.fingerprint)
+                && !records.get(&p.fingerprint).is_some_and(|r| r.banned)
+        })
+}
+
+/// Reports each peer that misbehaved to the tracker and remembers it, once per peer and kind
+/// per download. Best effort: a failure is logged, never the download's.
+async fn report_misbehaviour(
+    session: Session,
+    file_id: FileId,
+    memory: Option<Arc<MisbehavingPeers>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Misbehaviour>,
+) {
+    let mut done: HashSet<(Fingerprint, ReportKind)> = HashSet::new();
+    while let Some(m) = rx.recv().await {
+        if !done.insert((m.peer, m.kind)) {
+            continue;
+        }
+        if let Some(memory) = &memory {
+            let memory = memory.clone();
+            let noted = tokio::task::spawn_blocking(move || memory.note(m.peer, m.kind)).await;
+            if let Ok(Err(e)) = noted {
+                tracing::warn!(error = %e, "could not remember a misbehaving peer");
+            }
+        }
+        let req = ReportRequest {
+            file_id,
+            peer: m.peer,
+            kind: m.kind,
+            chunk: m.chunk,
+        };
+        match session.report(&req).await {
+            Ok(()) => {
+                tracing::info!(peer = %m.peer, kind = ?m.kind, "reported the peer to the tracker")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %m.peer, error = %e, "could not report the peer to the tracker")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod daemon;
 pub mod download;
 pub mod events;
+pub mod misbehaving;
 pub mod peer;
 pub mod rate;
 pub mod reach;

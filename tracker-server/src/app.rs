@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{
     API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, FilePeers, Health,
     MAX_ENTRIES_PAGE, MAX_INLINE_ENTRIES, ManifestResponse, Page, PageQuery, PeerInfo, PeerSummary,
-    RegisterResponse,
+    RegisterResponse, ReportRequest, Reputation,
 };
 use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Manifest};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -30,7 +30,8 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
 use crate::limits::{Limiter, LimitsConfig, Rate, limit_concurrency, limit_writes};
 use crate::metrics::{ConnectionStats, Metrics};
-use crate::store::{AnnounceRecord, InstrumentedStore, Registration, Store};
+use crate::reputation::{Report, ReputationConfig, Reputations};
+use crate::store::{AnnounceRecord, InstrumentedStore, Registration, ReportRecord, Store};
 
 /// The TLS client certificate's fingerprint of the connection a request came on, if the client
 /// presented one. Inserted by the connection loop; never taken from anything the client wrote.
@@ -99,6 +100,7 @@ struct Shared {
     /// stream) end instead of holding the graceful shutdown for its whole grace period.
     closing: CancellationToken,
     limiter: Limiter,
+    reputation: ReputationConfig,
 }
 
 /// Settings the application needs (the listener's are elsewhere).
@@ -108,6 +110,7 @@ pub struct AppConfig {
     pub announce_interval: Duration,
     pub swarm_token: Option<String>,
     pub allowlist: Vec<Fingerprint>,
+    pub reputation: ReputationConfig,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -146,6 +149,7 @@ impl AppState {
             allowlist: config.allowlist.into_iter().collect(),
             closing: CancellationToken::new(),
             limiter: Limiter::new(limits),
+            reputation: config.reputation,
         }))
     }
 
@@ -231,6 +235,7 @@ pub fn router(state: AppState) -> Router {
         .route("/files/{id}/peers", get(file_peers))
         .route("/announce", write_limited(&state, announce_route))
         .route("/peers", get(list_peers))
+        .route("/reports", write_limited(&state, post(report_peer)))
         // Only matched routes: an unknown path is a 404 whether or not a token came with it.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Outermost of the API: a request over the bound costs no more than its 429. /healthz
@@ -539,6 +544,7 @@ async fn file_peers(
         .store
         .file_peers(id, live_since, None, MAX_FILE_PEERS)
         .await?;
+    let peers = with_reputations(&state, peers, unix_now()).await?;
     Ok(Json(FilePeers {
         file_id: id,
         peers: reachable_peers(peers, local.ip()),
@@ -638,6 +644,7 @@ async fn announce(
             MAX_ANNOUNCE_PEERS,
         )
         .await?;
+    let peers = best_first(&state, with_reputations(&state, peers, now).await?);
     Ok(Json(AnnounceResponse {
         interval_secs: state.0.announce_interval.as_secs().max(1),
         peers: reachable_peers(peers, local.ip()),
@@ -707,12 +714,128 @@ async fn list_peers(
 ) -> Result<Json<Page<PeerSummary>>, ApiError> {
     let limit = page_limit(&q)?;
     let after = cursor::<Fingerprint>(&q)?;
-    let live_since = state.live_since(unix_now());
-    let mut page = state.0.store.list_peers(after, limit, live_since).await?;
+    let now = unix_now();
+    let mut page = state
+        .0
+        .store
+        .list_peers(after, limit, state.live_since(now))
+        .await?;
+    let fingerprints: Vec<_> = page.items.iter().map(|p| p.fingerprint).collect();
+    let scores = reputations(&state, &fingerprints, now).await?;
     for p in &mut page.items {
         p.address = address_for_asker(p.address, local.ip());
+        p.reputation = Some(scores.of(&p.fingerprint));
     }
     Ok(Json(page))
+}
+
+/// The standing of `peers` at `now`, from the reports the store still counts.
+pub(crate) async fn reputations(
+    state: &AppState,
+    peers: &[Fingerprint],
+    now: i64,
+) -> Result<Reputations, ApiError> {
+    let config = &state.0.reputation;
+    let rows = state
+        .0
+        .store
+        .reports_about(peers, config.counted_since(now))
+        .await?;
+    let reports: Vec<Report> = rows
+        .into_iter()
+        .map(|r| Report {
+            peer: r.peer,
+            reporter: r.reporter,
+            kind: r.kind,
+            at: r.reported_at,
+        })
+        .collect();
+    Ok(config.score(&reports, now))
+}
+
+/// `peers` with their reputation filled in.
+pub(crate) async fn with_reputations(
+    state: &AppState,
+    mut peers: Vec<PeerInfo>,
+    now: i64,
+) -> Result<Vec<PeerInfo>, ApiError> {
+    let fingerprints: Vec<_> = peers.iter().map(|p| p.fingerprint).collect();
+    let scores = reputations(state, &fingerprints, now).await?;
+    for p in &mut peers {
+        p.reputation = Some(scores.of(&p.fingerprint));
+    }
+    Ok(peers)
+}
+
+/// An announce answer's peers: those below the withhold threshold left out, the rest best
+/// first (a stable sort, so equals keep the store's fingerprint order).
+fn best_first(state: &AppState, mut peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
+    let score = |p: &PeerInfo| {
+        p.reputation
+            .map_or(crate::reputation::CLEAN_SCORE, |r| r.score)
+    };
+    peers.retain(|p| {
+        !p.reputation
+            .is_some_and(|r| state.0.reputation.withholds(&r))
+    });
+    peers.sort_by_key(|p| std::cmp::Reverse(score(p)));
+    peers
+}
+
+/// `POST /reports` answer.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ReportAccepted {
+    peer: Fingerprint,
+    /// False when this reporter had reported the peer before: its latest report replaced the
+    /// earlier one, so it still counts once.
+    new_reporter: bool,
+    reputation: Reputation,
+}
+
+/// A downloader reports a peer that served a bad chunk or stalled. 201 for a reporter's first
+/// report of that peer, 202 when it replaces the reporter's earlier one.
+async fn report_peer(
+    State(state): State<AppState>,
+    AuthorizedPeer(reporter): AuthorizedPeer,
+    AppJson(req): AppJson<ReportRequest>,
+) -> Result<(StatusCode, Json<ReportAccepted>), ApiError> {
+    if req.peer == reporter {
+        return Err(ApiError::BadRequest("a peer cannot report itself".into()));
+    }
+    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
+        return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
+    };
+    if let Some(c) = req.chunk.filter(|&c| c >= chunks) {
+        return Err(ApiError::BadRequest(format!(
+            "chunk {c} is out of range: file {} has {chunks} chunks",
+            req.file_id
+        )));
+    }
+    let now = unix_now();
+    let record = ReportRecord {
+        reporter,
+        peer: req.peer,
+        file_id: req.file_id,
+        kind: req.kind,
+        chunk: req.chunk,
+        now,
+    };
+    let new_reporter = state.0.store.record_report(&record).await?;
+    let reputation = reputations(&state, &[req.peer], now).await?.of(&req.peer);
+    tracing::info!(reporter = %reporter.short(), peer = %req.peer.short(), file = %req.file_id.short(), kind = ?req.kind, chunk = ?req.chunk, score = reputation.score, "peer reported");
+    let status = if new_reporter {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(ReportAccepted {
+            peer: req.peer,
+            new_reporter,
+            reputation,
+        }),
+    ))
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {

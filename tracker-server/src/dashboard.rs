@@ -236,8 +236,11 @@ async fn overview(
     let live_since = state.live_since(now);
     let (files, files_more) = file_rows(state, live_since).await?;
     let mut peers = state.store().list_peers(None, LISTED, live_since).await?;
+    let fingerprints: Vec<_> = peers.items.iter().map(|p| p.fingerprint).collect();
+    let scores = crate::app::reputations(state, &fingerprints, now).await?;
     for p in &mut peers.items {
         p.address = address_for_asker(p.address, local);
+        p.reputation = Some(scores.of(&p.fingerprint));
     }
     let peers_more = peers.next.is_some();
     let names: HashMap<FileId, &str> = files.iter().map(|f| (f.id, f.name.as_str())).collect();
@@ -286,10 +289,11 @@ async fn file_view(
     };
     let now = unix_now();
     let live_since = state.live_since(now);
-    let mut peers = state
+    let peers = state
         .store()
         .file_peers(id, live_since, None, FILE_PEERS_LISTED)
         .await?;
+    let mut peers = crate::app::with_reputations(state, peers, now).await?;
     for p in &mut peers {
         p.address = address_for_asker(p.address, local);
     }

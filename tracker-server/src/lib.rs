@@ -15,6 +15,7 @@ pub mod healthcheck;
 pub mod limits;
 pub mod metrics;
 pub mod process;
+pub mod reputation;
 pub mod server;
 pub mod store;
 
@@ -37,6 +38,7 @@ pub use store::{Database, DatabaseUrlError, PostgresStore, SqliteStore, Store, S
 use crate::app::{AppConfig, AppState};
 use crate::connections::{ConnectionLimits, ConnectionTable};
 use crate::limits::{LimitsConfig, Rate};
+use crate::reputation::ReputationConfig;
 use crate::server::Server;
 
 /// The database file inside the data directory.
@@ -92,6 +94,8 @@ pub struct TrackerConfig {
     pub database: Option<Database>,
     /// Write rates, the concurrency bound, and bounds on what clients can store.
     pub limits: LimitsConfig,
+    /// How peer reports decay and when a peer is withheld from announce answers.
+    pub reputation: ReputationConfig,
 }
 
 impl TrackerConfig {
@@ -108,6 +112,7 @@ impl TrackerConfig {
             connection_limits: ConnectionLimits::default(),
             database: None,
             limits: LimitsConfig::default(),
+            reputation: ReputationConfig::default(),
         }
     }
 
@@ -266,6 +271,17 @@ pub struct TrackerArgs {
     /// in the swarm keep announcing).
     #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_MAX_PEERS_PER_FILE", value_name = "N", default_value_t = limits::DEFAULT_MAX_PEERS_PER_FILE, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers_per_file: u64,
+
+    /// Seconds after which a peer report weighs half as much; reports older than 8 half-lives
+    /// no longer count and are deleted.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_REPUTATION_HALF_LIFE", value_name = "SECS", default_value_t = reputation::DEFAULT_HALF_LIFE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub reputation_half_life: u64,
+
+    /// Reputation score (0-100) below which a peer is left out of announce answers. At most 50,
+    /// the lowest score one reporter alone can cause, so one identity can never get a peer
+    /// withheld; 0 withholds nobody.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WITHHOLD_BELOW", value_name = "N", default_value_t = reputation::DEFAULT_WITHHOLD_BELOW, value_parser = clap::value_parser!(u32).range(0..=i64::from(reputation::SINGLE_REPORTER_FLOOR)))]
+    pub withhold_below: u32,
 }
 
 /// A rate in requests per second: 0 (off) or a positive finite number.
@@ -319,6 +335,10 @@ impl TrackerArgs {
                 max_manifest_chunks: self.max_manifest_chunks,
                 max_manifest_entries: self.max_manifest_entries,
                 max_peers_per_file: self.max_peers_per_file,
+            },
+            reputation: ReputationConfig {
+                half_life: Duration::from_secs(self.reputation_half_life),
+                withhold_below: self.withhold_below,
             },
         }
     }
@@ -429,6 +449,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             announce_interval: config.announce_interval,
             swarm_token: config.swarm_token,
             allowlist: config.allowlist.clone(),
+            reputation: config.reputation,
         },
         config.limits,
     );
@@ -464,9 +485,14 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     let shutdown = CancellationToken::new();
     let task = {
         let shutdown = shutdown.clone();
-        let ttl = config.peer_ttl;
+        let (ttl, reputation) = (config.peer_ttl, config.reputation);
         tokio::spawn(async move {
-            let expiry = tokio::spawn(expire_peers(store.clone(), ttl, shutdown.clone()));
+            let expiry = tokio::spawn(expire_peers(
+                store.clone(),
+                ttl,
+                reputation,
+                shutdown.clone(),
+            ));
             // Ends the dashboard's event streams as the graceful shutdown begins.
             tokio::spawn({
                 let shutdown = shutdown.clone();
@@ -538,9 +564,15 @@ fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Deletes peers silent for longer than the TTL, a few times per TTL, until shutdown. The
-/// handlers already ignore stale rows, so this only keeps the tables small.
-async fn expire_peers(store: Arc<dyn Store>, ttl: Duration, shutdown: CancellationToken) {
+/// Deletes peers silent for longer than the TTL, and reports too old to count, a few times per
+/// TTL, until shutdown. The handlers already ignore stale rows, so this only keeps the tables
+/// small.
+async fn expire_peers(
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    reputation: ReputationConfig,
+    shutdown: CancellationToken,
+) {
     let period = (ttl / 4).max(Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -554,6 +586,14 @@ async fn expire_peers(store: Arc<dyn Store>, ttl: Duration, shutdown: Cancellati
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "expired silent peers"),
             Err(e) => tracing::warn!(error = %e, "expiring peers failed"),
+        }
+        match store
+            .prune_reports(reputation.counted_since(app::unix_now()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reports = n, "pruned reports too old to count"),
+            Err(e) => tracing::warn!(error = %e, "pruning reports failed"),
         }
     }
 }

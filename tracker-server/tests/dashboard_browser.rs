@@ -126,7 +126,7 @@ async fn a_file_shared_while_the_dashboard_is_open_appears_live_and_leads_to_its
         ensure!(done["seeders"] == "1" && done["leechers"] == "1", "{done}");
         // (5 + 2) of 2 × 5 chunks.
         ensure!(done["completion"] == "70 %", "{done}");
-        ensure!(done["reputation"] == "—", "{done}");
+        ensure!(done["reputation"] == "100 (0 reporters)", "{done}");
         ensure!(done["role"] == "seeder", "{done}");
         ensure!(done["address"] == "127.0.0.1:7001", "{done}");
         let png = std::fs::read(&screenshot)?;

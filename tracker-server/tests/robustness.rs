@@ -123,6 +123,7 @@ async fn mangled_manifests_and_announces_never_fail_the_server(backend: Backend)
                 announce_interval: Duration::from_secs(30),
                 swarm_token: None,
                 allowlist: vec![],
+                reputation: Default::default(),
             },
         );
         let app = router(state);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use torrentguard_agent::torrent::store::list_partials;
 use torrentguard_protocol::FileId;
-use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary};
+use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary, Reputation};
 
 use super::args::StatusArgs;
 use super::codes::trackers_for;
@@ -124,8 +124,8 @@ async fn status_of_tracker(
 /// The peers of one file and how much of it each has.
 fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
     print_line(&format!(
-        "\n{:<20} {:<40} {:>12} {:>10}",
-        "PEER", "ADDRESS", "HAVE", "LAST SEEN"
+        "\n{:<20} {:<40} {:>12} {:>10} {:>9}",
+        "PEER", "ADDRESS", "HAVE", "LAST SEEN", "SCORE"
     ));
     for p in peers {
         let have = if p.complete {
@@ -134,11 +134,12 @@ fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
             format!("{}/{}", p.have, chunk_count)
         };
         print_line(&format!(
-            "{:<20} {:<40} {:>12} {:>10}",
+            "{:<20} {:<40} {:>12} {:>10} {:>9}",
             p.fingerprint.short(),
             SocketAddr::new(p.address, p.port).to_string(),
             have,
-            ago(p.last_seen)
+            ago(p.last_seen),
+            score(p.reputation)
         ));
     }
     if peers.is_empty() {
@@ -178,20 +179,34 @@ fn print_files(files: &[FileSummary]) {
 /// The live peers the tracker lists, one row each.
 fn print_peers(peers: &[PeerSummary]) {
     print_line(&format!(
-        "\n{:<20} {:<40} {:>6} {:>10}",
-        "PEER", "ADDRESS", "FILES", "LAST SEEN"
+        "\n{:<20} {:<40} {:>6} {:>10} {:>9}",
+        "PEER", "ADDRESS", "FILES", "LAST SEEN", "SCORE"
     ));
     for p in peers {
         print_line(&format!(
-            "{:<20} {:<40} {:>6} {:>10}",
+            "{:<20} {:<40} {:>6} {:>10} {:>9}",
             p.fingerprint.short(),
             SocketAddr::new(p.address, p.port).to_string(),
             p.files.len(),
-            ago(p.last_seen)
+            ago(p.last_seen),
+            score(p.reputation)
         ));
     }
     if peers.is_empty() {
         print_line("(no live peers)");
+    }
+}
+
+/// The tracker's reputation score of a peer, with the reporters behind it when there are
+/// any (`-` from a tracker that keeps no reputation).
+fn score(r: Option<Reputation>) -> String {
+    match r {
+        None => "-".into(),
+        Some(Reputation {
+            score,
+            reporters: 0,
+        }) => score.to_string(),
+        Some(Reputation { score, reporters }) => format!("{score} ({reporters})"),
     }
 }
 
@@ -218,5 +233,29 @@ fn print_partials(output: &Path, partials: &[Partial]) {
             p.chunk_count,
             p.file_id
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_show_their_reporters() {
+        assert_eq!(score(None), "-");
+        assert_eq!(
+            score(Some(Reputation {
+                score: 100,
+                reporters: 0
+            })),
+            "100"
+        );
+        assert_eq!(
+            score(Some(Reputation {
+                score: 25,
+                reporters: 3
+            })),
+            "25 (3)"
+        );
     }
 }

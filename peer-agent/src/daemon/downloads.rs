@@ -198,6 +198,7 @@ impl Daemon {
         opts.only = spec.only;
         opts.compression = self.config.compression;
         opts.download_limit = self.download_limit.clone();
+        opts.misbehaving = Some(self.misbehaving.clone());
         opts.events = self.sink(key);
         let r = download(
             self.identity.clone(),

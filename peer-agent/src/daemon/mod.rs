@@ -114,6 +114,8 @@ pub struct Daemon {
     /// `--download-limit`: one bucket for every download (uploads have the seeder's).
     download_limit: Arc<crate::rate::RateLimit>,
     pub cancel: CancellationToken,
+    /// Peers that misbehaved in earlier downloads (see [`crate::misbehaving`]).
+    misbehaving: Arc<crate::misbehaving::MisbehavingPeers>,
     tasks: TaskTracker,
     /// The web UI's logins and its base URL, once `--ui` serves it.
     ui: std::sync::OnceLock<(Arc<ui::UiAuth>, String)>,
@@ -149,6 +151,7 @@ impl Daemon {
         trackers.attach(seeder.clone());
         let (peer_notes, notes_rx) = mpsc::unbounded_channel();
         let download_limit = Arc::new(crate::rate::RateLimit::new(config.download_limit));
+        let config_dir = config.data_dir.clone();
         let daemon = Arc::new(Daemon {
             identity,
             config,
@@ -160,6 +163,7 @@ impl Daemon {
             peer_notes,
             download_limit,
             cancel,
+            misbehaving: Arc::new(crate::misbehaving::MisbehavingPeers::load(&config_dir)),
             tasks: TaskTracker::new(),
             ui: std::sync::OnceLock::new(),
         });

@@ -541,3 +541,36 @@ async fn a_limited_download_from_two_seeders_takes_turns_under_one_limit() {
     let floor = (r.bytes_fetched - burst(RATE)) as f64 / RATE as f64;
     assert!(took.as_secs_f64() >= floor, "{took:?} < {floor:.2} s");
 }
+
+#[test]
+fn remembered_peers_are_avoided_only_while_another_is_usable() {
+    let peer = |n: u8| PeerInfo {
+        fingerprint: Fingerprint::from_bytes([n; 32]),
+        address: std::net::IpAddr::from([127, 0, 0, 1]),
+        port: 7000 + u16::from(n),
+        have: 1,
+        complete: true,
+        last_seen: 0,
+        reputation: None,
+    };
+    let (own, bad, good) = (peer(0), peer(1), peer(2));
+    let remembered = HashSet::from([bad.fingerprint]);
+    let mut records: HashMap<Fingerprint, PeerRecord> = HashMap::new();
+    let known = [own.clone(), bad.clone(), good.clone()];
+    let avoid = |known: &[PeerInfo], records: &HashMap<_, _>| {
+        avoid_remembered(known, records, &remembered, own.fingerprint)
+    };
+    assert!(avoid(&known, &records));
+    // Ourselves do not count as another peer.
+    assert!(!avoid(&[own.clone(), bad.clone()], &records));
+    // Nor does a peer banned in this download.
+    records.entry(good.fingerprint).or_default().banned = true;
+    assert!(!avoid(&known, &records));
+    // Nothing remembered: nothing to avoid.
+    assert!(!avoid_remembered(
+        &known,
+        &HashMap::new(),
+        &HashSet::new(),
+        own.fingerprint
+    ));
+}

@@ -758,6 +758,17 @@ fn complete_copies(sh: &DownloadState, index: u32) {
     }
 }
 
+/// Hands a chunk that failed verification to the download's reporter.
+fn report_bad_chunk(sh: &DownloadState, peer: Fingerprint, index: u32) {
+    let kind = torrentguard_protocol::api::ReportKind::BadChunk;
+    // Closed only once the download is over, when nothing is reported any more.
+    let _ = sh.misbehaved.send(crate::torrent::download::Misbehaviour {
+        peer,
+        kind,
+        chunk: Some(index),
+    });
+}
+
 fn settle(
     sh: &DownloadState,
     r: Result<Verified, tokio::task::JoinError>,
@@ -792,6 +803,7 @@ fn settle(
             sh.picker().release(index, slot);
             sh.retries.fetch_add(1, Ordering::Relaxed);
             *penalty += VIOLATION_PENALTY;
+            report_bad_chunk(sh, fp, index);
             tracing::warn!(peer = %fp, index, error = %source, "compressed chunk refused; will be fetched again");
             sh.events.emit(Event::ChunkRetry {
                 file_id: sh.file_id,
@@ -806,6 +818,7 @@ fn settle(
             sh.picker().release(index, slot);
             sh.retries.fetch_add(1, Ordering::Relaxed);
             *penalty += BAD_CHUNK_PENALTY;
+            report_bad_chunk(sh, fp, index);
             tracing::warn!(peer = %fp, index, "chunk failed verification; discarded, will be fetched again");
             sh.events.emit(Event::ChunkRetry {
                 file_id: sh.file_id,

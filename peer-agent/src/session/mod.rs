@@ -111,6 +111,14 @@ impl Session {
         self.tracker.manifest(id).await
     }
 
+    /// Reports a misbehaving peer to the tracker.
+    pub async fn report(
+        &self,
+        req: &torrentguard_protocol::api::ReportRequest,
+    ) -> Result<(), TrackerError> {
+        self.tracker.report(req).await
+    }
+
     /// The tracker's re-announce interval, as it last said.
     pub fn announce_interval(&self) -> Duration {
         self.tracker.announce_interval()

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use torrentguard_protocol::Fingerprint;
 use torrentguard_protocol::api::{
     API_PREFIX, AnnounceEvent, AnnounceRequest, AnnounceResponse, ErrorBody, FilePeers,
-    FileSummary, Health, Page, PeerSummary, RegisterResponse,
+    FileSummary, Health, Page, PeerSummary, RegisterResponse, ReportRequest,
 };
 use torrentguard_protocol::{FileId, Manifest, ManifestError};
 use torrentguard_trust::Pin;
@@ -26,6 +26,8 @@ use torrentguard_trust::config::tracker_client_config;
 use torrentguard_trust::identity::{Identity, write_atomically};
 
 pub const KNOWN_TRACKERS_FILE: &str = "known_trackers";
+/// Bound on one `POST /reports`.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
@@ -388,6 +390,20 @@ impl TrackerClient {
             self.interval_secs
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Reports a peer that served a bad chunk or stalled (`POST /reports`). Bounded by
+    /// [`REPORT_TIMEOUT`]: a report is worth little next to the download it came from.
+    pub async fn report(&self, req: &ReportRequest) -> Result<(), TrackerError> {
+        let http = self
+            .http
+            .post(self.api("reports"))
+            .json(req)
+            .timeout(REPORT_TIMEOUT);
+        // The answer (the peer's new score) is for people looking with curl; the agent keeps
+        // its own memory of the peer.
+        let _: serde::de::IgnoredAny = self.send(http).await?;
+        Ok(())
     }
 
     pub async fn file_peers(&self, id: &FileId) -> Result<FilePeers, TrackerError> {

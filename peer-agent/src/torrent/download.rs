@@ -56,6 +56,17 @@ pub struct DownloadState {
     pub cancel: CancellationToken,
     /// Next picker identity of a peer connection.
     pub next_slot: AtomicU32,
+    /// Where peer tasks tell of a peer's misbehaviour, to be reported and remembered.
+    pub misbehaved: tokio::sync::mpsc::UnboundedSender<Misbehaviour>,
+}
+
+/// A peer seen misbehaving in a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Misbehaviour {
+    pub peer: Fingerprint,
+    pub kind: torrentguard_protocol::api::ReportKind,
+    /// The chunk concerned (a bad chunk's index).
+    pub chunk: Option<u32>,
 }
 
 impl DownloadState {

@@ -21,6 +21,7 @@ async fn app(pool: SqlitePool, token: Option<&str>) -> Router {
             announce_interval: Duration::from_secs(20),
             swarm_token: token.map(str::to_owned),
             allowlist: vec![],
+            reputation: Default::default(),
         },
     );
     router(state)

@@ -10,8 +10,8 @@ use torrentguard_protocol::api::{FileSummary, Page, PeerInfo, PeerSummary};
 use torrentguard_protocol::{FileId, Fingerprint, Manifest};
 
 use super::{
-    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
-    SwarmSize,
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, ReportRecord,
+    ReportRow, Store, StoreError, SwarmSize,
 };
 use crate::metrics::Metrics;
 
@@ -171,5 +171,21 @@ impl Store for InstrumentedStore {
         peer: Fingerprint,
     ) -> BoxFuture<'_, Result<SwarmSize, StoreError>> {
         self.timed("swarm_size", self.inner.swarm_size(id, live_since, peer))
+    }
+
+    fn record_report<'a>(&'a self, r: &'a ReportRecord) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("record_report", self.inner.record_report(r))
+    }
+
+    fn reports_about<'a>(
+        &'a self,
+        peers: &'a [Fingerprint],
+        since: i64,
+    ) -> BoxFuture<'a, Result<Vec<ReportRow>, StoreError>> {
+        self.timed("reports_about", self.inner.reports_about(peers, since))
+    }
+
+    fn prune_reports(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.timed("prune_reports", self.inner.prune_reports(cutoff))
     }
 }

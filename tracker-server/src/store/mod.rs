@@ -8,7 +8,9 @@
 use std::net::IpAddr;
 
 use futures::future::BoxFuture;
-use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
+use torrentguard_protocol::api::{
+    AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary, ReportKind,
+};
 use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,28 @@ pub struct ManifestHead {
 pub struct EntrySlice {
     pub items: Vec<Entry>,
     pub entry_count: u32,
+}
+
+/// One validated report: `reporter` (from its TLS session) saw `peer` misbehave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    pub reporter: Fingerprint,
+    pub peer: Fingerprint,
+    pub file_id: FileId,
+    pub kind: ReportKind,
+    /// Already checked against the file's chunk count.
+    pub chunk: Option<u32>,
+    pub now: i64,
+}
+
+/// A reporter's latest report of a peer, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportRow {
+    pub peer: Fingerprint,
+    pub reporter: Fingerprint,
+    pub kind: ReportKind,
+    /// Unix seconds.
+    pub reported_at: i64,
 }
 
 /// Sizes for the metrics endpoint.
@@ -189,6 +213,24 @@ pub trait Store: Send + Sync + 'static {
         live_since: i64,
         peer: Fingerprint,
     ) -> BoxFuture<'_, Result<SwarmSize, StoreError>>;
+
+    /// Keeps `report` as its reporter's latest report of its peer, replacing an earlier one.
+    /// `Ok(true)` if this reporter had not reported this peer before.
+    fn record_report<'a>(
+        &'a self,
+        report: &'a ReportRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every kept report about any of `peers` made at or after `since`, at most one per
+    /// (peer, reporter).
+    fn reports_about<'a>(
+        &'a self,
+        peers: &'a [Fingerprint],
+        since: i64,
+    ) -> BoxFuture<'a, Result<Vec<ReportRow>, StoreError>>;
+
+    /// Deletes reports made before `cutoff`; returns how many.
+    fn prune_reports(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
 /// The outcome of [`Store::register_file_by`].

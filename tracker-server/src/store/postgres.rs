@@ -15,10 +15,13 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
 use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
-use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
+use super::rows::{
+    EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, REPORT_QUERY_BATCH,
+    ReportDbRow, kind_text, paginate,
+};
 use super::{
-    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
-    SwarmSize, corrupt,
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, ReportRecord,
+    ReportRow, Store, StoreError, SwarmSize, corrupt,
 };
 
 /// Connections per tracker process. Several replicas share the server's `max_connections`
@@ -575,6 +578,65 @@ impl Store for PostgresStore {
                 live_peers: u64::try_from(live).map_err(|e| corrupt("peer_files", e))?,
                 includes_peer: mine > 0,
             })
+        })
+    }
+
+    fn record_report<'a>(&'a self, r: &'a ReportRecord) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // One upsert; `xmax = 0` holds only for a row this statement inserted, so it says
+            // whether this reporter is new for this peer, even with replicas racing.
+            let inserted: bool = sqlx::query_scalar(
+                "INSERT INTO reports (peer, reporter, file_id, kind, chunk, reported_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (peer, reporter) DO UPDATE
+                    SET file_id = excluded.file_id, kind = excluded.kind,
+                        chunk = excluded.chunk, reported_at = excluded.reported_at
+                 RETURNING (xmax = 0)",
+            )
+            .bind(r.peer.to_string())
+            .bind(r.reporter.to_string())
+            .bind(r.file_id.to_string())
+            .bind(kind_text(r.kind))
+            .bind(r.chunk.map(i64::from))
+            .bind(r.now)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(inserted)
+        })
+    }
+
+    fn reports_about<'a>(
+        &'a self,
+        peers: &'a [Fingerprint],
+        since: i64,
+    ) -> BoxFuture<'a, Result<Vec<ReportRow>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for batch in peers.chunks(REPORT_QUERY_BATCH) {
+                let batch: Vec<String> = batch.iter().map(ToString::to_string).collect();
+                let rows: Vec<ReportDbRow> = sqlx::query_as(
+                    "SELECT peer, reporter, kind, reported_at FROM reports
+                     WHERE reported_at >= $1 AND peer = ANY($2)",
+                )
+                .bind(since)
+                .bind(&batch)
+                .fetch_all(&self.pool)
+                .await?;
+                for row in rows {
+                    out.push(ReportRow::try_from(row)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune_reports(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query("DELETE FROM reports WHERE reported_at < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
         })
     }
 }

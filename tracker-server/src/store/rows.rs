@@ -5,10 +5,10 @@
 use std::str::FromStr;
 
 use sqlx::FromRow;
-use torrentguard_protocol::api::{FileSummary, Page, PeerInfo, PeerSummary};
+use torrentguard_protocol::api::{FileSummary, Page, PeerInfo, PeerSummary, ReportKind};
 use torrentguard_protocol::{Digest, Entry, EntryKind, FileId, HashAlgo, Manifest};
 
-use super::{StoreError, corrupt};
+use super::{ReportRow, StoreError, corrupt};
 
 #[derive(FromRow)]
 pub(super) struct ManifestRow {
@@ -174,6 +174,43 @@ impl TryFrom<PeerSummaryRow> for PeerSummary {
             files,
             last_seen: r.last_seen,
             reputation: None,
+        })
+    }
+}
+
+pub(super) fn kind_text(kind: ReportKind) -> &'static str {
+    match kind {
+        ReportKind::BadChunk => "bad_chunk",
+        ReportKind::Stall => "stall",
+    }
+}
+
+/// Fingerprints bound per `reports_about` query: far under SQLite's and PostgreSQL's limits on
+/// bound parameters, so a listing of 10 000 peers is a few queries.
+pub(super) const REPORT_QUERY_BATCH: usize = 500;
+
+#[derive(FromRow)]
+pub(super) struct ReportDbRow {
+    peer: String,
+    reporter: String,
+    kind: String,
+    reported_at: i64,
+}
+
+impl TryFrom<ReportDbRow> for ReportRow {
+    type Error = StoreError;
+    fn try_from(r: ReportDbRow) -> Result<Self, StoreError> {
+        let bad = |d: &str| corrupt("reports", d);
+        let kind = match r.kind.as_str() {
+            "bad_chunk" => ReportKind::BadChunk,
+            "stall" => ReportKind::Stall,
+            other => return Err(bad(other)),
+        };
+        Ok(ReportRow {
+            peer: r.peer.parse().map_err(|_| bad(&r.peer))?,
+            reporter: r.reporter.parse().map_err(|_| bad(&r.reporter))?,
+            kind,
+            reported_at: r.reported_at,
         })
     }
 }

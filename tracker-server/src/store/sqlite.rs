@@ -9,10 +9,13 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use torrentguard_protocol::api::{AnnounceEvent, FileSummary, Page, PeerInfo, PeerSummary};
 use torrentguard_protocol::{Entry, FileId, Fingerprint, Manifest};
 
-use super::rows::{EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, paginate};
+use super::rows::{
+    EntryRow, FileSummaryRow, ManifestRow, PeerInfoRow, PeerSummaryRow, REPORT_QUERY_BATCH,
+    ReportDbRow, kind_text, paginate,
+};
 use super::{
-    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, Store, StoreError,
-    SwarmSize, corrupt,
+    AnnounceRecord, Counts, EntrySlice, ManifestHead, PoolStatus, Registration, ReportRecord,
+    ReportRow, Store, StoreError, SwarmSize, corrupt,
 };
 
 /// The SQLite store: one database file in WAL mode behind a connection pool.
@@ -537,12 +540,92 @@ impl Store for SqliteStore {
             })
         })
     }
+
+    fn record_report<'a>(&'a self, r: &'a ReportRecord) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let (peer, reporter) = (r.peer.to_string(), r.reporter.to_string());
+            let (file_id, kind) = (r.file_id.to_string(), kind_text(r.kind));
+            let chunk = r.chunk.map(i64::from);
+            let mut tx = self.pool.begin().await?;
+            // Update first (taking SQLite's write lock at once), insert only if there was no
+            // row: the answer says whether this reporter is new for this peer.
+            let replaced = sqlx::query(
+                "UPDATE reports SET file_id = $3, kind = $4, chunk = $5, reported_at = $6
+                 WHERE peer = $1 AND reporter = $2",
+            )
+            .bind(&peer)
+            .bind(&reporter)
+            .bind(&file_id)
+            .bind(kind)
+            .bind(chunk)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if replaced == 0 {
+                sqlx::query(
+                    "INSERT INTO reports (peer, reporter, file_id, kind, chunk, reported_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (peer, reporter) DO UPDATE
+                        SET file_id = excluded.file_id, kind = excluded.kind,
+                            chunk = excluded.chunk, reported_at = excluded.reported_at",
+                )
+                .bind(&peer)
+                .bind(&reporter)
+                .bind(&file_id)
+                .bind(kind)
+                .bind(chunk)
+                .bind(r.now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(replaced == 0)
+        })
+    }
+
+    fn reports_about<'a>(
+        &'a self,
+        peers: &'a [Fingerprint],
+        since: i64,
+    ) -> BoxFuture<'a, Result<Vec<ReportRow>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for batch in peers.chunks(REPORT_QUERY_BATCH) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT peer, reporter, kind, reported_at FROM reports WHERE reported_at >= ",
+                );
+                q.push_bind(since).push(" AND peer IN (");
+                let mut list = q.separated(", ");
+                for p in batch {
+                    list.push_bind(p.to_string());
+                }
+                q.push(")");
+                let rows: Vec<ReportDbRow> = q.build_query_as().fetch_all(&self.pool).await?;
+                for row in rows {
+                    out.push(ReportRow::try_from(row)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune_reports(&self, cutoff: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query("DELETE FROM reports WHERE reported_at < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::IpAddr;
+    use torrentguard_protocol::api::ReportKind;
     use torrentguard_protocol::{Bitfield, HashAlgo};
 
     fn manifest(name: &str, data: &[u8]) -> Manifest {
@@ -949,5 +1032,78 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.manifest(m.file_id()).await.unwrap(), Some(m));
         store.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn reports_keep_each_reporter_s_latest_and_prune(pool: SqlitePool) {
+        let store = SqliteStore::from_pool(pool).await.unwrap();
+        let m = manifest("r", b"reported");
+        let report = |reporter: u8, peer: u8, kind, now| ReportRecord {
+            reporter: fp(reporter),
+            peer: fp(peer),
+            file_id: m.file_id(),
+            kind,
+            chunk: Some(0),
+            now,
+        };
+        assert!(
+            store
+                .record_report(&report(1, 9, ReportKind::BadChunk, 10))
+                .await
+                .unwrap()
+        );
+        // The same reporter again: replaced, not added.
+        assert!(
+            !store
+                .record_report(&report(1, 9, ReportKind::Stall, 20))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_report(&report(2, 9, ReportKind::BadChunk, 30))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_report(&report(2, 8, ReportKind::BadChunk, 5))
+                .await
+                .unwrap()
+        );
+        let mut rows = store.reports_about(&[fp(9)], 0).await.unwrap();
+        rows.sort_by_key(|r| r.reported_at);
+        let want = [
+            (fp(1), ReportKind::Stall, 20),
+            (fp(2), ReportKind::BadChunk, 30),
+        ];
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.reporter, r.kind, r.reported_at))
+            .collect();
+        assert_eq!(got, want);
+        assert!(rows.iter().all(|r| r.peer == fp(9)));
+        assert_eq!(store.reports_about(&[fp(9)], 25).await.unwrap().len(), 1);
+        assert_eq!(
+            store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(),
+            3
+        );
+        assert!(store.reports_about(&[], 0).await.unwrap().is_empty());
+        // More peers than one batch binds, the reported ones in different batches.
+        let mut many: Vec<_> = (0..1200u16)
+            .map(|i| {
+                let mut b = [0xAA; 32];
+                b[..2].copy_from_slice(&i.to_be_bytes());
+                Fingerprint::from_bytes(b)
+            })
+            .collect();
+        many[10] = fp(8);
+        many[1100] = fp(9);
+        assert_eq!(store.reports_about(&many, 0).await.unwrap().len(), 3);
+        assert_eq!(store.prune_reports(21).await.unwrap(), 2);
+        assert_eq!(
+            store.reports_about(&[fp(8), fp(9)], 0).await.unwrap().len(),
+            1
+        );
     }
 }
