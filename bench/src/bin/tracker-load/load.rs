@@ -9,7 +9,9 @@ use tokio::time::Instant;
 use torrentguard_protocol::FileId;
 use torrentguard_trust::Identity;
 
-use crate::client::{self, Announce, Sender, Tracker};
+use anyhow::{Context as _, bail};
+
+use crate::client::{self, Announce, Answer, Sender, Tracker};
 use crate::fleet;
 use crate::mix::{Mix, Rng, Slot};
 use crate::stats::Stats;
@@ -105,6 +107,32 @@ pub async fn worker(w: usize, plan: Arc<Plan>, mut peers: Vec<Peer>, seed: u64) 
     stats
 }
 
+/// The connection of one visit.
+struct Conn {
+    sender: Option<Sender>,
+    /// It has answered at least once (so it was kept alive, and may have been closed since).
+    used: bool,
+    source: IpAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The server had already closed the kept-alive connection when the request went out: hyper
+/// saw the close first, or the kernel answered the write with a reset.
+fn closed_under_us(e: &anyhow::Error) -> bool {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    let reset = std::error::Error::source(h)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        });
+    h.is_canceled() || h.is_incomplete_message() || reset
+}
+
 struct Visit<'a> {
     plan: &'a Plan,
     target: SocketAddr,
@@ -117,18 +145,20 @@ impl Visit<'_> {
     /// One peer's turn: its announces on one connection (reopened only if the server closes it
     /// after an answer, as opentracker does). False after a transport error.
     async fn run(mut self, peer: &mut Peer) -> bool {
-        let host = self.target.to_string();
-        let mut conn: Option<Sender> = None;
-        for r in 0..self.plan.per_connection {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                match self.open(peer).await {
-                    Some(c) => conn = Some(c),
-                    None => return false,
-                }
-            }
-            let Some(sender) = conn.as_mut() else {
+        let tls = match peer.tls(&self.plan.tracker) {
+            Ok(tls) => tls,
+            Err(e) => {
+                self.stats.transport_error(&e);
                 return false;
-            };
+            }
+        };
+        let mut conn = Conn {
+            sender: None,
+            used: false,
+            source: peer.source,
+            tls,
+        };
+        for r in 0..self.plan.per_connection {
             let sent_at = self.pace().await;
             let slot = r % peer.files.len();
             let (event, have) = self.plan.mix.next(&mut peer.slots[slot], self.rng);
@@ -140,21 +170,14 @@ impl Visit<'_> {
                 port: peer.port,
                 peer_id: &peer.peer_id,
             };
-            let result = match client::announce_request(&self.plan.tracker, &host, &announce) {
-                Ok(req) => client::send(sender, req).await,
-                Err(e) => Err(e),
-            };
+            let result = self.exchange(&mut conn, &announce).await;
             let measuring = Instant::now() >= self.plan.measure_from;
             match result {
-                Ok(answer) => {
-                    if measuring {
-                        self.stats
-                            .answer(answer.status, answer.refused, event, sent_at.elapsed());
-                    }
-                    if answer.closing {
-                        conn = None;
-                    }
+                Ok(answer) if measuring => {
+                    self.stats
+                        .answer(answer.status, answer.refused, event, sent_at.elapsed());
                 }
+                Ok(_) => {}
                 Err(e) => {
                     if measuring {
                         self.stats.transport_error(&e);
@@ -169,29 +192,53 @@ impl Visit<'_> {
         true
     }
 
-    async fn open(&mut self, peer: &mut Peer) -> Option<Sender> {
-        let started = Instant::now();
-        let opened = match peer.tls(&self.plan.tracker) {
-            Ok(tls) => client::connect(self.target, peer.source, tls).await,
-            Err(e) => Err(e),
-        };
-        let measuring = Instant::now() >= self.plan.measure_from;
-        match opened {
-            Ok(sender) => {
-                if measuring {
-                    self.stats
-                        .connect
-                        .record(started.elapsed().as_micros() as u64);
-                }
-                Some(sender)
+    /// Sends one announce on `conn`, opening it first if needed. A kept-alive connection that
+    /// the server closed just as the request went out (opentracker closes after every answer
+    /// without saying so) is reopened and the request sent once more, as HTTP clients do; the
+    /// retry is counted apart.
+    async fn exchange(&mut self, conn: &mut Conn, a: &Announce<'_>) -> anyhow::Result<Answer> {
+        let host = self.target.to_string();
+        for attempt in 0..2 {
+            if conn.sender.as_ref().is_none_or(|s| s.is_closed()) {
+                conn.sender = Some(self.open(conn).await?);
+                conn.used = false;
             }
-            Err(e) => {
-                if measuring {
-                    self.stats.transport_error(&e.context("connecting"));
+            let Some(sender) = conn.sender.as_mut() else {
+                bail!("no connection");
+            };
+            let req = client::announce_request(&self.plan.tracker, &host, a)?;
+            match client::send(sender, req).await {
+                Ok(answer) => {
+                    conn.used = true;
+                    if answer.closing {
+                        conn.sender = None;
+                    }
+                    return Ok(answer);
                 }
-                None
+                Err(e) if attempt == 0 && conn.used && closed_under_us(&e) => {
+                    self.stats.stale_retries += 1;
+                    conn.sender = None;
+                }
+                Err(e) => {
+                    conn.sender = None;
+                    return Err(e);
+                }
             }
         }
+        bail!("the server closed two connections in a row before answering")
+    }
+
+    async fn open(&mut self, conn: &Conn) -> anyhow::Result<Sender> {
+        let started = Instant::now();
+        let sender = client::connect(self.target, conn.source, conn.tls.clone())
+            .await
+            .context("connecting")?;
+        if Instant::now() >= self.plan.measure_from {
+            self.stats
+                .connect
+                .record(started.elapsed().as_micros() as u64);
+        }
+        Ok(sender)
     }
 
     /// With a pace, waits for this worker's next slot and returns it, so a late answer counts

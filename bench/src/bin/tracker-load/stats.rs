@@ -18,6 +18,9 @@ pub struct Stats {
     /// 200 answers that refuse (opentracker's `failure reason`).
     pub refused: u64,
     pub transport_errors: u64,
+    /// Requests sent again on a new connection because the server had closed the kept-alive
+    /// one as they went out.
+    pub stale_retries: u64,
     pub events: [u64; 4],
     pub first_error: Option<String>,
 }
@@ -53,6 +56,7 @@ impl Stats {
         }
         self.refused += other.refused;
         self.transport_errors += other.transport_errors;
+        self.stale_retries += other.stale_retries;
         for (a, b) in self.events.iter_mut().zip(other.events) {
             *a += b;
         }
@@ -98,6 +102,7 @@ impl Stats {
             "client_errors_other": self.count(|s| (400..500).contains(&s) && s != 429) + self.refused,
             "server_errors_5xx": self.server_errors(),
             "transport_errors": self.transport_errors,
+            "stale_connection_retries": self.stale_retries,
             "connections": self.connect.count(),
             "connect_p50_ms": ms(&self.connect, 0.50),
             "connect_p99_ms": ms(&self.connect, 0.99),
