@@ -207,7 +207,7 @@ fn check(load: &LoadArgs) -> anyhow::Result<()> {
     if load.files_per_peer == 0 || load.files_per_peer > load.files {
         bail!("--files-per-peer must be 1..=--files");
     }
-    if load.rate.is_some_and(|r| !(r > 0.0)) {
+    if load.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
         bail!("--rate must be positive");
     }
     Ok(())
@@ -295,7 +295,9 @@ async fn register(
         let (tls, token, host) = (tls.clone(), token.clone(), target.to_string());
         let (files, chunks) = (load.files, load.chunks);
         tasks.push(tokio::spawn(async move {
-            let mut sender = client::connect(target, source, Some(tls.clone())).await?;
+            let mut sender = client::connect(target, source, Some(tls.clone()))
+                .await
+                .with_context(|| format!("connecting to {target} to register the files"))?;
             for i in (lane..files).step_by(lanes) {
                 let body = serde_json::to_vec(&fleet::manifest(i, chunks))?;
                 let req = client::post_json(&host, "/api/v1/files", token.as_deref(), body)?;
