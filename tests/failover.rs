@@ -30,7 +30,8 @@ fn pinned(tracker: &Tracker) -> String {
     )
 }
 
-/// `share FILE` with `trackers` (each a `--tracker`), waiting for its share code.
+/// `share FILE` with `trackers` (each a `--tracker`), waiting for its share code (printed once
+/// the file is registered and seeding).
 fn share_to(dir: &Path, file: &Path, trackers: &[String]) -> Result<(Proc, String)> {
     let mut cmd = agent(dir);
     cmd.arg("share").arg(file);
@@ -44,7 +45,6 @@ fn share_to(dir: &Path, file: &Path, trackers: &[String]) -> Result<(Proc, Strin
         .as_str()
         .ok_or_else(|| anyhow!("share_code event without code: {code}"))?
         .to_string();
-    p.wait_event("seeding", |_| true)?;
     Ok((p, code))
 }
 
