@@ -149,7 +149,8 @@ fn unknown_keys_and_bad_values_name_the_key_and_the_file() {
         text.starts_with("key \"listen\" in the config file /etc/tg.toml: invalid value"),
         "{text}"
     );
-    let list = settings("tracker = [\"https://a\", \"https://b\"]");
+    // `tracker` takes a list (issue 14: several trackers); the swarm token does not.
+    let list = settings("swarm_token = [\"a\", \"b\"]");
     let Err(Unparsed::Config(err)) = parse_with(argv(&["status"]), list) else {
         panic!("a list for a one-value flag was accepted")
     };
