@@ -18,7 +18,7 @@ use crate::misbehaving::MisbehavingPeers;
 use crate::peer::{Seeder, SeederLimits};
 use crate::rate::RateLimit;
 use crate::scan::Scanned;
-use crate::session::{Announcer, Session, TrackerClient, TrackerError, leave_swarms};
+use crate::session::{Announcer, Session, TrackerClient, TrackerError, TrackerSet};
 use crate::torrent::SharedFile;
 use crate::torrent::tree_store::{TreeFiles, TreeRoot};
 
@@ -46,12 +46,64 @@ pub enum AgentError {
     Download(#[from] DownloadError),
 }
 
-/// How to reach the tracker.
-#[derive(Debug, Clone)]
+/// How to reach one tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackerTarget {
     pub url: String,
     pub fingerprint: Option<Fingerprint>,
     pub token: Option<String>,
+}
+
+/// A tracker URL as a user gives it: `https://host:port`, followed by the tracker's pin as the
+/// URL's fragment when it is known: `https://host:port#sha256:<64 hex>`. The fragment never
+/// reaches the tracker (it is not part of a request), so it is free to carry the pin, and one
+/// string per tracker keeps each URL with its own fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedUrl {
+    pub url: String,
+    pub fingerprint: Option<Fingerprint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the pin after '#' in the tracker URL {url:?}: {source}")]
+pub struct PinnedUrlError {
+    url: String,
+    #[source]
+    source: torrentguard_protocol::fingerprint::FingerprintError,
+}
+
+impl std::str::FromStr for PinnedUrl {
+    type Err = PinnedUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let Some((url, pin)) = s.split_once('#') else {
+            return Ok(PinnedUrl {
+                url: s.to_string(),
+                fingerprint: None,
+            });
+        };
+        let fingerprint = match pin {
+            "" => None,
+            pin => Some(pin.parse().map_err(|source| PinnedUrlError {
+                url: s.to_string(),
+                source,
+            })?),
+        };
+        Ok(PinnedUrl {
+            url: url.to_string(),
+            fingerprint,
+        })
+    }
+}
+
+impl std::fmt::Display for PinnedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fingerprint {
+            Some(fp) => write!(f, "{}#{fp}", self.url),
+            None => f.write_str(&self.url),
+        }
+    }
 }
 
 /// Loads (or creates) the agent's identity in `data_dir`.
@@ -61,7 +113,10 @@ pub fn load_identity(data_dir: &Path) -> Result<(Identity, bool), IdentityError>
 
 pub struct Agent {
     pub identity: Arc<Identity>,
+    /// The first tracker that answered at start.
     pub tracker: TrackerClient,
+    /// Every tracker given, failed over in order (see [`TrackerSet`]).
+    pub trackers: TrackerSet,
     pub seeder: Arc<Seeder>,
     pub data_dir: PathBuf,
     pub cancel: CancellationToken,
@@ -94,19 +149,27 @@ impl Agent {
         listen: SocketAddr,
         limits: SeederLimits,
     ) -> Result<Agent, AgentError> {
-        let client = TrackerClient::connect(
-            &tracker.url,
-            tracker.fingerprint,
-            &identity,
-            &data_dir,
-            tracker.token.clone(),
-        )
-        .await?;
+        let trackers = vec![tracker.clone()];
+        Self::start_with_trackers(identity, data_dir, trackers, listen, limits).await
+    }
+
+    /// As [`Agent::start_with_limits`], with several trackers tried in order: the first that
+    /// answers must answer now (so that a wrong pin is reported before the listener opens);
+    /// later calls fail over between them.
+    pub async fn start_with_trackers(
+        identity: Arc<Identity>,
+        data_dir: PathBuf,
+        trackers: Vec<TrackerTarget>,
+        listen: SocketAddr,
+        limits: SeederLimits,
+    ) -> Result<Agent, AgentError> {
+        let trackers = TrackerSet::new(trackers, identity.clone(), data_dir.clone())?;
+        let client = trackers.connect_first().await?;
         let cancel = CancellationToken::new();
         let seeder = Seeder::start_with_limits(
             listen,
             &identity,
-            Arc::new(client.clone()),
+            Arc::new(trackers.clone()),
             cancel.child_token(),
             limits,
         )
@@ -117,8 +180,9 @@ impl Agent {
         })?;
         Ok(Agent {
             identity,
-            session: Session::new(client.clone(), seeder.clone()),
+            session: Session::over(trackers.clone(), seeder.clone()),
             tracker: client,
+            trackers,
             seeder,
             cancel,
             download_limit: Arc::new(RateLimit::default()),
@@ -141,7 +205,7 @@ impl Agent {
         events: &EventSink,
     ) -> Result<Arc<SharedFile>, AgentError> {
         let manifest = hash_file(path, chunk_size, algo, events).await?;
-        let resp = self.tracker.register(&manifest).await?;
+        let resp = self.trackers.register(&manifest).await?;
         let file = std::fs::File::open(path).map_err(|source| AgentError::File {
             path: path.into(),
             source,
@@ -172,7 +236,7 @@ impl Agent {
         events: &EventSink,
     ) -> Result<Arc<SharedFile>, AgentError> {
         let manifest = Arc::new(scanned.manifest);
-        let resp = self.tracker.register(&manifest).await?;
+        let resp = self.trackers.register(&manifest).await?;
         tracing::info!(file_id = %resp.file_id, created = resp.created, files = manifest.file_count(), "tree manifest registered");
         let path = scanned.sources.first().cloned().unwrap_or_default();
         let storage = TreeFiles::shared(
@@ -246,7 +310,7 @@ impl Agent {
             self.tasks.wait().await;
             self.seeder.shutdown().await;
         };
-        let leave = leave_swarms(&self.tracker);
+        let leave = self.trackers.leave_all();
         let stop = futures::future::join(connections, leave);
         if tokio::time::timeout(STOP_BUDGET, stop).await.is_err() {
             tracing::warn!(budget = ?STOP_BUDGET, "stopping took too long; leaving the rest");
@@ -316,4 +380,28 @@ pub async fn hash_file(
     })
     .await
     .expect("hashing does not panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracker_url_carries_its_pin_as_its_fragment() {
+        let fp = Fingerprint::from_bytes([5; 32]);
+        let pinned: PinnedUrl = format!("https://t:1#{fp}").parse().unwrap();
+        assert_eq!(
+            pinned,
+            PinnedUrl {
+                url: "https://t:1".into(),
+                fingerprint: Some(fp)
+            }
+        );
+        assert_eq!(pinned.to_string().parse::<PinnedUrl>().unwrap(), pinned);
+        let bare: PinnedUrl = "https://t:1".parse().unwrap();
+        assert_eq!(bare.fingerprint, None);
+        assert_eq!(bare.to_string(), "https://t:1");
+        let err = "https://t:1#sha256:12".parse::<PinnedUrl>().unwrap_err();
+        assert!(err.to_string().contains("the pin after '#'"), "{err}");
+    }
 }

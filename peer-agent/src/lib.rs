@@ -17,7 +17,7 @@ pub mod share_code;
 pub mod spawn;
 pub mod torrent;
 
-pub use agent::{Agent, AgentError, TrackerTarget};
+pub use agent::{Agent, AgentError, PinnedUrl, TrackerTarget};
 pub use download::{DownloadError, DownloadOptions, DownloadReport};
 pub use events::{Event, EventSink};
 pub use rate::RateLimit;

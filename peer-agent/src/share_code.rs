@@ -1,15 +1,24 @@
 //! Share codes: one copy-pasteable string (`tg1:` + base32) that carries everything `get`
-//! needs: the file id, the tracker URL(s), the tracker's fingerprint and a private swarm's token.
+//! needs: the file id, the tracker URL(s) with each tracker's fingerprint, and a private swarm's
+//! token.
 //!
 //! The base32 text (RFC 4648 alphabet, lowercase, no padding) encodes a binary payload followed
 //! by the first four bytes of its SHA-256, so a character changed or lost when copying is
 //! caught rather than sent to a tracker:
 //!
 //! ```text
-//! version u8 (1) | file id [32] | fingerprint flag u8 (0|1) [+ 32 bytes]
+//! version 1: version u8 (1) | file id [32] | fingerprint flag u8 (0|1) [+ 32 bytes]
 //!   | tracker count u8 | per tracker: length u16 BE + UTF-8 https:// URL
 //!   | token flag u8 (0|1) [+ length u16 BE + UTF-8 token] | checksum [4]
+//! version 2: version u8 (2) | file id [32]
+//!   | tracker count u8 | per tracker: length u16 BE + UTF-8 https:// URL
+//!                                    + fingerprint flag u8 (0|1) [+ 32 bytes]
+//!   | token flag u8 (0|1) [+ length u16 BE + UTF-8 token] | checksum [4]
 //! ```
+//!
+//! Version 1 has one fingerprint for all its trackers (replicas serving one certificate);
+//! version 2 one per tracker. A code is written as version 1 whenever its trackers share one
+//! pin (or none), so older agents read every code they could act on.
 //!
 //! The layout is parsed from the front before the checksum is checked, so a code cut short
 //! reads as "incomplete" rather than as a checksum mismatch.
@@ -21,11 +30,14 @@ use std::sync::LazyLock;
 use data_encoding::{Encoding, Specification};
 use torrentguard_protocol::{FileId, Fingerprint, HashAlgo};
 
+use crate::agent::PinnedUrl;
+
 /// What every share code starts with (its letters in any case).
 pub const PREFIX: &str = "tg1:";
 
-/// The payload layout this build writes and reads.
-const VERSION: u8 = 1;
+/// The payload layouts this build writes and reads: one pin for all trackers, one each.
+const VERSION_SHARED_PIN: u8 = 1;
+const VERSION: u8 = 2;
 const CHECKSUM_LEN: usize = 4;
 /// Bounds that keep a code pasteable (and a hostile one cheap to refuse).
 pub const MAX_TRACKERS: usize = 8;
@@ -33,7 +45,7 @@ pub const MAX_URL_LEN: usize = 512;
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Longest code text accepted, prefix excluded: the largest payload the bounds above allow.
 const MAX_TEXT_LEN: usize =
-    (1 + 32 + 33 + 1 + MAX_TRACKERS * (2 + MAX_URL_LEN) + 3 + MAX_TOKEN_LEN + CHECKSUM_LEN)
+    (1 + 32 + 1 + MAX_TRACKERS * (2 + MAX_URL_LEN + 33) + 3 + MAX_TOKEN_LEN + CHECKSUM_LEN)
         .div_ceil(5)
         * 8;
 
@@ -41,9 +53,9 @@ const MAX_TEXT_LEN: usize =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareCode {
     pub file_id: FileId,
-    /// Tried in order until one answers; at least one.
-    pub trackers: Vec<String>,
-    pub tracker_fingerprint: Option<Fingerprint>,
+    /// Tried in order until one answers, each with its pin (none: trusted on first use); at
+    /// least one.
+    pub trackers: Vec<PinnedUrl>,
     pub swarm_token: Option<String>,
 }
 
@@ -104,8 +116,8 @@ impl ShareCode {
         if self.trackers.len() > MAX_TRACKERS {
             return Err(ShareCodeError::Malformed("more than 8 tracker URLs"));
         }
-        for url in &self.trackers {
-            check_url(url)?;
+        for t in &self.trackers {
+            check_url(&t.url)?;
         }
         if self
             .swarm_token
@@ -117,21 +129,34 @@ impl ShareCode {
         Ok(())
     }
 
+    /// The trackers' URLs, space-separated, each with its pin (as `--tracker` takes them).
+    pub fn tracker_list(&self) -> String {
+        let urls: Vec<String> = self.trackers.iter().map(PinnedUrl::to_string).collect();
+        urls.join(" ")
+    }
+
+    /// The one pin of every tracker, when they share one: version 1 can then carry it.
+    fn shared_pin(&self) -> Option<Option<Fingerprint>> {
+        let first = self.trackers.first().and_then(|t| t.fingerprint);
+        let shared = self.trackers.iter().all(|t| t.fingerprint == first);
+        shared.then_some(first)
+    }
+
     fn payload(&self) -> Vec<u8> {
-        let mut p = vec![VERSION];
+        let shared = self.shared_pin();
+        let mut p = vec![shared.map_or(VERSION, |_| VERSION_SHARED_PIN)];
         p.extend_from_slice(self.file_id.as_bytes());
-        match &self.tracker_fingerprint {
-            Some(fp) => {
-                p.push(1);
-                p.extend_from_slice(fp.as_bytes());
-            }
-            None => p.push(0),
+        if let Some(pin) = shared {
+            push_pin(&mut p, pin);
         }
         // Lengths are saturated, not wrapped: `check` refuses what does not fit, and a code
         // that was not checked fails to decode rather than decoding as something else.
         p.push(u8::try_from(self.trackers.len()).unwrap_or(u8::MAX));
-        for url in &self.trackers {
-            push_string(&mut p, url);
+        for t in &self.trackers {
+            push_string(&mut p, &t.url);
+            if shared.is_none() {
+                push_pin(&mut p, t.fingerprint);
+            }
         }
         match &self.swarm_token {
             Some(t) => {
@@ -141,6 +166,16 @@ impl ShareCode {
             None => p.push(0),
         }
         p
+    }
+}
+
+fn push_pin(p: &mut Vec<u8>, pin: Option<Fingerprint>) {
+    match pin {
+        Some(fp) => {
+            p.push(1);
+            p.extend_from_slice(fp.as_bytes());
+        }
+        None => p.push(0),
     }
 }
 
@@ -192,7 +227,9 @@ impl FromStr for ShareCode {
         let bytes = decode_base32(&lower)?;
         match bytes.first() {
             None => return Err(ShareCodeError::Incomplete),
-            Some(&v) if v != VERSION => return Err(ShareCodeError::UnknownVersion(v)),
+            Some(&v) if v != VERSION && v != VERSION_SHARED_PIN => {
+                return Err(ShareCodeError::UnknownVersion(v));
+            }
             Some(_) => {}
         }
         let raw = RawCode::parse(&bytes)?;
@@ -220,8 +257,8 @@ fn decode_base32(body: &str) -> Result<Vec<u8>, ShareCodeError> {
 /// The fields of a payload as bytes, before the checksum says they can be trusted.
 struct RawCode<'a> {
     file_id: [u8; 32],
-    fingerprint: Option<[u8; 32]>,
-    trackers: Vec<&'a [u8]>,
+    /// Each tracker's URL and pin.
+    trackers: Vec<(&'a [u8], Option<[u8; 32]>)>,
     token: Option<&'a [u8]>,
     payload_len: usize,
 }
@@ -258,6 +295,14 @@ impl<'a> Reader<'a> {
         self.take(usize::from(u16::from_be_bytes([len[0], len[1]])))
     }
 
+    fn pin(&mut self) -> Result<Option<[u8; 32]>, ShareCodeError> {
+        Ok(if self.flag()? {
+            Some(self.array()?)
+        } else {
+            None
+        })
+    }
+
     fn flag(&mut self) -> Result<bool, ShareCodeError> {
         match self.byte()? {
             0 => Ok(false),
@@ -271,11 +316,21 @@ impl<'a> RawCode<'a> {
     fn parse(bytes: &'a [u8]) -> Result<Self, ShareCodeError> {
         let mut r = Reader { bytes, at: 1 };
         let file_id = r.array()?;
-        let fingerprint = if r.flag()? { Some(r.array()?) } else { None };
+        let shared_pin = match bytes.first() {
+            Some(&VERSION_SHARED_PIN) => Some(r.pin()?),
+            _ => None,
+        };
         let count = r.byte()?;
         let trackers = (0..count)
-            .map(|_| r.string())
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|_| {
+                let url = r.string()?;
+                let pin = match shared_pin {
+                    Some(pin) => pin,
+                    None => r.pin()?,
+                };
+                Ok((url, pin))
+            })
+            .collect::<Result<Vec<_>, ShareCodeError>>()?;
         let token = if r.flag()? { Some(r.string()?) } else { None };
         let payload_len = r.at;
         r.take(CHECKSUM_LEN)?;
@@ -285,7 +340,6 @@ impl<'a> RawCode<'a> {
         }
         Ok(RawCode {
             file_id,
-            fingerprint,
             trackers,
             token,
             payload_len,
@@ -297,8 +351,13 @@ impl<'a> RawCode<'a> {
         let trackers = self
             .trackers
             .iter()
-            .map(|u| text(u, ShareCodeError::Malformed("a tracker URL is not UTF-8")))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(u, pin)| {
+                Ok(PinnedUrl {
+                    url: text(u, ShareCodeError::Malformed("a tracker URL is not UTF-8"))?,
+                    fingerprint: pin.map(Fingerprint::from_bytes),
+                })
+            })
+            .collect::<Result<Vec<_>, ShareCodeError>>()?;
         let swarm_token = self
             .token
             .map(|t| text(t, ShareCodeError::Malformed("the swarm token is not UTF-8")))
@@ -306,7 +365,6 @@ impl<'a> RawCode<'a> {
         let code = ShareCode {
             file_id: FileId(self.file_id),
             trackers,
-            tracker_fingerprint: self.fingerprint.map(Fingerprint::from_bytes),
             swarm_token,
         };
         code.check()?;
@@ -320,15 +378,33 @@ mod tests {
 
     use super::*;
 
+    fn pinned(url: &str, pin: Option<u8>) -> PinnedUrl {
+        PinnedUrl {
+            url: url.into(),
+            fingerprint: pin.map(|b| Fingerprint::from_bytes([b; 32])),
+        }
+    }
+
     fn sample() -> ShareCode {
         ShareCode {
             file_id: FileId([7; 32]),
             trackers: vec![
-                "https://tracker.lan:8443".into(),
-                "https://10.0.0.2:8443/".into(),
+                pinned("https://tracker.lan:8443", Some(9)),
+                pinned("https://10.0.0.2:8443/", Some(9)),
             ],
-            tracker_fingerprint: Some(Fingerprint::from_bytes([9; 32])),
             swarm_token: Some("s3cret token".into()),
+        }
+    }
+
+    /// Trackers with a pin each (and one without).
+    fn sample_v2() -> ShareCode {
+        ShareCode {
+            trackers: vec![
+                pinned("https://a.lan:8443", Some(1)),
+                pinned("https://b.lan:8443", Some(2)),
+                pinned("https://c.lan:8443", None),
+            ],
+            ..sample()
         }
     }
 
@@ -352,12 +428,56 @@ mod tests {
         assert_eq!(text.parse::<ShareCode>(), Ok(c.clone()));
         assert_eq!(format!("  {}\n", text.to_uppercase()).parse(), Ok(c));
         let bare = ShareCode {
-            tracker_fingerprint: None,
             swarm_token: None,
-            trackers: vec!["https://t".into()],
+            trackers: vec![pinned("https://t", None)],
             ..sample()
         };
         assert_eq!(bare.to_string().parse(), Ok(bare));
+    }
+
+    /// Several trackers, each with its own pin, come back each with its own; trackers that
+    /// share one pin are written in the layout older agents read.
+    #[test]
+    fn several_trackers_round_trip_each_with_its_pin() {
+        let c = sample_v2();
+        let text = c.to_string();
+        assert_eq!(text.parse::<ShareCode>(), Ok(c.clone()));
+        assert_eq!(decoded_version(&text), VERSION);
+        assert_eq!(
+            c.tracker_list(),
+            format!(
+                "https://a.lan:8443#{} https://b.lan:8443#{} https://c.lan:8443",
+                Fingerprint::from_bytes([1; 32]),
+                Fingerprint::from_bytes([2; 32])
+            )
+        );
+        assert_eq!(decoded_version(&sample().to_string()), VERSION_SHARED_PIN);
+    }
+
+    /// A version 1 code (one fingerprint for every tracker) made before per-tracker pins.
+    #[test]
+    fn an_old_single_pin_code_still_decodes() {
+        let mut p = vec![1];
+        p.extend_from_slice(&[3; 32]);
+        p.push(1);
+        p.extend_from_slice(&[4; 32]);
+        p.push(2);
+        push_string(&mut p, "https://one:1");
+        push_string(&mut p, "https://two:2");
+        p.push(0);
+        let code: ShareCode = code_of(&p).parse().unwrap();
+        assert_eq!(code.file_id, FileId([3; 32]));
+        assert_eq!(
+            code.trackers,
+            vec![
+                pinned("https://one:1", Some(4)),
+                pinned("https://two:2", Some(4))
+            ]
+        );
+    }
+
+    fn decoded_version(text: &str) -> u8 {
+        BASE32.decode(&text.as_bytes()[PREFIX.len()..]).unwrap()[0]
     }
 
     #[test]
@@ -466,8 +586,8 @@ mod tests {
     #[test]
     fn unknown_versions_plain_http_and_no_tracker_are_refused() {
         assert_eq!(
-            code_of(&payload(2, &["https://t"])).parse::<ShareCode>(),
-            Err(ShareCodeError::UnknownVersion(2))
+            code_of(&payload(3, &["https://t"])).parse::<ShareCode>(),
+            Err(ShareCodeError::UnknownVersion(3))
         );
         assert_eq!(
             code_of(&payload(1, &["http://t:80"])).parse::<ShareCode>(),
@@ -495,11 +615,14 @@ mod tests {
     fn check_refuses_what_a_decoder_would() {
         let mut c = sample();
         assert_eq!(c.check(), Ok(()));
-        c.trackers = vec!["http://x".into()];
+        c.trackers = vec![pinned("http://x", None)];
         assert_eq!(c.check(), Err(ShareCodeError::BadUrl("http://x".into())));
         c.trackers = vec![];
         assert_eq!(c.check(), Err(ShareCodeError::NoTracker));
-        c.trackers = vec![format!("https://{}", "a".repeat(MAX_URL_LEN))];
+        c.trackers = vec![pinned(
+            &format!("https://{}", "a".repeat(MAX_URL_LEN)),
+            None,
+        )];
         assert!(c.check().is_err());
     }
 
@@ -508,15 +631,29 @@ mod tests {
             any::<[u8; 32]>(),
             proptest::option::of(any::<[u8; 32]>()),
             proptest::collection::vec(
-                "https://[a-z0-9.-]{1,40}(:[0-9]{1,5})?(/[a-z]{0,8})?",
+                (
+                    "https://[a-z0-9.-]{1,40}(:[0-9]{1,5})?(/[a-z]{0,8})?",
+                    any::<bool>(),
+                ),
                 1..=MAX_TRACKERS,
             ),
             proptest::option::of("\\PC{0,60}"),
         )
+            // Each tracker has the shared pin, or (when the bool says so) a pin of its own.
             .prop_map(|(id, fp, trackers, token)| ShareCode {
                 file_id: FileId(id),
-                trackers,
-                tracker_fingerprint: fp.map(Fingerprint::from_bytes),
+                trackers: trackers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (url, own))| PinnedUrl {
+                        url,
+                        fingerprint: if own {
+                            Some(Fingerprint::from_bytes([i as u8; 32]))
+                        } else {
+                            fp.map(Fingerprint::from_bytes)
+                        },
+                    })
+                    .collect(),
                 swarm_token: token,
             })
     }

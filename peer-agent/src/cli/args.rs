@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use torrentguard_agent::PinnedUrl;
 use torrentguard_agent::peer::SeederLimits;
 use torrentguard_agent::reach::AdvertiseSpec;
 use torrentguard_protocol::{Fingerprint, HashAlgo};
@@ -140,12 +141,20 @@ pub(crate) enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct TrackerFlags {
-    /// Tracker URL, e.g. https://tracker.lan:8443.
-    #[arg(long, env = "TORRENTGUARD_TRACKER", value_name = "URL")]
-    pub(crate) tracker: Option<String>,
+    /// Tracker URL, e.g. https://tracker.lan:8443, optionally with the tracker's fingerprint
+    /// after '#': https://tracker.lan:8443#sha256:<64 hex>. Repeat it (or separate URLs by
+    /// commas) for several trackers: the first that answers is used, the next on failure.
+    #[arg(
+        long,
+        env = "TORRENTGUARD_TRACKER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub(crate) tracker: Vec<PinnedUrl>,
 
-    /// The tracker's certificate fingerprint (sha256:<64 hex>, printed by the tracker at start).
-    /// Without it the fingerprint is trusted on first use and recorded in known_trackers.
+    /// The tracker's certificate fingerprint (sha256:<64 hex>, printed by the tracker at start),
+    /// for every --tracker without its own '#sha256:…' (replicas share one certificate).
+    /// Without either, the fingerprint is trusted on first use and recorded in known_trackers.
     #[arg(long, env = "TORRENTGUARD_TRACKER_FINGERPRINT", value_name = "FP")]
     pub(crate) tracker_fingerprint: Option<Fingerprint>,
 

@@ -468,9 +468,18 @@ pub(crate) async fn get(
             FileRef::Code(code) => body["code"] = serde_json::json!(code.to_string()),
             FileRef::Id(id) => {
                 body["file_id"] = serde_json::json!(id.to_string());
-                if let Some(t) = &args.tracker.tracker {
-                    body["tracker"] = serde_json::json!(t);
-                    let fp = args.tracker.tracker_fingerprint.map(|f| f.to_string());
+                let given = super::targets(&args.tracker);
+                if given.len() > 1 {
+                    // The daemon keeps one tracker per transfer.
+                    anyhow::bail!(super::exit::UsageError(
+                        "the daemon takes one --tracker per download; add --no-daemon to fail \
+                         over between several"
+                            .into()
+                    ));
+                }
+                if let Some(t) = given.first() {
+                    body["tracker"] = serde_json::json!(t.url);
+                    let fp = t.fingerprint.map(|f| f.to_string());
                     body["tracker_fingerprint"] = serde_json::json!(fp);
                 }
             }

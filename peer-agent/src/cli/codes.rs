@@ -5,6 +5,7 @@ use std::future::Future;
 use std::str::FromStr;
 
 use anyhow::anyhow;
+use torrentguard_agent::PinnedUrl;
 use torrentguard_agent::agent::TrackerTarget;
 use torrentguard_agent::share_code::{ShareCode, ShareCodeError};
 use torrentguard_protocol::FileId;
@@ -53,9 +54,10 @@ impl FileRef {
 
 /// The trackers to try, in order, for `refs` with `flags`; empty when neither names one.
 ///
-/// A flag or its environment variable replaces the codes' value for its field; the config
-/// file's tracker, fingerprint and token are not used with a code (they may describe another
-/// tracker). Several codes must name the same tracker: one process talks to one.
+/// A flag or its environment variable replaces the codes' value for its field (`--tracker`
+/// replaces the code's trackers, `--tracker-fingerprint` the pin of each); the config file's
+/// tracker, fingerprint and token are not used with a code (they may describe another
+/// tracker). Several codes must name the same trackers: one process talks to one set.
 pub(crate) fn trackers_for(
     refs: &[FileRef],
     flags: &TrackerFlags,
@@ -65,42 +67,49 @@ pub(crate) fn trackers_for(
         FileRef::Id(_) => None,
     });
     let Some(first) = codes.next() else {
-        return Ok(super::target(flags).into_iter().collect());
+        return Ok(super::targets(flags));
     };
     if let Some(other) = codes.find(|c| !same_tracker(c, first)) {
         return Err(anyhow!(UsageError(format!(
             "the share codes name different trackers ({} and {}); get them with one command each",
-            first.trackers.join(" "),
-            other.trackers.join(" ")
+            first.tracker_list(),
+            other.tracker_list()
         ))));
     }
     let explicit = |id: &str| !flags.from_config.contains(id);
-    let urls = match &flags.tracker {
-        Some(url) if explicit("tracker") => vec![url.clone()],
-        _ => first.trackers.clone(),
-    };
-    let fingerprint = match flags.tracker_fingerprint {
-        Some(fp) if explicit("tracker_fingerprint") => Some(fp),
-        _ => first.tracker_fingerprint,
-    };
     let token = match &flags.swarm_token {
         Some(t) if explicit("swarm_token") => Some(t.clone()),
         _ => first.swarm_token.clone(),
     };
-    Ok(urls
-        .into_iter()
-        .map(|url| TrackerTarget {
-            url,
-            fingerprint,
-            token: token.clone(),
-        })
-        .collect())
+    let flag_pin = flags
+        .tracker_fingerprint
+        .filter(|_| explicit("tracker_fingerprint"));
+    let target = |url: &str, fingerprint| TrackerTarget {
+        url: url.to_string(),
+        fingerprint,
+        token: token.clone(),
+    };
+    Ok(if !flags.tracker.is_empty() && explicit("tracker") {
+        // A URL's own `#sha256:…` is the most specific pin.
+        let pin = |t: &PinnedUrl| t.fingerprint.or(flag_pin);
+        flags
+            .tracker
+            .iter()
+            .map(|t| target(&t.url, pin(t)))
+            .collect()
+    } else {
+        // A flag's pin beats the code's: the user checked it against the tracker.
+        let pin = |t: &PinnedUrl| flag_pin.or(t.fingerprint);
+        first
+            .trackers
+            .iter()
+            .map(|t| target(&t.url, pin(t)))
+            .collect()
+    })
 }
 
 fn same_tracker(a: &ShareCode, b: &ShareCode) -> bool {
-    a.trackers == b.trackers
-        && a.tracker_fingerprint == b.tracker_fingerprint
-        && a.swarm_token == b.swarm_token
+    a.trackers == b.trackers && a.swarm_token == b.swarm_token
 }
 
 /// `connect` to each tracker in turn until one succeeds. An error `next` accepts (the tracker
@@ -139,15 +148,23 @@ mod tests {
     fn code(url: &str) -> ShareCode {
         ShareCode {
             file_id: FileId([1; 32]),
-            trackers: vec![url.into(), "https://backup:8443".into()],
-            tracker_fingerprint: Some(Fingerprint::from_bytes([2; 32])),
+            trackers: vec![
+                PinnedUrl {
+                    url: url.into(),
+                    fingerprint: Some(Fingerprint::from_bytes([2; 32])),
+                },
+                PinnedUrl {
+                    url: "https://backup:8443".into(),
+                    fingerprint: Some(Fingerprint::from_bytes([4; 32])),
+                },
+            ],
             swarm_token: Some("tok".into()),
         }
     }
 
     fn flags(tracker: Option<&str>, from_config: &[&str]) -> TrackerFlags {
         TrackerFlags {
-            tracker: tracker.map(str::to_string),
+            tracker: tracker.iter().map(|t| t.parse().unwrap()).collect(),
             tracker_fingerprint: Some(Fingerprint::from_bytes([3; 32])),
             swarm_token: None,
             from_config: from_config.iter().map(|s| s.to_string()).collect(),
@@ -184,6 +201,7 @@ mod tests {
         let urls: Vec<_> = t.iter().map(|t| t.url.as_str()).collect();
         assert_eq!(urls, ["https://main:8443", "https://backup:8443"]);
         assert_eq!(t[0].fingerprint, Some(Fingerprint::from_bytes([2; 32])));
+        assert_eq!(t[1].fingerprint, Some(Fingerprint::from_bytes([4; 32])));
         assert_eq!(t[1].token.as_deref(), Some("tok"));
         // Given as flags: the flags win, field by field.
         let t = trackers_for(&refs, &flags(Some("https://flag"), &[])).unwrap();

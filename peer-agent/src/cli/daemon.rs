@@ -15,9 +15,11 @@ use super::args::{
     EndpointFlags, HashFlags, PeerLimitFlags, TrackerFlags, WireFlags, parse_size_u64,
 };
 use super::embedded::EmbeddedTracker;
+use super::exit::UsageError;
 use super::interrupt::watch_interrupts;
 use super::render::{Mode, print_line};
-use super::{identity, resolve_advertise, target};
+use super::{identity, resolve_advertise, targets};
+use torrentguard_agent::TrackerTarget;
 
 #[derive(Args, Debug)]
 pub(crate) struct DaemonArgs {
@@ -88,11 +90,24 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The daemon's default tracker: it keeps one tracker per transfer, so it takes one.
+fn one_tracker(flags: &super::args::TrackerFlags) -> anyhow::Result<Option<TrackerTarget>> {
+    let mut all = targets(flags);
+    if all.len() > 1 {
+        anyhow::bail!(UsageError(
+            "the daemon takes one --tracker; `share` and `get` without the daemon (--no-daemon) \
+             fail over between several"
+                .into()
+        ));
+    }
+    Ok(all.pop())
+}
+
 impl DaemonArgs {
     async fn config(&self, dir: &Path) -> anyhow::Result<DaemonConfig> {
         Ok(DaemonConfig {
             data_dir: dir.to_path_buf(),
-            tracker: target(&self.tracker),
+            tracker: one_tracker(&self.tracker)?,
             public_tracker_url: None,
             listen: self.endpoint.listen,
             advertise: resolve_advertise(&self.endpoint.advertise).await?,

@@ -6,18 +6,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
-use torrentguard_agent::AgentError;
 use torrentguard_agent::agent::Agent;
 use torrentguard_agent::{DownloadError, DownloadOptions, DownloadReport, Event, EventSink};
 use torrentguard_protocol::{FileId, Manifest};
 
 use super::args::GetArgs;
-use super::codes::{FileRef, first_that_connects};
+use super::codes::FileRef;
 use super::exit::{INTERRUPTED, UsageError, report_error};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
-use super::{identity, no_tracker, require_trackers, resolve_advertise};
+use super::{identity, require_trackers, resolve_advertise};
 
 pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "daemon")]
@@ -34,19 +33,12 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     let id = identity(dir)?;
     let (events, out) = renderer(mode);
     let (listen, limits) = (args.endpoint.listen, args.peer_limits.limits());
-    // The listener opens only once a tracker answered, so the next one can be tried.
-    let started = first_that_connects(
-        &trackers,
-        |t| {
-            let (id, dir, limits) = (id.clone(), dir.to_path_buf(), limits.clone());
-            async move { Agent::start_with_limits(id, dir, &t, listen, limits).await }
-        },
-        |e| matches!(e, AgentError::Tracker(_)),
-    );
+    // The first tracker that answers is used, the others on failure (see `TrackerSet`).
+    let started = Agent::start_with_trackers(id, dir.to_path_buf(), trackers, listen, limits);
     let Some(agent) = unless_stopped(&stop, started).await else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
-    let agent = agent.ok_or_else(no_tracker)??;
+    let agent = agent?;
     agent.seeder.set_upload_limit(args.upload_limit);
     agent.download_limit.set_limit(args.download_limit);
     agent.seeder.set_compression(args.wire.compression.into());
@@ -57,16 +49,17 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
 
     let given: Vec<FileId> = args.ids.iter().map(FileRef::file_id).collect();
     let ids = unique_ids(&given, mode);
-    let manifests = match torrentguard_agent::session::fetch_manifests(&agent.tracker, &ids).await {
-        Ok(m) => m,
-        Err(e) => {
-            agent.shutdown().await;
-            return Err(match e {
-                DownloadError::NameClash { .. } => anyhow!(UsageError(e.to_string())),
-                e => e.into(),
-            });
-        }
-    };
+    let manifests =
+        match torrentguard_agent::session::fetch_manifests_from(&agent.trackers, &ids).await {
+            Ok(m) => m,
+            Err(e) => {
+                agent.shutdown().await;
+                return Err(match e {
+                    DownloadError::NameClash { .. } => anyhow!(UsageError(e.to_string())),
+                    e => e.into(),
+                });
+            }
+        };
     let (reports, first_err) = download_all(&agent, &args, &ids, manifests, &events, mode).await;
     if first_err.is_none() && args.seed && !stop.is_cancelled() {
         seed_until_stopped(&agent, &reports, &events, &out, &stop).await;

@@ -96,12 +96,15 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn target(flags: &TrackerFlags) -> Option<TrackerTarget> {
-    flags.tracker.as_ref().map(|url| TrackerTarget {
-        url: url.clone(),
-        fingerprint: flags.tracker_fingerprint,
+/// The trackers of `--tracker`, in order, each pinned to its own `#sha256:…` or else to
+/// `--tracker-fingerprint`.
+fn targets(flags: &TrackerFlags) -> Vec<TrackerTarget> {
+    let one = |t: &torrentguard_agent::PinnedUrl| TrackerTarget {
+        url: t.url.clone(),
+        fingerprint: t.fingerprint.or(flags.tracker_fingerprint),
         token: flags.swarm_token.clone(),
-    })
+    };
+    flags.tracker.iter().map(one).collect()
 }
 
 /// A client of `tracker` with this agent's identity (for `status` and `verify`, which need no
@@ -152,7 +155,8 @@ fn require_trackers(
 
 fn no_tracker() -> anyhow::Error {
     anyhow!(UsageError(
-        "no tracker given: pass a share code (tg1:…), or --tracker URL (and --tracker-fingerprint), \
+        "no tracker given: pass a share code (tg1:…), or --tracker URL#sha256:… (or --tracker URL \
+         --tracker-fingerprint sha256:…), \
          or set TORRENTGUARD_TRACKER or `tracker` in the config file; `torrentguard share` prints them"
             .into()
     ))

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
+use torrentguard_agent::PinnedUrl;
 use torrentguard_agent::agent::{Agent, TrackerTarget};
 use torrentguard_agent::{DownloadError, DownloadOptions, Event, EventSink};
 use torrentguard_trust::Identity;
@@ -23,7 +24,7 @@ use super::hash::{report_warnings, units};
 use super::interrupt::{forward, unless_stopped, watch_interrupts};
 use super::output::{Output, renderer, report_stopped};
 use super::render::Mode;
-use super::{identity, resolve_advertise, target};
+use super::{identity, resolve_advertise, targets};
 
 /// The renderer of `share`: with `-q`, only file ids and self-download verdicts.
 fn share_renderer(mode: Mode) -> (EventSink, Output) {
@@ -48,18 +49,21 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     watch_interrupts(stop.clone())?;
     let id = identity(dir)?;
     let (events, out) = share_renderer(mode);
-    let (embedded, tracker) = pick_tracker(&args, dir, &out).await?;
-    let (public_tracker_url, reach_note) = match &embedded {
-        Some(t) => t.public_url(advertise.as_ref()),
-        None => (tracker.url.clone(), None),
+    let (embedded, trackers) = pick_trackers(&args, dir, &out).await?;
+    let (public_url, reach_note) = match &embedded {
+        Some(t) => {
+            let (url, note) = t.public_url(advertise.as_ref());
+            (Some(url), note)
+        }
+        None => (None, None),
     };
     if let Some(note) = &reach_note {
         say(&out, note);
     }
-    let started = Agent::start_with_limits(
+    let started = Agent::start_with_trackers(
         id.clone(),
         dir.to_path_buf(),
-        &tracker,
+        trackers,
         args.endpoint.listen,
         args.peer_limits.limits(),
     );
@@ -75,16 +79,8 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     if let Some(a) = advertise.clone() {
         agent.seeder.set_advertise(a);
     }
-    let served = serve_and_report(
-        &agent,
-        &args,
-        &tracker,
-        &public_tracker_url,
-        &events,
-        &out,
-        &stop,
-    )
-    .await;
+    let public = public_trackers(&agent, public_url);
+    let served = serve_and_report(&agent, &args, &public, &events, &out, &stop).await;
     leave(&agent, embedded, served, &out, &stop).await
 }
 
@@ -137,14 +133,15 @@ async fn share_unit(
     Ok(agent.share_tree(scanned, events).await?)
 }
 
-/// The tracker of `--tracker`, or without it one run in this process (announced on `out`).
-async fn pick_tracker(
+/// The trackers of `--tracker`, or without it one run in this process (announced on `out`).
+async fn pick_trackers(
     args: &ShareArgs,
     dir: &Path,
     out: &Output,
-) -> anyhow::Result<(Option<EmbeddedTracker>, TrackerTarget)> {
-    if let Some(t) = target(&args.tracker) {
-        return Ok((None, t));
+) -> anyhow::Result<(Option<EmbeddedTracker>, Vec<TrackerTarget>)> {
+    let given = targets(&args.tracker);
+    if !given.is_empty() {
+        return Ok((None, given));
     }
     let t = EmbeddedTracker::for_share(args, dir).await?;
     let url = t.url();
@@ -160,7 +157,25 @@ async fn pick_tracker(
         fingerprint: Some(t.fingerprint()),
         token: None,
     };
-    Ok((Some(t), target))
+    Ok((Some(t), vec![target]))
+}
+
+/// The trackers as other hosts reach them, each with its pin, for share codes: the embedded
+/// tracker under its public URL, else every tracker given.
+fn public_trackers(agent: &Agent, embedded_public_url: Option<String>) -> Vec<PinnedUrl> {
+    let mut pinned: Vec<PinnedUrl> = agent
+        .trackers
+        .pinned_targets()
+        .into_iter()
+        .map(|t| PinnedUrl {
+            url: t.url,
+            fingerprint: t.fingerprint,
+        })
+        .collect();
+    if let (Some(url), Some(first)) = (embedded_public_url, pinned.first_mut()) {
+        first.url = url;
+    }
+    pinned
 }
 
 /// Seeds until Ctrl-C if asked, then leaves the swarm and stops the embedded tracker. A
@@ -224,8 +239,7 @@ impl Served {
 async fn serve_and_report(
     agent: &Agent,
     args: &ShareArgs,
-    tracker: &TrackerTarget,
-    public_tracker_url: &str,
+    public_trackers: &[PinnedUrl],
     events: &EventSink,
     out: &Output,
     stop: &CancellationToken,
@@ -239,9 +253,8 @@ async fn serve_and_report(
         let s = s?;
         let code = ShareCode {
             file_id: s.file_id,
-            trackers: vec![public_tracker_url.to_string()],
-            tracker_fingerprint: Some(agent.tracker.fingerprint()),
-            swarm_token: tracker.token.clone(),
+            trackers: public_trackers.to_vec(),
+            swarm_token: agent.trackers.targets().find_map(|t| t.token.clone()),
         };
         report_code(&code, args.qr, out)?;
         shared.push(s);
@@ -249,7 +262,7 @@ async fn serve_and_report(
     if !args.self_download {
         return Ok(Served::KeepSeeding);
     }
-    let code = self_download(agent, tracker, args, &shared, events, stop).await?;
+    let code = self_download(agent, args, &shared, events, stop).await?;
     Ok(if args.seed {
         Served::KeepSeeding
     } else {
@@ -278,12 +291,12 @@ fn report_code(code: &ShareCode, qr: bool, out: &Output) -> anyhow::Result<()> {
         out.say(&qr_text(code)?);
     }
     out.say(&format!(
-        "get it elsewhere with:\n  torrentguard get {code}\nor, spelled out:\n  torrentguard get {} --tracker {} --tracker-fingerprint {}",
+        "get it elsewhere with:\n  torrentguard get {code}\nor, spelled out:\n  torrentguard get {}{}",
         code.file_id,
-        code.trackers.join(" "),
-        code.tracker_fingerprint
-            .map(|f| f.to_string())
-            .unwrap_or_default()
+        code.trackers
+            .iter()
+            .map(|t| format!(" --tracker {t}"))
+            .collect::<String>()
     ));
     Ok(())
 }
@@ -305,13 +318,12 @@ fn qr_text(code: &ShareCode) -> anyhow::Result<String> {
 
 async fn self_download(
     agent: &Agent,
-    tracker: &TrackerTarget,
     args: &ShareArgs,
     shared: &[Arc<SharedFile>],
     events: &EventSink,
     stop: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let downloader = start_downloader(agent, tracker, stop).await?;
+    let downloader = start_downloader(agent, stop).await?;
     let tmp;
     let out_dir = match &args.output {
         Some(d) => d.clone(),
@@ -359,11 +371,7 @@ async fn self_download(
 
 /// A second agent with a throw-away identity: to the tracker and the seeder it is just another
 /// peer, so the whole path (announce, swarm check, pinned mutual TLS, verification) is exercised.
-async fn start_downloader(
-    agent: &Agent,
-    tracker: &TrackerTarget,
-    stop: &CancellationToken,
-) -> anyhow::Result<Agent> {
+async fn start_downloader(agent: &Agent, stop: &CancellationToken) -> anyhow::Result<Agent> {
     let other = Arc::new(Identity::generate("torrentguard-self-download")?);
     let loopback: SocketAddr = if agent.listen_addr().is_ipv6() {
         "[::1]:0".parse()?
@@ -372,7 +380,13 @@ async fn start_downloader(
     };
     let Some(downloader) = unless_stopped(
         stop,
-        Agent::start(other, agent.data_dir.clone(), tracker, loopback),
+        Agent::start_with_trackers(
+            other,
+            agent.data_dir.clone(),
+            agent.trackers.pinned_targets(),
+            loopback,
+            Default::default(),
+        ),
     )
     .await
     else {

@@ -75,13 +75,14 @@ impl Daemon {
             let code: ShareCode = code
                 .parse()
                 .map_err(|e| DaemonError::BadRequest(format!("{e}")))?;
-            let url =
+            // The daemon keeps one tracker per transfer: the code's first.
+            let first =
                 code.trackers.first().cloned().ok_or_else(|| {
                     DaemonError::BadRequest("the share code names no tracker".into())
                 })?;
             let target = TrackerTarget {
-                url,
-                fingerprint: code.tracker_fingerprint,
+                url: first.url,
+                fingerprint: first.fingerprint,
                 token: code.swarm_token,
             };
             return Ok((code.file_id, target));

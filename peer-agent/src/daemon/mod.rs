@@ -355,8 +355,10 @@ impl Daemon {
         };
         let code = crate::share_code::ShareCode {
             file_id: e.file_id,
-            trackers: vec![url],
-            tracker_fingerprint: e.tracker.fingerprint,
+            trackers: vec![crate::PinnedUrl {
+                url,
+                fingerprint: e.tracker.fingerprint,
+            }],
             swarm_token: e.tracker.token.clone(),
         };
         Some(code.to_string())

@@ -20,9 +20,11 @@ use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
 pub mod tracker_client;
+pub mod tracker_set;
 pub mod trackers;
 
 pub use tracker_client::{KNOWN_TRACKERS_FILE, TrackerClient, TrackerError};
+pub use tracker_set::TrackerSet;
 
 /// How often a shared file's size and modification time are checked.
 const WITHDRAW_CHECK: Duration = Duration::from_secs(2);
@@ -46,17 +48,34 @@ pub async fn announce(
     file: &SharedFile,
     event: AnnounceEvent,
 ) -> Result<AnnounceResponse, TrackerError> {
+    let req = announce_request(seeder, file, event);
+    let resp = tracker.announce(&req).await?;
+    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
+    Ok(resp)
+}
+
+/// As [`announce`], to the first tracker of `trackers` that answers.
+async fn announce_to_set(
+    trackers: &TrackerSet,
+    seeder: &Seeder,
+    file: &SharedFile,
+    event: AnnounceEvent,
+) -> Result<AnnounceResponse, TrackerError> {
+    let req = announce_request(seeder, file, event);
+    let resp = trackers.announce(&req, &file.manifest).await?;
+    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
+    Ok(resp)
+}
+
+fn announce_request(seeder: &Seeder, file: &SharedFile, event: AnnounceEvent) -> AnnounceRequest {
     let (address, port) = seeder.announced_endpoint();
-    let req = AnnounceRequest {
+    AnnounceRequest {
         file_id: file.file_id,
         port,
         event,
         bitfield: file.have().to_base64(),
         address,
-    };
-    let resp = tracker.announce(&req).await?;
-    file.note_swarm(resp.peers.iter().map(|p| p.fingerprint));
-    Ok(resp)
+    }
 }
 
 /// Fetches the manifests of `ids` and checks that no two of them would share an output,
@@ -64,6 +83,14 @@ pub async fn announce(
 /// cannot be fetched is `None` here; its own download reports why, and the others go on.
 pub async fn fetch_manifests(
     tracker: &TrackerClient,
+    ids: &[FileId],
+) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
+    fetch_manifests_from(&TrackerSet::of_client(tracker.clone()), ids).await
+}
+
+/// As [`fetch_manifests`], each from the first of `trackers` that has it.
+pub async fn fetch_manifests_from(
+    tracker: &TrackerSet,
     ids: &[FileId],
 ) -> Result<Vec<Option<Arc<Manifest>>>, DownloadError> {
     let manifests: Vec<_> = futures::future::join_all(ids.iter().map(|id| tracker.manifest(id)))
@@ -76,17 +103,26 @@ pub async fn fetch_manifests(
     Ok(manifests)
 }
 
-/// The agent's standing with its tracker, as shares and downloads use it: announces carry the
-/// endpoint of this agent's listener and feed each share's swarm cache.
+/// The agent's standing with its trackers, as shares and downloads use it: announces carry the
+/// endpoint of this agent's listener and feed each share's swarm cache; with several trackers,
+/// each call fails over as [`TrackerSet`] says.
 #[derive(Clone)]
 pub struct Session {
-    tracker: TrackerClient,
+    tracker: TrackerSet,
     seeder: Arc<Seeder>,
 }
 
 impl Session {
     pub fn new(tracker: TrackerClient, seeder: Arc<Seeder>) -> Self {
-        Session { tracker, seeder }
+        Self::over(TrackerSet::of_client(tracker), seeder)
+    }
+
+    /// A session with every tracker of `trackers`.
+    pub fn over(trackers: TrackerSet, seeder: Arc<Seeder>) -> Self {
+        Session {
+            tracker: trackers,
+            seeder,
+        }
     }
 
     /// Announces `event` for `file` (see [`announce`]).
@@ -95,7 +131,7 @@ impl Session {
         file: &SharedFile,
         event: AnnounceEvent,
     ) -> Result<AnnounceResponse, TrackerError> {
-        announce(&self.tracker, &self.seeder, file, event).await
+        announce_to_set(&self.tracker, &self.seeder, file, event).await
     }
 
     /// Registers a manifest (idempotent: a known id is left as it is).
@@ -166,7 +202,7 @@ impl Announcer {
                 withdraw(tracker, seeder, file, reason, events).await;
                 return;
             }
-            let progress = announce(tracker, seeder, file, AnnounceEvent::Progress);
+            let progress = announce_to_set(tracker, seeder, file, AnnounceEvent::Progress);
             let result = tokio::select! {
                 r = progress => r,
                 _ = cancel.cancelled() => return,
@@ -189,7 +225,7 @@ impl Announcer {
 
 /// Stops serving a file that changed on disk and tells the tracker and the user at once.
 async fn withdraw(
-    tracker: &TrackerClient,
+    tracker: &TrackerSet,
     seeder: &Seeder,
     file: &SharedFile,
     reason: WithdrawReason,
@@ -200,7 +236,7 @@ async fn withdraw(
         file_id: file.file_id,
         reason: reason.local,
     });
-    if let Err(e) = announce(tracker, seeder, file, AnnounceEvent::Stopped).await {
+    if let Err(e) = announce_to_set(tracker, seeder, file, AnnounceEvent::Stopped).await {
         tracing::warn!(file_id = %file.file_id, error = %e, "could not announce that the file is withdrawn");
     }
 }

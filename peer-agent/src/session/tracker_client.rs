@@ -88,6 +88,20 @@ pub enum TrackerError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("the tracker at {url} is busy (429): it asks to retry in {} s", retry_after.as_secs())]
+    RateLimited { url: String, retry_after: Duration },
+    #[error("no tracker answered: {}", list_failures(.0))]
+    NoneAnswered(Vec<(String, TrackerError)>),
+    #[error("no tracker given")]
+    NoTracker,
+}
+
+fn list_failures(failures: &[(String, TrackerError)]) -> String {
+    failures
+        .iter()
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl TrackerError {
@@ -96,6 +110,8 @@ impl TrackerError {
         match self {
             TrackerError::Unreachable { .. } => true,
             TrackerError::Api { status, .. } => status.is_server_error(),
+            TrackerError::RateLimited { .. } => true,
+            TrackerError::NoneAnswered(all) => all.iter().any(|(_, e)| e.is_transient()),
             _ => false,
         }
     }
@@ -253,6 +269,11 @@ impl TrackerClient {
         &self.base
     }
 
+    /// The private swarm's token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn url(&self, path: &str) -> Url {
         self.base
             .join(path)
@@ -279,6 +300,12 @@ impl TrackerClient {
                 source,
             })?;
         let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TrackerError::RateLimited {
+                url: self.base.to_string(),
+                retry_after: retry_after(resp.headers()),
+            });
+        }
         let body = resp
             .bytes()
             .await
@@ -450,6 +477,20 @@ impl TrackerClient {
             }
         }
     }
+}
+
+/// Wait asked for when a 429 carries no usable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A 429's `Retry-After` in delay-seconds, the form trackers send for rate limits. The
+/// HTTP-date form (or none) falls back to [`DEFAULT_RETRY_AFTER`]: comparing it with our
+/// clock would trust two clocks to agree, for a wait that is bounded by the caller anyway.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs)
 }
 
 fn is_cert_error(e: &reqwest::Error) -> bool {

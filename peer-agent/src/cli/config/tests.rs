@@ -39,10 +39,7 @@ fn config_values_are_the_defaults_of_every_command_taking_them() {
     let Cmd::Status(s) = cli.command else {
         panic!()
     };
-    assert_eq!(
-        s.tracker.tracker.as_deref(),
-        Some("https://tracker.lan:8443")
-    );
+    assert_eq!(urls(&s.tracker), ["https://tracker.lan:8443"]);
     assert!(s.tracker.tracker_fingerprint.is_some());
     for key in ["tracker", "tracker_fingerprint", "data_dir"] {
         assert!(s.tracker.from_config.contains(key), "{key}");
@@ -57,6 +54,52 @@ fn config_values_are_the_defaults_of_every_command_taking_them() {
     assert_eq!(s.endpoint.listen.to_string(), "127.0.0.1:7000");
 }
 
+fn urls(flags: &crate::cli::args::TrackerFlags) -> Vec<String> {
+    flags.tracker.iter().map(|t| t.to_string()).collect()
+}
+
+/// Issue 14: several trackers, each with its own pin, from a list in the file, from repeated
+/// flags, and from the environment variable's commas.
+#[test]
+fn several_trackers_come_from_a_list_repeated_flags_or_commas() {
+    let fp = format!("sha256:{}", "0a".repeat(32));
+    let list = format!("tracker = [\"https://a:1#{fp}\", \"https://b:2\"]\n");
+    let cli = parse_args(&list, &["status"]);
+    let Cmd::Status(s) = cli.command else {
+        panic!()
+    };
+    assert_eq!(
+        urls(&s.tracker),
+        [format!("https://a:1#{fp}"), "https://b:2".into()]
+    );
+    assert_eq!(
+        s.tracker.tracker[0].fingerprint.map(|f| f.to_string()),
+        Some(fp.clone())
+    );
+    let cli = parse_args(
+        "",
+        &[
+            "status",
+            "--tracker",
+            "https://c:3",
+            "--tracker",
+            "https://d:4,https://e:5",
+        ],
+    );
+    let Cmd::Status(s) = cli.command else {
+        panic!()
+    };
+    assert_eq!(
+        urls(&s.tracker),
+        ["https://c:3", "https://d:4", "https://e:5"]
+    );
+    let bad = parse_with(
+        argv(&["status", "--tracker", "https://c:3#sha256:12"]),
+        settings(""),
+    );
+    assert!(bad.is_err());
+}
+
 #[test]
 fn a_flag_beats_the_config_file() {
     let cli = parse_args(
@@ -67,7 +110,7 @@ fn a_flag_beats_the_config_file() {
     let Cmd::Status(s) = cli.command else {
         panic!()
     };
-    assert_eq!(s.tracker.tracker.as_deref(), Some("https://other:1"));
+    assert_eq!(urls(&s.tracker), ["https://other:1"]);
     assert!(!s.tracker.from_config.contains("tracker"));
     assert!(s.tracker.from_config.contains("tracker_fingerprint"));
 }
@@ -106,7 +149,8 @@ fn unknown_keys_and_bad_values_name_the_key_and_the_file() {
         text.starts_with("key \"listen\" in the config file /etc/tg.toml: invalid value"),
         "{text}"
     );
-    let list = settings("tracker = [\"https://a\", \"https://b\"]");
+    // `tracker` takes a list (issue 14: several trackers); the swarm token does not.
+    let list = settings("swarm_token = [\"a\", \"b\"]");
     let Err(Unparsed::Config(err)) = parse_with(argv(&["status"]), list) else {
         panic!("a list for a one-value flag was accepted")
     };
