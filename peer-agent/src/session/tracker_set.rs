@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use torrentguard_protocol::api::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, RegisterResponse,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, RegisterResponse, ReportRequest,
 };
 use torrentguard_protocol::{FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
@@ -263,6 +263,12 @@ impl TrackerSet {
             }
         })
         .await
+    }
+
+    /// Reports a misbehaving peer to the first tracker that answers (the one whose answers
+    /// are being used, unless it has just failed).
+    pub async fn report(&self, req: &ReportRequest) -> Result<(), TrackerError> {
+        self.call(|c| async move { c.report(req).await }).await
     }
 
     /// Announces `stopped` for everything announced, on every tracker that was announced to.
