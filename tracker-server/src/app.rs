@@ -28,6 +28,7 @@ use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Mani
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
+use crate::known_files::{KnownFiles, MAX_KNOWN_FILES};
 use crate::limits::{Limiter, LimitsConfig, Rate, limit_concurrency, limit_writes};
 use crate::metrics::{ConnectionStats, Metrics};
 use crate::reputation::{Report, ReputationConfig, Reputations};
@@ -100,6 +101,7 @@ struct Shared {
     /// stream) end instead of holding the graceful shutdown for its whole grace period.
     closing: CancellationToken,
     limiter: Limiter,
+    known_files: KnownFiles,
     reputation: ReputationConfig,
 }
 
@@ -150,6 +152,7 @@ impl AppState {
             closing: CancellationToken::new(),
             limiter: Limiter::new(limits),
             reputation: config.reputation,
+            known_files: KnownFiles::new(MAX_KNOWN_FILES),
         }))
     }
 
@@ -175,6 +178,19 @@ impl AppState {
     pub fn swarm_token_matches(&self, given: &str) -> Option<bool> {
         let want = self.0.swarm_token_hash.as_ref()?;
         Some(constant_time_eq(&sha256(given.as_bytes()), want))
+    }
+
+    /// The chunk count of `id`, `None` for an unknown file: from memory once seen (it never
+    /// changes, see [`KnownFiles`]), else from the store.
+    async fn chunk_count(&self, id: FileId) -> Result<Option<u32>, ApiError> {
+        if let Some(n) = self.0.known_files.chunk_count(&id) {
+            return Ok(Some(n));
+        }
+        let n = self.0.store.chunk_count(id).await?;
+        if let Some(n) = n {
+            self.0.known_files.remember(id, n);
+        }
+        Ok(n)
     }
 
     /// How long an announce's written state stands for repeats of it: the interval peers were
@@ -535,7 +551,7 @@ async fn file_peers(
     AppPath(id): AppPath<String>,
 ) -> Result<Json<FilePeers>, ApiError> {
     let id = parse_file_id(&id)?;
-    if state.0.store.chunk_count(id).await?.is_none() {
+    if state.chunk_count(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no file {id}")));
     }
     let live_since = state.live_since(unix_now());
@@ -659,12 +675,19 @@ async fn record_announce(
     req: &AnnounceRequest,
     now: i64,
 ) -> Result<(), ApiError> {
-    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
+    let Some(chunks) = state.chunk_count(req.file_id).await? else {
         return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
     };
     let bitfield = Bitfield::from_base64(&req.bitfield, chunks)
         .map_err(|e| ApiError::BadRequest(format!("bitfield: {e}")))?;
-    if req.event != AnnounceEvent::Stopped {
+    // A peer that wrote an announce for this file less than half a TTL ago is still a live
+    // member: it takes no new room, so its swarm need not be counted.
+    let member = state.0.limiter.announces.wrote_within(
+        (peer, req.file_id),
+        state.0.peer_ttl / 2,
+        Instant::now(),
+    );
+    if req.event != AnnounceEvent::Stopped && !member {
         check_swarm_room(state, req.file_id, peer, now).await?;
     }
     let record = AnnounceRecord {
@@ -802,7 +825,7 @@ async fn report_peer(
     if req.peer == reporter {
         return Err(ApiError::BadRequest("a peer cannot report itself".into()));
     }
-    let Some(chunks) = state.0.store.chunk_count(req.file_id).await? else {
+    let Some(chunks) = state.chunk_count(req.file_id).await? else {
         return Err(ApiError::NotFound(format!("no file {}", req.file_id)));
     };
     if let Some(c) = req.chunk.filter(|&c| c >= chunks) {

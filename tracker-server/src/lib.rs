@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
+pub mod known_files;
 pub mod limits;
 pub mod metrics;
 pub mod process;

@@ -351,6 +351,15 @@ impl AnnounceCache {
             .is_some_and(|c| c.state == state && now.saturating_duration_since(c.written) < window)
     }
 
+    /// Whether `key` wrote an announce (whatever its state) less than `within` ago.
+    pub fn wrote_within(&self, key: (Fingerprint, FileId), within: Duration, now: Instant) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .map
+            .get(&key)
+            .is_some_and(|c| now.saturating_duration_since(c.written) < within)
+    }
+
     /// Notes a written announce; entries older than `window` are dropped if the cache is full.
     pub fn record(
         &self,
@@ -485,6 +494,21 @@ mod tests {
         assert!(!c.is_fresh(key(1), c.state(ip, 6882, "AAA="), w, t0));
         c.forget(key(1));
         assert!(!c.is_fresh(key(1), s, w, t0));
+    }
+
+    #[test]
+    fn a_peer_that_wrote_lately_is_known_whatever_it_said() {
+        let c = AnnounceCache::new(10);
+        let s = c.state("192.0.2.1".parse().unwrap(), 6881, "AAA=");
+        let (w, t0) = (Duration::from_secs(30), Instant::now());
+        let ttl_half = Duration::from_secs(60);
+        assert!(!c.wrote_within(key(1), ttl_half, t0));
+        c.record(key(1), s, w, t0);
+        assert!(c.wrote_within(key(1), ttl_half, t0 + Duration::from_secs(59)));
+        assert!(!c.wrote_within(key(1), ttl_half, t0 + ttl_half));
+        assert!(!c.wrote_within(key(2), ttl_half, t0));
+        c.forget(key(1));
+        assert!(!c.wrote_within(key(1), ttl_half, t0));
     }
 
     #[test]
