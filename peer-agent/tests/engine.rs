@@ -254,6 +254,7 @@ async fn peer_with_another_certificate_is_refused() {
             event: AnnounceEvent::Completed,
             bitfield: Bitfield::full(m.chunk_count()).to_base64(),
             address: None,
+            reach: None,
         })
         .await
         .unwrap();

@@ -174,6 +174,7 @@ async fn fake_peer(
             event: AnnounceEvent::Completed,
             bitfield: Bitfield::full(n).to_base64(),
             address: None,
+            reach: None,
         })
         .await
         .unwrap();
@@ -501,6 +502,7 @@ async fn a_seeder_speaks_each_downloader_s_form_of_hello() {
             event: AnnounceEvent::Started,
             bitfield: Bitfield::new(n).to_base64(),
             address: None,
+            reach: None,
         })
         .await
         .unwrap();

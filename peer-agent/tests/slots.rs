@@ -219,6 +219,7 @@ async fn listed_attacker(
         event: AnnounceEvent::Started,
         bitfield: Bitfield::new(chunk_count).to_base64(),
         address: None,
+        reach: None,
     };
     client.announce(&req).await.unwrap();
     let listed = client.file_peers(&file_id).await.unwrap().peers;

@@ -217,6 +217,10 @@ pub struct AnnounceRequest {
     /// the connection itself comes from loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
+    /// How this peer can be reached, as it learned it ([`Reach`]); absent until it knows, so an
+    /// agent never sends it to a tracker that predates it (such a tracker refuses unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
 }
 
 /// A peer of a file, as the tracker lists it.
@@ -274,6 +278,110 @@ pub struct ReportRequest {
 pub struct AnnounceResponse {
     pub interval_secs: u64,
     pub peers: Vec<PeerInfo>,
+    /// The source address and port of the announce as the tracker saw it (after any NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<std::net::SocketAddr>,
+}
+
+/// How a peer's listening port maps through the NAT in front of it, as the agent measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatMapping {
+    /// Reachable inbound at its listed address and port (no NAT, a port forward, UPnP).
+    Open,
+    /// Not reachable inbound, but its listening port keeps its number on the way out (an
+    /// endpoint-independent, port-preserving mapping): hole punching can work.
+    PortPreserving,
+    /// Not reachable inbound and the port seen outside is not its own (a symmetric NAT, or
+    /// one that renumbers): only the relay works, unless the other side is open.
+    Unpredictable,
+    /// Not measured (no relay to reflect from), or not yet.
+    Unknown,
+}
+
+/// What a peer announces about how it can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reach {
+    /// The tracker's probe reached its listening port from outside.
+    pub inbound: bool,
+    pub mapping: NatMapping,
+}
+
+/// `POST /reachability`: "dial me back on this port".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachabilityRequest {
+    /// The agent's listening port.
+    pub port: u16,
+}
+
+/// `POST /reachability` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachabilityResponse {
+    /// The source address and port of this request as the tracker saw it.
+    pub observed: std::net::SocketAddr,
+    /// Whether the tracker completed a TLS handshake with the caller's own certificate at
+    /// `observed.ip():port` within its probe timeout.
+    pub inbound: bool,
+    /// The port of this tracker's relay, on the tracker's host, if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
+}
+
+/// How an introduction asks the two peers to meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntroVia {
+    /// Both dial each other's public address at once from their listening ports (TCP
+    /// simultaneous open).
+    Punch,
+    /// Both connect out to the tracker's relay with the introduction's token.
+    Relay,
+}
+
+/// `POST /introductions`: a downloader asks to meet a peer of a file's swarm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntroduceRequest {
+    pub file_id: FileId,
+    /// The peer to meet (a live member of the file's swarm).
+    pub peer: Fingerprint,
+    /// The asker's listening port, from which it will punch.
+    pub port: u16,
+    pub via: IntroVia,
+}
+
+/// One introduction, as each side sees it: `peer`, `address` and `port` are the OTHER side's
+/// (for the downloader, the seeder's public endpoint; for the seeder, the downloader's).
+/// `start_in_ms` is counted from when the answer was written, so clocks need not agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introduction {
+    /// 64 lowercase hex characters (32 random bytes): the relay pairs the two sides by it.
+    pub token: String,
+    pub file_id: FileId,
+    pub peer: Fingerprint,
+    pub address: IpAddr,
+    pub port: u16,
+    pub via: IntroVia,
+    pub start_in_ms: u64,
+    /// The port of the tracker's relay, on the tracker's host (set when `via` is `relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
+}
+
+/// `GET /introductions?wait_secs=N` query: wait up to N seconds (at most 30) for one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntroductionsQuery {
+    #[serde(default)]
+    pub wait_secs: Option<u32>,
+}
+
+/// `GET /introductions` answer: the introductions waiting for the caller (each given once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introductions {
+    pub items: Vec<Introduction>,
 }
 
 /// `GET /files/{id}/peers` answer.

@@ -14,6 +14,7 @@ pub mod fingerprint;
 pub mod hashing;
 pub mod manifest;
 pub mod name;
+pub mod relay;
 pub mod tree;
 pub mod wire;
 

@@ -664,6 +664,7 @@ async fn announce(
     Ok(Json(AnnounceResponse {
         interval_secs: state.0.announce_interval.as_secs().max(1),
         peers: reachable_peers(peers, local.ip()),
+        observed: Some(remote),
     }))
 }
 

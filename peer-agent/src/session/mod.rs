@@ -75,6 +75,7 @@ fn announce_request(seeder: &Seeder, file: &SharedFile, event: AnnounceEvent) ->
         event,
         bitfield: file.have().to_base64(),
         address,
+        reach: None,
     }
 }
 

@@ -121,6 +121,7 @@ async fn an_announce_registers_the_manifest_where_it_is_missing() {
         event: AnnounceEvent::Started,
         bitfield: torrentguard_protocol::Bitfield::full(m.chunk_count()).to_base64(),
         address: None,
+        reach: None,
     };
     within(set.announce(&req, &m)).await.unwrap();
     assert_eq!(within(set.manifest(&m.file_id())).await.unwrap(), m);
