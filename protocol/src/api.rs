@@ -237,6 +237,9 @@ pub struct PeerInfo {
     /// What other peers reported about it (absent from trackers that keep no reputation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<Reputation>,
+    /// How the peer said it can be reached, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
 }
 
 /// A peer's standing with the tracker, built from the reports of other peers.
@@ -401,6 +404,9 @@ pub struct PeerSummary {
     pub last_seen: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<Reputation>,
+    /// How the peer said it can be reached, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Reach>,
 }
 
 /// `GET /healthz` answer.

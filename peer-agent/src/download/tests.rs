@@ -552,6 +552,7 @@ fn remembered_peers_are_avoided_only_while_another_is_usable() {
         complete: true,
         last_seen: 0,
         reputation: None,
+        reach: None,
     };
     let (own, bad, good) = (peer(0), peer(1), peer(2));
     let remembered = HashSet::from([bad.fingerprint]);

@@ -118,6 +118,7 @@ mod tests {
             complete: true,
             last_seen: 0,
             reputation: None,
+            reach: None,
         }
     }
 

@@ -140,6 +140,7 @@ impl TryFrom<PeerInfoRow> for PeerInfo {
             complete: r.complete,
             last_seen: r.last_seen,
             reputation: None,
+            reach: None,
         })
     }
 }
@@ -174,6 +175,7 @@ impl TryFrom<PeerSummaryRow> for PeerSummary {
             files,
             last_seen: r.last_seen,
             reputation: None,
+            reach: None,
         })
     }
 }
