@@ -351,6 +351,7 @@ mod tests {
             files: vec![fid(1), fid(2)],
             last_seen: 100,
             reputation: None,
+            reach: None,
         };
         let named = fid(1);
         let html = peer_rows(std::slice::from_ref(&peer), false, 112, |id| {
