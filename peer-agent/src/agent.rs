@@ -299,6 +299,16 @@ impl Agent {
         announcer.keep_announcing(&self.tasks, file, events);
     }
 
+    /// Asks the router (UPnP-IGD) to forward a public port to our listener, keeps the mapping
+    /// until shutdown, and announces that port from now on.
+    pub async fn map_port(&self) -> Result<crate::portmap::Mapped, crate::portmap::PortMapError> {
+        let port = self.listen_addr().port();
+        let mapped =
+            crate::portmap::map_listening_port(port, self.cancel.clone(), &self.tasks).await?;
+        self.seeder.set_mapped_port(mapped.external.port());
+        Ok(mapped)
+    }
+
     /// Stops everything, in at most [`STOP_BUDGET`] whatever is in flight: connections finish or
     /// abandon their chunk and say `Bye`, and `stopped` is announced for every file this agent
     /// announced (shared, downloaded, partial, failed or withdrawn), so the tracker stops

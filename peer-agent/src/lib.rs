@@ -9,6 +9,7 @@ pub mod download;
 pub mod events;
 pub mod misbehaving;
 pub mod peer;
+pub mod portmap;
 pub mod rate;
 pub mod reach;
 pub mod scan;

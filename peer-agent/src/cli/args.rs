@@ -374,6 +374,27 @@ pub(crate) struct EndpointFlags {
     /// it sees us connect from.
     #[arg(long, env = "TORRENTGUARD_ADVERTISE", value_name = "ADDR[:PORT]")]
     pub(crate) advertise: Option<AdvertiseSpec>,
+
+    /// Ask the home router to forward a public port to the listening port (UPnP-IGD), so peers
+    /// behind other NATs can dial this agent directly. Off unless asked: it multicasts a search
+    /// on the local network and opens a port on the router while the agent runs.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "off",
+        env = "TORRENTGUARD_PORT_MAP",
+        value_name = "HOW"
+    )]
+    pub(crate) port_map: PortMap,
+}
+
+/// `--port-map`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortMap {
+    /// No port mapping.
+    Off,
+    /// UPnP-IGD (the router's Internet Gateway Device service).
+    Upnp,
 }
 
 /// How chunks travel between peers.

@@ -21,6 +21,7 @@ pub(crate) const KEYS: &[&str] = &[
     "swarm_token",
     "listen",
     "advertise",
+    "port_map",
     "upload_limit",
     "download_limit",
     "data_dir",

@@ -45,6 +45,8 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     if let Some(a) = advertise {
         agent.seeder.set_advertise(a);
     }
+    // Logged (not printed): `get`'s output is its progress.
+    super::map_port(&agent, args.endpoint.port_map).await;
     forward(&stop, agent.cancel.clone());
 
     let given: Vec<FileId> = args.ids.iter().map(FileRef::file_id).collect();

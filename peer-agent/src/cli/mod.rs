@@ -162,6 +162,29 @@ fn no_tracker() -> anyhow::Error {
     ))
 }
 
+/// `--port-map upnp`: maps a router port to the agent's listener; a line to tell the user
+/// either way. Never fatal: without a mapping, peers reach the agent as they would have.
+async fn map_port(agent: &torrentguard_agent::agent::Agent, how: args::PortMap) -> Option<String> {
+    if how == args::PortMap::Off {
+        return None;
+    }
+    Some(match agent.map_port().await {
+        Ok(m) => {
+            tracing::info!(external = %m.external, local = %m.local, gateway = %m.gateway, "UPnP port mapping in place");
+            format!(
+                "port mapping: the router at {} forwards {} to this agent ({}), renewed while it runs",
+                m.gateway.ip(),
+                m.external,
+                m.local
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no UPnP port mapping");
+            format!("port mapping: none ({e})")
+        }
+    })
+}
+
 /// `--advertise`, resolved once at start (a name that does not resolve is an error now, not
 /// a silent bad announce later).
 async fn resolve_advertise(spec: &Option<AdvertiseSpec>) -> anyhow::Result<Option<Advertise>> {

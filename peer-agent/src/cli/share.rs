@@ -79,6 +79,9 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     if let Some(a) = advertise.clone() {
         agent.seeder.set_advertise(a);
     }
+    if let Some(line) = super::map_port(&agent, args.endpoint.port_map).await {
+        say(&out, &line);
+    }
     let public = public_trackers(&agent, public_url);
     let served = serve_and_report(&agent, &args, &public, &events, &out, &stop).await;
     leave(&agent, embedded, served, &out, &stop).await

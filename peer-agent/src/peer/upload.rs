@@ -70,6 +70,9 @@ pub struct Seeder {
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
     /// connection's address and our listening port.
     advertise: std::sync::OnceLock<Advertise>,
+    /// The router's public port forwarded to our listener (`--port-map upnp`), announced
+    /// instead of the listening port when no `--advertise` port is given.
+    mapped_port: std::sync::OnceLock<u16>,
 }
 
 impl Seeder {
@@ -109,6 +112,7 @@ impl Seeder {
             corrupt: AtomicBool::new(false),
             compression: std::sync::Mutex::new(compression::Mode::default()),
             advertise: std::sync::OnceLock::new(),
+            mapped_port: std::sync::OnceLock::new(),
             upload_limit: Arc::new(RateLimit::default()),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
@@ -185,9 +189,18 @@ impl Seeder {
     /// The address and port to announce: the `--advertise` ones, else none (the tracker takes
     /// the connection's address) and the listening port.
     pub fn announced_endpoint(&self) -> (Option<std::net::IpAddr>, u16) {
+        let port = self.mapped_port.get().copied();
+        let port = port.unwrap_or(self.local_addr.port());
         match self.advertise.get() {
-            Some(a) => (Some(a.ip), a.port.unwrap_or(self.local_addr.port())),
-            None => (None, self.local_addr.port()),
+            Some(a) => (Some(a.ip), a.port.unwrap_or(port)),
+            None => (None, port),
+        }
+    }
+
+    /// Sets the router's public port that forwards to our listener (once, at start).
+    pub fn set_mapped_port(&self, port: u16) {
+        if self.mapped_port.set(port).is_err() {
+            tracing::warn!("mapped port already set; keeping the first");
         }
     }
 
