@@ -305,7 +305,7 @@ impl Agent {
         let port = self.listen_addr().port();
         let mapped =
             crate::portmap::map_listening_port(port, self.cancel.clone(), &self.tasks).await?;
-        self.seeder.set_mapped_port(mapped.external.port());
+        self.seeder.set_mapped_port(mapped.external_port);
         Ok(mapped)
     }
 

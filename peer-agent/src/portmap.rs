@@ -32,22 +32,29 @@ pub enum PortMapError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the gateway did not say its external address: {0}")]
-    ExternalAddress(#[source] igd_next::GetExternalIpError),
-    #[error("the gateway refused a mapping to port {port}: {source}")]
-    Refused {
-        port: u16,
-        #[source]
-        source: AddAnyPortError,
-    },
+    #[error("the gateway refused a mapping to port {port}: {reason}")]
+    Refused { port: u16, reason: String },
 }
 
-/// A live mapping: `external` on the router forwards to `local` on this host.
+/// A live mapping: `external_port` on the router forwards to `local` on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapped {
-    pub external: SocketAddr,
+    pub external_port: u16,
+    /// The router's own public address, when it knows one. A router behind another NAT
+    /// (carrier-grade NAT) does not; the tracker's view of our address is what peers get
+    /// either way.
+    pub external_ip: Option<IpAddr>,
     pub local: SocketAddr,
     pub gateway: SocketAddr,
+}
+
+impl std::fmt::Display for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.external_ip {
+            Some(ip) => write!(f, "{}", SocketAddr::new(ip, self.external_port)),
+            None => write!(f, "port {}", self.external_port),
+        }
+    }
 }
 
 /// Finds the gateway, maps a public port to `listen_port` (the same number if the router
@@ -68,13 +75,17 @@ pub async fn map_listening_port(
         source,
     })?;
     let local = SocketAddr::new(local_ip, listen_port);
-    let external_ip = gateway
-        .get_external_ip()
-        .await
-        .map_err(PortMapError::ExternalAddress)?;
-    let port = add_mapping(&gateway, local).await?;
+    let external_ip = match gateway.get_external_ip().await {
+        Ok(ip) => Some(ip),
+        Err(e) => {
+            tracing::debug!(error = %first_line(&e.to_string()), "the gateway gave no external address");
+            None
+        }
+    };
+    let external_port = add_mapping(&gateway, local).await?;
     let mapped = Mapped {
-        external: SocketAddr::new(external_ip, port),
+        external_port,
+        external_ip,
         local,
         gateway: gateway.addr,
     };
@@ -98,16 +109,16 @@ async fn add_mapping(gateway: &Gateway<Tokio>, local: SocketAddr) -> Result<u16,
     gateway
         .add_any_port(tcp, local, lease, DESCRIPTION)
         .await
-        .map_err(|source| PortMapError::Refused {
+        .map_err(|e: AddAnyPortError| PortMapError::Refused {
             port: local.port(),
-            source,
+            reason: first_line(&e.to_string()).to_string(),
         })
 }
 
 /// Renews the lease at half its length; removes the mapping when the agent stops.
 async fn keep_mapped(gateway: Gateway<Tokio>, mapped: Mapped, cancel: CancellationToken) {
     let lease = LEASE.as_secs() as u32;
-    let port = mapped.external.port();
+    let port = mapped.external_port;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LEASE / 2) => {}
@@ -123,8 +134,8 @@ async fn keep_mapped(gateway: Gateway<Tokio>, mapped: Mapped, cancel: Cancellati
             )
             .await;
         match renewed {
-            Ok(()) => tracing::debug!(external = %mapped.external, "UPnP mapping renewed"),
-            Err(e) => tracing::warn!(external = %mapped.external, error = %e,
+            Ok(()) => tracing::debug!(external = %mapped, "UPnP mapping renewed"),
+            Err(e) => tracing::warn!(external = %mapped, error = %e,
                 "the router refused to renew the UPnP mapping; peers may not reach this agent directly"),
         }
     }
@@ -135,14 +146,19 @@ async fn keep_mapped(gateway: Gateway<Tokio>, mapped: Mapped, cancel: Cancellati
     )
     .await;
     match removed {
-        Ok(Ok(())) => tracing::info!(external = %mapped.external, "UPnP mapping removed"),
+        Ok(Ok(())) => tracing::info!(external = %mapped, "UPnP mapping removed"),
         Ok(Err(e)) => {
-            tracing::warn!(external = %mapped.external, error = %e, "UPnP mapping not removed")
+            tracing::warn!(external = %mapped, error = %e, "UPnP mapping not removed")
         }
         Err(_) => {
-            tracing::warn!(external = %mapped.external, "UPnP mapping not removed: the router did not answer")
+            tracing::warn!(external = %mapped, "UPnP mapping not removed: the router did not answer")
         }
     }
+}
+
+/// Gateways answer errors with whole SOAP bodies; the first line says enough.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
 }
 
 /// The address this host uses to reach `gateway`: the one the router must forward to. A UDP

@@ -170,11 +170,10 @@ async fn map_port(agent: &torrentguard_agent::agent::Agent, how: args::PortMap) 
     }
     Some(match agent.map_port().await {
         Ok(m) => {
-            tracing::info!(external = %m.external, local = %m.local, gateway = %m.gateway, "UPnP port mapping in place");
+            tracing::info!(external = %m, local = %m.local, gateway = %m.gateway, "UPnP port mapping in place");
             format!(
-                "port mapping: the router at {} forwards {} to this agent ({}), renewed while it runs",
+                "port mapping: the router at {} forwards {m} to this agent ({}), renewed while it runs",
                 m.gateway.ip(),
-                m.external,
                 m.local
             )
         }
