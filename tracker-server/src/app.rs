@@ -28,12 +28,12 @@ use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Mani
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
+use crate::introductions::{self, Introductions};
 use crate::known_files::{KnownFiles, MAX_KNOWN_FILES};
 use crate::limits::{Limiter, LimitsConfig, Rate, limit_concurrency, limit_writes};
 use crate::metrics::{ConnectionStats, Metrics};
-use crate::reputation::{Report, ReputationConfig, Reputations};
-use crate::introductions::{self, Introductions};
 use crate::reach::{self as reachability, MAX_REACH_ENTRIES, Prober, ReachTable};
+use crate::reputation::{Report, ReputationConfig, Reputations};
 use crate::store::{AnnounceRecord, InstrumentedStore, Registration, ReportRecord, Store};
 
 /// The TLS client certificate's fingerprint of the connection a request came on, if the client

@@ -202,7 +202,8 @@ impl Introductions {
     ) -> Option<Introduction> {
         let inner = self.lock();
         let e = inner.entries.get(token)?;
-        self.live(e, now).then(|| view_of(token, e, role, reached, relay_port, now))
+        self.live(e, now)
+            .then(|| view_of(token, e, role, reached, relay_port, now))
     }
 
     fn live(&self, e: &Entry, now: Instant) -> bool {
@@ -267,7 +268,12 @@ impl Introductions {
 
     /// A relay join of `token` by `peer`: which side it is, if the token names a live relay
     /// introduction of which `peer` is a side that has not joined yet.
-    pub fn join(&self, token: &Token, peer: &Fingerprint, now: Instant) -> Result<Role, RelayStatus> {
+    pub fn join(
+        &self,
+        token: &Token,
+        peer: &Fingerprint,
+        now: Instant,
+    ) -> Result<Role, RelayStatus> {
         let mut inner = self.lock();
         let ttl = self.ttl;
         let Some(e) = inner.entries.get_mut(token) else {
@@ -563,9 +569,15 @@ mod tests {
         let relay = t
             .introduce(file(), IntroVia::Relay, a, s, Duration::ZERO, now)
             .unwrap();
-        assert_eq!(t.join(&relay, &x.fingerprint, now), Err(RelayStatus::NotYours));
+        assert_eq!(
+            t.join(&relay, &x.fingerprint, now),
+            Err(RelayStatus::NotYours)
+        );
         assert_eq!(t.join(&relay, &s.fingerprint, now), Ok(Role::Seeder));
-        assert_eq!(t.join(&relay, &s.fingerprint, now), Err(RelayStatus::NotYours));
+        assert_eq!(
+            t.join(&relay, &s.fingerprint, now),
+            Err(RelayStatus::NotYours)
+        );
         assert_eq!(t.join(&relay, &a.fingerprint, now), Ok(Role::Asker));
         let punch = t
             .introduce(file(), IntroVia::Punch, a, s, PUNCH_LEAD, now)
@@ -574,7 +586,10 @@ mod tests {
             t.join(&punch, &a.fingerprint, now),
             Err(RelayStatus::UnknownToken)
         );
-        assert_eq!(t.join(&[0; 32], &a.fingerprint, now), Err(RelayStatus::UnknownToken));
+        assert_eq!(
+            t.join(&[0; 32], &a.fingerprint, now),
+            Err(RelayStatus::UnknownToken)
+        );
     }
 
     #[test]

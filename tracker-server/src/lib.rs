@@ -40,9 +40,9 @@ pub use app::PeerIdentity;
 pub use store::{Database, DatabaseUrlError, PostgresStore, SqliteStore, Store, StoreError};
 
 use crate::app::{AppConfig, AppState, TraversalConfig};
-use crate::relay::{Relay, RelayConfig};
 use crate::connections::{ConnectionLimits, ConnectionTable};
 use crate::limits::{LimitsConfig, Rate};
+use crate::relay::{Relay, RelayConfig};
 use crate::reputation::ReputationConfig;
 use crate::server::Server;
 
@@ -294,7 +294,12 @@ pub struct TrackerArgs {
     /// Run the relay on this address and port (e.g. `0.0.0.0:8444`): a TLS listener with the
     /// tracker's certificate where peers that cannot reach each other meet by an
     /// introduction's token. Off without it.
-    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_RELAY_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TORRENTGUARD_TRACKER_RELAY_LISTEN",
+        value_name = "ADDR"
+    )]
     pub relay_listen: Option<SocketAddr>,
 
     /// Bytes per second the relay forwards per session and direction (K, M, G suffixes: ×1024).
@@ -739,7 +744,10 @@ mod tests {
             #[command(flatten)]
             args: TrackerArgs,
         }
-        let off = Cli::try_parse_from(["t"]).unwrap().args.into_config(".".into());
+        let off = Cli::try_parse_from(["t"])
+            .unwrap()
+            .args
+            .into_config(".".into());
         assert_eq!(off.relay, None);
         assert_eq!(TrackerConfig::new(off.listen, ".".into()).relay, None);
         let on = Cli::try_parse_from([

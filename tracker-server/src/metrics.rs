@@ -127,7 +127,12 @@ impl TraversalStats {
 
     fn render(&self, out: &mut String) {
         let name = "torrentguard_introductions_total";
-        header(out, name, "counter", "Introductions made, by path asked for.");
+        header(
+            out,
+            name,
+            "counter",
+            "Introductions made, by path asked for.",
+        );
         for (via, n) in ["punch", "relay"].iter().zip(&self.introductions) {
             let _ = writeln!(out, "{name}{{via=\"{via}\"}} {}", n.load(Ordering::Relaxed));
         }

@@ -276,7 +276,12 @@ async fn read_request(
     Ok(RelayRequest::decode(&bytes).map_err(|e| e.to_string()))
 }
 
-async fn connection(tcp: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
     let start = async {
         let mut tls = acceptor.accept(tcp).await?;
         let request = read_request(&mut tls).await?;

@@ -128,9 +128,7 @@ async fn two_sides_are_paired_and_bytes_flow_both_ways_unaltered() -> Result<()>
         .await?;
         ensure!(sessions(&text, "paired") == Some(1));
         ensure!(metric(&text, "torrentguard_relay_bytes_total") == Some(8 << 20));
-        ensure!(
-            metric(&text, "torrentguard_introductions_total{via=\"relay\"}") == Some(1)
-        );
+        ensure!(metric(&text, "torrentguard_introductions_total{via=\"relay\"}") == Some(1));
         h.tracker.shutdown().await?;
         Ok(())
     })
@@ -179,7 +177,8 @@ async fn a_side_left_alone_times_out() -> Result<()> {
     within(async {
         let h = relay_harness(|_| {}).await?;
         let token = relay_introduction(&h).await?;
-        let (_, answer) = relay_join(relay_addr(&h), &h.alice, h.tracker.fingerprint, &token).await?;
+        let (_, answer) =
+            relay_join(relay_addr(&h), &h.alice, h.tracker.fingerprint, &token).await?;
         ensure!(answer.status == RelayStatus::Timeout, "{answer:?}");
         let text = metrics_text(&h).await?;
         ensure!(sessions(&text, "timeout") == Some(1));
@@ -225,9 +224,14 @@ async fn the_tamper_flag_flips_exactly_one_byte_of_the_seeders_stream() -> Resul
         let (up, down) = (pattern(1 << 20, 3), pattern(1 << 20, 4));
         let (at_asker, at_seeder) =
             tokio::try_join!(exchange(a.0, up.clone()), exchange(s.0, down.clone()))?;
-        ensure!(at_seeder == up, "the downloader-to-seeder direction is untouched");
+        ensure!(
+            at_seeder == up,
+            "the downloader-to-seeder direction is untouched"
+        );
         ensure!(at_asker.len() == down.len());
-        let differ: Vec<usize> = (0..down.len()).filter(|&i| at_asker[i] != down[i]).collect();
+        let differ: Vec<usize> = (0..down.len())
+            .filter(|&i| at_asker[i] != down[i])
+            .collect();
         ensure!(differ == vec![64 * 1024], "bytes changed at {differ:?}");
         h.tracker.shutdown().await?;
         Ok(())

@@ -59,7 +59,10 @@ async fn a_peer_listening_with_its_own_identity_is_reachable_inbound() -> Result
         let port = peer_listener(&h.alice, stop.clone()).await?;
         let r = probe(&h, &h.alice, port).await?;
         ensure!(r.inbound, "{r:?}");
-        ensure!(r.observed.ip().is_loopback() && r.observed.port() != 0, "{r:?}");
+        ensure!(
+            r.observed.ip().is_loopback() && r.observed.port() != 0,
+            "{r:?}"
+        );
         ensure!(r.relay_port.is_none());
         // The same port probed for Bob presents Alice's certificate: not Bob's port.
         let r = probe(&h, &h.bob, port).await?;
@@ -104,7 +107,11 @@ async fn bad_reachability_requests_are_json_errors() -> Result<()> {
             json!({"port": 70000}),
             json!({"port": 7000, "address": "192.0.2.1"}),
         ] {
-            let resp = alice.post(h.api("/reachability")).json(&body).send().await?;
+            let resp = alice
+                .post(h.api("/reachability"))
+                .json(&body)
+                .send()
+                .await?;
             expect_error(resp, 400, "bad_request").await?;
         }
         let resp = h
@@ -142,11 +149,17 @@ async fn announced_reach_shows_in_every_peer_list() -> Result<()> {
         ensure!(answer.peers[0].reach == Some(reach), "{answer:?}");
         let url = h.api(&format!("/files/{}/peers", m.file_id()));
         let listed: FilePeers = expect_json(h.anonymous.get(url).send().await?, 200).await?;
-        let alice = listed.peers.iter().find(|p| p.fingerprint == h.alice.fingerprint);
+        let alice = listed
+            .peers
+            .iter()
+            .find(|p| p.fingerprint == h.alice.fingerprint);
         ensure!(alice.is_some_and(|p| p.reach == Some(reach)));
         let page: Page<PeerSummary> =
             expect_json(h.anonymous.get(h.api("/peers")).send().await?, 200).await?;
-        let alice = page.items.iter().find(|p| p.fingerprint == h.alice.fingerprint);
+        let alice = page
+            .items
+            .iter()
+            .find(|p| p.fingerprint == h.alice.fingerprint);
         ensure!(alice.is_some_and(|p| p.reach == Some(reach)));
         h.tracker.shutdown().await?;
         Ok(())
@@ -161,7 +174,13 @@ async fn collect(h: &Harness, who: &Identity, wait: u32) -> Result<Introductions
 
 async fn long_polls(h: &Harness, n: u64) -> Result<()> {
     eventually(Duration::from_secs(10), "the long-poll waits", || async {
-        let text = h.anonymous.get(h.url("/metrics")).send().await?.text().await?;
+        let text = h
+            .anonymous
+            .get(h.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         Ok((metric(&text, "torrentguard_introductions_long_polls") == Some(n)).then_some(()))
     })
     .await
@@ -185,7 +204,10 @@ async fn both_sides_see_the_same_introduction_crossed_and_once() -> Result<()> {
         ensure!((seen.peer, seen.port) == (h.alice.fingerprint, 7200));
         ensure!(seen.address.is_loopback() && seen.file_id == m.file_id());
         ensure!(seen.start_in_ms <= asked.start_in_ms);
-        ensure!(collect(&h, &h.bob, 0).await?.items.is_empty(), "delivered once");
+        ensure!(
+            collect(&h, &h.bob, 0).await?.items.is_empty(),
+            "delivered once"
+        );
         ensure!(collect(&h, &h.alice, 0).await?.items.is_empty());
         h.tracker.shutdown().await?;
         Ok(())
@@ -194,8 +216,7 @@ async fn both_sides_see_the_same_introduction_crossed_and_once() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_long_poll_wakes_on_a_new_introduction_and_spares_the_concurrency_bound() -> Result<()>
-{
+async fn a_long_poll_wakes_on_a_new_introduction_and_spares_the_concurrency_bound() -> Result<()> {
     within(async {
         let h = Harness::start(|c| c.limits.max_concurrent_requests = 1).await?;
         let m = file_with_seeder(&h, &h.bob, 7100).await?;
@@ -210,7 +231,10 @@ async fn a_long_poll_wakes_on_a_new_introduction_and_spares_the_concurrency_boun
         ensure!(resp.status() == 200, "{}", resp.status());
         let asked = introduce(&h, &h.alice, &m, &h.bob, 7200, "punch").await?;
         let got = poll.await??;
-        ensure!(got.items.len() == 1 && got.items[0].token == asked.token, "{got:?}");
+        ensure!(
+            got.items.len() == 1 && got.items[0].token == asked.token,
+            "{got:?}"
+        );
         long_polls(&h, 0).await?;
         h.tracker.shutdown().await?;
         Ok(())
@@ -232,7 +256,11 @@ async fn a_long_poll_ends_at_shutdown() -> Result<()> {
         h.tracker.shutdown().await?;
         ensure!(poll.await??.items.is_empty());
         // Not held for its 30 s nor the 30 s shutdown grace.
-        ensure!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
         Ok(())
     })
     .await

@@ -117,7 +117,12 @@ pub async fn relay_ask(
         }
         let mut byte = [0u8; 1];
         // One byte at a time: nothing after the answer may be consumed here.
-        if stream.read(&mut byte).await.context("reading the relay's answer")? == 0 {
+        if stream
+            .read(&mut byte)
+            .await
+            .context("reading the relay's answer")?
+            == 0
+        {
             bail!("the relay closed before answering");
         }
         buf.push(byte[0]);
