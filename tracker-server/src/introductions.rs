@@ -39,9 +39,12 @@ pub const MAX_INTRODUCTIONS: usize = 100_000;
 /// Longest long-poll, in seconds.
 pub const MAX_WAIT_SECS: u32 = 30;
 /// Long-polls waiting at once, in all. They are exempt from `--max-concurrent-requests` (a
-/// long-poll holds its slot for up to 30 s and would starve the bound), so they have their own;
-/// per identity there is one (a newer long-poll ends the older one at once).
+/// long-poll holds its slot for up to 30 s and would starve the bound), so they have their own.
 pub const MAX_LONG_POLLS: usize = 4096;
+/// Long-polls one identity may have waiting; a newer one past it ends the oldest at once. More
+/// than one, so two processes sharing an identity (the daemon and a `share`) do not end each
+/// other's polls in a loop; few, so one identity cannot take the whole bound.
+pub const MAX_LONG_POLLS_PER_IDENTITY: usize = 4;
 /// How far ahead a punch is scheduled: time for the seeder's long-poll answer to arrive.
 pub const PUNCH_LEAD: Duration = Duration::from_millis(1000);
 
@@ -80,9 +83,16 @@ struct Entry {
 struct Mailbox {
     queue: VecDeque<Token>,
     notify: Arc<Notify>,
-    /// Bumped by each long-poll that starts, so an older one sees it was superseded.
+    /// Bumped by each long-poll that starts, to name it.
     generation: u64,
-    waiting: bool,
+    /// The long-polls waiting, oldest first; one no longer here was superseded.
+    waiters: VecDeque<u64>,
+}
+
+impl Mailbox {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.waiters.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -182,7 +192,7 @@ impl Introductions {
             let seeder = e.seeder.fingerprint;
             if let Some(m) = inner.mailboxes.get_mut(&seeder) {
                 m.queue.retain(|t| *t != token);
-                if m.queue.is_empty() && !m.waiting {
+                if m.idle() {
                     inner.mailboxes.remove(&seeder);
                 }
             }
@@ -223,7 +233,7 @@ impl Introductions {
             return Vec::new();
         };
         let tokens: Vec<Token> = mailbox.queue.drain(..).collect();
-        if !mailbox.waiting {
+        if mailbox.idle() {
             inner.mailboxes.remove(peer);
         }
         tokens
@@ -236,14 +246,17 @@ impl Introductions {
             .collect()
     }
 
-    /// Starts a long-poll of `peer`: ends any older one (they see [`Self::superseded`]) and
-    /// returns what to wait on and this poll's generation.
+    /// Starts a long-poll of `peer`, ending its oldest past [`MAX_LONG_POLLS_PER_IDENTITY`]
+    /// (it sees [`Self::superseded`]); returns what to wait on and this poll's generation.
     fn subscribe(&self, peer: Fingerprint) -> (Arc<Notify>, u64) {
         let mut inner = self.lock();
         let mailbox = inner.mailboxes.entry(peer).or_default();
         mailbox.generation += 1;
-        mailbox.waiting = true;
-        mailbox.notify.notify_waiters();
+        mailbox.waiters.push_back(mailbox.generation);
+        if mailbox.waiters.len() > MAX_LONG_POLLS_PER_IDENTITY {
+            mailbox.waiters.pop_front();
+            mailbox.notify.notify_waiters();
+        }
         (mailbox.notify.clone(), mailbox.generation)
     }
 
@@ -251,16 +264,14 @@ impl Introductions {
         self.lock()
             .mailboxes
             .get(peer)
-            .is_none_or(|m| m.generation != generation)
+            .is_none_or(|m| !m.waiters.contains(&generation))
     }
 
     fn unsubscribe(&self, peer: &Fingerprint, generation: u64) {
         let mut inner = self.lock();
-        if let Some(m) = inner.mailboxes.get_mut(peer)
-            && m.generation == generation
-        {
-            m.waiting = false;
-            if m.queue.is_empty() {
+        if let Some(m) = inner.mailboxes.get_mut(peer) {
+            m.waiters.retain(|g| *g != generation);
+            if m.idle() {
                 inner.mailboxes.remove(peer);
             }
         }
@@ -593,16 +604,19 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_long_poll_supersedes_the_older() {
+    fn past_its_bound_a_newer_long_poll_supersedes_the_oldest() {
         let t = Introductions::default();
         let peer = Fingerprint::of_der(&[7]);
-        let (_, first) = t.subscribe(peer);
-        assert!(!t.superseded(&peer, first));
-        let (_, second) = t.subscribe(peer);
-        assert!(t.superseded(&peer, first));
-        t.unsubscribe(&peer, first);
-        assert!(!t.superseded(&peer, second));
-        t.unsubscribe(&peer, second);
+        let polls: Vec<u64> = (0..MAX_LONG_POLLS_PER_IDENTITY)
+            .map(|_| t.subscribe(peer).1)
+            .collect();
+        assert!(polls.iter().all(|&g| !t.superseded(&peer, g)));
+        let (_, newest) = t.subscribe(peer);
+        assert!(t.superseded(&peer, polls[0]));
+        assert!(!t.superseded(&peer, polls[1]) && !t.superseded(&peer, newest));
+        for g in polls.into_iter().chain([newest]) {
+            t.unsubscribe(&peer, g);
+        }
         assert!(t.lock().mailboxes.is_empty());
     }
 }

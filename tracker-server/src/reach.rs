@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use torrentguard_protocol::Fingerprint;
@@ -175,7 +176,11 @@ pub async fn probe(target: SocketAddr, identity: &Identity, expect: Fingerprint)
         connector.connect(peer_server_name(), tcp).await
     };
     match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
-        Ok(Ok(_tls)) => true,
+        Ok(Ok(mut tls)) => {
+            // A polite close_notify; the answer does not wait on it for long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            true
+        }
         Ok(Err(e)) => {
             tracing::debug!(%target, error = %e, "reachability probe failed");
             false
