@@ -327,21 +327,28 @@ pub struct TrackerArgs {
     pub relay_tamper_for_tests: bool,
 }
 
-/// A byte rate: digits with an optional K, M or G suffix (powers of 1024).
+/// A byte rate as the agent's rate flags take it: digits with an optional K, M or G (powers of
+/// 1024), optionally followed by B or iB (`10M`, `10MB`, `10MiB`).
 fn parse_byte_rate(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (digits, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
-        _ => (s, 'B'),
+    let (digits, factor) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let factor: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M or G)")),
+            };
+            (&s[..i], factor)
+        }
+        None => (s, 1),
     };
-    let factor: u64 = match unit {
-        'B' => 1,
-        'K' => 1 << 10,
-        'M' => 1 << 20,
-        'G' => 1 << 30,
-        u => return Err(format!("unknown unit {u:?}: use K, M or G")),
-    };
-    let n: u64 = digits.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate"))?;
     n.checked_mul(factor)
         .ok_or_else(|| format!("{s:?} is too large"))
 }
@@ -730,6 +737,8 @@ mod tests {
         assert_eq!(parse_byte_rate("10k"), Ok(10 * 1024));
         assert_eq!(parse_byte_rate("5M"), Ok(5 << 20));
         assert_eq!(parse_byte_rate("2G"), Ok(2 << 30));
+        assert_eq!(parse_byte_rate("3MiB"), Ok(3 << 20));
+        assert_eq!(parse_byte_rate("4KB"), Ok(4 << 10));
         assert!(parse_byte_rate("3T").is_err());
         assert!(parse_byte_rate("-1").is_err());
         assert!(parse_byte_rate("M").is_err());
