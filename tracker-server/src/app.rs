@@ -28,9 +28,11 @@ use torrentguard_protocol::{Bitfield, Entry, FileId, Fingerprint, HashAlgo, Mani
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::error::{ApiError, AppBytes, AppJson, AppPath, AppQuery};
+use crate::introductions::{self, Introductions};
 use crate::known_files::{KnownFiles, MAX_KNOWN_FILES};
 use crate::limits::{Limiter, LimitsConfig, Rate, limit_concurrency, limit_writes};
 use crate::metrics::{ConnectionStats, Metrics};
+use crate::reach::{self as reachability, MAX_REACH_ENTRIES, Prober, ReachTable};
 use crate::reputation::{Report, ReputationConfig, Reputations};
 use crate::store::{AnnounceRecord, InstrumentedStore, Registration, ReportRecord, Store};
 
@@ -103,6 +105,25 @@ struct Shared {
     limiter: Limiter,
     known_files: KnownFiles,
     reputation: ReputationConfig,
+    traversal: Traversal,
+}
+
+/// The NAT traversal state (issue 15): what peers announced about their reach, the
+/// reachability prober, the introductions, and the relay's port if one runs.
+#[derive(Debug)]
+pub struct Traversal {
+    pub reach: ReachTable,
+    pub prober: Prober,
+    pub introductions: Arc<Introductions>,
+    pub relay_port: Option<u16>,
+}
+
+/// What the traversal endpoints need from the process: the tracker's identity (the probe's
+/// client certificate) and the relay's port.
+#[derive(Debug, Clone, Default)]
+pub struct TraversalConfig {
+    pub identity: Option<Arc<torrentguard_trust::Identity>>,
+    pub relay_port: Option<u16>,
 }
 
 /// Settings the application needs (the listener's are elsewhere).
@@ -139,6 +160,16 @@ impl AppState {
     }
 
     pub fn with_limits(store: Arc<dyn Store>, config: AppConfig, limits: LimitsConfig) -> Self {
+        Self::with_traversal(store, config, limits, TraversalConfig::default())
+    }
+
+    /// [`Self::with_limits`] with the reachability probe and relay configured.
+    pub fn with_traversal(
+        store: Arc<dyn Store>,
+        config: AppConfig,
+        limits: LimitsConfig,
+        traversal: TraversalConfig,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(InstrumentedStore::new(store, metrics.clone()));
         AppState(Arc::new(Shared {
@@ -153,12 +184,22 @@ impl AppState {
             limiter: Limiter::new(limits),
             reputation: config.reputation,
             known_files: KnownFiles::new(MAX_KNOWN_FILES),
+            traversal: Traversal {
+                reach: ReachTable::new(config.peer_ttl, MAX_REACH_ENTRIES),
+                prober: Prober::new(traversal.identity),
+                introductions: Arc::new(Introductions::default()),
+                relay_port: traversal.relay_port,
+            },
         }))
     }
 
     /// The fingerprint of the certificate this tracker serves.
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.fingerprint
+    }
+
+    pub fn traversal(&self) -> &Traversal {
+        &self.0.traversal
     }
 
     pub fn limiter(&self) -> &Limiter {
@@ -182,7 +223,7 @@ impl AppState {
 
     /// The chunk count of `id`, `None` for an unknown file: from memory once seen (it never
     /// changes, see [`KnownFiles`]), else from the store.
-    async fn chunk_count(&self, id: FileId) -> Result<Option<u32>, ApiError> {
+    pub(crate) async fn chunk_count(&self, id: FileId) -> Result<Option<u32>, ApiError> {
         if let Some(n) = self.0.known_files.chunk_count(&id) {
             return Ok(Some(n));
         }
@@ -252,6 +293,14 @@ pub fn router(state: AppState) -> Router {
         .route("/announce", write_limited(&state, announce_route))
         .route("/peers", get(list_peers))
         .route("/reports", write_limited(&state, post(report_peer)))
+        .route(
+            "/reachability",
+            write_limited(&state, post(reachability::reachability)),
+        )
+        .route(
+            "/introductions",
+            write_limited(&state, post(introductions::introduce)),
+        )
         // Only matched routes: an unknown path is a 404 whether or not a token came with it.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Outermost of the API: a request over the bound costs no more than its 429. /healthz
@@ -261,8 +310,15 @@ pub fn router(state: AppState) -> Router {
             limit_concurrency,
         ));
 
+    // The introductions long-poll holds its request for up to 30 s: under the concurrency bound
+    // a few hundred of them would starve every other request, so it is outside it, bounded by
+    // its own limits instead (see `introductions.rs`). The swarm token still applies.
+    let long_poll = Router::new()
+        .route("/introductions", get(introductions::collect))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
     Router::new()
-        .nest(API_PREFIX, api)
+        .nest(API_PREFIX, api.merge(long_poll))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes(state.clone()))
@@ -370,7 +426,7 @@ impl FromRequestParts<AppState> for AuthorizedPeer {
 }
 
 /// The connection's remote address.
-struct RemoteAddr(SocketAddr);
+pub(crate) struct RemoteAddr(pub SocketAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     type Rejection = ApiError;
@@ -560,7 +616,8 @@ async fn file_peers(
         .store
         .file_peers(id, live_since, None, MAX_FILE_PEERS)
         .await?;
-    let peers = with_reputations(&state, peers, unix_now()).await?;
+    let mut peers = with_reputations(&state, peers, unix_now()).await?;
+    state.0.traversal.reach.fill(&mut peers);
     Ok(Json(FilePeers {
         file_id: id,
         peers: reachable_peers(peers, local.ip()),
@@ -650,6 +707,7 @@ async fn announce(
         }
     }
     state.0.metrics.record_announce();
+    state.0.traversal.reach.set(peer, req.reach, Instant::now());
     let peers = state
         .0
         .store
@@ -660,7 +718,8 @@ async fn announce(
             MAX_ANNOUNCE_PEERS,
         )
         .await?;
-    let peers = best_first(&state, with_reputations(&state, peers, now).await?);
+    let mut peers = best_first(&state, with_reputations(&state, peers, now).await?);
+    state.0.traversal.reach.fill(&mut peers);
     Ok(Json(AnnounceResponse {
         interval_secs: state.0.announce_interval.as_secs().max(1),
         peers: reachable_peers(peers, local.ip()),
@@ -746,9 +805,11 @@ async fn list_peers(
         .await?;
     let fingerprints: Vec<_> = page.items.iter().map(|p| p.fingerprint).collect();
     let scores = reputations(&state, &fingerprints, now).await?;
+    let at = Instant::now();
     for p in &mut page.items {
         p.address = address_for_asker(p.address, local.ip());
         p.reputation = Some(scores.of(&p.fingerprint));
+        p.reach = state.0.traversal.reach.get(&p.fingerprint, at);
     }
     Ok(Json(page))
 }

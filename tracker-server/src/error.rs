@@ -61,13 +61,19 @@ pub enum ApiError {
     /// A new peer for a file that has `--max-peers-per-file` live peers already.
     #[error("{0}")]
     SwarmFull(String),
+    /// An introduction to a peer that is not a live member of the file's swarm.
+    #[error("{0}")]
+    NotInSwarm(String),
+    /// An introduction through the relay, from a tracker that runs none.
+    #[error("{0}")]
+    NoRelay(String),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::InvalidManifest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotInSwarm(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -79,7 +85,9 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TooManyFiles(_) | ApiError::SwarmFull(_) => StatusCode::CONFLICT,
+            ApiError::TooManyFiles(_) | ApiError::SwarmFull(_) | ApiError::NoRelay(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::ManifestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -103,6 +111,8 @@ impl ApiError {
             ApiError::TooManyFiles(_) => "too_many_files",
             ApiError::ManifestTooLarge(_) => "manifest_too_large",
             ApiError::SwarmFull(_) => "swarm_full",
+            ApiError::NotInSwarm(_) => "not_in_swarm",
+            ApiError::NoRelay(_) => "no_relay",
         }
     }
 

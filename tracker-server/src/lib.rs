@@ -12,10 +12,13 @@ pub mod dashboard;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;
+pub mod introductions;
 pub mod known_files;
 pub mod limits;
 pub mod metrics;
 pub mod process;
+pub mod reach;
+pub mod relay;
 pub mod reputation;
 pub mod server;
 pub mod store;
@@ -29,16 +32,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::Fingerprint;
-use torrentguard_trust::config::https_server_config;
+use torrentguard_trust::config::{https_server_config, peer_server_config};
 use torrentguard_trust::identity::create_private_dir;
 use torrentguard_trust::{Identity, IdentityError};
 
 pub use app::PeerIdentity;
 pub use store::{Database, DatabaseUrlError, PostgresStore, SqliteStore, Store, StoreError};
 
-use crate::app::{AppConfig, AppState};
+use crate::app::{AppConfig, AppState, TraversalConfig};
 use crate::connections::{ConnectionLimits, ConnectionTable};
 use crate::limits::{LimitsConfig, Rate};
+use crate::relay::{Relay, RelayConfig};
 use crate::reputation::ReputationConfig;
 use crate::server::Server;
 
@@ -97,6 +101,8 @@ pub struct TrackerConfig {
     pub limits: LimitsConfig,
     /// How peer reports decay and when a peer is withheld from announce answers.
     pub reputation: ReputationConfig,
+    /// The relay, if one runs in this process (`--relay-listen`); off by default.
+    pub relay: Option<RelayConfig>,
 }
 
 impl TrackerConfig {
@@ -114,6 +120,7 @@ impl TrackerConfig {
             database: None,
             limits: LimitsConfig::default(),
             reputation: ReputationConfig::default(),
+            relay: None,
         }
     }
 
@@ -283,6 +290,67 @@ pub struct TrackerArgs {
     /// withheld; 0 withholds nobody.
     #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_WITHHOLD_BELOW", value_name = "N", default_value_t = reputation::DEFAULT_WITHHOLD_BELOW, value_parser = clap::value_parser!(u32).range(0..=i64::from(reputation::SINGLE_REPORTER_FLOOR)))]
     pub withhold_below: u32,
+
+    /// Run the relay on this address and port (e.g. `0.0.0.0:8444`): a TLS listener with the
+    /// tracker's certificate where peers that cannot reach each other meet by an
+    /// introduction's token. Off without it.
+    #[arg(
+        long,
+        global = true,
+        env = "TORRENTGUARD_TRACKER_RELAY_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub relay_listen: Option<SocketAddr>,
+
+    /// Bytes per second the relay forwards per session and direction (K, M, G suffixes: ×1024).
+    /// 0 means unlimited.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_RELAY_SESSION_RATE", value_name = "RATE", default_value = "0", value_parser = parse_byte_rate)]
+    pub relay_session_rate: u64,
+
+    /// Bytes per second the relay forwards over all sessions (K, M, G suffixes: ×1024). 0 means
+    /// unlimited.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_RELAY_TOTAL_RATE", value_name = "RATE", default_value = "0", value_parser = parse_byte_rate)]
+    pub relay_total_rate: u64,
+
+    /// Relay connections (waiting or in a session) one client certificate may hold; past it the
+    /// relay answers OverLimit.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_RELAY_SESSIONS_PER_IDENTITY", value_name = "N", default_value_t = relay::DEFAULT_SESSIONS_PER_IDENTITY, value_parser = parse_positive)]
+    pub relay_sessions_per_identity: usize,
+
+    /// Relay sessions at once, in all; past it the relay answers OverLimit.
+    #[arg(long, global = true, env = "TORRENTGUARD_TRACKER_RELAY_MAX_SESSIONS", value_name = "N", default_value_t = relay::DEFAULT_MAX_SESSIONS, value_parser = parse_positive)]
+    pub relay_max_sessions: usize,
+
+    /// Tests only: flip one byte of each relayed session's seeder-to-downloader stream once
+    /// 64 KiB have passed, so tests can check that the peers' TLS catches it.
+    #[arg(long, global = true, hide = true)]
+    pub relay_tamper_for_tests: bool,
+}
+
+/// A byte rate as the agent's rate flags take it: digits with an optional K, M or G (powers of
+/// 1024), optionally followed by B or iB (`10M`, `10MB`, `10MiB`).
+fn parse_byte_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, factor) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let factor: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M or G)")),
+            };
+            (&s[..i], factor)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate"))?;
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// A rate in requests per second: 0 (off) or a positive finite number.
@@ -341,6 +409,14 @@ impl TrackerArgs {
                 half_life: Duration::from_secs(self.reputation_half_life),
                 withhold_below: self.withhold_below,
             },
+            relay: self.relay_listen.map(|listen| RelayConfig {
+                listen,
+                session_rate: self.relay_session_rate,
+                total_rate: self.relay_total_rate,
+                sessions_per_identity: self.relay_sessions_per_identity,
+                max_sessions: self.relay_max_sessions,
+                tamper_for_tests: self.relay_tamper_for_tests,
+            }),
         }
     }
 }
@@ -354,6 +430,8 @@ pub struct RunningTracker {
     pub local_addr: SocketAddr,
     /// The fingerprint of the certificate it serves: what clients pin.
     pub fingerprint: Fingerprint,
+    /// The relay's bound address, when it runs one.
+    pub relay_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), TrackerError>>,
 }
@@ -425,6 +503,17 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
         source,
     })?;
     let local_addr = listener.local_addr()?;
+    let relay_listener = match &config.relay {
+        Some(relay) => Some(bind(relay.listen).map_err(|source| TrackerError::Bind {
+            addr: relay.listen,
+            source,
+        })?),
+        None => None,
+    };
+    let relay_addr = relay_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
     let data_dir = config.data_dir.clone();
     let identity = {
@@ -442,7 +531,8 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     let store = store::open(&database).await?;
     let token_set = config.swarm_token.is_some();
     let open_swarm = !token_set && config.allowlist.is_empty();
-    let state = AppState::with_limits(
+    let identity = Arc::new(identity);
+    let state = AppState::with_traversal(
         store.clone(),
         AppConfig {
             fingerprint: identity.fingerprint,
@@ -453,7 +543,21 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             reputation: config.reputation,
         },
         config.limits,
+        TraversalConfig {
+            identity: Some(identity.clone()),
+            relay_port: relay_addr.map(|a| a.port()),
+        },
     );
+    let relay = match (relay_listener, config.relay) {
+        (Some(listener), Some(relay_config)) => Some(Relay {
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(peer_server_config(&identity)?)),
+            config: relay_config,
+            introductions: state.traversal().introductions.clone(),
+            stats: state.metrics().traversal().clone(),
+        }),
+        _ => None,
+    };
     let stats = state.connection_stats();
     let closing = state.closing().clone();
     let connection_limits = ConnectionLimits {
@@ -481,6 +585,9 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
             "private swarm"
         );
     }
+    if let Some(addr) = relay_addr {
+        tracing::info!(address = %addr, "relay listening");
+    }
     tracing::info!(address = %local_addr, fingerprint = %identity.fingerprint, data_dir = %data_dir.display(), %database, "tracker listening");
 
     let shutdown = CancellationToken::new();
@@ -502,9 +609,14 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
                     closing.cancel()
                 }
             });
+            let relay = relay.map(|r| tokio::spawn(r.run(shutdown.clone())));
             server.run(shutdown.clone(), stats).await;
             // The server stops only when shutdown was cancelled, which stops expiry too.
             shutdown.cancel();
+            if let Some(relay) = relay {
+                // The relay ends its sessions at shutdown; it returns nothing to report.
+                let _ = relay.await;
+            }
             let expiry_result = expiry.await;
             store.close().await;
             tracing::info!("tracker stopped; database closed");
@@ -514,6 +626,7 @@ pub async fn start(config: TrackerConfig) -> Result<RunningTracker, TrackerError
     Ok(RunningTracker {
         local_addr,
         fingerprint: identity.fingerprint,
+        relay_addr,
         shutdown,
         task,
     })
@@ -615,6 +728,55 @@ mod tests {
         assert_eq!(ipv4_fallback(any6, &busy), None);
         assert_eq!(ipv4_fallback("[::1]:8443".parse().unwrap(), &no_addr), None);
         assert_eq!(ipv4_fallback(any4, &no_addr), None);
+    }
+
+    #[test]
+    fn byte_rates_take_binary_suffixes() {
+        assert_eq!(parse_byte_rate("0"), Ok(0));
+        assert_eq!(parse_byte_rate("1500"), Ok(1500));
+        assert_eq!(parse_byte_rate("10k"), Ok(10 * 1024));
+        assert_eq!(parse_byte_rate("5M"), Ok(5 << 20));
+        assert_eq!(parse_byte_rate("2G"), Ok(2 << 30));
+        assert_eq!(parse_byte_rate("3MiB"), Ok(3 << 20));
+        assert_eq!(parse_byte_rate("4KB"), Ok(4 << 10));
+        assert!(parse_byte_rate("3T").is_err());
+        assert!(parse_byte_rate("-1").is_err());
+        assert!(parse_byte_rate("M").is_err());
+        assert!(parse_byte_rate("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn the_relay_is_off_unless_asked_for() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrackerArgs,
+        }
+        let off = Cli::try_parse_from(["t"])
+            .unwrap()
+            .args
+            .into_config(".".into());
+        assert_eq!(off.relay, None);
+        assert_eq!(TrackerConfig::new(off.listen, ".".into()).relay, None);
+        let on = Cli::try_parse_from([
+            "t",
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--relay-session-rate",
+            "1M",
+            "--relay-sessions-per-identity",
+            "2",
+        ])
+        .unwrap()
+        .args
+        .into_config(".".into());
+        let relay = on.relay.unwrap();
+        assert_eq!(relay.session_rate, 1 << 20);
+        assert_eq!(relay.total_rate, 0);
+        assert_eq!(relay.sessions_per_identity, 2);
+        assert_eq!(relay.max_sessions, relay::DEFAULT_MAX_SESSIONS);
+        assert!(!relay.tamper_for_tests);
     }
 
     #[test]

@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn every_value_flag_has_a_house_style_placeholder() {
         const PLACEHOLDERS: &[&str] = &[
-            "ADDR", "DIR", "FP", "FORMAT", "N", "PEM", "SECS", "TOKEN", "URL",
+            "ADDR", "DIR", "FP", "FORMAT", "N", "PEM", "RATE", "SECS", "TOKEN", "URL",
         ];
         let cli = Cli::command();
         let commands = std::iter::once(&cli).chain(cli.get_subcommands());

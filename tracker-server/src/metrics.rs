@@ -30,6 +30,156 @@ pub struct Metrics {
     connections: Arc<ConnectionStats>,
     /// 429 answers by [`Scope`], indexed as [`Scope::ALL`].
     rate_limited: [AtomicU64; 3],
+    /// Introductions and the relay (issue 15).
+    traversal: Arc<TraversalStats>,
+}
+
+/// How a relay join ended, for `torrentguard_relay_sessions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Both sides joined: a session ran.
+    Paired,
+    /// The other side did not join in time.
+    Timeout,
+    /// Refused: unknown token, not a side of it, over a cap, or not the relay's handshake.
+    Refused,
+}
+
+impl RelayOutcome {
+    pub const ALL: [RelayOutcome; 3] = [
+        RelayOutcome::Paired,
+        RelayOutcome::Timeout,
+        RelayOutcome::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayOutcome::Paired => "paired",
+            RelayOutcome::Timeout => "timeout",
+            RelayOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// The NAT traversal figures: introductions made, and the relay's sessions and bytes.
+#[derive(Debug, Default)]
+pub struct TraversalStats {
+    /// Indexed: punch, relay.
+    introductions: [AtomicU64; 2],
+    relay_bytes: AtomicU64,
+    /// Indexed as [`RelayOutcome::ALL`]; a pair counts once as paired.
+    relay_sessions: [AtomicU64; 3],
+    relay_active: AtomicU64,
+    relay_waiting: AtomicU64,
+    long_polls: AtomicU64,
+}
+
+impl TraversalStats {
+    pub fn record_introduction(&self, via: torrentguard_protocol::api::IntroVia) {
+        let i = match via {
+            torrentguard_protocol::api::IntroVia::Punch => 0,
+            torrentguard_protocol::api::IntroVia::Relay => 1,
+        };
+        self.introductions[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_relay_bytes(&self, n: u64) {
+        self.relay_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn relay_bytes(&self) -> u64 {
+        self.relay_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn record_relay_session(&self, outcome: RelayOutcome) {
+        let i = RelayOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.relay_sessions[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn relay_session_started(&self) {
+        self.relay_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn relay_session_ended(&self) {
+        self.relay_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A long-poll of `GET /introductions` started (`true`) or ended (`false`) waiting.
+    pub fn long_poll(&self, started: bool) {
+        if started {
+            self.long_polls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.long_polls.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A first side started (`true`) or stopped (`false`) waiting for the second.
+    pub fn relay_waiting(&self, started: bool) {
+        if started {
+            self.relay_waiting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.relay_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "torrentguard_introductions_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Introductions made, by path asked for.",
+        );
+        for (via, n) in ["punch", "relay"].iter().zip(&self.introductions) {
+            let _ = writeln!(out, "{name}{{via=\"{via}\"}} {}", n.load(Ordering::Relaxed));
+        }
+        single(
+            out,
+            "torrentguard_introductions_long_polls",
+            "gauge",
+            "Long-polls of GET /introductions waiting now.",
+            self.long_polls.load(Ordering::Relaxed),
+        );
+        single(
+            out,
+            "torrentguard_relay_bytes_total",
+            "counter",
+            "Bytes the relay forwarded, both directions.",
+            self.relay_bytes.load(Ordering::Relaxed),
+        );
+        let name = "torrentguard_relay_sessions_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Relay joins by outcome: paired (a session, counted once), timeout, refused.",
+        );
+        for (outcome, n) in RelayOutcome::ALL.iter().zip(&self.relay_sessions) {
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        single(
+            out,
+            "torrentguard_relay_sessions_active",
+            "gauge",
+            "Relay sessions forwarding bytes now.",
+            self.relay_active.load(Ordering::Relaxed),
+        );
+        single(
+            out,
+            "torrentguard_relay_joins_waiting",
+            "gauge",
+            "Relay joins waiting for the other side of their introduction.",
+            self.relay_waiting.load(Ordering::Relaxed),
+        );
+    }
 }
 
 /// Upper bounds (seconds) of the latency buckets: from a cached answer to a stalled database.
@@ -225,6 +375,11 @@ fn method_label(m: &Method) -> &'static str {
 pub type RequestCounts = BTreeMap<(String, &'static str, u16), u64>;
 
 impl Metrics {
+    /// The introduction and relay figures, shared with the relay.
+    pub fn traversal(&self) -> &Arc<TraversalStats> {
+        &self.traversal
+    }
+
     /// The connection figures, shared with the connection table.
     pub fn connections(&self) -> &Arc<ConnectionStats> {
         &self.connections
@@ -299,6 +454,7 @@ impl Metrics {
         self.connections.render(&mut out);
         self.render_store(&mut out, pool);
         self.render_rate_limited(&mut out);
+        self.traversal.render(&mut out);
         process::render(&mut out);
         out
     }

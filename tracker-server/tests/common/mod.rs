@@ -21,6 +21,8 @@ use torrentguard_tracker::{Database, RunningTracker, TrackerConfig};
 use torrentguard_trust::config::provider;
 use torrentguard_trust::{Identity, Pin, PinnedServerCert};
 
+pub mod nat;
+
 /// Bound on every test's whole body; single requests have their own, shorter one.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
