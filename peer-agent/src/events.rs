@@ -26,6 +26,13 @@ pub enum Event {
     },
     /// A shared file changed on disk and is no longer served.
     Withdrawn { file_id: FileId, reason: String },
+    /// How this agent can be reached, as learned from the tracker and its relay (again each
+    /// time it changes).
+    Reach {
+        inbound: bool,
+        public: SocketAddr,
+        mapping: torrentguard_protocol::api::NatMapping,
+    },
     /// A download began (possibly resuming).
     Started {
         file_id: FileId,

@@ -21,6 +21,7 @@ use torrentguard_protocol::compression::{self, Governor, caps};
 use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header_of, frame_bound, ty,
 };
+use torrentguard_protocol::api::Reach;
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
@@ -70,6 +71,8 @@ pub struct Seeder {
     /// What to tell the tracker about where we are reached (`--advertise`); `None`: the
     /// connection's address and our listening port.
     advertise: std::sync::OnceLock<Advertise>,
+    /// How this agent can be reached, as last learned (none until the session learns it).
+    reach: std::sync::Mutex<Option<Reach>>,
 }
 
 impl Seeder {
@@ -109,6 +112,7 @@ impl Seeder {
             corrupt: AtomicBool::new(false),
             compression: std::sync::Mutex::new(compression::Mode::default()),
             advertise: std::sync::OnceLock::new(),
+            reach: std::sync::Mutex::new(None),
             upload_limit: Arc::new(RateLimit::default()),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
@@ -189,6 +193,16 @@ impl Seeder {
             Some(a) => (Some(a.ip), a.port.unwrap_or(self.local_addr.port())),
             None => (None, self.local_addr.port()),
         }
+    }
+
+    /// How this agent can be reached, as last learned; `None` until it is known.
+    pub fn reach(&self) -> Option<Reach> {
+        *self.reach.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how this agent can be reached (announced from then on).
+    pub fn set_reach(&self, reach: Option<Reach>) {
+        *self.reach.lock().unwrap_or_else(|e| e.into_inner()) = reach;
     }
 
     /// Limits the bytes of chunks sent over all connections (0: unlimited).

@@ -25,6 +25,9 @@ use torrentguard_trust::Pin;
 use torrentguard_trust::config::tracker_client_config;
 use torrentguard_trust::identity::{Identity, write_atomically};
 
+mod nat;
+pub use nat::{MAX_INTRODUCTIONS_WAIT, REACHABILITY_TIMEOUT};
+
 pub const KNOWN_TRACKERS_FILE: &str = "known_trackers";
 /// Bound on one `POST /reports`.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);

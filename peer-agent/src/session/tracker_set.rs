@@ -31,6 +31,8 @@ use super::{TrackerClient, TrackerError, leave_swarms};
 use crate::agent::TrackerTarget;
 use crate::torrent::{SwarmDirectory, SwarmLookupError};
 
+mod nat;
+
 /// Longest wait a tracker's `Retry-After` buys before the call moves on to the next tracker.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How many 429s in a row one call waits out on one tracker before moving on.
