@@ -19,6 +19,7 @@ use crate::events::{Event, EventSink};
 use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
+pub mod rendezvous;
 pub mod tracker_client;
 pub mod tracker_set;
 pub mod trackers;
