@@ -61,6 +61,9 @@ pub enum PeerError {
     /// We ended it: the share was withdrawn (it changed on disk).
     #[error("file withdrawn: {reason}")]
     Withdrawn { reason: String },
+    /// A tracker's relay did not serve us (refused, or answered garbage).
+    #[error(transparent)]
+    Relay(#[from] super::relay_client::RelayError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

@@ -34,6 +34,7 @@ pub use limits::{Refusal, SeederLimits};
 use super::connection::{Hello, PeerConnection, PeerWriter};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
+use super::punch::PendingPunches;
 use crate::rate::RateLimit;
 use crate::reach::Advertise;
 use crate::torrent::storage::ChunkStorage;
@@ -45,6 +46,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After shutdown begins, how long a connection may take to finish the chunk it is writing and
 /// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.
 pub const CONNECTION_STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// Connections the kernel queues before `accept` (std's own default on Linux).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The seeding side of an agent: a TLS listener and the files it serves.
 pub struct Seeder {
@@ -73,6 +77,8 @@ pub struct Seeder {
     advertise: std::sync::OnceLock<Advertise>,
     /// How this agent can be reached, as last learned (none until the session learns it).
     reach: std::sync::Mutex<Option<Reach>>,
+    /// Hole punches waiting for a connection that may land on this listener.
+    punches: Arc<PendingPunches>,
 }
 
 impl Seeder {
@@ -114,6 +120,7 @@ impl Seeder {
             advertise: std::sync::OnceLock::new(),
             reach: std::sync::Mutex::new(None),
             upload_limit: Arc::new(RateLimit::default()),
+            punches: PendingPunches::new(),
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
@@ -129,6 +136,11 @@ impl Seeder {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The registry through which this listener hands connections to waiting hole punches.
+    pub fn punches(&self) -> &Arc<PendingPunches> {
+        &self.punches
     }
 
     pub fn limits(&self) -> &SeederLimits {
@@ -267,6 +279,10 @@ impl Seeder {
                 },
                 _ = self.cancel.cancelled() => return,
             };
+            // A punch's peer whose SYN beat our own connect() lands here: it is the punch's.
+            let Some((tcp, addr)) = self.punches.offer(tcp, addr) else {
+                continue;
+            };
             // Before any TLS work: one address cannot fill the connection limit.
             let Some(address_slot) = self.admission.admit_address(addr.ip().to_canonical()) else {
                 tracing::debug!(peer = %addr, "refusing connection: too many from this address");
@@ -335,6 +351,7 @@ impl Seeder {
     ) -> Result<Option<AdmittedPeer>, PeerError> {
         // One deadline for the handshake and the Hello together.
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        let tcp = super::transport::Transport::Tcp(tcp);
         let mut conn = PeerConnection::accept(&acceptor, tcp, addr, deadline).await?;
         let fp = conn.fingerprint;
         let slot = match self.admission.admit_peer(fp) {
@@ -860,16 +877,24 @@ fn withdrawn(reason: Option<WithdrawReason>) -> PeerError {
 /// Binds `addr`; for the IPv6 wildcard, accepts IPv4 too (dual stack), falling back to the IPv4
 /// wildcard on hosts without IPv6.
 pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let std_listener = match std::net::TcpListener::bind(addr) {
-        Ok(l) => l,
+    match listen_reusable(addr) {
+        Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             tracing::debug!(error = %e, "IPv6 wildcard unavailable; listening on IPv4 only");
-            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))?
+            listen_reusable(SocketAddr::from(([0, 0, 0, 0], addr.port())))
         }
-        Err(e) => return Err(e),
-    };
-    std_listener.set_nonblocking(true)?;
-    TcpListener::from_std(std_listener)
+        Err(e) => Err(e),
+    }
+}
+
+/// A listener with SO_REUSEADDR and SO_REUSEPORT, so a hole punch can dial out from its port
+/// (see `punch`). A given port is first bound plainly, and let go: SO_REUSEPORT alone would
+/// let a second agent of the same user share the port silently instead of saying it is in use.
+fn listen_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    super::punch::reusable_socket(addr)?.listen(LISTEN_BACKLOG)
 }
 
 #[cfg(test)]

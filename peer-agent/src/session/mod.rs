@@ -20,6 +20,7 @@ use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
 pub mod reachability;
+pub mod rendezvous;
 pub mod tracker_client;
 pub mod tracker_set;
 pub mod trackers;

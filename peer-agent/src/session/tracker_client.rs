@@ -436,6 +436,15 @@ impl TrackerClient {
         Ok(())
     }
 
+    /// Asks the tracker to introduce us to a peer of a file's swarm, for a hole punch or the
+    /// relay (`POST /introductions`); the answer names the peer's endpoint and when to start.
+    pub async fn introduce(
+        &self,
+        req: &torrentguard_protocol::api::IntroduceRequest,
+    ) -> Result<torrentguard_protocol::api::Introduction, TrackerError> {
+        self.post("introductions", req).await
+    }
+
     pub async fn file_peers(&self, id: &FileId) -> Result<FilePeers, TrackerError> {
         self.get(&format!("files/{id}/peers")).await
     }

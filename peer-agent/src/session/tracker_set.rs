@@ -273,6 +273,19 @@ impl TrackerSet {
         self.call(|c| async move { c.report(req).await }).await
     }
 
+    /// Asks the first tracker that answers for an introduction, as [`TrackerSet::announce`]
+    /// picks one; returns the client that made it (its relay is the one to meet at).
+    pub async fn introduce(
+        &self,
+        req: &torrentguard_protocol::api::IntroduceRequest,
+    ) -> Result<(TrackerClient, torrentguard_protocol::api::Introduction), TrackerError> {
+        self.call(|c| async move {
+            let intro = c.introduce(req).await?;
+            Ok((c, intro))
+        })
+        .await
+    }
+
     /// Announces `stopped` for everything announced, on every tracker that was announced to.
     pub async fn leave_all(&self) {
         let clients = self.inner.members.iter().filter_map(|m| m.client.get());
