@@ -45,6 +45,8 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     if let Some(a) = advertise {
         agent.seeder.set_advertise(a);
     }
+    // After --advertise: the probe dials the port we announce.
+    agent.learn_reach(&events);
     forward(&stop, agent.cancel.clone());
 
     let given: Vec<FileId> = args.ids.iter().map(FileRef::file_id).collect();

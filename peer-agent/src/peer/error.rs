@@ -31,6 +31,9 @@ pub enum PeerError {
     /// The peer said why it will not serve us (busy, cool-down, withdrawn, not in the swarm).
     #[error("peer refused: {reason}")]
     Refused { reason: String },
+    /// We did not take the connection (a limit, or not the peer an introduction named).
+    #[error("not admitted: {reason}")]
+    NotAdmitted { reason: String },
     /// The peer said `Bye` in the middle of a session.
     #[error("peer closed: {reason}")]
     Closed { reason: String },

@@ -26,6 +26,7 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
 
+mod introduced;
 mod limits;
 
 use limits::{Admission, PeerSlot, SlotScheduler};
@@ -79,6 +80,10 @@ pub struct Seeder {
     reach: std::sync::Mutex<Option<Reach>>,
     /// Hole punches waiting for a connection that may land on this listener.
     punches: Arc<PendingPunches>,
+    /// The TLS server side, for accepted and introduced connections alike.
+    acceptor: TlsAcceptor,
+    /// Connections served at once, accepted or introduced ([`SeederLimits::max_connections`]).
+    connections: Arc<Semaphore>,
 }
 
 impl Seeder {
@@ -104,6 +109,7 @@ impl Seeder {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = bind_dual_stack(listen)?;
         let local_addr = listener.local_addr()?;
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let seeder = Arc::new(Seeder {
             files: RwLock::new(HashMap::new()),
             swarm,
@@ -121,6 +127,8 @@ impl Seeder {
             reach: std::sync::Mutex::new(None),
             upload_limit: Arc::new(RateLimit::default()),
             punches: PendingPunches::new(),
+            acceptor: acceptor.clone(),
+            connections,
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
@@ -259,7 +267,7 @@ impl Seeder {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
-        let limit = Arc::new(Semaphore::new(self.limits.max_connections));
+        let limit = self.connections.clone();
         let mut backoff = Duration::from_millis(10);
         loop {
             // Take the permit before accepting, so a flood waits in the kernel's backlog.
@@ -325,9 +333,22 @@ impl Seeder {
         addr: SocketAddr,
         acceptor: TlsAcceptor,
     ) -> Result<(), PeerError> {
+        let tcp = super::transport::Transport::Tcp(tcp);
+        self.serve_over(tcp, addr, acceptor, None).await
+    }
+
+    /// Serves one connection over `transport` (accepted, punched or relayed). `introduced`: the
+    /// only certificate an introduced connection may present.
+    async fn serve_over(
+        self: Arc<Self>,
+        transport: super::transport::Transport,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        introduced: Option<Fingerprint>,
+    ) -> Result<(), PeerError> {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let Some(peer) = self.admit(tcp, addr, acceptor).await? else {
+        let Some(peer) = self.admit(transport, addr, acceptor, introduced).await? else {
             return Ok(());
         };
         let fp = peer.conn.fingerprint;
@@ -345,14 +366,15 @@ impl Seeder {
     /// certificate, the file, the swarm. `None`: refused (the peer was told why).
     async fn admit(
         &self,
-        tcp: TcpStream,
+        transport: super::transport::Transport,
         addr: SocketAddr,
         acceptor: TlsAcceptor,
+        introduced: Option<Fingerprint>,
     ) -> Result<Option<AdmittedPeer>, PeerError> {
         // One deadline for the handshake and the Hello together.
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
-        let tcp = super::transport::Transport::Tcp(tcp);
-        let mut conn = PeerConnection::accept(&acceptor, tcp, addr, deadline).await?;
+        let conn = PeerConnection::accept(&acceptor, transport, addr, deadline).await?;
+        let mut conn = self.check_introduced(conn, introduced)?;
         let fp = conn.fingerprint;
         let slot = match self.admission.admit_peer(fp) {
             Ok(slot) => slot,

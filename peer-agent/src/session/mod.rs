@@ -19,6 +19,7 @@ use crate::events::{Event, EventSink};
 use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
+pub mod introductions;
 pub mod reachability;
 pub mod rendezvous;
 pub mod tracker_client;

@@ -21,8 +21,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use torrentguard_protocol::api::{NatMapping, Reach, ReachabilityResponse};
 
-use super::TrackerError;
+use torrentguard_trust::Identity;
+
+use super::rendezvous::relay_target;
+use super::{TrackerClient, TrackerError, TrackerSet};
 use crate::events::{Event, EventSink};
+use crate::peer::relay_client::reflect;
 use crate::peer::{PeerError, Seeder};
 
 /// How often the reach is learned again while nothing suggests it changed.
@@ -91,6 +95,61 @@ pub trait ReachProbe: Send + Sync {
         relay_port: u16,
         from_port: u16,
     ) -> BoxFuture<'_, Result<SocketAddr, ReachError>>;
+}
+
+/// The probe over the agent's trackers and the relay of the one that answered.
+pub struct TrackerProbe {
+    trackers: TrackerSet,
+    identity: Arc<Identity>,
+    /// The tracker that answered the latest probe: its host runs the relay to reflect from.
+    answered: std::sync::Mutex<Option<TrackerClient>>,
+}
+
+impl TrackerProbe {
+    pub fn new(trackers: TrackerSet, identity: Arc<Identity>) -> Self {
+        TrackerProbe {
+            trackers,
+            identity,
+            answered: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn probe(&self, port: u16) -> Result<ReachabilityResponse, ReachError> {
+        // The tracker announced to, if there is one yet: its view is the one downloaders get,
+        // and a tracker without the probe is no reason to fail over (nor to warn).
+        let (client, answer) = match self.trackers.current() {
+            Some(client) => {
+                let answer = client.reachability(port).await?;
+                (client, answer)
+            }
+            None => self.trackers.reachability(port).await?,
+        };
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        Ok(answer)
+    }
+
+    async fn reflect_from(&self, relay_port: u16, from_port: u16) -> Result<SocketAddr, ReachError> {
+        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let client = answered.ok_or_else(|| ReachError::RelayAddress("no tracker".into()))?;
+        let relay = relay_target(&client, relay_port)
+            .await
+            .ok_or_else(|| ReachError::RelayAddress(client.base_url().to_string()))?;
+        Ok(reflect(&self.identity, &relay, Some(from_port)).await?)
+    }
+}
+
+impl ReachProbe for TrackerProbe {
+    fn reachability(&self, port: u16) -> BoxFuture<'_, Result<ReachabilityResponse, ReachError>> {
+        Box::pin(self.probe(port))
+    }
+
+    fn reflect(
+        &self,
+        relay_port: u16,
+        from_port: u16,
+    ) -> BoxFuture<'_, Result<SocketAddr, ReachError>> {
+        Box::pin(self.reflect_from(relay_port, from_port))
+    }
 }
 
 /// Learns the reach once: probe on `port` (the announced one), reflect from `listen_port`.
