@@ -15,7 +15,10 @@ fn inbound_is_open_whatever_the_relay_saw() {
 fn a_kept_port_is_port_preserving_and_a_renumbered_one_unpredictable() {
     let kept: SocketAddr = "100.64.0.11:7000".parse().unwrap();
     let renumbered: SocketAddr = "100.64.0.11:40000".parse().unwrap();
-    assert_eq!(mapping_of(false, Some(kept), 7000), NatMapping::PortPreserving);
+    assert_eq!(
+        mapping_of(false, Some(kept), 7000),
+        NatMapping::PortPreserving
+    );
     assert_eq!(
         mapping_of(false, Some(renumbered), 7000),
         NatMapping::Unpredictable
@@ -29,7 +32,10 @@ fn without_a_reflection_the_mapping_is_unknown() {
 
 #[test]
 fn an_ip_change_is_a_reason_to_learn_again() {
-    let (a, b): (IpAddr, IpAddr) = ("100.64.0.11".parse().unwrap(), "100.64.0.12".parse().unwrap());
+    let (a, b): (IpAddr, IpAddr) = (
+        "100.64.0.11".parse().unwrap(),
+        "100.64.0.12".parse().unwrap(),
+    );
     assert!(moved(Some(a), Some(b)));
     assert!(!moved(Some(a), Some(a)));
     // The same address, once as IPv4-mapped IPv6 (a dual-stack tracker), is no move.
@@ -151,4 +157,97 @@ async fn a_tracker_without_the_probe_is_unsupported_not_a_failure() {
     probe.answer = Err(StatusCode::BAD_GATEWAY);
     let e = learn(&probe, 7000, 7000).await.unwrap_err();
     assert!(!e.is_unsupported(), "{e}");
+}
+
+/// A swarm nobody is in: these tests only look at what the seeder announces.
+struct Nobody;
+
+impl crate::torrent::SwarmDirectory for Nobody {
+    fn members<'a>(
+        &'a self,
+        _id: &'a torrentguard_protocol::FileId,
+    ) -> BoxFuture<
+        'a,
+        Result<Vec<torrentguard_protocol::Fingerprint>, crate::torrent::SwarmLookupError>,
+    > {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A seeder on loopback, serving one small file, and that file.
+async fn seeder_with_a_file(
+    dir: &std::path::Path,
+    cancel: CancellationToken,
+) -> (Arc<Seeder>, Arc<crate::torrent::SharedFile>) {
+    use torrentguard_protocol::HashAlgo;
+    use torrentguard_protocol::hashing::manifest_from_reader;
+    let path = dir.join("f.bin");
+    let data = vec![5u8; 40_000];
+    std::fs::write(&path, &data).unwrap();
+    let m = manifest_from_reader("f.bin", &data[..], 16 * 1024, HashAlgo::Sha256, |_| {}).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let shared = crate::torrent::SharedFile::complete(Arc::new(m), path, file).unwrap();
+    let id = torrentguard_trust::Identity::generate("s").unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let seeder = Seeder::start(listen, &id, Arc::new(Nobody), cancel)
+        .await
+        .unwrap();
+    seeder.add(shared.clone());
+    (seeder, shared)
+}
+
+#[tokio::test]
+async fn what_is_learned_is_announced_and_said_once_and_a_failure_keeps_it() {
+    use torrentguard_protocol::api::AnnounceEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let (seeder, file) = seeder_with_a_file(dir.path(), cancel.clone()).await;
+    let announced = |s: &Seeder| crate::session::announce_request(s, &file, AnnounceEvent::Started);
+    assert_eq!(
+        announced(&seeder).reach,
+        None,
+        "nothing said before it is known"
+    );
+    let port = seeder.local_addr().port();
+    let reflected = format!("100.64.0.11:{port}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_observed_tx, observed) = watch::channel(None);
+    let mut learner = ReachLearner {
+        probe: Arc::new(Scripted::new(false, Some(9000), Some(&reflected))),
+        seeder: seeder.clone(),
+        observed,
+        events: EventSink::new(tx),
+        cancel: cancel.clone(),
+    };
+    let Attempt::Learned(first) = learner.learn_once(None).await else {
+        panic!("nothing learned");
+    };
+    let want = Reach {
+        inbound: false,
+        mapping: NatMapping::PortPreserving,
+    };
+    assert_eq!(seeder.reach(), Some(want));
+    assert_eq!(announced(&seeder).reach, Some(want));
+    let Ok(Event::Reach {
+        inbound,
+        public,
+        mapping,
+    }) = rx.try_recv()
+    else {
+        panic!("no reach event");
+    };
+    assert_eq!(
+        (inbound, public.to_string(), mapping),
+        (false, reflected, want.mapping)
+    );
+    // Learned again, unchanged: nothing more to say.
+    learner.learn_once(Some(first)).await;
+    assert!(rx.try_recv().is_err());
+    // A passing failure keeps what was known.
+    let mut failing = Scripted::new(false, None, None);
+    failing.answer = Err(reqwest::StatusCode::BAD_GATEWAY);
+    learner.probe = Arc::new(failing);
+    assert_eq!(learner.learn_once(Some(first)).await, Attempt::Failed);
+    assert_eq!(seeder.reach(), Some(want));
+    seeder.shutdown().await;
 }
