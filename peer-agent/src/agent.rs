@@ -263,11 +263,17 @@ impl Agent {
     /// reach unknown).
     pub fn learn_reach(&self, events: &EventSink) {
         use crate::session::reachability::{ReachLearner, TrackerProbe};
-        if self.learning.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .learning
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let learner = ReachLearner {
-            probe: Arc::new(TrackerProbe::new(self.trackers.clone(), self.identity.clone())),
+            probe: Arc::new(TrackerProbe::new(
+                self.trackers.clone(),
+                self.identity.clone(),
+            )),
             seeder: self.seeder.clone(),
             observed: self.session.observed_ips(),
             events: events.clone(),
@@ -282,7 +288,10 @@ impl Agent {
     /// when it first serves a file.
     fn answer_introductions(&self) {
         use crate::session::introductions::Answerer;
-        if self.answering.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .answering
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let answerer = Answerer::new(

@@ -19,9 +19,11 @@ use torrentguard_protocol::wire::{CHUNK_HEADER_LEN, Frame, RejectReason, WireErr
 use torrentguard_protocol::{Bitfield, Fingerprint};
 use torrentguard_trust::Identity;
 
-use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerConnection, PeerWriter};
+use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerWriter};
+use super::dial::{DialContext, DialTarget, Dialled, dial};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
+use super::transport::Path;
 use crate::events::Event;
 use crate::rate::{RateLimit, Turn};
 use crate::torrent::download::{DownloadState, SpeedMeter};
@@ -84,6 +86,9 @@ pub struct DownloadPeers {
     pub pool: BufferPool,
     pub compression: compression::Mode,
     pub limit: Arc<RateLimit>,
+    /// How to reach peers behind a NAT (introductions, our listening port, the punches the
+    /// listener hands over, our own reach).
+    pub dial: Arc<dyn Fn() -> DialContext + Send + Sync>,
 }
 
 /// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
@@ -119,6 +124,10 @@ pub struct PeerMemory {
     pub penalty: u32,
     /// Its last measured rate, bytes per second (0: none yet).
     pub rate: u64,
+    /// The relay garbled this peer's stream in this download: reach it another way.
+    pub avoid_relay: bool,
+    /// How the last connection reached the peer.
+    pub path: Option<Path>,
 }
 
 /// Runs one peer connection until the download ends or the peer fails. Returns how it ended
@@ -131,6 +140,7 @@ pub async fn run_peer(
     let end = match peer_session(&peers, &peer, &mut mem).await {
         Ok(e) => e,
         Err(e) => {
+            let e = relay_tampering(e, &peer, &mut mem);
             mem.penalty += penalty(&e);
             PeerEnd::Failed(e)
         }
@@ -142,21 +152,60 @@ pub async fn run_peer(
     (end, mem)
 }
 
+/// A relayed connection whose TLS records stopped decrypting was tampered with on the way (our
+/// TLS runs end to end through the relay): a TLS error, the peer's fault no more than a
+/// network's, and the relay is not used for this peer again in this download.
+fn relay_tampering(e: PeerError, peer: &PeerInfo, mem: &mut PeerMemory) -> PeerError {
+    let garbled = matches!(&e, PeerError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
+    if mem.path != Some(Path::Relayed) || !garbled {
+        return e;
+    }
+    mem.avoid_relay = true;
+    let PeerError::Io(source) = e else {
+        return e;
+    };
+    tracing::warn!(peer = %peer.fingerprint, error = %source, "relayed stream garbled: not using the relay for this peer again");
+    PeerError::Tls {
+        addr: SocketAddr::new(peer.address, peer.port),
+        source,
+    }
+}
+
 /// Connects to `peer` over pinned TLS and runs the handshake: our `Hello` and bitfield, then
 /// theirs. Returns the peer's bitfield and the connection with its reader running.
 ///
 /// With compression off our `Hello` is the short one, so seeders from before capabilities
 /// (which refuse any other length) still serve us; otherwise it offers zstd.
-async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, PeerError> {
+async fn connect(
+    peers: &DownloadPeers,
+    peer: &PeerInfo,
+    mem: &mut PeerMemory,
+) -> Result<Connected, PeerError> {
     let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
-    let mut conn = PeerConnection::connect(&peers.identity, addr, peer.fingerprint).await?;
+    let target = DialTarget {
+        file: sh.file_id,
+        fingerprint: peer.fingerprint,
+        addr,
+        reach: peer.reach,
+        avoid_relay: mem.avoid_relay,
+    };
+    let Dialled {
+        mut conn,
+        path,
+        tries,
+        after,
+    } = dial(&(peers.dial)(), &target).await?;
+    mem.path = Some(path);
     sh.events.emit(Event::PeerConnected {
         file_id: sh.file_id,
         fingerprint: peer.fingerprint,
         address: addr,
         cipher: conn.negotiated.cipher.clone(),
         group: conn.negotiated.group.clone(),
+        path,
+        tries,
+        after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
     });
     let n = sh.manifest.chunk_count();
     let caps = peers.compression.capabilities();
@@ -254,7 +303,7 @@ async fn peer_session(
         reader: _reader,
         round_trip,
         zstd,
-    } = connect(peers, peer).await?;
+    } = connect(peers, peer, mem).await?;
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
         let mut p = sh.picker();
@@ -787,6 +836,10 @@ fn settle(
                 sh.shared_file.add_chunk(index);
                 let _ = sh.completions.send(index);
                 sh.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                let since = sh.started.elapsed().as_millis();
+                let _ = sh
+                    .first_chunk_ms
+                    .set(u64::try_from(since).unwrap_or(u64::MAX));
                 let len = sh.manifest.chunk_len(index) as u64;
                 sh.bytes_done.fetch_add(len, Ordering::Relaxed);
                 sh.bytes_fetched.fetch_add(len, Ordering::Relaxed);

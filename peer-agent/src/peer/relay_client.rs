@@ -230,22 +230,19 @@ fn missing(bytes: &[u8], n: usize, reflect: bool) -> usize {
     }
 }
 
+/// A relay for tests of this module and the dial ladder's.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
     use torrentguard_protocol::relay::JOIN_LEN;
     use torrentguard_trust::config::peer_server_config;
 
-    fn id(name: &str) -> Identity {
-        Identity::generate(name).unwrap()
-    }
-
     /// A small relay on loopback, as the tracker's behaves: TLS with the tracker's identity,
     /// the handshake, `Reflect` answered at once, two `Join`s of one token paired and then
     /// copied both ways; `refuse` answers every `Join` with that status instead.
-    async fn relay(tracker: Identity, refuse: Option<RelayStatus>) -> RelayTarget {
+    pub(crate) async fn relay(tracker: Identity, refuse: Option<RelayStatus>) -> RelayTarget {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pin = tracker.fingerprint;
@@ -296,6 +293,16 @@ mod tests {
             }
         });
         RelayTarget { addr, pin }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::relay;
+    use super::*;
+
+    fn id(name: &str) -> Identity {
+        Identity::generate(name).unwrap()
     }
 
     #[tokio::test]

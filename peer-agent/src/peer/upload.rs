@@ -17,11 +17,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use torrentguard_protocol::api::Reach;
 use torrentguard_protocol::compression::{self, Governor, caps};
 use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header_of, frame_bound, ty,
 };
-use torrentguard_protocol::api::Reach;
 use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;

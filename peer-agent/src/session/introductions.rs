@@ -221,7 +221,9 @@ impl Answerer {
                 tracing::debug!("the tracker makes no introductions; asking again later");
                 UNSUPPORTED_WAIT
             }
-            TrackerError::RateLimited { retry_after, .. } => retry_after.clamp(FIRST_BACKOFF, MAX_BACKOFF),
+            TrackerError::RateLimited { retry_after, .. } => {
+                retry_after.clamp(FIRST_BACKOFF, MAX_BACKOFF)
+            }
             e => {
                 tracing::warn!(error = %e, "waiting for introductions failed; retrying");
                 let pause = *backoff;
@@ -242,7 +244,12 @@ impl Answerer {
                 continue;
             }
             let Ok(permit) = self.answering.clone().try_acquire_owned() else {
-                span.in_scope(|| tracing::warn!(max = MAX_ANSWERING, "too many introductions at once; skipping one"));
+                span.in_scope(|| {
+                    tracing::warn!(
+                        max = MAX_ANSWERING,
+                        "too many introductions at once; skipping one"
+                    )
+                });
                 continue;
             };
             let (seeder, identity) = (self.seeder.clone(), self.identity.clone());

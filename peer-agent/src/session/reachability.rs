@@ -128,8 +128,16 @@ impl TrackerProbe {
         Ok(answer)
     }
 
-    async fn reflect_from(&self, relay_port: u16, from_port: u16) -> Result<SocketAddr, ReachError> {
-        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    async fn reflect_from(
+        &self,
+        relay_port: u16,
+        from_port: u16,
+    ) -> Result<SocketAddr, ReachError> {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let client = answered.ok_or_else(|| ReachError::RelayAddress("no tracker".into()))?;
         let relay = relay_target(&client, relay_port)
             .await
@@ -160,8 +168,7 @@ pub async fn learn(
 ) -> Result<Learned, ReachError> {
     let answer = probe.reachability(port).await?;
     let reflected = match answer.relay_port {
-        Some(relay_port) if !answer.inbound => match probe.reflect(relay_port, listen_port).await
-        {
+        Some(relay_port) if !answer.inbound => match probe.reflect(relay_port, listen_port).await {
             Ok(seen) => Some(seen),
             Err(e) => {
                 // The probe's answer still stands; only the mapping stays unknown.

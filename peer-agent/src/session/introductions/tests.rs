@@ -60,7 +60,14 @@ fn loopback_only_from_a_loopback_tracker() {
 #[test]
 fn a_public_tracker_cannot_aim_us_at_our_lan() {
     let global = ip("8.8.8.8");
-    for lan in ["192.168.1.20", "10.0.0.3", "172.16.0.9", "169.254.1.1", "fd00::5", "fe80::1"] {
+    for lan in [
+        "192.168.1.20",
+        "10.0.0.3",
+        "172.16.0.9",
+        "169.254.1.1",
+        "fd00::5",
+        "fe80::1",
+    ] {
         let e = admissible(&intro(lan, 7000, IntroVia::Relay), global).unwrap_err();
         assert!(matches!(e, Refused::TooLocal { .. }), "{lan}: {e}");
     }
@@ -80,8 +87,14 @@ fn a_public_tracker_cannot_aim_us_at_our_lan() {
 fn a_lan_tracker_may_introduce_lan_and_public_peers() {
     // The NAT lab's internet is 100.64.0.0/24 (shared address space), tracker at .1.
     let lab = ip("100.64.0.1");
-    assert_eq!(admissible(&intro("100.64.0.12", 7000, IntroVia::Punch), lab), Ok(()));
-    assert_eq!(admissible(&intro("9.9.9.9", 7000, IntroVia::Punch), lab), Ok(()));
+    assert_eq!(
+        admissible(&intro("100.64.0.12", 7000, IntroVia::Punch), lab),
+        Ok(())
+    );
+    assert_eq!(
+        admissible(&intro("9.9.9.9", 7000, IntroVia::Punch), lab),
+        Ok(())
+    );
     assert!(admissible(&intro("169.254.0.7", 7000, IntroVia::Punch), lab).is_err());
 }
 
@@ -121,7 +134,9 @@ async fn serving(members: Vec<Fingerprint>, cancel: CancellationToken) -> Served
     let seeder_id = Arc::new(Identity::generate("seeder").unwrap());
     let listen = "127.0.0.1:0".parse().unwrap();
     let swarm = Arc::new(Members(members));
-    let seeder = Seeder::start(listen, &seeder_id, swarm, cancel).await.unwrap();
+    let seeder = Seeder::start(listen, &seeder_id, swarm, cancel)
+        .await
+        .unwrap();
     seeder.add(shared);
     Served {
         seeder,
@@ -185,7 +200,11 @@ async fn an_introduced_stream_is_served_like_an_accepted_one() {
     let chunk = fetch_chunk_1(&me, ours, &served).await.unwrap();
     assert_eq!(chunk, served.data[CHUNK as usize..2 * CHUNK as usize]);
     served.seeder.shutdown().await;
-    tokio::time::timeout(STEP, serve).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(STEP, serve)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -199,13 +218,17 @@ async fn an_introduced_stream_from_another_certificate_is_dropped() {
     )
     .await;
     let (ours, theirs, addr) = socket_pair().await;
-    let serve = served
-        .seeder
-        .clone()
-        .serve_introduced(Transport::Tcp(theirs), addr, named.fingerprint);
+    let serve =
+        served
+            .seeder
+            .clone()
+            .serve_introduced(Transport::Tcp(theirs), addr, named.fingerprint);
     let serve = tokio::spawn(serve);
     let fetched = fetch_chunk_1(&other, ours, &served).await;
-    assert!(fetched.is_err(), "served a chunk to a certificate not introduced");
+    assert!(
+        fetched.is_err(),
+        "served a chunk to a certificate not introduced"
+    );
     let ended = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
     let Err(PeerError::NotAdmitted { reason }) = ended else {
         panic!("{ended:?}");
@@ -271,7 +294,11 @@ async fn a_punch_introduction_is_answered_from_the_listening_port_and_served() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(from.port(), served.seeder.local_addr().port(), "punched from the listening port");
+    assert_eq!(
+        from.port(),
+        served.seeder.local_addr().port(),
+        "punched from the listening port"
+    );
     let chunk = fetch_chunk_1(&me, tcp, &served).await.unwrap();
     assert_eq!(chunk, served.data[CHUNK as usize..2 * CHUNK as usize]);
     cancel.cancel();

@@ -15,7 +15,10 @@ fn inbound_is_open_whatever_the_relay_saw() {
 fn a_kept_port_is_port_preserving_and_a_renumbered_one_unpredictable() {
     let kept: SocketAddr = "100.64.0.11:7000".parse().unwrap();
     let renumbered: SocketAddr = "100.64.0.11:40000".parse().unwrap();
-    assert_eq!(mapping_of(false, Some(kept), 7000), NatMapping::PortPreserving);
+    assert_eq!(
+        mapping_of(false, Some(kept), 7000),
+        NatMapping::PortPreserving
+    );
     assert_eq!(
         mapping_of(false, Some(renumbered), 7000),
         NatMapping::Unpredictable
@@ -29,7 +32,10 @@ fn without_a_reflection_the_mapping_is_unknown() {
 
 #[test]
 fn an_ip_change_is_a_reason_to_learn_again() {
-    let (a, b): (IpAddr, IpAddr) = ("100.64.0.11".parse().unwrap(), "100.64.0.12".parse().unwrap());
+    let (a, b): (IpAddr, IpAddr) = (
+        "100.64.0.11".parse().unwrap(),
+        "100.64.0.12".parse().unwrap(),
+    );
     assert!(moved(Some(a), Some(b)));
     assert!(!moved(Some(a), Some(a)));
     // The same address, once as IPv4-mapped IPv6 (a dual-stack tracker), is no move.
