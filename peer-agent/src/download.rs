@@ -775,7 +775,8 @@ async fn run_swarm(
                 rec.rate = mem.rate;
                 rec.avoid_relay |= mem.avoid_relay;
                 match end {
-                    PeerEnd::Finished => {}
+                    // `Switched` is handled inside the peer's task.
+                    PeerEnd::Finished | PeerEnd::Switched(_) => {}
                     PeerEnd::Fatal => {}
                     PeerEnd::Banned(e) => {
                         if let PeerError::Stalled { .. } = e {

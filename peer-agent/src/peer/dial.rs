@@ -85,6 +85,17 @@ pub struct Dialled {
     pub after: Duration,
 }
 
+impl std::fmt::Debug for Dialled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialled")
+            .field("peer", &self.conn.fingerprint)
+            .field("path", &self.path)
+            .field("tries", &self.tries)
+            .field("after", &self.after)
+            .finish()
+    }
+}
+
 /// Connect timeout for a peer whose reach is unknown: long enough for a distant peer, short
 /// enough that falling back to a punch or the relay does not wait the full bound.
 pub const UNKNOWN_REACH_CONNECT: Duration = Duration::from_secs(3);
@@ -119,9 +130,9 @@ fn punch_may_work(ours: Option<Reach>, theirs: Option<Reach>) -> bool {
 }
 
 /// Reaches `target` by the first rung of [`ladder`] that gives a pinned TLS session. A rung
-/// that fails is the network's doing, not the peer's: the error returned is the last rung's,
-/// unless an earlier one failed its TLS handshake (something else answers at that address),
-/// which is the more telling.
+/// that fails is the network's doing, not the peer's: the error returned is the last rung's
+/// that got as far as trying (a refused introduction says less than the refused dial before
+/// it), unless one failed its TLS handshake (something else answers there), the most telling.
 pub async fn dial(ctx: &DialContext, target: &DialTarget) -> Result<Dialled, PeerError> {
     let mut tls_failure = None;
     let mut last = None;
@@ -145,7 +156,8 @@ pub async fn dial(ctx: &DialContext, target: &DialTarget) -> Result<Dialled, Pee
                 tracing::debug!(peer = %target.fingerprint, %path, error = %e, "path failed; trying the next");
                 if matches!(e, PeerError::Tls { .. }) && tls_failure.is_none() {
                     tls_failure = Some(e);
-                } else {
+                } else if !matches!(e, PeerError::Introduction { .. }) || last.is_none() {
+                    // No introduction says less than how the rung before it failed.
                     last = Some(e);
                 }
             }
@@ -227,3 +239,29 @@ async fn introduce(
 
 #[cfg(test)]
 mod tests;
+
+/// How often a relayed peer is tried again without the relay.
+pub const RELAY_UPGRADE_EVERY: Duration = Duration::from_secs(60);
+
+/// Tries to reach a peer we reach through the relay some other way (direct, then a punch)
+/// every `every`, until one works: the relay is the last resort, slower and capped. The
+/// context is read afresh each time (our reach may have changed).
+pub async fn upgrade(
+    context: impl Fn() -> DialContext,
+    target: DialTarget,
+    every: Duration,
+) -> Dialled {
+    let target = DialTarget {
+        avoid_relay: true,
+        ..target
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match dial(&context(), &target).await {
+            Ok(d) => return d,
+            Err(e) => {
+                tracing::debug!(peer = %target.fingerprint, error = %e, "still no path but the relay")
+            }
+        }
+    }
+}

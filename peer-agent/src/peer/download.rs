@@ -20,7 +20,7 @@ use torrentguard_protocol::{Bitfield, Fingerprint};
 use torrentguard_trust::Identity;
 
 use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerWriter};
-use super::dial::{DialContext, DialTarget, Dialled, dial};
+use super::dial::{DialContext, DialTarget, Dialled, RELAY_UPGRADE_EVERY, dial, upgrade};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
 use super::transport::Path;
@@ -75,6 +75,9 @@ pub enum PeerEnd {
     Banned(PeerError),
     /// A local write failed: the whole download must stop.
     Fatal,
+    /// A relayed peer was reached another way: the relayed connection ended (its requests back
+    /// in the queue) and the new one takes over. Handled inside [`run_peer`], never returned.
+    Switched(Box<Dialled>),
 }
 
 /// What every peer task of one download shares: the download's state, and what the network
@@ -137,7 +140,14 @@ pub async fn run_peer(
     peer: PeerInfo,
     mut mem: PeerMemory,
 ) -> (PeerEnd, PeerMemory) {
-    let end = match peer_session(&peers, &peer, &mut mem).await {
+    let mut dialled = None;
+    let end = loop {
+        match peer_session(&peers, &peer, &mut mem, dialled.take()).await {
+            Ok(PeerEnd::Switched(d)) => dialled = Some(*d),
+            other => break other,
+        }
+    };
+    let end = match end {
         Ok(e) => e,
         Err(e) => {
             let e = relay_tampering(e, &peer, &mut mem);
@@ -180,6 +190,7 @@ async fn connect(
     peers: &DownloadPeers,
     peer: &PeerInfo,
     mem: &mut PeerMemory,
+    dialled: Option<Dialled>,
 ) -> Result<Connected, PeerError> {
     let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
@@ -195,7 +206,10 @@ async fn connect(
         path,
         tries,
         after,
-    } = dial(&(peers.dial)(), &target).await?;
+    } = match dialled {
+        Some(d) => d,
+        None => dial(&(peers.dial)(), &target).await?,
+    };
     mem.path = Some(path);
     sh.events.emit(Event::PeerConnected {
         file_id: sh.file_id,
@@ -261,6 +275,22 @@ struct Connected {
     zstd: bool,
 }
 
+/// A search for a better path than the relay, polled by the request loop.
+type Upgrade = Option<std::pin::Pin<Box<dyn std::future::Future<Output = Dialled> + Send>>>;
+
+/// The better path, once found; pending forever when there is no search.
+async fn poll_upgrade(u: &mut Upgrade) -> Option<Dialled> {
+    match u {
+        // Awaited through the box: a `select!` that drops this future loses no progress.
+        Some(f) => {
+            let d = f.as_mut().await;
+            *u = None;
+            Some(d)
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Per-connection state of the request loop.
 struct Session<'a> {
     sh: &'a Arc<DownloadState>,
@@ -288,12 +318,15 @@ struct Session<'a> {
     lagging: bool,
     /// Both `Hello`s offered zstd: `ChunkZstd` frames are allowed.
     zstd: bool,
+    /// A relayed connection's search for a path without the relay.
+    upgrade: Upgrade,
 }
 
 async fn peer_session(
     peers: &DownloadPeers,
     peer: &PeerInfo,
     mem: &mut PeerMemory,
+    dialled: Option<Dialled>,
 ) -> Result<PeerEnd, PeerError> {
     let sh = &peers.state;
     let Connected {
@@ -303,7 +336,21 @@ async fn peer_session(
         reader: _reader,
         round_trip,
         zstd,
-    } = connect(peers, peer, mem).await?;
+    } = connect(peers, peer, mem, dialled).await?;
+    // Through the relay: keep looking for a better path meanwhile.
+    let upgrading: Upgrade = if mem.path == Some(Path::Relayed) {
+        let target = DialTarget {
+            file: sh.file_id,
+            fingerprint: peer.fingerprint,
+            addr: SocketAddr::new(peer.address, peer.port),
+            reach: peer.reach,
+            avoid_relay: true,
+        };
+        let context = peers.dial.clone();
+        Some(Box::pin(upgrade(move || context(), target, RELAY_UPGRADE_EVERY)))
+    } else {
+        None
+    };
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
         let mut p = sh.picker();
@@ -333,6 +380,7 @@ async fn peer_session(
         last_progress: Instant::now(),
         lagging: true,
         zstd,
+        upgrade: upgrading,
     };
     s.run(&mut rx, mem).await
 }
@@ -470,6 +518,13 @@ impl Session<'_> {
                 }
                 // A chunk was released somewhere, or a holder fell behind: try picking again.
                 Ok(()) = wake.changed() => {}
+                // A path without the relay works: end this one cleanly (the guard gives its
+                // requests back), the new connection takes over.
+                Some(d) = poll_upgrade(&mut self.upgrade) => {
+                    tracing::info!(peer = %self.fp, path = %d.path, "relayed peer reached without the relay; switching");
+                    self.bye("switching to a path without the relay").await;
+                    return Ok(PeerEnd::Switched(Box::new(d)));
+                }
                 // The paced chunk's turn came: loop round to ask for it.
                 _ = wait_turn(limit, paced), if paced.is_some() => {}
                 // A deferral runs out: loop round to ask for those chunks again.

@@ -187,7 +187,8 @@ async fn a_failed_punch_falls_back_to_the_relay_and_no_inbound_skips_direct() {
     );
 }
 
-/// Every rung failing ends in the last rung's error, which is nobody's fault.
+/// Every rung failing: the refused dial is told, not the introductions the tracker would not
+/// make after it; nobody's fault.
 #[tokio::test]
 async fn when_no_rung_works_the_error_is_the_networks() {
     let (me, peer) = (id("me"), id("peer"));
@@ -201,7 +202,7 @@ async fn when_no_rung_works_the_error_is_the_networks() {
     let Err(e) = dial(&ctx, &target(&peer, closed_port(), None)).await else {
         panic!("reached a peer that is not there");
     };
-    assert!(matches!(e, PeerError::Introduction { .. }), "{e:?}");
+    assert!(matches!(e, PeerError::Connect { .. }), "{e:?}");
     assert!(!e.is_peer_fault());
 }
 
@@ -235,4 +236,23 @@ fn the_ladder_skips_what_cannot_work() {
     let mut garbled = target(&peer, addr, reach(true, NatMapping::Open));
     garbled.avoid_relay = true;
     assert_eq!(ladder(&ctx, &garbled), [Path::Direct, Path::Punched]);
+}
+
+/// A relayed peer is tried again without the relay, and the path found is not the relay.
+#[tokio::test]
+async fn a_relayed_peer_is_upgraded_to_a_direct_path_when_one_works() {
+    let (me, peer, tracker) = (id("me"), id("peer"), id("tracker"));
+    let listed = peer_listener(&peer).await;
+    let relay_target = relay(tracker, None).await;
+    let rendezvous: Arc<dyn Rendezvous> = Arc::new(FakeRendezvous {
+        punch_to: None,
+        relay: Some((relay_target, Arc::new(peer.clone()))),
+        peer: peer.fingerprint,
+        asked: Mutex::new(Vec::new()),
+    });
+    let ctx = context(&me, Some(rendezvous));
+    let t = target(&peer, listed, None);
+    let d = upgrade(|| ctx.clone(), t, Duration::from_millis(10)).await;
+    assert_eq!(d.path, Path::Direct);
+    assert_eq!(d.conn.fingerprint, peer.fingerprint);
 }
