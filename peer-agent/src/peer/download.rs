@@ -165,7 +165,7 @@ pub async fn run_peer(
 /// A relayed connection whose TLS records stopped decrypting was tampered with on the way (our
 /// TLS runs end to end through the relay): a TLS error, the peer's fault no more than a
 /// network's, and the relay is not used for this peer again in this download.
-fn relay_tampering(e: PeerError, peer: &PeerInfo, mem: &mut PeerMemory) -> PeerError {
+pub(crate) fn relay_tampering(e: PeerError, peer: &PeerInfo, mem: &mut PeerMemory) -> PeerError {
     let garbled = matches!(&e, PeerError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
     if mem.path != Some(Path::Relayed) || !garbled {
         return e;
@@ -347,7 +347,11 @@ async fn peer_session(
             avoid_relay: true,
         };
         let context = peers.dial.clone();
-        Some(Box::pin(upgrade(move || context(), target, RELAY_UPGRADE_EVERY)))
+        Some(Box::pin(upgrade(
+            move || context(),
+            target,
+            RELAY_UPGRADE_EVERY,
+        )))
     } else {
         None
     };

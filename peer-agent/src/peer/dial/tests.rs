@@ -256,3 +256,61 @@ async fn a_relayed_peer_is_upgraded_to_a_direct_path_when_one_works() {
     assert_eq!(d.path, Path::Direct);
     assert_eq!(d.conn.fingerprint, peer.fingerprint);
 }
+
+/// A relay that flips a byte of the peers' stream cannot pass it off: the inner TLS refuses
+/// the record, and the download side turns that into a TLS error and stops using the relay for
+/// that peer (`relay_tampering`).
+#[tokio::test]
+async fn a_relay_that_garbles_the_stream_is_a_tls_error() {
+    use crate::peer::download::{PeerMemory, relay_tampering};
+    use torrentguard_protocol::wire::Frame;
+    let (me, peer, tracker) = (id("me"), id("peer"), id("tracker"));
+    let target = crate::peer::relay_client::testing::relay_with(tracker, None, true).await;
+    let (pin, server) = (peer.fingerprint, peer.clone());
+    tokio::spawn(async move {
+        let t = crate::peer::relay_client::join(&server, &target, [3; 32])
+            .await
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(peer_server_config(&server).unwrap()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = PeerConnection::accept(&acceptor, t, target.addr, deadline)
+            .await
+            .unwrap();
+        let chunk = Frame::Chunk {
+            index: 0,
+            data: vec![7u8; 200 * 1024].into(),
+        };
+        let _ = conn.writer.send_now(&chunk).await;
+        let _ = conn
+            .recv_hello(&crate::peer::BufferPool::new(64), deadline)
+            .await;
+    });
+    let t = crate::peer::relay_client::join(&me, &target, [3; 32])
+        .await
+        .unwrap();
+    let mut conn = PeerConnection::connect_over(&me, t, target.addr, pin, None)
+        .await
+        .unwrap();
+    conn.reader.set_max_frame(1 << 20);
+    let pool = crate::peer::BufferPool::new(300 * 1024);
+    let e = PeerError::from(conn.reader.next(&pool).await.unwrap_err());
+    let mut mem = PeerMemory {
+        penalty: 0,
+        rate: 0,
+        avoid_relay: false,
+        path: Some(Path::Relayed),
+    };
+    let info = torrentguard_protocol::api::PeerInfo {
+        fingerprint: pin,
+        address: target.addr.ip(),
+        port: target.addr.port(),
+        have: 0,
+        complete: true,
+        last_seen: 0,
+        reputation: None,
+        reach: None,
+    };
+    let e = relay_tampering(e, &info, &mut mem);
+    assert!(matches!(e, PeerError::Tls { .. }), "{e:?}");
+    assert!(mem.avoid_relay && !e.is_peer_fault());
+}
