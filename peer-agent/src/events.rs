@@ -72,6 +72,12 @@ pub enum Event {
         address: SocketAddr,
         cipher: String,
         group: String,
+        /// How the peer was reached: direct, punched or relayed.
+        path: crate::peer::Path,
+        /// Attempts of that path (a punch retries).
+        tries: u32,
+        /// From the start of that path's attempt to the TLS session.
+        after_ms: u64,
     },
     PeerDropped {
         file_id: FileId,
@@ -122,6 +128,9 @@ pub enum Event {
         bytes_on_wire: u64,
         /// Chunks that arrived zstd-compressed.
         chunks_compressed: u32,
+        /// From the download's start to the first chunk fetched from a peer and verified;
+        /// `None` when nothing was fetched.
+        first_chunk_ms: Option<u64>,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
     /// the original.

@@ -64,6 +64,15 @@ pub enum PeerError {
     /// We ended it: the share was withdrawn (it changed on disk).
     #[error("file withdrawn: {reason}")]
     Withdrawn { reason: String },
+    /// No introduction to a peer behind a NAT.
+    #[error("{source}")]
+    Introduction {
+        #[source]
+        source: super::dial::RendezvousError,
+    },
+    /// No way to reach the peer was left to try.
+    #[error("no way to reach {addr}")]
+    Unreachable { addr: SocketAddr },
     /// A tracker's relay did not serve us (refused, or answered garbage).
     #[error(transparent)]
     Relay(#[from] super::relay_client::RelayError),

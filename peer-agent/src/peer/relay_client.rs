@@ -230,22 +230,50 @@ fn missing(bytes: &[u8], n: usize, reflect: bool) -> usize {
     }
 }
 
+/// A relay for tests of this module and the dial ladder's.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
     use torrentguard_protocol::relay::JOIN_LEN;
     use torrentguard_trust::config::peer_server_config;
 
-    fn id(name: &str) -> Identity {
-        Identity::generate(name).unwrap()
-    }
-
     /// A small relay on loopback, as the tracker's behaves: TLS with the tracker's identity,
     /// the handshake, `Reflect` answered at once, two `Join`s of one token paired and then
     /// copied both ways; `refuse` answers every `Join` with that status instead.
-    async fn relay(tracker: Identity, refuse: Option<RelayStatus>) -> RelayTarget {
+    pub(crate) async fn relay(tracker: Identity, refuse: Option<RelayStatus>) -> RelayTarget {
+        relay_with(tracker, refuse, false).await
+    }
+
+    /// Copies `from` to `to`, flipping the byte at 64 KiB.
+    async fn garble(
+        mut from: impl tokio::io::AsyncRead + Unpin,
+        mut to: impl tokio::io::AsyncWrite + Unpin,
+    ) {
+        let (mut seen, mut buf) = (0usize, vec![0u8; 16 * 1024]);
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            let at = 64 * 1024;
+            if (seen..seen + n).contains(&at) {
+                buf[at - seen] ^= 0x01;
+            }
+            seen += n;
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// As [`relay`]; `tamper` flips one byte of each direction after its first 64 KiB, as the
+    /// tracker's `--relay-tamper-for-tests` does.
+    pub(crate) async fn relay_with(
+        tracker: Identity,
+        refuse: Option<RelayStatus>,
+        tamper: bool,
+    ) -> RelayTarget {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pin = tracker.fingerprint;
@@ -289,13 +317,29 @@ mod tests {
                             let ok = answer(RelayStatus::Ok, None).encode();
                             first.write_all(&ok).await.unwrap();
                             tls.write_all(&ok).await.unwrap();
-                            let _ = tokio::io::copy_bidirectional(&mut first, &mut tls).await;
+                            if !tamper {
+                                let _ = tokio::io::copy_bidirectional(&mut first, &mut tls).await;
+                                return;
+                            }
+                            let (r1, w1) = tokio::io::split(first);
+                            let (r2, w2) = tokio::io::split(tls);
+                            tokio::join!(garble(r1, w2), garble(r2, w1));
                         }
                     }
                 });
             }
         });
         RelayTarget { addr, pin }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::relay;
+    use super::*;
+
+    fn id(name: &str) -> Identity {
+        Identity::generate(name).unwrap()
     }
 
     #[tokio::test]
