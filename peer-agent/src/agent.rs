@@ -127,6 +127,9 @@ pub struct Agent {
     /// The tracker and the listener together, for announces.
     session: Session,
     tasks: TaskTracker,
+    /// Whether reach learning, and the answering of introductions, were started (once each).
+    learning: std::sync::atomic::AtomicBool,
+    answering: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -189,6 +192,8 @@ impl Agent {
             misbehaving: Arc::new(MisbehavingPeers::load(&data_dir)),
             data_dir,
             tasks: TaskTracker::new(),
+            learning: Default::default(),
+            answering: Default::default(),
         })
     }
 
@@ -252,6 +257,55 @@ impl Agent {
         Ok(shared)
     }
 
+    /// Learns how this agent can be reached, now and as long as it runs (see
+    /// [`crate::session::reachability`]), emitting [`Event::Reach`] each time it changes, and
+    /// announcing it. Once per agent; never fails (a tracker without the probe leaves the
+    /// reach unknown).
+    pub fn learn_reach(&self, events: &EventSink) {
+        use crate::session::reachability::{ReachLearner, TrackerProbe};
+        if self
+            .learning
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let learner = ReachLearner {
+            probe: Arc::new(TrackerProbe::new(
+                self.trackers.clone(),
+                self.identity.clone(),
+            )),
+            seeder: self.seeder.clone(),
+            observed: self.session.observed_ips(),
+            events: events.clone(),
+            cancel: self.cancel.clone(),
+        };
+        let span = tracing::info_span!("reach");
+        let failure = crate::spawn::Failure::Fault;
+        crate::spawn::spawn_tracked(&self.tasks, "reach", span, failure, learner.run());
+    }
+
+    /// Starts answering introductions (see [`crate::session::introductions`]); once per agent,
+    /// when it first serves a file.
+    fn answer_introductions(&self) {
+        use crate::session::introductions::Answerer;
+        if self
+            .answering
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let answerer = Answerer::new(
+            Arc::new(self.trackers.clone()),
+            self.seeder.clone(),
+            self.identity.clone(),
+            self.cancel.clone(),
+            self.tasks.clone(),
+        );
+        let span = tracing::info_span!("introductions");
+        let failure = crate::spawn::Failure::Fault;
+        crate::spawn::spawn_tracked(&self.tasks, "introductions", span, failure, answerer.run());
+    }
+
     /// Serves a registered share, announces it and keeps announcing it.
     async fn serve(&self, shared: Arc<SharedFile>, events: &EventSink) -> Result<(), AgentError> {
         self.seeder.add(shared.clone());
@@ -278,6 +332,8 @@ impl Agent {
     ) -> Result<DownloadReport, AgentError> {
         opts.download_limit = self.download_limit.clone();
         opts.misbehaving = Some(self.misbehaving.clone());
+        // What it has fetched is served as it comes: NATed peers reach it by introduction too.
+        self.answer_introductions();
         Ok(download(
             self.identity.clone(),
             &self.session,
@@ -292,6 +348,7 @@ impl Agent {
     /// Keeps `file` announced on the tracker's interval until shutdown, and withdraws it as
     /// soon as it changes on disk (see [`Announcer`]).
     pub fn keep_announcing(&self, file: Arc<SharedFile>, events: EventSink) {
+        self.answer_introductions();
         let announcer = Announcer {
             session: self.session.clone(),
             cancel: self.cancel.clone(),

@@ -23,6 +23,7 @@ use torrentguard_trust::Identity;
 use crate::events::{Event, EventSink};
 use crate::misbehaving::MisbehavingPeers;
 use crate::peer::PeerError;
+use crate::peer::dial::{DialContext, Rendezvous};
 use crate::peer::download::{DownloadPeers, PeerEnd, PeerMemory, run_peer};
 use crate::peer::{BufferPool, Seeder};
 use crate::rate::RateLimit;
@@ -161,6 +162,8 @@ pub struct DownloadReport {
     pub bytes_on_wire: u64,
     /// Chunks that arrived zstd-compressed.
     pub chunks_compressed: u32,
+    /// Milliseconds from the start to the first chunk fetched from a peer, if any was.
+    pub first_chunk_ms: Option<u64>,
     pub shared: Arc<SharedFile>,
 }
 
@@ -359,6 +362,8 @@ pub async fn download(
         bytes_on_wire: AtomicU64::new(0),
         chunks_compressed: AtomicU32::new(0),
         chunks_fetched: AtomicU32::new(0),
+        started,
+        first_chunk_ms: std::sync::OnceLock::new(),
         retries: AtomicU32::new(0),
         dirty: AtomicBool::new(false),
         done: Notify::new(),
@@ -373,10 +378,11 @@ pub async fn download(
 
     let peers = Arc::new(DownloadPeers {
         state: sh.clone(),
-        identity,
+        identity: identity.clone(),
         pool,
         compression: opts.compression,
         limit: opts.download_limit.clone(),
+        dial: dial_context(identity, session, seeder),
     });
     let result = run_swarm(&peers, session, &opts, &output).await;
     sh.cancel.cancel();
@@ -441,6 +447,7 @@ pub async fn download(
         whole_file_checked,
         bytes_on_wire: sh.bytes_on_wire.load(Ordering::Relaxed),
         chunks_compressed: sh.chunks_compressed.load(Ordering::Relaxed),
+        first_chunk_ms: sh.first_chunk_ms.get().copied(),
         shared: shared_file,
     };
     emit_completed(&opts.events, &report);
@@ -535,6 +542,7 @@ fn emit_completed(events: &EventSink, r: &DownloadReport) {
         whole_file_checked: r.whole_file_checked,
         bytes_on_wire: r.bytes_on_wire,
         chunks_compressed: r.chunks_compressed,
+        first_chunk_ms: r.first_chunk_ms,
     });
 }
 
@@ -585,6 +593,7 @@ async fn already_complete(
         whole_file_checked: !manifest.is_tree(),
         bytes_on_wire: 0,
         chunks_compressed: 0,
+        first_chunk_ms: None,
         shared,
     };
     emit_completed(&opts.events, &report);
@@ -702,6 +711,8 @@ async fn run_swarm(
             let prior = PeerMemory {
                 penalty: rec.penalty,
                 rate: rec.rate,
+                avoid_relay: rec.avoid_relay,
+                path: None,
             };
             let (peers, peer) = (peers.clone(), p.clone());
             tasks.spawn(async move {
@@ -762,8 +773,10 @@ async fn run_swarm(
                 let rec = records.entry(fp).or_default();
                 rec.penalty = mem.penalty;
                 rec.rate = mem.rate;
+                rec.avoid_relay |= mem.avoid_relay;
                 match end {
-                    PeerEnd::Finished => {}
+                    // `Switched` is handled inside the peer's task.
+                    PeerEnd::Finished | PeerEnd::Switched(_) => {}
                     PeerEnd::Fatal => {}
                     PeerEnd::Banned(e) => {
                         if let PeerError::Stalled { .. } = e {
@@ -801,6 +814,25 @@ async fn run_swarm(
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// How this download reaches peers: the session introduces (it asks the tracker), punches go
+/// from the seeder's listening port and are handed over by its listener, and our own reach is
+/// the seeder's latest, read at each dial.
+fn dial_context(
+    identity: Arc<Identity>,
+    session: &Session,
+    seeder: &Arc<Seeder>,
+) -> Arc<dyn Fn() -> DialContext + Send + Sync> {
+    let rendezvous: Arc<dyn Rendezvous> = Arc::new(session.clone());
+    let seeder = seeder.clone();
+    Arc::new(move || DialContext {
+        identity: identity.clone(),
+        rendezvous: Some(rendezvous.clone()),
+        listen_port: seeder.local_addr().port(),
+        punches: seeder.punches().clone(),
+        own_reach: seeder.reach(),
+    })
 }
 
 /// Penalty a peer remembered as misbehaving starts a download with: one more bad chunk bans it.

@@ -26,6 +26,13 @@ pub enum Event {
     },
     /// A shared file changed on disk and is no longer served.
     Withdrawn { file_id: FileId, reason: String },
+    /// How this agent can be reached, as learned from the tracker and its relay (again each
+    /// time it changes).
+    Reach {
+        inbound: bool,
+        public: SocketAddr,
+        mapping: torrentguard_protocol::api::NatMapping,
+    },
     /// A download began (possibly resuming).
     Started {
         file_id: FileId,
@@ -65,6 +72,12 @@ pub enum Event {
         address: SocketAddr,
         cipher: String,
         group: String,
+        /// How the peer was reached: direct, punched or relayed.
+        path: crate::peer::Path,
+        /// Attempts of that path (a punch retries).
+        tries: u32,
+        /// From the start of that path's attempt to the TLS session.
+        after_ms: u64,
     },
     PeerDropped {
         file_id: FileId,
@@ -115,6 +128,9 @@ pub enum Event {
         bytes_on_wire: u64,
         /// Chunks that arrived zstd-compressed.
         chunks_compressed: u32,
+        /// From the download's start to the first chunk fetched from a peer and verified;
+        /// `None` when nothing was fetched.
+        first_chunk_ms: Option<u64>,
     },
     /// `share --self-download`: the file came back through the TLS path and was compared with
     /// the original.

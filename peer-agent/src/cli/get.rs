@@ -47,6 +47,8 @@ pub(crate) async fn get(args: GetArgs, dir: &Path, mode: Mode) -> anyhow::Result
     }
     // Logged (not printed): `get`'s output is its progress.
     super::map_port(&agent, args.endpoint.port_map).await;
+    // After --advertise: the probe dials the port we announce.
+    agent.learn_reach(&events);
     forward(&stop, agent.cancel.clone());
 
     let given: Vec<FileId> = args.ids.iter().map(FileRef::file_id).collect();

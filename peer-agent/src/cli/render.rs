@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use torrentguard_agent::Event;
+use torrentguard_protocol::api::NatMapping;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -364,6 +365,7 @@ impl Renderer {
                 whole_file_checked,
                 bytes_on_wire,
                 chunks_compressed,
+                ..
             } => {
                 self.finish_bar(&file_id.to_string());
                 let verified = match whole_file_checked {
@@ -425,6 +427,11 @@ impl Renderer {
                     human(*size)
                 ));
             }
+            Event::Reach {
+                inbound,
+                public,
+                mapping,
+            } => self.say(&reach_line(*inbound, *public, *mapping)),
             Event::SelfDownload {
                 ok,
                 bytes,
@@ -513,6 +520,25 @@ fn progress_text(e: &Event) -> String {
     )
 }
 
+/// The line `share` prints once it knows how it can be reached.
+pub fn reach_line(inbound: bool, public: std::net::SocketAddr, mapping: NatMapping) -> String {
+    let inbound = if inbound { "yes" } else { "no" };
+    format!(
+        "reachability: inbound {inbound}, public {public}, NAT {}",
+        mapping_name(mapping)
+    )
+}
+
+/// A NAT mapping in words, as `share` and `status` show it.
+pub fn mapping_name(mapping: NatMapping) -> &'static str {
+    match mapping {
+        NatMapping::Open => "open",
+        NatMapping::PortPreserving => "port-preserving",
+        NatMapping::Unpredictable => "unpredictable",
+        NatMapping::Unknown => "unknown",
+    }
+}
+
 fn extra(retries: u32, bans: u32) -> String {
     let mut s = String::new();
     if retries > 0 {
@@ -560,6 +586,19 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reach_line_says_inbound_public_and_nat() {
+        let public = "100.64.0.11:7000".parse().unwrap();
+        assert_eq!(
+            reach_line(false, public, NatMapping::PortPreserving),
+            "reachability: inbound no, public 100.64.0.11:7000, NAT port-preserving"
+        );
+        assert_eq!(
+            reach_line(true, public, NatMapping::Open),
+            "reachability: inbound yes, public 100.64.0.11:7000, NAT open"
+        );
+    }
 
     #[test]
     fn formats() {

@@ -82,6 +82,8 @@ pub(crate) async fn share(args: ShareArgs, dir: &Path, mode: Mode) -> anyhow::Re
     if let Some(line) = super::map_port(&agent, args.endpoint.port_map).await {
         say(&out, &line);
     }
+    // After --advertise: the probe dials the port we announce.
+    agent.learn_reach(&events);
     let public = public_trackers(&agent, public_url);
     let served = serve_and_report(&agent, &args, &public, &events, &out, &stop).await;
     leave(&agent, embedded, served, &out, &stop).await

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use torrentguard_agent::torrent::store::list_partials;
 use torrentguard_protocol::FileId;
-use torrentguard_protocol::api::{FileSummary, PeerInfo, PeerSummary, Reputation};
+use torrentguard_protocol::api::{
+    FileSummary, NatMapping, PeerInfo, PeerSummary, Reach, Reputation,
+};
 
 use super::args::StatusArgs;
 use super::codes::trackers_for;
@@ -124,8 +126,8 @@ async fn status_of_tracker(
 /// The peers of one file and how much of it each has.
 fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
     print_line(&format!(
-        "\n{:<20} {:<40} {:>12} {:>10} {:>9}",
-        "PEER", "ADDRESS", "HAVE", "LAST SEEN", "SCORE"
+        "\n{:<20} {:<40} {:>12} {:>10} {:>9} {:<6}",
+        "PEER", "ADDRESS", "HAVE", "LAST SEEN", "SCORE", "REACH"
     ));
     for p in peers {
         let have = if p.complete {
@@ -134,12 +136,13 @@ fn print_file_peers(peers: &[PeerInfo], chunk_count: u32) {
             format!("{}/{}", p.have, chunk_count)
         };
         print_line(&format!(
-            "{:<20} {:<40} {:>12} {:>10} {:>9}",
+            "{:<20} {:<40} {:>12} {:>10} {:>9} {:<6}",
             p.fingerprint.short(),
             SocketAddr::new(p.address, p.port).to_string(),
             have,
             ago(p.last_seen),
-            score(p.reputation)
+            score(p.reputation),
+            reach(p.reach)
         ));
     }
     if peers.is_empty() {
@@ -179,17 +182,18 @@ fn print_files(files: &[FileSummary]) {
 /// The live peers the tracker lists, one row each.
 fn print_peers(peers: &[PeerSummary]) {
     print_line(&format!(
-        "\n{:<20} {:<40} {:>6} {:>10} {:>9}",
-        "PEER", "ADDRESS", "FILES", "LAST SEEN", "SCORE"
+        "\n{:<20} {:<40} {:>6} {:>10} {:>9} {:<6}",
+        "PEER", "ADDRESS", "FILES", "LAST SEEN", "SCORE", "REACH"
     ));
     for p in peers {
         print_line(&format!(
-            "{:<20} {:<40} {:>6} {:>10} {:>9}",
+            "{:<20} {:<40} {:>6} {:>10} {:>9} {:<6}",
             p.fingerprint.short(),
             SocketAddr::new(p.address, p.port).to_string(),
             p.files.len(),
             ago(p.last_seen),
-            score(p.reputation)
+            score(p.reputation),
+            reach(p.reach)
         ));
     }
     if peers.is_empty() {
@@ -207,6 +211,26 @@ fn score(r: Option<Reputation>) -> String {
             reporters: 0,
         }) => score.to_string(),
         Some(Reputation { score, reporters }) => format!("{score} ({reporters})"),
+    }
+}
+
+/// How a peer said it can be reached, as the path a downloader would take to it: `open`
+/// (dialled directly), `punch` (its NAT keeps ports: hole punching), `relay` (its NAT
+/// renumbers ports), `closed` (not reachable inbound, mapping not measured), `-` (it did not
+/// say: an older agent, or not learned yet).
+fn reach(r: Option<Reach>) -> &'static str {
+    match r {
+        None => "-",
+        Some(Reach { inbound: true, .. })
+        | Some(Reach {
+            mapping: NatMapping::Open,
+            ..
+        }) => "open",
+        Some(Reach { mapping, .. }) => match mapping {
+            NatMapping::PortPreserving => "punch",
+            NatMapping::Unpredictable => "relay",
+            NatMapping::Open | NatMapping::Unknown => "closed",
+        },
     }
 }
 
@@ -239,6 +263,17 @@ fn print_partials(output: &Path, partials: &[Partial]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reach_column_names_the_path_to_the_peer() {
+        let r = |inbound, mapping| Some(Reach { inbound, mapping });
+        assert_eq!(reach(None), "-");
+        assert_eq!(reach(r(true, NatMapping::Open)), "open");
+        assert_eq!(reach(r(true, NatMapping::Unknown)), "open");
+        assert_eq!(reach(r(false, NatMapping::PortPreserving)), "punch");
+        assert_eq!(reach(r(false, NatMapping::Unpredictable)), "relay");
+        assert_eq!(reach(r(false, NatMapping::Unknown)), "closed");
+    }
 
     #[test]
     fn scores_show_their_reporters() {

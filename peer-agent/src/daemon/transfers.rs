@@ -462,6 +462,9 @@ mod tests {
             address: "127.0.0.1:5".parse().unwrap(),
             cipher: String::new(),
             group: String::new(),
+            path: crate::peer::Path::Direct,
+            tries: 1,
+            after_ms: 1,
         };
         assert_eq!(e.apply(&connected).len(), 1);
         assert_eq!(e.view().peers, 1);
@@ -494,6 +497,9 @@ mod tests {
                 address: "127.0.0.1:6".parse().unwrap(),
                 cipher: String::new(),
                 group: String::new(),
+                path: crate::peer::Path::Direct,
+                tries: 1,
+                after_ms: 1,
             })
         };
         let progress = |e: &mut Entry, bytes: u64| {

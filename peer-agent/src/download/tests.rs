@@ -122,13 +122,24 @@ async fn resume_report_counts_only_this_runs_bytes() {
     assert_eq!(r.chunks_reused, 40);
     assert_eq!(r.chunks_fetched, 24);
     assert_eq!(r.bytes_fetched, data.len() as u64 - 40 * CHUNK as u64);
-    let mut completed = None;
+    let (mut completed, mut paths) = (None, Vec::new());
     while let Ok(e) = rx.try_recv() {
-        if let Event::Completed { bytes_fetched, .. } = e {
-            completed = Some(bytes_fetched);
+        match e {
+            Event::Completed {
+                bytes_fetched,
+                first_chunk_ms,
+                ..
+            } => completed = Some((bytes_fetched, first_chunk_ms)),
+            Event::PeerConnected { path, tries, .. } => paths.push((path, tries)),
+            _ => {}
         }
     }
-    assert_eq!(completed, Some(r.bytes_fetched), "the event says the same");
+    let (fetched, first_chunk_ms) = completed.expect("a completed event");
+    assert_eq!(fetched, r.bytes_fetched, "the event says the same");
+    assert_eq!(first_chunk_ms, r.first_chunk_ms);
+    assert!(first_chunk_ms.is_some(), "chunks were fetched");
+    // A seeder on loopback is reached directly, at the first try.
+    assert_eq!(paths, [(crate::peer::Path::Direct, 1)]);
 }
 
 /// Issue 9: an output already complete and identical is reported done without fetching a

@@ -20,6 +20,7 @@ use torrentguard_trust::{Identity, peer_fingerprint};
 
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, FrameReader, Incoming, write_frame};
+use super::transport::{Path, Transport};
 
 /// Bound on connecting, and on each handshake step, when dialling a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,8 +33,8 @@ const CHUNK_RECEIVER_BUFFER: usize = 256 * 1024;
 /// The same on the side that receives only requests.
 const REQUEST_RECEIVER_BUFFER: usize = 8 * 1024;
 
-/// The TLS stream of either direction.
-pub type PeerStream = TlsStream<BufReader<TcpStream>>;
+/// The TLS stream of either direction, over TCP or through a relay.
+pub type PeerStream = TlsStream<BufReader<Transport>>;
 /// The receiving half, framed.
 pub type PeerReader = FrameReader<ReadHalf<PeerStream>>;
 /// Frames from the reader task: `Ok(None)` is a clean close between frames.
@@ -98,6 +99,8 @@ pub struct Negotiated {
     pub group: String,
     /// The TCP handshake's time, one round trip, measured by the side that dials.
     pub round_trip: Option<Duration>,
+    /// How the connection reaches the peer.
+    pub path: Path,
 }
 
 /// A peer connection after TLS: who is at the other end, and the framed stream.
@@ -122,38 +125,76 @@ impl PeerConnection {
         addr: SocketAddr,
         pin: Fingerprint,
     ) -> Result<Self, PeerError> {
+        Self::connect_within(identity, addr, pin, CONNECT_TIMEOUT).await
+    }
+
+    /// As [`PeerConnection::connect`], with the TCP connect bounded by `connect_timeout` (the
+    /// TLS handshake keeps [`CONNECT_TIMEOUT`]): a dial ladder tries a peer of unknown reach
+    /// directly for a short while before falling back.
+    pub async fn connect_within(
+        identity: &Identity,
+        addr: SocketAddr,
+        pin: Fingerprint,
+        connect_timeout: Duration,
+    ) -> Result<Self, PeerError> {
         let dialled = std::time::Instant::now();
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| timeout(format!("connecting to {addr}"), CONNECT_TIMEOUT))?
+            .map_err(|_| timeout(format!("connecting to {addr}"), connect_timeout))?
             .map_err(|source| PeerError::Connect { addr, source })?;
         let round_trip = dialled.elapsed();
-        let _ = tcp.set_nodelay(true);
+        Self::connect_over(identity, Transport::Tcp(tcp), addr, pin, Some(round_trip)).await
+    }
+
+    /// The client side of the TLS handshake over `transport` (dialled, punched or relayed),
+    /// accepted only if the peer's certificate's fingerprint is `pin`. `round_trip`: the TCP
+    /// handshake's time, when the caller measured one.
+    pub async fn connect_over(
+        identity: &Identity,
+        transport: Transport,
+        addr: SocketAddr,
+        pin: Fingerprint,
+        round_trip: Option<Duration>,
+    ) -> Result<Self, PeerError> {
+        transport.set_nodelay();
+        let path = if transport.is_relayed() {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
         let config = peer_client_config(identity, pin).map_err(|e| PeerError::Tls {
             addr,
             source: std::io::Error::other(e),
         })?;
-        let io = BufReader::with_capacity(CHUNK_RECEIVER_BUFFER, tcp);
+        let io = BufReader::with_capacity(CHUNK_RECEIVER_BUFFER, transport);
         let handshake = TlsConnector::from(Arc::new(config)).connect(peer_server_name(), io);
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| timeout(format!("TLS handshake with {addr}"), CONNECT_TIMEOUT))?
             .map_err(|source| PeerError::Tls { addr, source })?;
         let mut conn = Self::new(TlsStream::Client(tls), addr, pin);
-        conn.negotiated.round_trip = Some(round_trip);
+        conn.negotiated.round_trip = round_trip;
+        conn.negotiated.path = path;
         Ok(conn)
     }
 
     /// The TLS handshake of an inbound connection, by `deadline`; the client certificate is
     /// mandatory (its signature checked by the verifier), and names the peer.
+    /// The path is `Relayed` for a relayed transport, else `Direct` (the caller that punched
+    /// the TCP stream may say `Punched`).
     pub async fn accept(
         acceptor: &TlsAcceptor,
-        tcp: TcpStream,
+        transport: Transport,
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Self, PeerError> {
-        let _ = tcp.set_nodelay(true);
-        let io = BufReader::with_capacity(REQUEST_RECEIVER_BUFFER, tcp);
+        transport.set_nodelay();
+        let path = if transport.is_relayed() {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
+        let io = BufReader::with_capacity(REQUEST_RECEIVER_BUFFER, transport);
         let after = left(deadline);
         let tls = tokio::time::timeout_at(deadline, acceptor.accept(io))
             .await
@@ -161,7 +202,9 @@ impl PeerConnection {
             .map_err(|source| PeerError::Tls { addr, source })?;
         let (_, session) = tls.get_ref();
         let fp = peer_fingerprint(session.peer_certificates()).ok_or(PeerError::NoCertificate)?;
-        Ok(Self::new(TlsStream::Server(tls), addr, fp))
+        let mut conn = Self::new(TlsStream::Server(tls), addr, fp);
+        conn.negotiated.path = path;
+        Ok(conn)
     }
 
     fn new(tls: PeerStream, addr: SocketAddr, fingerprint: Fingerprint) -> Self {
@@ -176,6 +219,7 @@ impl PeerConnection {
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default(),
             round_trip: None,
+            path: Path::Direct,
         };
         tracing::debug!(peer = %addr, %fingerprint, cipher = %negotiated.cipher,
             group = %negotiated.group, "peer TLS handshake done");
@@ -377,6 +421,7 @@ mod tests {
         tokio::spawn(async move {
             let (tcp, from) = listener.accept().await.unwrap();
             let deadline = Instant::now() + WAIT;
+            let tcp = Transport::Tcp(tcp);
             then(PeerConnection::accept(&acceptor, tcp, from, deadline).await).await;
         });
         addr

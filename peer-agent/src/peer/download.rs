@@ -19,9 +19,11 @@ use torrentguard_protocol::wire::{CHUNK_HEADER_LEN, Frame, RejectReason, WireErr
 use torrentguard_protocol::{Bitfield, Fingerprint};
 use torrentguard_trust::Identity;
 
-use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerConnection, PeerWriter};
+use super::connection::{CONNECT_TIMEOUT, Hello, Inbox, PeerWriter};
+use super::dial::{DialContext, DialTarget, Dialled, RELAY_UPGRADE_EVERY, dial, upgrade};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
+use super::transport::Path;
 use crate::events::Event;
 use crate::rate::{RateLimit, Turn};
 use crate::torrent::download::{DownloadState, SpeedMeter};
@@ -73,6 +75,9 @@ pub enum PeerEnd {
     Banned(PeerError),
     /// A local write failed: the whole download must stop.
     Fatal,
+    /// A relayed peer was reached another way: the relayed connection ended (its requests back
+    /// in the queue) and the new one takes over. Handled inside [`run_peer`], never returned.
+    Switched(Box<Dialled>),
 }
 
 /// What every peer task of one download shares: the download's state, and what the network
@@ -84,6 +89,9 @@ pub struct DownloadPeers {
     pub pool: BufferPool,
     pub compression: compression::Mode,
     pub limit: Arc<RateLimit>,
+    /// How to reach peers behind a NAT (introductions, our listening port, the punches the
+    /// listener hands over, our own reach).
+    pub dial: Arc<dyn Fn() -> DialContext + Send + Sync>,
 }
 
 /// The stall timeout of a peer last measured at `rate_bps` (0: not measured yet):
@@ -119,6 +127,10 @@ pub struct PeerMemory {
     pub penalty: u32,
     /// Its last measured rate, bytes per second (0: none yet).
     pub rate: u64,
+    /// The relay garbled this peer's stream in this download: reach it another way.
+    pub avoid_relay: bool,
+    /// How the last connection reached the peer.
+    pub path: Option<Path>,
 }
 
 /// Runs one peer connection until the download ends or the peer fails. Returns how it ended
@@ -128,9 +140,17 @@ pub async fn run_peer(
     peer: PeerInfo,
     mut mem: PeerMemory,
 ) -> (PeerEnd, PeerMemory) {
-    let end = match peer_session(&peers, &peer, &mut mem).await {
+    let mut dialled = None;
+    let end = loop {
+        match peer_session(&peers, &peer, &mut mem, dialled.take()).await {
+            Ok(PeerEnd::Switched(d)) => dialled = Some(*d),
+            other => break other,
+        }
+    };
+    let end = match end {
         Ok(e) => e,
         Err(e) => {
+            let e = relay_tampering(e, &peer, &mut mem);
             mem.penalty += penalty(&e);
             PeerEnd::Failed(e)
         }
@@ -142,21 +162,64 @@ pub async fn run_peer(
     (end, mem)
 }
 
+/// A relayed connection whose TLS records stopped decrypting was tampered with on the way (our
+/// TLS runs end to end through the relay): a TLS error, the peer's fault no more than a
+/// network's, and the relay is not used for this peer again in this download.
+pub(crate) fn relay_tampering(e: PeerError, peer: &PeerInfo, mem: &mut PeerMemory) -> PeerError {
+    let garbled = matches!(&e, PeerError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
+    if mem.path != Some(Path::Relayed) || !garbled {
+        return e;
+    }
+    mem.avoid_relay = true;
+    let PeerError::Io(source) = e else {
+        return e;
+    };
+    tracing::warn!(peer = %peer.fingerprint, error = %source, "relayed stream garbled: not using the relay for this peer again");
+    PeerError::Tls {
+        addr: SocketAddr::new(peer.address, peer.port),
+        source,
+    }
+}
+
 /// Connects to `peer` over pinned TLS and runs the handshake: our `Hello` and bitfield, then
 /// theirs. Returns the peer's bitfield and the connection with its reader running.
 ///
 /// With compression off our `Hello` is the short one, so seeders from before capabilities
 /// (which refuse any other length) still serve us; otherwise it offers zstd.
-async fn connect(peers: &DownloadPeers, peer: &PeerInfo) -> Result<Connected, PeerError> {
+async fn connect(
+    peers: &DownloadPeers,
+    peer: &PeerInfo,
+    mem: &mut PeerMemory,
+    dialled: Option<Dialled>,
+) -> Result<Connected, PeerError> {
     let sh = &*peers.state;
     let addr = SocketAddr::new(peer.address, peer.port);
-    let mut conn = PeerConnection::connect(&peers.identity, addr, peer.fingerprint).await?;
+    let target = DialTarget {
+        file: sh.file_id,
+        fingerprint: peer.fingerprint,
+        addr,
+        reach: peer.reach,
+        avoid_relay: mem.avoid_relay,
+    };
+    let Dialled {
+        mut conn,
+        path,
+        tries,
+        after,
+    } = match dialled {
+        Some(d) => d,
+        None => dial(&(peers.dial)(), &target).await?,
+    };
+    mem.path = Some(path);
     sh.events.emit(Event::PeerConnected {
         file_id: sh.file_id,
         fingerprint: peer.fingerprint,
         address: addr,
         cipher: conn.negotiated.cipher.clone(),
         group: conn.negotiated.group.clone(),
+        path,
+        tries,
+        after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
     });
     let n = sh.manifest.chunk_count();
     let caps = peers.compression.capabilities();
@@ -212,6 +275,22 @@ struct Connected {
     zstd: bool,
 }
 
+/// A search for a better path than the relay, polled by the request loop.
+type Upgrade = Option<std::pin::Pin<Box<dyn std::future::Future<Output = Dialled> + Send>>>;
+
+/// The better path, once found; pending forever when there is no search.
+async fn poll_upgrade(u: &mut Upgrade) -> Option<Dialled> {
+    match u {
+        // Awaited through the box: a `select!` that drops this future loses no progress.
+        Some(f) => {
+            let d = f.as_mut().await;
+            *u = None;
+            Some(d)
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Per-connection state of the request loop.
 struct Session<'a> {
     sh: &'a Arc<DownloadState>,
@@ -239,12 +318,15 @@ struct Session<'a> {
     lagging: bool,
     /// Both `Hello`s offered zstd: `ChunkZstd` frames are allowed.
     zstd: bool,
+    /// A relayed connection's search for a path without the relay.
+    upgrade: Upgrade,
 }
 
 async fn peer_session(
     peers: &DownloadPeers,
     peer: &PeerInfo,
     mem: &mut PeerMemory,
+    dialled: Option<Dialled>,
 ) -> Result<PeerEnd, PeerError> {
     let sh = &peers.state;
     let Connected {
@@ -254,7 +336,25 @@ async fn peer_session(
         reader: _reader,
         round_trip,
         zstd,
-    } = connect(peers, peer).await?;
+    } = connect(peers, peer, mem, dialled).await?;
+    // Through the relay: keep looking for a better path meanwhile.
+    let upgrading: Upgrade = if mem.path == Some(Path::Relayed) {
+        let target = DialTarget {
+            file: sh.file_id,
+            fingerprint: peer.fingerprint,
+            addr: SocketAddr::new(peer.address, peer.port),
+            reach: peer.reach,
+            avoid_relay: true,
+        };
+        let context = peers.dial.clone();
+        Some(Box::pin(upgrade(
+            move || context(),
+            target,
+            RELAY_UPGRADE_EVERY,
+        )))
+    } else {
+        None
+    };
     let slot = PeerSlot(sh.next_slot.fetch_add(1, Ordering::Relaxed));
     {
         let mut p = sh.picker();
@@ -284,6 +384,7 @@ async fn peer_session(
         last_progress: Instant::now(),
         lagging: true,
         zstd,
+        upgrade: upgrading,
     };
     s.run(&mut rx, mem).await
 }
@@ -421,6 +522,13 @@ impl Session<'_> {
                 }
                 // A chunk was released somewhere, or a holder fell behind: try picking again.
                 Ok(()) = wake.changed() => {}
+                // A path without the relay works: end this one cleanly (the guard gives its
+                // requests back), the new connection takes over.
+                Some(d) = poll_upgrade(&mut self.upgrade) => {
+                    tracing::info!(peer = %self.fp, path = %d.path, "relayed peer reached without the relay; switching");
+                    self.bye("switching to a path without the relay").await;
+                    return Ok(PeerEnd::Switched(Box::new(d)));
+                }
                 // The paced chunk's turn came: loop round to ask for it.
                 _ = wait_turn(limit, paced), if paced.is_some() => {}
                 // A deferral runs out: loop round to ask for those chunks again.
@@ -787,6 +895,10 @@ fn settle(
                 sh.shared_file.add_chunk(index);
                 let _ = sh.completions.send(index);
                 sh.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                let since = sh.started.elapsed().as_millis();
+                let _ = sh
+                    .first_chunk_ms
+                    .set(u64::try_from(since).unwrap_or(u64::MAX));
                 let len = sh.manifest.chunk_len(index) as u64;
                 sh.bytes_done.fetch_add(len, Ordering::Relaxed);
                 sh.bytes_fetched.fetch_add(len, Ordering::Relaxed);

@@ -31,6 +31,9 @@ pub enum PeerError {
     /// The peer said why it will not serve us (busy, cool-down, withdrawn, not in the swarm).
     #[error("peer refused: {reason}")]
     Refused { reason: String },
+    /// We did not take the connection (a limit, or not the peer an introduction named).
+    #[error("not admitted: {reason}")]
+    NotAdmitted { reason: String },
     /// The peer said `Bye` in the middle of a session.
     #[error("peer closed: {reason}")]
     Closed { reason: String },
@@ -61,6 +64,18 @@ pub enum PeerError {
     /// We ended it: the share was withdrawn (it changed on disk).
     #[error("file withdrawn: {reason}")]
     Withdrawn { reason: String },
+    /// No introduction to a peer behind a NAT.
+    #[error("{source}")]
+    Introduction {
+        #[source]
+        source: super::dial::RendezvousError,
+    },
+    /// No way to reach the peer was left to try.
+    #[error("no way to reach {addr}")]
+    Unreachable { addr: SocketAddr },
+    /// A tracker's relay did not serve us (refused, or answered garbage).
+    #[error(transparent)]
+    Relay(#[from] super::relay_client::RelayError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

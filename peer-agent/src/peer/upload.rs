@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use torrentguard_protocol::api::Reach;
 use torrentguard_protocol::compression::{self, Governor, caps};
 use torrentguard_protocol::wire::{
     self, CHUNK_HEADER_LEN, Frame, PROTOCOL_VERSION, RejectReason, chunk_header_of, frame_bound, ty,
@@ -25,6 +26,7 @@ use torrentguard_protocol::{Bitfield, FileId, Fingerprint, Manifest};
 use torrentguard_trust::Identity;
 use torrentguard_trust::config::peer_server_config;
 
+mod introduced;
 mod limits;
 
 use limits::{Admission, PeerSlot, SlotScheduler};
@@ -33,6 +35,7 @@ pub use limits::{Refusal, SeederLimits};
 use super::connection::{Hello, PeerConnection, PeerWriter};
 use super::error::{PeerError, Violation};
 use super::frames::{BufferPool, Incoming};
+use super::punch::PendingPunches;
 use crate::rate::RateLimit;
 use crate::reach::Advertise;
 use crate::torrent::storage::ChunkStorage;
@@ -44,6 +47,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After shutdown begins, how long a connection may take to finish the chunk it is writing and
 /// say `Bye`; then it is dropped as it stands. Keeps the whole stop under ~2 s.
 pub const CONNECTION_STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// Connections the kernel queues before `accept` (std's own default on Linux).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The seeding side of an agent: a TLS listener and the files it serves.
 pub struct Seeder {
@@ -73,6 +79,14 @@ pub struct Seeder {
     /// The router's public port forwarded to our listener (`--port-map upnp`), announced
     /// instead of the listening port when no `--advertise` port is given.
     mapped_port: std::sync::OnceLock<u16>,
+    /// How this agent can be reached, as last learned (none until the session learns it).
+    reach: std::sync::Mutex<Option<Reach>>,
+    /// Hole punches waiting for a connection that may land on this listener.
+    punches: Arc<PendingPunches>,
+    /// The TLS server side, for accepted and introduced connections alike.
+    acceptor: TlsAcceptor,
+    /// Connections served at once, accepted or introduced ([`SeederLimits::max_connections`]).
+    connections: Arc<Semaphore>,
 }
 
 impl Seeder {
@@ -98,6 +112,7 @@ impl Seeder {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = bind_dual_stack(listen)?;
         let local_addr = listener.local_addr()?;
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let seeder = Arc::new(Seeder {
             files: RwLock::new(HashMap::new()),
             swarm,
@@ -113,7 +128,11 @@ impl Seeder {
             compression: std::sync::Mutex::new(compression::Mode::default()),
             advertise: std::sync::OnceLock::new(),
             mapped_port: std::sync::OnceLock::new(),
+            reach: std::sync::Mutex::new(None),
             upload_limit: Arc::new(RateLimit::default()),
+            punches: PendingPunches::new(),
+            acceptor: acceptor.clone(),
+            connections,
         });
         tracing::info!(listen = %local_addr, fingerprint = %identity.fingerprint, "seeding listener ready");
         let s = seeder.clone();
@@ -129,6 +148,11 @@ impl Seeder {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The registry through which this listener hands connections to waiting hole punches.
+    pub fn punches(&self) -> &Arc<PendingPunches> {
+        &self.punches
     }
 
     pub fn limits(&self) -> &SeederLimits {
@@ -204,6 +228,16 @@ impl Seeder {
         }
     }
 
+    /// How this agent can be reached, as last learned; `None` until it is known.
+    pub fn reach(&self) -> Option<Reach> {
+        *self.reach.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how this agent can be reached (announced from then on).
+    pub fn set_reach(&self, reach: Option<Reach>) {
+        *self.reach.lock().unwrap_or_else(|e| e.into_inner()) = reach;
+    }
+
     /// Limits the bytes of chunks sent over all connections (0: unlimited).
     pub fn set_upload_limit(&self, bytes_per_sec: u64) {
         self.upload_limit.set_limit(bytes_per_sec);
@@ -246,7 +280,7 @@ impl Seeder {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
-        let limit = Arc::new(Semaphore::new(self.limits.max_connections));
+        let limit = self.connections.clone();
         let mut backoff = Duration::from_millis(10);
         loop {
             // Take the permit before accepting, so a flood waits in the kernel's backlog.
@@ -265,6 +299,10 @@ impl Seeder {
                     }
                 },
                 _ = self.cancel.cancelled() => return,
+            };
+            // A punch's peer whose SYN beat our own connect() lands here: it is the punch's.
+            let Some((tcp, addr)) = self.punches.offer(tcp, addr) else {
+                continue;
             };
             // Before any TLS work: one address cannot fill the connection limit.
             let Some(address_slot) = self.admission.admit_address(addr.ip().to_canonical()) else {
@@ -308,9 +346,22 @@ impl Seeder {
         addr: SocketAddr,
         acceptor: TlsAcceptor,
     ) -> Result<(), PeerError> {
+        let tcp = super::transport::Transport::Tcp(tcp);
+        self.serve_over(tcp, addr, acceptor, None).await
+    }
+
+    /// Serves one connection over `transport` (accepted, punched or relayed). `introduced`: the
+    /// only certificate an introduced connection may present.
+    async fn serve_over(
+        self: Arc<Self>,
+        transport: super::transport::Transport,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        introduced: Option<Fingerprint>,
+    ) -> Result<(), PeerError> {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let Some(peer) = self.admit(tcp, addr, acceptor).await? else {
+        let Some(peer) = self.admit(transport, addr, acceptor, introduced).await? else {
             return Ok(());
         };
         let fp = peer.conn.fingerprint;
@@ -328,13 +379,15 @@ impl Seeder {
     /// certificate, the file, the swarm. `None`: refused (the peer was told why).
     async fn admit(
         &self,
-        tcp: TcpStream,
+        transport: super::transport::Transport,
         addr: SocketAddr,
         acceptor: TlsAcceptor,
+        introduced: Option<Fingerprint>,
     ) -> Result<Option<AdmittedPeer>, PeerError> {
         // One deadline for the handshake and the Hello together.
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
-        let mut conn = PeerConnection::accept(&acceptor, tcp, addr, deadline).await?;
+        let conn = PeerConnection::accept(&acceptor, transport, addr, deadline).await?;
+        let mut conn = self.check_introduced(conn, introduced)?;
         let fp = conn.fingerprint;
         let slot = match self.admission.admit_peer(fp) {
             Ok(slot) => slot,
@@ -859,16 +912,24 @@ fn withdrawn(reason: Option<WithdrawReason>) -> PeerError {
 /// Binds `addr`; for the IPv6 wildcard, accepts IPv4 too (dual stack), falling back to the IPv4
 /// wildcard on hosts without IPv6.
 pub fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let std_listener = match std::net::TcpListener::bind(addr) {
-        Ok(l) => l,
+    match listen_reusable(addr) {
+        Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             tracing::debug!(error = %e, "IPv6 wildcard unavailable; listening on IPv4 only");
-            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))?
+            listen_reusable(SocketAddr::from(([0, 0, 0, 0], addr.port())))
         }
-        Err(e) => return Err(e),
-    };
-    std_listener.set_nonblocking(true)?;
-    TcpListener::from_std(std_listener)
+        Err(e) => Err(e),
+    }
+}
+
+/// A listener with SO_REUSEADDR and SO_REUSEPORT, so a hole punch can dial out from its port
+/// (see `punch`). A given port is first bound plainly, and let go: SO_REUSEPORT alone would
+/// let a second agent of the same user share the port silently instead of saying it is in use.
+fn listen_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    super::punch::reusable_socket(addr)?.listen(LISTEN_BACKLOG)
 }
 
 #[cfg(test)]

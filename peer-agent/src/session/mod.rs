@@ -19,6 +19,9 @@ use crate::events::{Event, EventSink};
 use crate::peer::Seeder;
 use crate::torrent::{SharedFile, SwarmDirectory, SwarmLookupError, WithdrawReason};
 
+pub mod introductions;
+pub mod reachability;
+pub mod rendezvous;
 pub mod tracker_client;
 pub mod tracker_set;
 pub mod trackers;
@@ -75,7 +78,7 @@ fn announce_request(seeder: &Seeder, file: &SharedFile, event: AnnounceEvent) ->
         event,
         bitfield: file.have().to_base64(),
         address,
-        reach: None,
+        reach: seeder.reach(),
     }
 }
 
@@ -111,6 +114,8 @@ pub async fn fetch_manifests_from(
 pub struct Session {
     tracker: TrackerSet,
     seeder: Arc<Seeder>,
+    /// Our IP as the latest announce answer saw it: reach is learned again when it moves.
+    observed: Arc<tokio::sync::watch::Sender<Option<std::net::IpAddr>>>,
 }
 
 impl Session {
@@ -123,7 +128,30 @@ impl Session {
         Session {
             tracker: trackers,
             seeder,
+            observed: Arc::new(tokio::sync::watch::Sender::new(None)),
         }
+    }
+
+    /// The trackers of this session.
+    pub fn trackers(&self) -> &TrackerSet {
+        &self.tracker
+    }
+
+    /// Our public IP as announce answers see it; changes only when it moves.
+    pub fn observed_ips(&self) -> tokio::sync::watch::Receiver<Option<std::net::IpAddr>> {
+        self.observed.subscribe()
+    }
+
+    /// Notes the address an announce answer saw us at (answers without one change nothing).
+    fn note_observed(&self, resp: &AnnounceResponse) {
+        let Some(seen) = resp.observed.map(|a| a.ip().to_canonical()) else {
+            return;
+        };
+        self.observed.send_if_modified(|ip| {
+            let moved = *ip != Some(seen);
+            *ip = Some(seen);
+            moved
+        });
     }
 
     /// Announces `event` for `file` (see [`announce`]).
@@ -132,7 +160,9 @@ impl Session {
         file: &SharedFile,
         event: AnnounceEvent,
     ) -> Result<AnnounceResponse, TrackerError> {
-        announce_to_set(&self.tracker, &self.seeder, file, event).await
+        let resp = announce_to_set(&self.tracker, &self.seeder, file, event).await?;
+        self.note_observed(&resp);
+        Ok(resp)
     }
 
     /// Registers a manifest (idempotent: a known id is left as it is).
@@ -203,7 +233,7 @@ impl Announcer {
                 withdraw(tracker, seeder, file, reason, events).await;
                 return;
             }
-            let progress = announce_to_set(tracker, seeder, file, AnnounceEvent::Progress);
+            let progress = self.session.announce(file, AnnounceEvent::Progress);
             let result = tokio::select! {
                 r = progress => r,
                 _ = cancel.cancelled() => return,

@@ -25,6 +25,9 @@ use torrentguard_trust::Pin;
 use torrentguard_trust::config::tracker_client_config;
 use torrentguard_trust::identity::{Identity, write_atomically};
 
+mod nat;
+pub use nat::{MAX_INTRODUCTIONS_WAIT, REACHABILITY_TIMEOUT};
+
 pub const KNOWN_TRACKERS_FILE: &str = "known_trackers";
 /// Bound on one `POST /reports`.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -431,6 +434,15 @@ impl TrackerClient {
         // its own memory of the peer.
         let _: serde::de::IgnoredAny = self.send(http).await?;
         Ok(())
+    }
+
+    /// Asks the tracker to introduce us to a peer of a file's swarm, for a hole punch or the
+    /// relay (`POST /introductions`); the answer names the peer's endpoint and when to start.
+    pub async fn introduce(
+        &self,
+        req: &torrentguard_protocol::api::IntroduceRequest,
+    ) -> Result<torrentguard_protocol::api::Introduction, TrackerError> {
+        self.post("introductions", req).await
     }
 
     pub async fn file_peers(&self, id: &FileId) -> Result<FilePeers, TrackerError> {

@@ -31,6 +31,8 @@ use super::{TrackerClient, TrackerError, leave_swarms};
 use crate::agent::TrackerTarget;
 use crate::torrent::{SwarmDirectory, SwarmLookupError};
 
+mod nat;
+
 /// Longest wait a tracker's `Retry-After` buys before the call moves on to the next tracker.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How many 429s in a row one call waits out on one tracker before moving on.
@@ -269,6 +271,19 @@ impl TrackerSet {
     /// are being used, unless it has just failed).
     pub async fn report(&self, req: &ReportRequest) -> Result<(), TrackerError> {
         self.call(|c| async move { c.report(req).await }).await
+    }
+
+    /// Asks the first tracker that answers for an introduction, as [`TrackerSet::announce`]
+    /// picks one; returns the client that made it (its relay is the one to meet at).
+    pub async fn introduce(
+        &self,
+        req: &torrentguard_protocol::api::IntroduceRequest,
+    ) -> Result<(TrackerClient, torrentguard_protocol::api::Introduction), TrackerError> {
+        self.call(|c| async move {
+            let intro = c.introduce(req).await?;
+            Ok((c, intro))
+        })
+        .await
     }
 
     /// Announces `stopped` for everything announced, on every tracker that was announced to.

@@ -44,6 +44,10 @@ pub struct DownloadState {
     /// Chunks that arrived compressed.
     pub chunks_compressed: AtomicU32,
     pub chunks_fetched: AtomicU32,
+    /// When the download started, and the first chunk fetched from a peer was verified
+    /// (milliseconds after): the time to first byte, however the peer was reached.
+    pub started: std::time::Instant,
+    pub first_chunk_ms: std::sync::OnceLock<u64>,
     pub retries: AtomicU32,
     pub dirty: AtomicBool,
     pub done: Notify,

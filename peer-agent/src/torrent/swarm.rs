@@ -22,6 +22,8 @@ pub struct PeerRecord {
     pub banned: bool,
     /// Why its last connection ended, shown while no peer is usable.
     pub last_error: Option<String>,
+    /// The relay garbled its stream in this download: reach it another way.
+    pub avoid_relay: bool,
 }
 
 /// Watches for verified data arriving; `get --timeout` gives up when none has for its length.
