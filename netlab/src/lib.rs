@@ -515,6 +515,32 @@ mod tests {
         );
     }
 
+    fn listed() -> Vec<String> {
+        run("ip", &["netns", "list"])
+            .expect("ip netns list")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Only namespaces of exactly this tag go: `…n1-` is not a prefix of `…n10-…`.
+    #[test]
+    fn leftovers_of_the_same_tag_are_deleted_and_no_others() {
+        let tag = format!("tglt{}n1", std::process::id());
+        let (mine, other) = (format!("{tag}-inet"), format!("{tag}0-inet"));
+        if let Err(e) = run("ip", &["netns", "add", &mine]) {
+            assert!(std::env::var_os(REQUIRE_ENV).is_none(), "{e}");
+            eprintln!("SKIPPED: cannot create a namespace here: {e}");
+            return;
+        }
+        run("ip", &["netns", "add", &other]).expect("a second namespace");
+        delete_leftovers(&tag).expect("deleting leftovers");
+        let after = listed();
+        let _ = run("ip", &["netns", "delete", &other]);
+        assert!(!after.contains(&mine), "{after:?}");
+        assert!(after.contains(&other), "{after:?}");
+    }
+
     #[test]
     fn counts_are_bounded() {
         assert!(check_counts(MAX_HOMES, MAX_PUBLIC).is_ok());
