@@ -1,112 +1,46 @@
-//! Two hosts, for real: network namespaces the test creates, joined by a veth pair, each with
-//! its own loopback, addresses and ports. The README's LAN flow runs across them exactly as a
-//! user would type it: host A shares (with the embedded tracker, then with a standalone tracker
-//! that A's seeder reaches over loopback), host B runs the `get` command A printed.
+//! Two hosts, for real: network namespaces the test creates (two public hosts of the NAT lab,
+//! `torrentguard-netlab`, on one bridge), each with its own loopback, addresses and ports. The
+//! README's LAN flow runs across them exactly as a user would type it: host A shares (with the
+//! embedded tracker, then with a standalone tracker that A's seeder reaches over loopback), host
+//! B runs the `get` command A printed.
 //!
-//! Namespaces need root and iproute2. Where they cannot be made the tests say so and skip,
-//! unless `TORRENTGUARD_REQUIRE_NETNS` is set (`.ci/run` sets it after probing that they work),
-//! in which case that is a failure.
+//! Namespaces need root, iproute2 and iptables. Where they cannot be made the tests say so and
+//! skip, unless `TORRENTGUARD_REQUIRE_NETNS` is set (`.ci/run` sets it after probing that they
+//! work), in which case that is a failure.
 
 mod common;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, Result, ensure};
 use common::*;
 use tempfile::TempDir;
+use torrentguard_netlab::{Host, Lab};
 
-/// A network namespace, deleted (with its veth end) when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: String) -> Result<Netns> {
-        ip(&["netns", "add", &name])?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip -n NS ARGS…`
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// `program` run inside this namespace.
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "delete", &self.name]);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {args:?} (is iproute2 installed?)"))?;
-    ensure!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// Host A and host B on one /24 through a veth pair; both ends are created inside the
-/// namespaces, so nothing touches the machine's own network.
+/// Host A and host B: two public hosts of the NAT lab, on one bridge without NAT, each its own
+/// namespace with its own loopback, addresses and ports. Nothing touches the machine's own
+/// network, and everything is deleted when it drops.
 struct Lan {
-    a: Netns,
-    b: Netns,
-    a_ip: Ipv4Addr,
+    lab: Lab,
 }
 
 impl Lan {
     /// The two hosts, or `None` (after saying why) where namespaces cannot be made here.
     fn create() -> Result<Option<Lan>> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let a = match Netns::create(format!("tg-a-{tag}")) {
-            Ok(a) => a,
-            Err(e) if std::env::var_os("TORRENTGUARD_REQUIRE_NETNS").is_none() => {
-                eprintln!(
-                    "SKIPPED: cannot create a network namespace here ({e:#}); the two-host test \
-                     needs root and iproute2 (.ci/run provides both)"
-                );
-                return Ok(None);
-            }
-            Err(e) => return Err(e.context("TORRENTGUARD_REQUIRE_NETNS is set")),
-        };
-        let b = Netns::create(format!("tg-b-{tag}"))?;
-        // Interface names are at most 15 bytes.
-        let (va, vb) = (format!("tga{tag}"), format!("tgb{tag}"));
-        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
-        ip(&[
-            "link", "add", va, "netns", &a.name, "type", "veth", "peer", "name", vb, "netns",
-            &b.name,
-        ])?;
-        let (a_ip, b_ip) = (Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2));
-        a.ip(&["addr", "add", &format!("{a_ip}/24"), "dev", va])?;
-        b.ip(&["addr", "add", &format!("{b_ip}/24"), "dev", vb])?;
-        a.ip(&["link", "set", va, "up"])?;
-        b.ip(&["link", "set", vb, "up"])?;
-        Ok(Some(Lan { a, b, a_ip }))
+        Ok(Lab::create(&[], 2)?.map(|lab| Lan { lab }))
+    }
+
+    fn a(&self) -> &Host {
+        self.lab.public_host(0)
+    }
+
+    fn b(&self) -> &Host {
+        self.lab.public_host(1)
+    }
+
+    fn a_ip(&self) -> Ipv4Addr {
+        self.a().ip()
     }
 }
 
@@ -131,7 +65,7 @@ fn printed_get_commands(share: &mut Proc) -> Result<(Vec<String>, Vec<String>)> 
 /// directory, and checks the bytes it wrote.
 fn get_on_b(lan: &Lan, dir: &Path, get_args: &[String], expected: &[u8]) -> Result<()> {
     let out = dir.join("b-out");
-    let mut cmd = lan.b.command(&agent_bin());
+    let mut cmd = lan.b().command(agent_bin());
     cmd.arg("--data-dir")
         .arg(dir.join("b-id"))
         .args(get_args)
@@ -155,7 +89,7 @@ fn readme_lan_flow_with_the_embedded_tracker() -> Result<()> {
     let file = dir.path().join("dataset.bin");
     let data = write_random_file(&file, 2_000_000 + 77, 9)?;
 
-    let mut cmd = lan.a.command(&agent_bin());
+    let mut cmd = lan.a().command(agent_bin());
     cmd.arg("--data-dir")
         .arg(dir.path().join("a-id"))
         .arg("share")
@@ -168,7 +102,7 @@ fn readme_lan_flow_with_the_embedded_tracker() -> Result<()> {
         .find(|w| w.starts_with("https://"))
         .context("no tracker URL in the printed get command")?;
     ensure!(
-        url.starts_with(&format!("https://{}:", lan.a_ip)),
+        url.starts_with(&format!("https://{}:", lan.a_ip())),
         "the printed command must name an address host B can reach, not {url}"
     );
     // The README's command: the share code alone carries that address and the pin.
@@ -189,7 +123,7 @@ fn standalone_tracker_reached_over_loopback_by_the_seeder() -> Result<()> {
 /// behind NAT: the tracker lists what it advertised.
 #[test]
 fn standalone_tracker_with_an_advertised_address() -> Result<()> {
-    standalone_flow(|lan| vec!["--advertise".into(), lan.a_ip.to_string()])
+    standalone_flow(|lan| vec!["--advertise".into(), lan.a_ip().to_string()])
 }
 
 fn standalone_flow(share_extra: impl Fn(&Lan) -> Vec<String>) -> Result<()> {
@@ -200,7 +134,7 @@ fn standalone_flow(share_extra: impl Fn(&Lan) -> Vec<String>) -> Result<()> {
     let file = dir.path().join("dataset.bin");
     let data = write_random_file(&file, 1_500_000 + 5, 11)?;
 
-    let mut cmd = lan.a.command(&tracker_bin());
+    let mut cmd = lan.a().command(tracker_bin());
     cmd.args(["--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path().join("tracker"));
     let mut tracker = Proc::spawn("tracker on host A", cmd)?;
@@ -221,7 +155,7 @@ fn standalone_flow(share_extra: impl Fn(&Lan) -> Vec<String>) -> Result<()> {
     // The seeder on host A reaches its tracker over loopback: the case that failed.
     let local_url = format!("https://127.0.0.1:{port}");
 
-    let mut cmd = lan.a.command(&agent_bin());
+    let mut cmd = lan.a().command(agent_bin());
     cmd.arg("--data-dir")
         .arg(dir.path().join("a-id"))
         .arg("--json")
@@ -239,7 +173,7 @@ fn standalone_flow(share_extra: impl Fn(&Lan) -> Vec<String>) -> Result<()> {
     let seeding = share.wait_event("seeding", |_| true)?;
     let file_id = seeding["file_id"].as_str().context("file_id")?.to_string();
 
-    let remote_url = format!("https://{}:{port}", lan.a_ip);
+    let remote_url = format!("https://{}:{port}", lan.a_ip());
     let get_args: Vec<String> = [
         "get",
         &file_id,

@@ -1,0 +1,298 @@
+//! Peers behind NAT, for real (issue 15's "Done when"), in the NAT lab of `torrentguard-netlab`:
+//! the tracker and its relay run in the lab's internet namespace, seeders and downloaders in
+//! homes behind NAT routers (or on a public host), all as the real binaries a user runs.
+//!
+//! - two Symmetric homes cannot punch: the download goes through the relay;
+//! - two PortRestricted homes punch a hole: no relay byte is spent;
+//! - a relay that tampers with the stream is caught by the peers' own TLS, and the download
+//!   finishes from another seeder.
+//!
+//! Needs root, iproute2, iptables and curl (for /metrics inside the lab); skips with
+//! "SKIPPED: …" elsewhere, unless `TORRENTGUARD_REQUIRE_NETNS` is set.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use common::*;
+use serde_json::Value;
+use tempfile::TempDir;
+use torrentguard_netlab::{Host, INTERNET_IP, Lab, NatKind};
+
+/// A few MiB: many chunks, and well past the 64 KiB after which the tampering relay strikes.
+const SIZE: usize = 3 * 1024 * 1024 + 123;
+/// Port of the agents' peer listeners, inside their own namespaces.
+const SEED_PORT: u16 = 7000;
+const GET_PORT: u16 = 7001;
+/// A download that has to find its path (direct attempts time out first) may take longer than
+/// one ordinary wait.
+const DOWNLOAD_WAIT: Duration = Duration::from_secs(180);
+
+/// The tracker with its relay in the internet namespace, on ports of that namespace.
+struct LabTracker {
+    /// Held so the tracker is killed with this guard.
+    _proc: Proc,
+    /// `https://100.64.0.1:PORT#sha256:…`: the URL with its pin, as `--tracker` takes it.
+    pinned_url: String,
+    port: u16,
+}
+
+impl LabTracker {
+    fn start(lab: &Lab, dir: &Path, extra: &[&str]) -> Result<LabTracker> {
+        let port = 7443;
+        let mut cmd = lab.internet().command(tracker_bin());
+        cmd.arg("--listen")
+            .arg(format!("{INTERNET_IP}:{port}"))
+            .arg("--relay-listen")
+            .arg(format!("{INTERNET_IP}:7444"))
+            .arg("--data-dir")
+            .arg(dir.join("tracker"))
+            .args(["--announce-interval", "1", "--peer-ttl", "30"])
+            .args(extra);
+        let mut proc = Proc::spawn("tracker", cmd)?;
+        let ready = proc.wait_line(WAIT, |l| l.contains(" listening on "))?;
+        let fingerprint = ready
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .with_context(|| format!("no fingerprint in {ready:?}"))?;
+        let pinned_url = format!("https://{INTERNET_IP}:{port}#{fingerprint}");
+        Ok(LabTracker {
+            _proc: proc,
+            pinned_url,
+            port,
+        })
+    }
+
+    /// The value of the unlabelled metric `name` (None when not exported), read with curl from
+    /// inside the internet namespace. `-k`: this reads our own tracker in our own namespace;
+    /// what is checked is a number, not the tracker's identity.
+    fn metric(&self, lab: &Lab, name: &str) -> Result<Option<f64>> {
+        let out = lab
+            .internet()
+            .command("curl")
+            .args(["-sSfk", "--max-time", "20"])
+            .arg(format!("https://{INTERNET_IP}:{}/metrics", self.port))
+            .output()
+            .context("running curl in the internet namespace")?;
+        ensure!(
+            out.status.success(),
+            "curl /metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        }))
+    }
+}
+
+/// `torrentguard --json share FILE` on `host`, listening on SEED_PORT; waits for `seeding`.
+fn share_on(
+    host: &Host,
+    name: &str,
+    dir: &Path,
+    file: &Path,
+    tracker: &LabTracker,
+) -> Result<(Proc, String)> {
+    let mut cmd = host.command(agent_bin());
+    cmd.arg("--data-dir")
+        .arg(dir.join(name))
+        .arg("--json")
+        .arg("share")
+        .arg(file)
+        .args(["--tracker", &tracker.pinned_url])
+        .args(["--listen", &format!("0.0.0.0:{SEED_PORT}")])
+        .args(["--chunk-size", CHUNK]);
+    let mut proc = Proc::spawn(name, cmd)?;
+    let seeding = proc.wait_event("seeding", |_| true)?;
+    let id = seeding["file_id"]
+        .as_str()
+        .context("seeding event without file_id")?
+        .to_string();
+    Ok((proc, id))
+}
+
+/// `torrentguard --json get ID -o OUT` on `host`, listening on GET_PORT (does not wait).
+fn get_on(host: &Host, dir: &Path, id: &str, out: &Path, tracker: &LabTracker) -> Result<Proc> {
+    let mut cmd = host.command(agent_bin());
+    cmd.arg("--data-dir")
+        .arg(dir.join("downloader"))
+        .arg("--json")
+        .arg("get")
+        .arg(id)
+        .args(["--tracker", &tracker.pinned_url])
+        .arg("-o")
+        .arg(out)
+        .args(["--listen", &format!("0.0.0.0:{GET_PORT}")]);
+    Proc::spawn("downloader", cmd)
+}
+
+/// Waits up to DOWNLOAD_WAIT (not the ordinary WAIT: a peer behind NAT is reached only after
+/// the direct attempt has timed out) for an event named `event` for which `pred` holds.
+fn wait_long(proc: &mut Proc, event: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    let line = proc.wait_line(DOWNLOAD_WAIT, |l| {
+        parse_event(l).is_some_and(|v| v["event"] == event && pred(&v))
+    })?;
+    Ok(parse_event(&line).expect("matched as an event"))
+}
+
+/// Waits for the `completed` event, then for a clean exit.
+fn wait_completed(get: &mut Proc) -> Result<Value> {
+    let completed = wait_long(get, "completed", |_| true)?;
+    get.expect_exit(0)?;
+    Ok(completed)
+}
+
+/// Every `peer_connected` event's `path`, checking the contract's other new fields too.
+fn paths(get: &Proc) -> Result<Vec<String>> {
+    let connected = get.events("peer_connected");
+    ensure!(!connected.is_empty(), "no peer_connected event");
+    connected
+        .iter()
+        .map(|e| {
+            ensure!(e["tries"].is_u64(), "peer_connected without tries: {e}");
+            ensure!(
+                e["after_ms"].is_u64(),
+                "peer_connected without after_ms: {e}"
+            );
+            e["path"]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("peer_connected without path: {e}"))
+        })
+        .collect()
+}
+
+/// A file of SIZE bytes in `dir`, its bytes returned.
+fn dataset(dir: &Path) -> Result<(std::path::PathBuf, Vec<u8>)> {
+    let file = dir.join("dataset.bin");
+    let data = write_random_file(&file, SIZE, 15)?;
+    Ok((file, data))
+}
+
+#[test]
+fn symmetric_homes_complete_through_the_relay() -> Result<()> {
+    let Some(lab) = Lab::create(&[NatKind::Symmetric, NatKind::Symmetric], 0)? else {
+        return Ok(());
+    };
+    let dir = TempDir::new()?;
+    let (file, data) = dataset(dir.path())?;
+    let tracker = LabTracker::start(&lab, dir.path(), &[])?;
+    let relayed_before = tracker
+        .metric(&lab, "torrentguard_relay_bytes_total")?
+        .unwrap_or(0.0);
+    let (_seeder, id) = share_on(lab.home(0).host(), "seeder", dir.path(), &file, &tracker)?;
+    let out = dir.path().join("out");
+    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    let completed = wait_completed(&mut get)?;
+    assert_same(&out.join("dataset.bin"), &data)?;
+    ensure!(num(&completed, "bytes") == SIZE as u64, "{completed}");
+    for path in paths(&get)? {
+        ensure!(path == "relayed", "a Symmetric pair connected by {path}");
+    }
+    let relayed = tracker
+        .metric(&lab, "torrentguard_relay_bytes_total")?
+        .context("no torrentguard_relay_bytes_total")?;
+    ensure!(
+        relayed - relayed_before >= SIZE as f64,
+        "the relay forwarded {relayed} bytes (before: {relayed_before}) for a {SIZE}-byte file"
+    );
+    Ok(())
+}
+
+#[test]
+fn port_restricted_homes_complete_through_a_punched_hole() -> Result<()> {
+    let kinds = [NatKind::PortRestricted, NatKind::PortRestricted];
+    let Some(lab) = Lab::create(&kinds, 0)? else {
+        return Ok(());
+    };
+    let dir = TempDir::new()?;
+    let (file, data) = dataset(dir.path())?;
+    let tracker = LabTracker::start(&lab, dir.path(), &[])?;
+    let (_seeder, id) = share_on(lab.home(0).host(), "seeder", dir.path(), &file, &tracker)?;
+    let out = dir.path().join("out");
+    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    let completed = wait_completed(&mut get)?;
+    assert_same(&out.join("dataset.bin"), &data)?;
+    ensure!(
+        completed["first_chunk_ms"].is_u64(),
+        "completed without first_chunk_ms: {completed}"
+    );
+    for path in paths(&get)? {
+        ensure!(
+            path == "punched",
+            "a PortRestricted pair connected by {path}"
+        );
+    }
+    let relayed = tracker
+        .metric(&lab, "torrentguard_relay_bytes_total")?
+        .context("no torrentguard_relay_bytes_total")?;
+    ensure!(relayed == 0.0, "the relay forwarded {relayed} bytes");
+    Ok(())
+}
+
+/// Whether `v` is an event of the downloader reporting a failure with peer `fp`, and the text
+/// it gives.
+fn failure_with(v: &Value, fp: &str) -> Option<String> {
+    let is = |f: &Value| f.as_str() == Some(fp);
+    match v["event"].as_str()? {
+        "peer_dropped" | "peer_banned" | "chunk_retry" if is(&v["fingerprint"]) => {
+            Some(v["reason"].as_str().unwrap_or_default().to_string())
+        }
+        "waiting" => v["peers"].as_array()?.iter().find_map(|p| {
+            is(&p["fingerprint"]).then(|| p["last_error"].as_str().unwrap_or_default().into())
+        }),
+        _ => None,
+    }
+}
+
+/// Seeder A is only reachable through the relay, which flips a byte of every session: the
+/// downloader's TLS must refuse the stream (the relay cannot forge it), and the download must
+/// finish from seeder B, on a public host, once B appears.
+#[test]
+fn a_tampering_relay_is_detected_and_the_download_finishes_elsewhere() -> Result<()> {
+    let Some(lab) = Lab::create(&[NatKind::Symmetric, NatKind::Symmetric], 1)? else {
+        return Ok(());
+    };
+    let dir = TempDir::new()?;
+    let (file, data) = dataset(dir.path())?;
+    let tracker = LabTracker::start(&lab, dir.path(), &["--relay-tamper-for-tests"])?;
+    let a_fp = identity(&dir.path().join("seeder-a"))?;
+    let (_a, id) = share_on(lab.home(0).host(), "seeder-a", dir.path(), &file, &tracker)?;
+    let out = dir.path().join("out");
+    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    // Only A exists yet: its relayed session connects, then breaks on the flipped byte.
+    wait_long(&mut get, "peer_connected", |v| {
+        v["fingerprint"] == a_fp.as_str() && v["path"] == "relayed"
+    })?;
+    let line = get.wait_line(DOWNLOAD_WAIT, |l| {
+        parse_event(l).is_some_and(|v| failure_with(&v, &a_fp).is_some())
+    })?;
+    let reason = failure_with(&parse_event(&line).expect("an event"), &a_fp).unwrap_or_default();
+    let tls_words = ["tls", "decrypt", "bad record", "bad_record_mac"];
+    let tls_error = |text: &str| tls_words.iter().any(|w| text.to_lowercase().contains(w));
+    // The event's reason, or else a log line about that session, must name the TLS failure.
+    let logged = get
+        .stderr()
+        .lines()
+        .any(|l| tls_error(l) && (l.contains(a_fp.as_str()) || l.to_lowercase().contains("relay")));
+    ensure!(
+        tls_error(&reason) || logged,
+        "A's relayed session did not end on a TLS error: {reason}\n{}",
+        get.transcript()
+    );
+    let b_fp = identity(&dir.path().join("seeder-b"))?;
+    let (_b, b_id) = share_on(lab.public_host(0), "seeder-b", dir.path(), &file, &tracker)?;
+    ensure!(b_id == id, "the same file has another id: {b_id} vs {id}");
+    wait_completed(&mut get)?;
+    assert_same(&out.join("dataset.bin"), &data)?;
+    let from_b = get
+        .events("peer_connected")
+        .into_iter()
+        .any(|v| v["fingerprint"] == b_fp.as_str() && v["path"] == "direct");
+    ensure!(from_b, "no direct connection to B:\n{}", get.transcript());
+    Ok(())
+}
