@@ -67,7 +67,15 @@ pub trait IntroductionSource: Send + Sync {
 impl IntroductionSource for TrackerSet {
     fn next_batch(&self, wait_secs: u32) -> BoxFuture<'_, Result<Batch, TrackerError>> {
         Box::pin(async move {
-            let (client, answer) = self.introductions(wait_secs).await?;
+            // The tracker announced to, where downloaders ask for us; a tracker without
+            // introductions is no reason to fail over (nor to warn every poll).
+            let (client, answer) = match self.current() {
+                Some(client) => {
+                    let answer = client.introductions(wait_secs).await?;
+                    (client, answer)
+                }
+                None => self.introductions(wait_secs).await?,
+            };
             // The relay target is the tracker's host resolved; port 0 gives the host alone.
             let tracker_ip = relay_target(&client, 0).await.map(|t| t.addr.ip());
             let mut items = Vec::with_capacity(answer.items.len());
