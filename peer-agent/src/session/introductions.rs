@@ -199,12 +199,18 @@ impl Answerer {
     pub async fn run(self) {
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // A seeder that stopped serving (its listener closed) has nothing to offer a
+            // downloader: punching for it would only end in its goodbye.
+            if self.seeder.cancel.is_cancelled() {
+                return;
+            }
             let pause = if self.seeder.files().is_empty() {
                 IDLE_CHECK
             } else {
                 let polled = tokio::select! {
                     b = self.source.next_batch(POLL_WAIT_SECS) => b,
                     _ = self.cancel.cancelled() => return,
+                    _ = self.seeder.cancel.cancelled() => return,
                 };
                 match polled {
                     Ok(batch) => {
