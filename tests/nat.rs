@@ -19,151 +19,53 @@ use anyhow::{Context as _, Result, ensure};
 use common::*;
 use serde_json::Value;
 use tempfile::TempDir;
-use torrentguard_netlab::{Host, INTERNET_IP, Lab, NatKind};
+use torrentguard_netlab::swarm::{Agents, LabTracker, Proc, connections, parse_event};
+use torrentguard_netlab::{Host, Lab, NatKind};
 
 /// A few MiB: many chunks, and well past the 64 KiB after which the tampering relay strikes.
 const SIZE: usize = 3 * 1024 * 1024 + 123;
-/// Port of the agents' peer listeners, inside their own namespaces.
-const SEED_PORT: u16 = 7000;
-const GET_PORT: u16 = 7001;
 /// A download that has to find its path (direct attempts time out first) may take longer than
 /// one ordinary wait.
 const DOWNLOAD_WAIT: Duration = Duration::from_secs(180);
 
-/// The tracker with its relay in the internet namespace, on ports of that namespace.
-struct LabTracker {
-    /// Held so the tracker is killed with this guard.
-    _proc: Proc,
-    /// `https://100.64.0.1:PORT#sha256:…`: the URL with its pin, as `--tracker` takes it.
-    pinned_url: String,
-    port: u16,
+/// The tracker with its relay in the lab's internet namespace.
+fn start_tracker(lab: &Lab, dir: &Path, extra: &[&str]) -> Result<LabTracker> {
+    Ok(LabTracker::start(lab, &tracker_bin(), dir, extra, WAIT)?)
 }
 
-impl LabTracker {
-    fn start(lab: &Lab, dir: &Path, extra: &[&str]) -> Result<LabTracker> {
-        let port = 7443;
-        let mut cmd = lab.internet().command(tracker_bin());
-        cmd.arg("--listen")
-            .arg(format!("{INTERNET_IP}:{port}"))
-            .arg("--relay-listen")
-            .arg(format!("{INTERNET_IP}:7444"))
-            .arg("--data-dir")
-            .arg(dir.join("tracker"))
-            .args(["--announce-interval", "1", "--peer-ttl", "30"])
-            .args(extra);
-        let mut proc = Proc::spawn("tracker", cmd)?;
-        let ready = proc.wait_line(WAIT, |l| l.contains(" listening on "))?;
-        let fingerprint = ready
-            .split_whitespace()
-            .find(|w| w.starts_with("sha256:"))
-            .with_context(|| format!("no fingerprint in {ready:?}"))?;
-        let pinned_url = format!("https://{INTERNET_IP}:{port}#{fingerprint}");
-        Ok(LabTracker {
-            _proc: proc,
-            pinned_url,
-            port,
-        })
-    }
-
-    /// The value of the unlabelled metric `name` (None when not exported), read with curl from
-    /// inside the internet namespace. `-k`: this reads our own tracker in our own namespace;
-    /// what is checked is a number, not the tracker's identity.
-    fn metric(&self, lab: &Lab, name: &str) -> Result<Option<f64>> {
-        let out = lab
-            .internet()
-            .command("curl")
-            .args(["-sSfk", "--max-time", "20"])
-            .arg(format!("https://{INTERNET_IP}:{}/metrics", self.port))
-            .output()
-            .context("running curl in the internet namespace")?;
-        ensure!(
-            out.status.success(),
-            "curl /metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.lines().find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        }))
+/// How this file's agents start: the e2e build's binary, data under `dir`.
+fn agents<'a>(bin: &'a Path, dir: &'a Path, tracker: &'a LabTracker) -> Agents<'a> {
+    Agents {
+        bin,
+        dir,
+        tracker,
+        timeout: WAIT,
     }
 }
 
-/// `torrentguard --json share FILE` on `host`, listening on SEED_PORT; waits for `seeding`.
-fn share_on(
-    host: &Host,
-    name: &str,
-    dir: &Path,
-    file: &Path,
-    tracker: &LabTracker,
-) -> Result<(Proc, String)> {
-    let mut cmd = host.command(agent_bin());
-    cmd.arg("--data-dir")
-        .arg(dir.join(name))
-        .arg("--json")
-        .arg("share")
-        .arg(file)
-        .args(["--tracker", &tracker.pinned_url])
-        .args(["--listen", &format!("0.0.0.0:{SEED_PORT}")])
-        .args(["--chunk-size", CHUNK]);
-    let mut proc = Proc::spawn(name, cmd)?;
-    let seeding = proc.wait_event("seeding", |_| true)?;
-    let id = seeding["file_id"]
-        .as_str()
-        .context("seeding event without file_id")?
-        .to_string();
-    Ok((proc, id))
-}
-
-/// `torrentguard --json get ID -o OUT` on `host`, listening on GET_PORT (does not wait).
-fn get_on(host: &Host, dir: &Path, id: &str, out: &Path, tracker: &LabTracker) -> Result<Proc> {
-    let mut cmd = host.command(agent_bin());
-    cmd.arg("--data-dir")
-        .arg(dir.join("downloader"))
-        .arg("--json")
-        .arg("get")
-        .arg(id)
-        .args(["--tracker", &tracker.pinned_url])
-        .arg("-o")
-        .arg(out)
-        .args(["--listen", &format!("0.0.0.0:{GET_PORT}")]);
-    Proc::spawn("downloader", cmd)
+/// `torrentguard --json share FILE` on `host` with the suite's small chunks; waits for
+/// `seeding`.
+fn share_on(host: &Host, agents: &Agents, name: &str, file: &Path) -> Result<(Proc, String)> {
+    Ok(agents.share_on(host, name, file, &["--chunk-size", CHUNK])?)
 }
 
 /// Waits up to DOWNLOAD_WAIT (not the ordinary WAIT: a peer behind NAT is reached only after
 /// the direct attempt has timed out) for an event named `event` for which `pred` holds.
 fn wait_long(proc: &mut Proc, event: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-    let line = proc.wait_line(DOWNLOAD_WAIT, |l| {
-        parse_event(l).is_some_and(|v| v["event"] == event && pred(&v))
-    })?;
-    Ok(parse_event(&line).expect("matched as an event"))
+    Ok(proc.wait_event(DOWNLOAD_WAIT, event, pred)?)
 }
 
 /// Waits for the `completed` event, then for a clean exit.
 fn wait_completed(get: &mut Proc) -> Result<Value> {
     let completed = wait_long(get, "completed", |_| true)?;
-    get.expect_exit(0)?;
+    get.expect_exit(0, WAIT)?;
     Ok(completed)
 }
 
-/// Every `peer_connected` event's `path`, checking the contract's other new fields too.
+/// Every `peer_connected` event's `path` (the contract's other new fields checked by
+/// `connections`).
 fn paths(get: &Proc) -> Result<Vec<String>> {
-    let connected = get.events("peer_connected");
-    ensure!(!connected.is_empty(), "no peer_connected event");
-    connected
-        .iter()
-        .map(|e| {
-            ensure!(e["tries"].is_u64(), "peer_connected without tries: {e}");
-            ensure!(
-                e["after_ms"].is_u64(),
-                "peer_connected without after_ms: {e}"
-            );
-            e["path"]
-                .as_str()
-                .map(str::to_string)
-                .with_context(|| format!("peer_connected without path: {e}"))
-        })
-        .collect()
+    Ok(connections(get)?.into_iter().map(|c| c.path).collect())
 }
 
 /// A file of SIZE bytes in `dir`, its bytes returned.
@@ -180,13 +82,15 @@ fn symmetric_homes_complete_through_the_relay() -> Result<()> {
     };
     let dir = TempDir::new()?;
     let (file, data) = dataset(dir.path())?;
-    let tracker = LabTracker::start(&lab, dir.path(), &[])?;
+    let tracker = start_tracker(&lab, dir.path(), &[])?;
+    let agent = agent_bin();
+    let agents = agents(&agent, dir.path(), &tracker);
     let relayed_before = tracker
         .metric(&lab, "torrentguard_relay_bytes_total")?
         .unwrap_or(0.0);
-    let (_seeder, id) = share_on(lab.home(0).host(), "seeder", dir.path(), &file, &tracker)?;
+    let (_seeder, id) = share_on(lab.home(0).host(), &agents, "seeder", &file)?;
     let out = dir.path().join("out");
-    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    let mut get = agents.get_on(lab.home(1).host(), &id, &out, &[])?;
     let completed = wait_completed(&mut get)?;
     assert_same(&out.join("dataset.bin"), &data)?;
     ensure!(num(&completed, "bytes") == SIZE as u64, "{completed}");
@@ -211,10 +115,12 @@ fn port_restricted_homes_complete_through_a_punched_hole() -> Result<()> {
     };
     let dir = TempDir::new()?;
     let (file, data) = dataset(dir.path())?;
-    let tracker = LabTracker::start(&lab, dir.path(), &[])?;
-    let (_seeder, id) = share_on(lab.home(0).host(), "seeder", dir.path(), &file, &tracker)?;
+    let tracker = start_tracker(&lab, dir.path(), &[])?;
+    let agent = agent_bin();
+    let agents = agents(&agent, dir.path(), &tracker);
+    let (_seeder, id) = share_on(lab.home(0).host(), &agents, "seeder", &file)?;
     let out = dir.path().join("out");
-    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    let mut get = agents.get_on(lab.home(1).host(), &id, &out, &[])?;
     let completed = wait_completed(&mut get)?;
     assert_same(&out.join("dataset.bin"), &data)?;
     ensure!(
@@ -259,11 +165,13 @@ fn a_tampering_relay_is_detected_and_the_download_finishes_elsewhere() -> Result
     };
     let dir = TempDir::new()?;
     let (file, data) = dataset(dir.path())?;
-    let tracker = LabTracker::start(&lab, dir.path(), &["--relay-tamper-for-tests"])?;
+    let tracker = start_tracker(&lab, dir.path(), &["--relay-tamper-for-tests"])?;
+    let agent = agent_bin();
+    let agents = agents(&agent, dir.path(), &tracker);
     let a_fp = identity(&dir.path().join("seeder-a"))?;
-    let (_a, id) = share_on(lab.home(0).host(), "seeder-a", dir.path(), &file, &tracker)?;
+    let (_a, id) = share_on(lab.home(0).host(), &agents, "seeder-a", &file)?;
     let out = dir.path().join("out");
-    let mut get = get_on(lab.home(1).host(), dir.path(), &id, &out, &tracker)?;
+    let mut get = agents.get_on(lab.home(1).host(), &id, &out, &[])?;
     // Only A exists yet: its relayed session connects, then breaks on the flipped byte.
     wait_long(&mut get, "peer_connected", |v| {
         v["fingerprint"] == a_fp.as_str() && v["path"] == "relayed"
@@ -285,7 +193,7 @@ fn a_tampering_relay_is_detected_and_the_download_finishes_elsewhere() -> Result
         get.transcript()
     );
     let b_fp = identity(&dir.path().join("seeder-b"))?;
-    let (_b, b_id) = share_on(lab.public_host(0), "seeder-b", dir.path(), &file, &tracker)?;
+    let (_b, b_id) = share_on(lab.public_host(0), &agents, "seeder-b", &file)?;
     ensure!(b_id == id, "the same file has another id: {b_id} vs {id}");
     wait_completed(&mut get)?;
     assert_same(&out.join("dataset.bin"), &data)?;

@@ -25,6 +25,8 @@
 //! removed on creation, and everything is deleted when the [`Lab`] drops. Processes started with
 //! [`Host::command`] should be ended before that (declare the lab before them).
 
+pub mod swarm;
+
 use std::ffi::OsStr;
 use std::fmt;
 use std::net::Ipv4Addr;
