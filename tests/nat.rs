@@ -204,3 +204,120 @@ fn a_tampering_relay_is_detected_and_the_download_finishes_elsewhere() -> Result
     ensure!(from_b, "no direct connection to B:\n{}", get.transcript());
     Ok(())
 }
+
+/// `--port-map upnp` against a real UPnP-IGD router (Debian's miniupnpd in the router
+/// namespace, [`NatKind::Upnp`]): the seeder's router forwards its port, the tracker's probe
+/// then finds it open, a downloader behind a Symmetric NAT (which can neither punch nor be
+/// reached) dials it directly, and the mapping is gone once the seeder stops.
+#[test]
+fn a_upnp_mapping_makes_a_seeder_behind_nat_directly_reachable() -> Result<()> {
+    let installed = std::process::Command::new("miniupnpd")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !installed && std::env::var_os(torrentguard_netlab::REQUIRE_ENV).is_none() {
+        eprintln!(
+            "SKIPPED: miniupnpd is not installed (apt package miniupnpd; .ci/run installs it)"
+        );
+        return Ok(());
+    }
+    let Some(lab) = Lab::create(&[NatKind::Upnp, NatKind::Symmetric], 0)? else {
+        return Ok(());
+    };
+    let dir = TempDir::new()?;
+    let (file, data) = dataset(dir.path())?;
+    let tracker = start_tracker(&lab, dir.path(), &[])?;
+    let bin = agent_bin();
+    let agents = agents(&bin, dir.path(), &tracker);
+    let seeder_home = lab.home(0);
+    let extra = ["--chunk-size", CHUNK, "--port-map", "upnp"];
+    let (mut share, id) = agents.share_on(seeder_home.host(), "seeder", &file, &extra)?;
+    // Learned while the file is hashed, so possibly said before `seeding`.
+    let reach = match share.events("reach").pop() {
+        Some(reach) => reach,
+        None => share.wait_event(WAIT, "reach", |_| true)?,
+    };
+    ensure!(
+        reach["inbound"] == true,
+        "not reachable through UPnP: {reach}"
+    );
+    ensure!(reach["mapping"] == "open", "{reach}");
+    let public = format!("{}:7000", seeder_home.public_ip());
+    ensure!(
+        reach["public"] == public.as_str(),
+        "{reach} (expected {public})"
+    );
+    let to_seeder = format!("{}:7000", seeder_home.ip());
+    let mappings = seeder_home.upnp_mappings()?;
+    ensure!(
+        mappings.iter().any(|m| m.contains(&to_seeder)),
+        "the router holds no mapping to the seeder: {mappings:?}"
+    );
+
+    let out = dir.path().join("out");
+    let mut get = agents.get_on(lab.home(1).host(), &id, &out, &[])?;
+    wait_completed(&mut get)?;
+    assert_same(&out.join("dataset.bin"), &data)?;
+    for path in paths(&get)? {
+        ensure!(
+            path == "direct",
+            "expected a direct dial through the mapping, got {path}"
+        );
+    }
+
+    share.signal("INT")?;
+    share.wait_exit(WAIT)?;
+    let left = seeder_home.upnp_mappings()?;
+    ensure!(left.is_empty(), "the mapping outlived the seeder: {left:?}");
+    Ok(())
+}
+
+/// The daemon answers introductions too: a file shared through a daemon behind a
+/// PortRestricted NAT is fetched through a punched hole by a `get` behind another.
+#[test]
+fn a_daemon_behind_nat_is_reached_through_a_punched_hole() -> Result<()> {
+    let kinds = [NatKind::PortRestricted, NatKind::PortRestricted];
+    let Some(lab) = Lab::create(&kinds, 0)? else {
+        return Ok(());
+    };
+    let dir = TempDir::new()?;
+    let (file, data) = dataset(dir.path())?;
+    let tracker = start_tracker(&lab, dir.path(), &[])?;
+    let daemon_dir = dir.path().join("daemon");
+    let mut cmd = lab.home(0).command(agent_bin());
+    cmd.arg("--data-dir")
+        .arg(&daemon_dir)
+        .args(["--json", "daemon", "--listen", "0.0.0.0:7000"])
+        .args(["--tracker", tracker.pinned_url()]);
+    let mut daemon = Proc::spawn("daemon", cmd)?;
+    daemon.wait_event(WAIT, "daemon", |_| true)?;
+    // The CLI reaches the daemon through its control socket in the data directory.
+    let added = cli_events(
+        &daemon_dir,
+        &[
+            "share",
+            file.to_str().context("utf-8 path")?,
+            "--tracker",
+            tracker.pinned_url(),
+        ],
+    )?;
+    let id = added
+        .iter()
+        .find_map(|e| e["id"].as_str())
+        .with_context(|| format!("no file_id in {added:?}"))?
+        .to_string();
+
+    let bin = agent_bin();
+    let agents = agents(&bin, dir.path(), &tracker);
+    let out = dir.path().join("out");
+    let mut get = agents.get_on(lab.home(1).host(), &id, &out, &[])?;
+    wait_completed(&mut get)?;
+    assert_same(&out.join("dataset.bin"), &data)?;
+    for path in paths(&get)? {
+        ensure!(
+            path == "punched",
+            "a daemon behind a PortRestricted NAT reached by {path}"
+        );
+    }
+    Ok(())
+}

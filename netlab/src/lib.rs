@@ -33,6 +33,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod upnp;
+
 /// With this variable set, a lab that cannot be built is an error instead of a skip.
 pub const REQUIRE_ENV: &str = "TORRENTGUARD_REQUIRE_NETNS";
 
@@ -53,6 +55,8 @@ pub enum NatKind {
     PortRestricted,
     /// Masquerade to a random public port per connection; only replies come back.
     Symmetric,
+    /// As `PortRestricted`, plus a UPnP-IGD service (miniupnpd) that maps ports on request.
+    Upnp,
 }
 
 impl fmt::Display for NatKind {
@@ -60,6 +64,7 @@ impl fmt::Display for NatKind {
         match self {
             NatKind::Forwarded(ports) => write!(f, "Forwarded{ports:?}"),
             NatKind::PortRestricted => f.write_str("PortRestricted"),
+            NatKind::Upnp => f.write_str("Upnp"),
             NatKind::Symmetric => f.write_str("Symmetric"),
         }
     }
@@ -135,7 +140,7 @@ impl Host {
     }
 
     /// Runs `program args…` inside this host to completion.
-    fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+    pub(crate) fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let mut full = vec!["netns", "exec", &self.netns, program];
         full.extend_from_slice(args);
         run("ip", &full)
@@ -155,6 +160,8 @@ pub struct Home {
     kind: NatKind,
     host: Host,
     router: Host,
+    /// The UPnP service of an [`NatKind::Upnp`] router, stopped before the namespaces go.
+    upnp: Option<upnp::Miniupnpd>,
 }
 
 impl Home {
@@ -183,6 +190,15 @@ impl Home {
 
     pub fn router(&self) -> &Host {
         &self.router
+    }
+
+    /// The port mappings an [`NatKind::Upnp`] router holds now (its DNAT rules; none for the
+    /// other kinds).
+    pub fn upnp_mappings(&self) -> Result<Vec<String>> {
+        match self.upnp {
+            Some(_) => upnp::Miniupnpd::mappings(&self.router),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -379,7 +395,20 @@ impl Lab {
             let args: Vec<&str> = rule.iter().map(String::as_str).collect();
             router.exec("iptables", &args)?;
         }
-        self.homes.push(Home { kind, host, router });
+        let upnp = match kind {
+            NatKind::Upnp => Some(upnp::Miniupnpd::start(
+                &router,
+                i,
+                Ipv4Addr::new(192, 168, i as u8 + 1, 0),
+            )?),
+            _ => None,
+        };
+        self.homes.push(Home {
+            kind,
+            host,
+            router,
+            upnp,
+        });
         Ok(())
     }
 }
@@ -449,7 +478,7 @@ fn nat_rules(kind: &NatKind, host: Ipv4Addr) -> Vec<Vec<String>> {
     ];
     match kind {
         // Linux keeps the source port when it is free: endpoint-independent mapping.
-        NatKind::Forwarded(_) | NatKind::PortRestricted => {
+        NatKind::Forwarded(_) | NatKind::PortRestricted | NatKind::Upnp => {
             rules.push(rule("-t nat -A POSTROUTING -o wan -j MASQUERADE"));
         }
         NatKind::Symmetric => {

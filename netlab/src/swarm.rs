@@ -243,6 +243,24 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (a name `kill -s` takes: INT, TERM) to the process, for a graceful stop.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .map_err(|source| SwarmError::Io {
+                what: format!("{}: sending {signal}", self.name),
+                source,
+            })?;
+        if !status.success() {
+            return Err(SwarmError::Malformed(format!(
+                "{}: kill -s {signal} failed ({status})",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout` for the exit and checks its code.
     pub fn expect_exit(&mut self, code: i32, timeout: Duration) -> Result<()> {
         let status = self.wait_exit(timeout)?;

@@ -97,6 +97,48 @@ async fn a_port_with_nothing_behind_it_is_not_reachable() -> Result<()> {
 }
 
 #[tokio::test]
+async fn probes_past_the_concurrency_bound_are_429() -> Result<()> {
+    use torrentguard_tracker::reach::MAX_CONCURRENT_PROBES;
+    within(async {
+        let h = Harness::start(|_| {}).await?;
+        // Accepts TCP and never speaks TLS: each probe holds its slot until its timeout.
+        let silent = TcpListener::bind("127.0.0.1:0").await?;
+        let port = silent.local_addr()?.port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while conns.len() < MAX_CONCURRENT_PROBES {
+                conns.push(silent.accept().await?.0);
+            }
+            Ok::<_, anyhow::Error>((silent, conns))
+        });
+        let client = h.as_peer(&h.alice);
+        let probes: Vec<_> = (0..MAX_CONCURRENT_PROBES)
+            .map(|_| {
+                let req = client
+                    .post(h.api("/reachability"))
+                    .json(&json!({ "port": port }));
+                tokio::spawn(async move { req.send().await })
+            })
+            .collect();
+        // Every slot is taken once the listener has seen every probe's connection.
+        let (_silent, _conns) = held.await??;
+        let resp = client
+            .post(h.api("/reachability"))
+            .json(&json!({ "port": port }))
+            .send()
+            .await?;
+        expect_error(resp, 429, "rate_limited").await?;
+        for p in probes {
+            let r: ReachabilityResponse = expect_json(p.await??, 200).await?;
+            ensure!(!r.inbound, "a silent port is not reachable");
+        }
+        h.tracker.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
 async fn bad_reachability_requests_are_json_errors() -> Result<()> {
     within(async {
         let h = Harness::start(|_| {}).await?;

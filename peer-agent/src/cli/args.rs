@@ -383,7 +383,7 @@ pub(crate) struct EndpointFlags {
         value_enum,
         default_value = "off",
         env = "TORRENTGUARD_PORT_MAP",
-        value_name = "HOW"
+        value_name = "MODE"
     )]
     pub(crate) port_map: PortMap,
 }

@@ -365,7 +365,8 @@ impl Renderer {
                 whole_file_checked,
                 bytes_on_wire,
                 chunks_compressed,
-                ..
+                // For `--json` and measurements; the summary line gives the whole time.
+                first_chunk_ms: _,
             } => {
                 self.finish_bar(&file_id.to_string());
                 let verified = match whole_file_checked {

@@ -167,6 +167,13 @@ impl Daemon {
             tasks: TaskTracker::new(),
             ui: std::sync::OnceLock::new(),
         });
+        daemon
+            .trackers
+            .enable_nat(crate::session::trackers::NatTasks {
+                cancel: daemon.cancel.clone(),
+                tasks: daemon.tasks.clone(),
+                events: daemon.broadcast_sink(),
+            });
         daemon.spawn_peer_writer(notes_rx);
         daemon.spawn_ticker();
         daemon.restore().await?;

@@ -133,6 +133,9 @@ fn punch_may_work(ours: Option<Reach>, theirs: Option<Reach>) -> bool {
 /// that fails is the network's doing, not the peer's: the error returned is the last rung's
 /// that got as far as trying (a refused introduction says less than the refused dial before
 /// it), unless one failed its TLS handshake (something else answers there), the most telling.
+/// A direct dial that the listed address *answers* (a reset: nothing listens there; or a TLS
+/// handshake with another certificate) ends the climb: the address is live, so no NAT is in the
+/// way, and punching or relaying to it would only hide what is wrong.
 pub async fn dial(ctx: &DialContext, target: &DialTarget) -> Result<Dialled, PeerError> {
     let mut tls_failure = None;
     let mut last = None;
@@ -152,6 +155,7 @@ pub async fn dial(ctx: &DialContext, target: &DialTarget) -> Result<Dialled, Pee
                     after: started.elapsed(),
                 });
             }
+            Err(e) if path == Path::Direct && answered(&e) => return Err(e),
             Err(e) => {
                 tracing::debug!(peer = %target.fingerprint, %path, error = %e, "path failed; trying the next");
                 if matches!(e, PeerError::Tls { .. }) && tls_failure.is_none() {
@@ -166,6 +170,15 @@ pub async fn dial(ctx: &DialContext, target: &DialTarget) -> Result<Dialled, Pee
     Err(tls_failure
         .or(last)
         .unwrap_or(PeerError::Unreachable { addr: target.addr }))
+}
+
+/// Whether a failed dial met something at the address: a reset, or a TLS peer.
+fn answered(e: &PeerError) -> bool {
+    match e {
+        PeerError::Tls { .. } => true,
+        PeerError::Connect { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
 }
 
 async fn direct(ctx: &DialContext, t: &DialTarget) -> Result<(PeerConnection, u32), PeerError> {

@@ -44,11 +44,14 @@ pub fn reusable_socket(local: SocketAddr) -> io::Result<TcpSocket> {
     Ok(socket)
 }
 
+/// The claims of waiting punches by address, oldest first, each with its id.
+type Waiting = HashMap<IpAddr, Vec<(u64, oneshot::Sender<TcpStream>)>>;
+
 /// Punches waiting for a connection from a given address: filled by the listener, which
 /// offers every connection it accepts here first.
 #[derive(Debug, Default)]
 pub struct PendingPunches {
-    waiting: Mutex<HashMap<IpAddr, Vec<(u64, oneshot::Sender<TcpStream>)>>>,
+    waiting: Mutex<Waiting>,
     next_id: AtomicU64,
 }
 
@@ -116,9 +119,7 @@ impl PendingPunches {
         self.len() == 0
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Vec<(u64, oneshot::Sender<TcpStream>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -91,7 +91,7 @@ pub async fn reflect_from(
     let _ = tokio::time::timeout(Duration::from_millis(200), tls.shutdown()).await;
     answer
         .observed
-        .ok_or_else(|| PeerError::Relay(RelayError::NoAddress { addr: relay.addr }))
+        .ok_or(PeerError::Relay(RelayError::NoAddress { addr: relay.addr }))
 }
 
 /// Joins the relay session of an introduction by its `token`; once the other side is there

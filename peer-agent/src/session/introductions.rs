@@ -67,7 +67,15 @@ pub trait IntroductionSource: Send + Sync {
 impl IntroductionSource for TrackerSet {
     fn next_batch(&self, wait_secs: u32) -> BoxFuture<'_, Result<Batch, TrackerError>> {
         Box::pin(async move {
-            let (client, answer) = self.introductions(wait_secs).await?;
+            // The tracker announced to, where downloaders ask for us; a tracker without
+            // introductions is no reason to fail over (nor to warn every poll).
+            let (client, answer) = match self.current() {
+                Some(client) => {
+                    let answer = client.introductions(wait_secs).await?;
+                    (client, answer)
+                }
+                None => self.introductions(wait_secs).await?,
+            };
             // The relay target is the tracker's host resolved; port 0 gives the host alone.
             let tracker_ip = relay_target(&client, 0).await.map(|t| t.addr.ip());
             let mut items = Vec::with_capacity(answer.items.len());
@@ -191,12 +199,18 @@ impl Answerer {
     pub async fn run(self) {
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // A seeder that stopped serving (its listener closed) has nothing to offer a
+            // downloader: punching for it would only end in its goodbye.
+            if self.seeder.cancel.is_cancelled() {
+                return;
+            }
             let pause = if self.seeder.files().is_empty() {
                 IDLE_CHECK
             } else {
                 let polled = tokio::select! {
                     b = self.source.next_batch(POLL_WAIT_SECS) => b,
                     _ = self.cancel.cancelled() => return,
+                    _ = self.seeder.cancel.cancelled() => return,
                 };
                 match polled {
                     Ok(batch) => {

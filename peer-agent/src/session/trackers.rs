@@ -5,14 +5,19 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use torrentguard_protocol::{FileId, Fingerprint};
 use torrentguard_trust::Identity;
 
-use super::{Session, TrackerClient, TrackerError, leave_swarms};
+use super::introductions::Answerer;
+use super::reachability::{ReachLearner, TrackerProbe};
+use super::{Session, TrackerClient, TrackerError, TrackerSet, leave_swarms};
 use crate::agent::TrackerTarget;
+use crate::events::EventSink;
 use crate::peer::Seeder;
 use crate::torrent::{SwarmDirectory, SwarmLookupError};
 
@@ -63,6 +68,16 @@ pub struct Trackers {
     files: Arc<FileTrackers>,
     sessions: tokio::sync::Mutex<HashMap<SessionKey, (TrackerClient, Session)>>,
     seeder: Mutex<Option<Arc<Seeder>>>,
+    /// Set once NAT traversal is on: each new session then answers its tracker's
+    /// introductions, and the first also learns the reach.
+    nat: OnceLock<NatTasks>,
+}
+
+/// Where the daemon's NAT traversal tasks run and report.
+pub struct NatTasks {
+    pub cancel: CancellationToken,
+    pub tasks: TaskTracker,
+    pub events: EventSink,
 }
 
 impl Trackers {
@@ -73,6 +88,50 @@ impl Trackers {
             files,
             sessions: Default::default(),
             seeder: Mutex::new(None),
+            nat: OnceLock::new(),
+        }
+    }
+
+    /// Turns on NAT traversal for every session made from now on (see [`NatTasks`]).
+    pub fn enable_nat(&self, nat: NatTasks) {
+        if self.nat.set(nat).is_err() {
+            tracing::warn!("NAT traversal already enabled");
+        }
+    }
+
+    /// A new session's NAT tasks: answering its tracker's introductions, and, for the first
+    /// tracker (the reach is one per agent), learning and announcing the reach.
+    fn start_nat(
+        &self,
+        client: &TrackerClient,
+        session: &Session,
+        seeder: &Arc<Seeder>,
+        first: bool,
+    ) {
+        let Some(nat) = self.nat.get() else {
+            return;
+        };
+        let set = TrackerSet::of_client(client.clone());
+        let answerer = Answerer::new(
+            Arc::new(set.clone()),
+            seeder.clone(),
+            self.identity.clone(),
+            nat.cancel.clone(),
+            nat.tasks.clone(),
+        );
+        let span = tracing::info_span!("introductions", tracker = %client.base_url());
+        let failure = crate::spawn::Failure::Fault;
+        crate::spawn::spawn_tracked(&nat.tasks, "introductions", span, failure, answerer.run());
+        if first {
+            let learner = ReachLearner {
+                probe: Arc::new(TrackerProbe::new(set, self.identity.clone())),
+                seeder: seeder.clone(),
+                observed: session.observed_ips(),
+                events: nat.events.clone(),
+                cancel: nat.cancel.clone(),
+            };
+            let span = tracing::info_span!("reach");
+            crate::spawn::spawn_tracked(&nat.tasks, "reach", span, failure, learner.run());
         }
     }
 
@@ -113,7 +172,8 @@ impl Trackers {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone()
                     .expect("the seeder is attached before any session is made");
-                let made = (client.clone(), Session::new(client, seeder));
+                let made = (client.clone(), Session::new(client, seeder.clone()));
+                self.start_nat(&made.0, &made.1, &seeder, sessions.is_empty());
                 sessions.insert(key, made.clone());
                 made
             }
