@@ -506,3 +506,98 @@ fn chrono_now() -> Result<String> {
         .context("running date")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(paths: &[&str], first_chunk_ms: Option<u64>, secs: f64) -> Measured {
+        Measured {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            tries: 1,
+            connect_ms: 3,
+            first_chunk_ms,
+            secs,
+            relay_bytes: 0.0,
+            identical: true,
+        }
+    }
+
+    fn run(p: Place, q: Place, outcome: Result<Measured, String>) -> Run {
+        Run {
+            label: "headline",
+            seeder: p,
+            downloader: q,
+            size: 100_000_000,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn only_selects_pairs_case_insensitively() {
+        let mut cli =
+            Cli::parse_from(["nat-matrix", "--bin-dir", "b", "--md", "m", "--jsonl", "j"]);
+        assert!(wanted(&cli, Place::Symmetric, Place::Public));
+        cli.only = vec!["symmetric:PortRestricted".into()];
+        assert!(wanted(&cli, Place::Symmetric, Place::PortRestricted));
+        assert!(!wanted(&cli, Place::PortRestricted, Place::Symmetric));
+    }
+
+    #[test]
+    fn throughput_after_the_first_chunk_leaves_out_path_finding() {
+        let m = measured(&["relayed"], Some(10_000), 12.0);
+        assert_eq!(m.mb_s(120_000_000), 10.0);
+        assert_eq!(m.transfer_mb_s(120_000_000), Some(60.0));
+        assert_eq!(measured(&["direct"], None, 1.0).transfer_mb_s(1), None);
+    }
+
+    #[test]
+    fn a_failed_pair_is_a_row_with_its_reason() {
+        let r = run(
+            Place::Symmetric,
+            Place::Symmetric,
+            Err("waiting: no path | none\nmore".into()),
+        );
+        let line = row(&r);
+        assert!(
+            line.contains("**failed**: waiting: no path \\| none |"),
+            "{line}"
+        );
+        assert!(!line.contains("more"), "{line}");
+        assert_eq!(run_json(&r)["error"], "waiting: no path | none\nmore");
+    }
+
+    #[test]
+    fn relay_against_direct_needs_both_runs() {
+        let relayed = run(
+            Place::Symmetric,
+            Place::Symmetric,
+            Ok(measured(&["relayed"], Some(10_000), 11.0)),
+        );
+        let direct = run(
+            Place::Public,
+            Place::Public,
+            Ok(measured(&["direct"], Some(0), 0.5)),
+        );
+        let text = relay_vs_direct(&[relayed, direct]).expect("both completed");
+        assert!(text.contains("9.1 MB/s"), "{text}");
+        assert!(text.contains("200.0 MB/s"), "{text}");
+        assert!(text.contains("100.0 against 200.0 MB/s (0.50)"), "{text}");
+        let failed = run(Place::Public, Place::Public, Err("x".into()));
+        let relayed = run(
+            Place::Symmetric,
+            Place::Symmetric,
+            Ok(measured(&["relayed"], None, 11.0)),
+        );
+        assert!(relay_vs_direct(&[relayed, failed]).is_none());
+    }
+
+    #[test]
+    fn forwarded_homes_forward_both_agent_ports() {
+        assert_eq!(
+            Place::Forwarded.nat(),
+            Some(NatKind::Forwarded(vec![SEED_PORT, GET_PORT]))
+        );
+        assert_eq!(Place::Public.nat(), None);
+    }
+}
