@@ -137,8 +137,10 @@ fn target(peer: &Identity, addr: SocketAddr, reach: Option<Reach>) -> DialTarget
     }
 }
 
+/// A reset from the listed address means nothing listens there and no NAT is in the way: the
+/// ladder ends with that error, and no introduction is asked for.
 #[tokio::test]
-async fn a_refused_direct_dial_falls_back_to_a_punch() {
+async fn a_refused_direct_dial_ends_the_ladder() {
     let (me, peer) = (id("me"), id("peer"));
     let public = peer_listener(&peer).await;
     let rendezvous = Arc::new(FakeRendezvous {
@@ -148,7 +150,30 @@ async fn a_refused_direct_dial_falls_back_to_a_punch() {
         asked: Mutex::new(Vec::new()),
     });
     let ctx = context(&me, Some(rendezvous.clone()));
-    let d = dial(&ctx, &target(&peer, closed_port(), None))
+    let Err(e) = dial(&ctx, &target(&peer, closed_port(), None)).await else {
+        panic!("a refused address was dialled through");
+    };
+    assert!(matches!(e, PeerError::Connect { .. }), "{e}");
+    assert!(rendezvous.asked.lock().unwrap().is_empty());
+}
+
+/// A peer that takes no inbound connection is not dialled directly: it is punched.
+#[tokio::test]
+async fn a_peer_without_inbound_is_reached_by_a_punch() {
+    let (me, peer) = (id("me"), id("peer"));
+    let public = peer_listener(&peer).await;
+    let rendezvous = Arc::new(FakeRendezvous {
+        punch_to: Some(public),
+        relay: None,
+        peer: peer.fingerprint,
+        asked: Mutex::new(Vec::new()),
+    });
+    let ctx = context(&me, Some(rendezvous.clone()));
+    let reach = Reach {
+        inbound: false,
+        mapping: NatMapping::PortPreserving,
+    };
+    let d = dial(&ctx, &target(&peer, closed_port(), Some(reach)))
         .await
         .unwrap();
     assert_eq!(d.path, Path::Punched);
